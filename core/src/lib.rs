@@ -1,0 +1,18 @@
+//! paygate's pure domain: identifiers, money, the signed request and receipt envelope,
+//! the transaction schema and the closed list of error codes.
+//!
+//! This crate does no IO and knows nothing of tokio, sqlx, axum or MQTT. Everything here is
+//! deterministic given its inputs (the clock is always a parameter).
+
+pub mod envelope;
+pub mod error;
+pub mod ids;
+pub mod money;
+pub mod receipt;
+pub mod request;
+pub mod strict_json;
+pub mod topics;
+
+pub use error::ErrorCode;
+pub use ids::{AccountId, DeviceId, IdempotencyKey, TxId};
+pub use money::{Currency, Money};

@@ -1,0 +1,66 @@
+//! The receipt the gateway signs for every request it decides, and the notice it signs when
+//! its device front refuses something. Both travel in the same envelope as requests, signed by
+//! the gateway's receipt key, so a terminal can later prove what it was told.
+
+use crate::error::ErrorCode;
+use crate::request::MoneyWire;
+use crate::strict_json::reject_duplicate_keys;
+use serde::{Deserialize, Serialize};
+
+pub const RECEIPT_CONTENT_TYPE: &str = "application/vnd.paygate.receipt.v1+json";
+
+/// What became of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Posted: money moved, durably, before this receipt was sent.
+    Approved,
+    /// A valid request the gateway decided against (funds, limits, unknown payee...). Final for
+    /// this idempotency key: a retry returns this same receipt.
+    Declined,
+    /// The message was refused before any decision (bad envelope, signature, schema, topic).
+    /// Nothing was recorded; fix the request and send it again.
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    pub v: u32,
+    pub outcome: Outcome,
+    /// The stable error code for declined and rejected outcomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub device_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Lowercase hex SHA-256 of the signed request payload, when the envelope could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<MoneyWire>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merchant_id: Option<String>,
+    /// When the gateway decided, in milliseconds since the Unix epoch, UTC.
+    pub decided_at_ms: u64,
+}
+
+impl Receipt {
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.code.as_deref().and_then(ErrorCode::parse)
+    }
+
+    pub fn to_payload(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Strict decode, as a device must do it.
+    pub fn decode(payload: &[u8]) -> Result<Receipt, serde_json::Error> {
+        reject_duplicate_keys(payload)?;
+        serde_json::from_slice(payload)
+    }
+}

@@ -1,0 +1,260 @@
+//! The transaction request, schema version 1, as carried in the signed envelope's payload.
+//!
+//! The payload is JSON, decoded strictly: duplicate keys, unknown fields, floats or strings
+//! for amounts and unknown versions are errors. Wire types (`*Wire`) are what serde sees;
+//! [`decode_request`] turns them into domain types with a precise [`ErrorCode`].
+
+use crate::error::ErrorCode;
+use crate::ids::{AccountId, DeviceId, IdempotencyKey};
+use crate::money::{Currency, Money, AMOUNT_MINOR_MAX};
+use crate::strict_json::reject_duplicate_keys;
+use serde::{Deserialize, Serialize};
+
+/// The one schema version this gateway speaks.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Content type of a request envelope (COSE protected header 3).
+pub const REQUEST_CONTENT_TYPE: &str = "application/vnd.paygate.request.v1+json";
+
+/// An amount on the wire: an integer count of minor units and a currency code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoneyWire {
+    pub minor: i64,
+    pub currency: String,
+}
+
+impl From<Money> for MoneyWire {
+    fn from(money: Money) -> Self {
+        MoneyWire {
+            minor: money.minor_signed(),
+            currency: money.currency.code().to_owned(),
+        }
+    }
+}
+
+/// The request as it appears in JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestWire {
+    pub v: u32,
+    pub device_id: String,
+    pub idempotency_key: String,
+    pub counter: u64,
+    pub created_at_ms: u64,
+    pub op: OperationWire,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OperationWire {
+    /// The device's wallet pays a merchant.
+    MerchantPayment {
+        merchant_id: String,
+        amount: MoneyWire,
+    },
+}
+
+/// A decoded, validated request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub device_id: DeviceId,
+    pub idempotency_key: IdempotencyKey,
+    /// Strictly increasing per device on the device side; each value is accepted once.
+    pub counter: u64,
+    /// Milliseconds since the Unix epoch, UTC, by the device's clock.
+    pub created_at_ms: u64,
+    pub operation: Operation,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    MerchantPayment { merchant_id: AccountId, amount: Money },
+}
+
+/// Why a payload is not a valid request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct RequestError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RequestError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RequestError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    v: Option<serde_json::Value>,
+}
+
+/// Decodes a request payload strictly.
+pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
+    reject_duplicate_keys(payload)
+        .map_err(|e| RequestError::new(ErrorCode::MalformedRequest, e.to_string()))?;
+    let probe: VersionProbe = serde_json::from_slice(payload)
+        .map_err(|e| RequestError::new(ErrorCode::MalformedRequest, e.to_string()))?;
+    match probe.v {
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(SCHEMA_VERSION)) => {}
+        Some(other) => {
+            return Err(RequestError::new(
+                ErrorCode::UnsupportedVersion,
+                format!("schema version {other} is not supported; this gateway speaks {SCHEMA_VERSION}"),
+            ))
+        }
+        None => return Err(RequestError::new(ErrorCode::MalformedRequest, "missing field `v`")),
+    }
+    let wire: RequestWire = serde_json::from_slice(payload)
+        .map_err(|e| RequestError::new(ErrorCode::MalformedRequest, e.to_string()))?;
+    let malformed = |e: crate::ids::IdError| RequestError::new(ErrorCode::MalformedRequest, e.to_string());
+    let operation = match wire.op {
+        OperationWire::MerchantPayment { merchant_id, amount } => Operation::MerchantPayment {
+            merchant_id: AccountId::parse(&merchant_id).map_err(malformed)?,
+            amount: decode_money(&amount)?,
+        },
+    };
+    Ok(Request {
+        device_id: DeviceId::parse(&wire.device_id).map_err(malformed)?,
+        idempotency_key: IdempotencyKey::parse(&wire.idempotency_key).map_err(malformed)?,
+        counter: wire.counter,
+        created_at_ms: wire.created_at_ms,
+        operation,
+    })
+}
+
+/// Turns a wire amount into money, with the code a device should see.
+pub fn decode_money(wire: &MoneyWire) -> Result<Money, RequestError> {
+    let currency = Currency::parse(&wire.currency).ok_or_else(|| {
+        RequestError::new(
+            ErrorCode::CurrencyUnknown,
+            format!("currency {:?} is not an active ISO 4217 code", wire.currency),
+        )
+    })?;
+    let minor = u64::try_from(wire.minor)
+        .ok()
+        .filter(|minor| *minor > 0 && *minor <= AMOUNT_MINOR_MAX)
+        .ok_or_else(|| {
+            RequestError::new(
+                ErrorCode::AmountInvalid,
+                format!("amount must be 1 to {AMOUNT_MINOR_MAX} minor units, got {}", wire.minor),
+            )
+        })?;
+    Money::new(minor, currency).map_err(|e| RequestError::new(ErrorCode::AmountInvalid, e.to_string()))
+}
+
+/// Checks the request's creation time against the gateway's clock.
+pub fn check_freshness(
+    created_at_ms: u64,
+    now_ms: u64,
+    age_max_ms: u64,
+    future_skew_max_ms: u64,
+) -> Result<(), ErrorCode> {
+    if created_at_ms > now_ms.saturating_add(future_skew_max_ms) {
+        return Err(ErrorCode::RequestFromFuture);
+    }
+    if now_ms.saturating_sub(created_at_ms) > age_max_ms {
+        return Err(ErrorCode::RequestExpired);
+    }
+    Ok(())
+}
+
+impl Request {
+    /// The wire form of this request (used by the edge agent to build payloads).
+    pub fn to_wire(&self) -> RequestWire {
+        RequestWire {
+            v: SCHEMA_VERSION,
+            device_id: self.device_id.to_string(),
+            idempotency_key: self.idempotency_key.to_string(),
+            counter: self.counter,
+            created_at_ms: self.created_at_ms,
+            op: match &self.operation {
+                Operation::MerchantPayment { merchant_id, amount } => OperationWire::MerchantPayment {
+                    merchant_id: merchant_id.to_string(),
+                    amount: MoneyWire::from(*amount),
+                },
+            },
+        }
+    }
+
+    /// The exact JSON bytes a device signs.
+    pub fn to_payload(&self) -> Vec<u8> {
+        // serializing a struct of strings and integers cannot fail
+        serde_json::to_vec(&self.to_wire()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"v":1,"device_id":"pos-1","idempotency_key":"k1","counter":7,"created_at_ms":1700000000000,"op":{"type":"merchant_payment","merchant_id":"m-1","amount":{"minor":1250,"currency":"INR"}}}"#;
+
+    fn code_of(payload: &str) -> Result<(), ErrorCode> {
+        decode_request(payload.as_bytes()).map(|_| ()).map_err(|e| e.code)
+    }
+
+    #[test]
+    fn decodes_a_valid_request_and_round_trips() {
+        let request = decode_request(GOOD.as_bytes()).expect("valid");
+        assert_eq!(request.counter, 7);
+        let Operation::MerchantPayment { merchant_id, amount } = &request.operation;
+        assert_eq!(merchant_id.as_str(), "m-1");
+        assert_eq!(amount.minor, 1250);
+        assert_eq!(decode_request(&request.to_payload()), Ok(request));
+    }
+
+    #[test]
+    fn refuses_each_malformation_with_its_code() {
+        use ErrorCode::*;
+        let table: &[(&str, &str, ErrorCode)] = &[
+            ("duplicate top key", r#""counter":7,"#, MalformedRequest),
+            ("float amount", r#""minor":12.5,"#, MalformedRequest),
+            ("string amount", r#""minor":"1250","#, MalformedRequest),
+            ("zero amount", r#""minor":0,"#, AmountInvalid),
+            ("negative amount", r#""minor":-5,"#, AmountInvalid),
+            ("unknown currency", r#""currency":"ABC"}"#, CurrencyUnknown),
+            ("unknown field", r#""extra":1,"#, MalformedRequest),
+            ("version 2", r#""v":2,"#, UnsupportedVersion),
+            ("bad device id", r#""device_id":"a/b","#, MalformedRequest),
+            ("unknown op", r#""type":"steal","#, MalformedRequest),
+        ];
+        for (name, fragment, expected) in table {
+            let payload = mutate(fragment);
+            assert_eq!(code_of(&payload), Err(*expected), "{name}: {payload}");
+        }
+        assert_eq!(code_of("not json"), Err(MalformedRequest));
+        assert_eq!(code_of(r#"{"device_id":"x"}"#), Err(MalformedRequest));
+    }
+
+    /// Applies a one-field change to GOOD: a fragment that starts with a key already in GOOD
+    /// replaces that key's value; `"counter":7,` is inserted again to make a duplicate; an
+    /// unknown key is inserted.
+    fn mutate(fragment: &str) -> String {
+        match fragment {
+            r#""counter":7,"# => GOOD.replacen(r#""counter":7,"#, r#""counter":7,"counter":7,"#, 1),
+            r#""extra":1,"# => GOOD.replacen(r#"{"v":1,"#, r#"{"v":1,"extra":1,"#, 1),
+            r#""minor":12.5,"# => GOOD.replace(r#""minor":1250,"#, fragment),
+            r#""minor":"1250","# => GOOD.replace(r#""minor":1250,"#, fragment),
+            r#""minor":0,"# => GOOD.replace(r#""minor":1250,"#, fragment),
+            r#""minor":-5,"# => GOOD.replace(r#""minor":1250,"#, fragment),
+            r#""currency":"ABC"}"# => GOOD.replace(r#""currency":"INR"}"#, fragment),
+            r#""v":2,"# => GOOD.replace(r#""v":1,"#, fragment),
+            r#""device_id":"a/b","# => GOOD.replace(r#""device_id":"pos-1","#, fragment),
+            r#""type":"steal","# => GOOD.replace(r#""type":"merchant_payment","#, fragment),
+            other => panic!("no mutation for {other}"),
+        }
+    }
+
+    #[test]
+    fn freshness_window() {
+        assert_eq!(check_freshness(1000, 1000, 10, 5), Ok(()));
+        assert_eq!(check_freshness(1006, 1000, 10, 5), Err(ErrorCode::RequestFromFuture));
+        assert_eq!(check_freshness(989, 1000, 10, 5), Err(ErrorCode::RequestExpired));
+    }
+}
