@@ -119,6 +119,11 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
             amount: decode_money(&amount)?,
         },
     };
+    // counters and times are stored in signed 64-bit columns
+    let signed_max = u64::try_from(i64::MAX).unwrap_or(u64::MAX);
+    if wire.counter > signed_max || wire.created_at_ms > signed_max {
+        return Err(RequestError::new(ErrorCode::MalformedRequest, "counter and created_at_ms must fit in 63 bits"));
+    }
     Ok(Request {
         device_id: DeviceId::parse(&wire.device_id).map_err(malformed)?,
         idempotency_key: IdempotencyKey::parse(&wire.idempotency_key).map_err(malformed)?,

@@ -1,1 +1,253 @@
+//! The edge agent, as a library for terminal firmware and wallet apps and as the
+//! `paygate-agent` command.
+//!
+//! A payment's life on the device: build the request (next counter, fresh idempotency key),
+//! sign it with the device key, write it to the durable outbox (fsync), publish it over mutual
+//! TLS MQTT with a persistent session, and wait for the gateway's signed receipt, publishing
+//! the same bytes again on a timer until one arrives. The outbox entry goes only when a final
+//! receipt that verifies under the gateway's key is in hand; at start, every entry left by a
+//! reboot or an outage is sent again with its original bytes, so the gateway answers it from
+//! its idempotency record instead of paying twice.
 
+pub mod bundle;
+pub mod outbox;
+
+pub use bundle::DeviceBundle;
+
+use anyhow::{bail, Context, Result};
+use outbox::Outbox;
+use paygate_core::envelope::UnverifiedEnvelope;
+use paygate_core::receipt::{Outcome, Receipt, RECEIPT_CONTENT_TYPE};
+use paygate_core::request::{Operation, Request, REQUEST_CONTENT_TYPE};
+use paygate_core::topics::{replies_topic, requests_topic};
+use paygate_core::{AccountId, ErrorCode, IdempotencyKey, Money};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How an agent reaches the gateway and how patient it is.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub host: String,
+    pub port: u16,
+    pub keep_alive: Duration,
+    /// Time to wait for a receipt before publishing the same request again.
+    pub resend_interval: Duration,
+    /// Time after which `pay` gives up waiting (the request stays in the outbox).
+    pub receipt_timeout: Duration,
+    pub outbox_dir: PathBuf,
+}
+
+/// A receipt whose signature verified under the gateway's receipt key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedReceipt {
+    pub receipt: Receipt,
+    /// The signed envelope exactly as received: the terminal's proof of what it was told.
+    pub envelope: Vec<u8>,
+}
+
+impl VerifiedReceipt {
+    pub fn code(&self) -> Option<ErrorCode> {
+        self.receipt.error_code()
+    }
+}
+
+pub struct Agent {
+    bundle: Arc<DeviceBundle>,
+    client: AsyncClient,
+    replies: mpsc::Receiver<VerifiedReceipt>,
+    /// Receipts that arrived for another idempotency key than the one being waited on.
+    parked: HashMap<String, VerifiedReceipt>,
+    outbox: Outbox,
+    settings: AgentSettings,
+    events: tokio::task::JoinHandle<()>,
+}
+
+fn tls_config(bundle: &DeviceBundle) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in bundle.ca_certs()? {
+        roots.add(ca)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(bundle.client_cert_chain()?, bundle.client_key()?)?;
+    Ok(Arc::new(config))
+}
+
+impl Agent {
+    /// Connects (persistent session, client id = device id) and starts the event loop.
+    pub async fn connect(bundle: DeviceBundle, settings: AgentSettings) -> Result<Agent> {
+        let bundle = Arc::new(bundle);
+        let device = bundle.device_id.clone();
+        let mut options = MqttOptions::new(device.as_str(), settings.host.clone(), settings.port);
+        options
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls_config(&bundle)?)))
+            // never a clean session: a clean session drops queued publishes on reconnect
+            .set_clean_session(false)
+            .set_keep_alive(settings.keep_alive)
+            .set_max_packet_size(64 * 1024, 16 * 1024);
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let (reply_tx, replies) = mpsc::channel(256);
+        let reply_topic = replies_topic(&device);
+        let subscriber = client.clone();
+        let verifier = bundle.clone();
+        let events = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        // (re)subscribe on every connection; harmless when the session kept it
+                        let _ = subscriber.try_subscribe(reply_topic.clone(), QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == reply_topic => {
+                        match verifier.verify_receipt(&publish.payload) {
+                            Ok(receipt) => {
+                                if reply_tx.send(receipt).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(error) => tracing::warn!(%error, "dropped a reply that does not verify"),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "mqtt connection error; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+            }
+        });
+        let outbox = Outbox::open(&settings.outbox_dir)?;
+        Ok(Agent {
+            bundle,
+            client,
+            replies,
+            parked: HashMap::new(),
+            outbox,
+            settings,
+            events,
+        })
+    }
+
+    pub fn bundle(&self) -> &DeviceBundle {
+        &self.bundle
+    }
+
+    /// Pays a merchant from the device's wallet; returns the final verified receipt.
+    pub async fn pay(&mut self, merchant: &AccountId, amount: Money) -> Result<VerifiedReceipt> {
+        let request = Request {
+            device_id: self.bundle.device_id.clone(),
+            idempotency_key: IdempotencyKey::parse(&hex::encode(rand::random::<[u8; 16]>()))?,
+            counter: self.outbox.next_counter()?,
+            created_at_ms: now_ms(),
+            operation: Operation::MerchantPayment {
+                merchant_id: merchant.clone(),
+                amount,
+            },
+        };
+        let envelope = self.bundle.signing_key.seal(REQUEST_CONTENT_TYPE, &request.to_payload());
+        self.outbox.put(&request.idempotency_key, &envelope)?;
+        self.deliver(&request.idempotency_key, &envelope).await
+    }
+
+    /// Sends every request left in the outbox again (after a reboot or an outage) and returns
+    /// their receipts.
+    pub async fn drain_outbox(&mut self) -> Result<Vec<VerifiedReceipt>> {
+        let mut receipts = Vec::new();
+        for (key, envelope) in self.outbox.pending()? {
+            receipts.push(self.deliver(&key, &envelope).await?);
+        }
+        Ok(receipts)
+    }
+
+    /// Publishes an outbox entry until a final receipt for its key arrives.
+    async fn deliver(&mut self, key: &IdempotencyKey, envelope: &[u8]) -> Result<VerifiedReceipt> {
+        let deadline = Instant::now() + self.settings.receipt_timeout;
+        loop {
+            self.publish_raw(envelope.to_vec()).await?;
+            let round_end = (Instant::now() + self.settings.resend_interval).min(deadline);
+            while let Some(receipt) = self.next_reply_until(round_end, Some(key.as_str())).await {
+                let retryable = matches!(receipt.code(), Some(ErrorCode::InternalError | ErrorCode::Overloaded));
+                if receipt.receipt.outcome == Outcome::Rejected && retryable {
+                    break; // the gateway asked for the same bytes again
+                }
+                self.outbox.remove(key)?;
+                return Ok(receipt);
+            }
+            if Instant::now() >= deadline {
+                bail!("no receipt for {key} within {:?}; it stays in the outbox", self.settings.receipt_timeout);
+            }
+        }
+    }
+
+    /// Publishes bytes on the device's request topic as they are (tests use this to send
+    /// hostile envelopes through a real client).
+    pub async fn publish_raw(&self, payload: Vec<u8>) -> Result<()> {
+        self.client
+            .publish(requests_topic(&self.bundle.device_id), QoS::AtLeastOnce, false, payload)
+            .await
+            .context("queueing the publish")
+    }
+
+    /// The next verified reply, for `key` if given (replies for other keys are parked).
+    pub async fn next_reply(&mut self, timeout: Duration, key: Option<&str>) -> Option<VerifiedReceipt> {
+        self.next_reply_until(Instant::now() + timeout, key).await
+    }
+
+    async fn next_reply_until(&mut self, deadline: Instant, key: Option<&str>) -> Option<VerifiedReceipt> {
+        if let Some(key) = key {
+            if let Some(parked) = self.parked.remove(key) {
+                return Some(parked);
+            }
+        }
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let receipt = tokio::time::timeout(remaining, self.replies.recv()).await.ok()??;
+            match (key, receipt.receipt.idempotency_key.as_deref()) {
+                (None, _) => return Some(receipt),
+                (Some(wanted), Some(got)) if wanted == got => return Some(receipt),
+                // a notice with no key (the front refused something) concerns whoever waits
+                (Some(_), None) => return Some(receipt),
+                (Some(_), Some(other)) => {
+                    if self.parked.len() < 1024 {
+                        self.parked.insert(other.to_owned(), receipt);
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.events.abort();
+    }
+}
+
+impl DeviceBundle {
+    /// Verifies a reply envelope under the gateway's receipt key and decodes it strictly.
+    pub fn verify_receipt(&self, envelope: &[u8]) -> Result<VerifiedReceipt> {
+        let parsed = UnverifiedEnvelope::parse(envelope).map_err(|e| anyhow::anyhow!(e))?;
+        let payload = parsed
+            .verify(&self.gateway_key, &self.gateway_key_id, RECEIPT_CONTENT_TYPE)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let receipt = Receipt::decode(payload).context("receipt payload")?;
+        if receipt.device_id != self.device_id.as_str() {
+            bail!("receipt is for device {}", receipt.device_id);
+        }
+        Ok(VerifiedReceipt {
+            receipt,
+            envelope: envelope.to_vec(),
+        })
+    }
+}
+
+pub fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,1 +1,13 @@
+//! The paygate gateway: the device front (TLS and the MQTT guard), the embedded broker, the
+//! request pipeline, the store, the development PKI, configuration and the demo.
 
+pub mod broker;
+pub mod config;
+pub mod demo;
+pub mod front;
+pub mod gateway;
+pub mod metrics;
+pub mod pipeline;
+pub mod pki;
+pub mod store;
+pub mod tls;

@@ -1,1 +1,262 @@
+//! The end-to-end harness: a real gateway on 127.0.0.1:0 in a temporary data directory, with a
+//! development PKI, real TLS, real MQTT and SQLite; real agents; and a raw TLS MQTT client for
+//! sending what no well-behaved client would.
 
+#![allow(clippy::unwrap_used)]
+
+use anyhow::{Context, Result};
+use bytes::BytesMut;
+use paygate_agent::{Agent, AgentSettings, DeviceBundle};
+use paygate_core::envelope::SigningAlgorithm;
+use paygate_core::{AccountId, Currency, DeviceId, Money};
+use paygate_gateway::config::Settings;
+use paygate_gateway::gateway::{self, RunningGateway};
+use paygate_gateway::pki;
+use paygate_gateway::store::{AccountKind, Store};
+use rumqttc::mqttbytes::v4::{Connect, Packet};
+use rumqttc::mqttbytes::{self, Protocol};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+pub const MERCHANT: &str = "m-1";
+
+pub struct TestGateway {
+    pub dir: tempfile::TempDir,
+    pub settings: Settings,
+    pub running: RunningGateway,
+}
+
+pub fn inr(text: &str) -> Money {
+    Money::parse_decimal(text, "INR").unwrap()
+}
+
+impl TestGateway {
+    /// A fresh gateway with a development PKI and merchant `m-1` (INR).
+    pub async fn start() -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings {
+            data_dir: dir.path().to_path_buf(),
+            ..Settings::default()
+        };
+        settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+        settings.mqtt.handshake_timeout_ms = 2_000;
+        pki::init(&dir.path().join("pki"), &["localhost".into(), "127.0.0.1".into()], &settings.receipts.key_id).unwrap();
+        let running = gateway::start(settings.clone()).await.unwrap();
+        let gateway = TestGateway { dir, settings, running };
+        gateway
+            .store()
+            .open_account(&AccountId::parse(MERCHANT).unwrap(), AccountKind::Merchant, Currency::parse("INR").unwrap(), 0)
+            .await
+            .unwrap();
+        gateway
+    }
+
+    /// Stops this gateway and starts another on the same data directory (new port). Used after
+    /// a revocation, since CRLs are read at start.
+    pub async fn restart(self) -> TestGateway {
+        self.running.shutdown();
+        let running = gateway::start(self.settings.clone()).await.unwrap();
+        TestGateway { running, ..self }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.running.store
+    }
+
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.running.mqtt_address.port()
+    }
+
+    /// Issues, enrols and funds a device with an Ed25519 signing key.
+    pub async fn device(&self, id: &str, funds: &str) -> DeviceBundle {
+        self.device_with(id, funds, SigningAlgorithm::Ed25519).await
+    }
+
+    pub async fn device_with(&self, id: &str, funds: &str, algorithm: SigningAlgorithm) -> DeviceBundle {
+        let device = DeviceId::parse(id).unwrap();
+        let wallet = AccountId::parse(&format!("wallet-{id}")).unwrap();
+        pki::issue_device(&self.pki_dir(), &device, &wallet, algorithm).unwrap();
+        paygate_gateway::demo::enrol_from_bundle(self.store(), &self.pki_dir(), &device, Currency::parse("INR").unwrap())
+            .await
+            .unwrap();
+        self.store().fund_wallet(&wallet, inr(funds), 0).await.unwrap();
+        DeviceBundle::load(&pki::device_dir(&self.pki_dir(), &device)).unwrap()
+    }
+
+    pub fn bundle_dir(&self, id: &str) -> PathBuf {
+        pki::device_dir(&self.pki_dir(), &DeviceId::parse(id).unwrap())
+    }
+
+    pub fn agent_settings(&self, id: &str) -> AgentSettings {
+        AgentSettings {
+            host: "127.0.0.1".into(),
+            port: self.port(),
+            keep_alive: Duration::from_secs(30),
+            resend_interval: Duration::from_secs(3),
+            receipt_timeout: Duration::from_secs(20),
+            outbox_dir: self.bundle_dir(id).join("outbox"),
+        }
+    }
+
+    pub async fn agent(&self, id: &str) -> Agent {
+        let bundle = DeviceBundle::load(&self.bundle_dir(id)).unwrap();
+        Agent::connect(bundle, self.agent_settings(id)).await.unwrap()
+    }
+
+    pub async fn balance(&self, account: &str) -> i64 {
+        self.store().balance(&AccountId::parse(account).unwrap()).await.unwrap().unwrap()
+    }
+
+    /// Everything a refusal must leave unchanged: balances, transfers, postings, decisions.
+    pub async fn ledger_fingerprint(&self) -> String {
+        let pool = self.store().pool();
+        let balances: Vec<(String, i64)> = sqlx::query_as("SELECT account_id, balance_minor FROM accounts ORDER BY account_id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        let counts: (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM transfers), (SELECT COUNT(*) FROM postings), (SELECT COUNT(*) FROM requests)",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        format!("{balances:?} {counts:?}")
+    }
+
+    /// The books balance: every transfer sums to zero, the sum of balances is zero per
+    /// currency, and every balance equals its postings.
+    pub async fn assert_ledger_balanced(&self) {
+        for line in self.store().trial_balance().await.unwrap() {
+            assert_eq!(line.balance_sum_minor, 0, "{line:?}");
+            assert_eq!(line.posting_sum_minor, 0, "{line:?}");
+            assert_eq!(line.unbalanced_transfers, 0, "{line:?}");
+        }
+        assert!(self.store().balances_match_postings().await.unwrap());
+    }
+
+    /// Waits until the gateway has counted `count` refusals with `code` (refusals are counted
+    /// by the connection task, which may finish just after the client sees the close).
+    pub async fn wait_for_refusals(&self, code: paygate_core::ErrorCode, count: u64) -> u64 {
+        for _ in 0..200 {
+            let seen = self.running.metrics.snapshot().refusals_of(code);
+            if seen >= count {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.running.metrics.snapshot().refusals_of(code)
+    }
+
+    pub fn tls_client_config(&self, client_bundle: Option<&Path>) -> Arc<rustls::ClientConfig> {
+        tls_client_config(&self.pki_dir().join("ca.cert.pem"), client_bundle)
+    }
+}
+
+fn read_certs(path: &Path) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    let pem = std::fs::read(path).unwrap();
+    rustls_pki_types::pem::PemObject::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().unwrap()
+}
+
+/// A TLS client trusting `ca_file`, presenting the bundle's certificate if one is given.
+pub fn tls_client_config(ca_file: &Path, client_bundle: Option<&Path>) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in read_certs(ca_file) {
+        roots.add(ca).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client_bundle {
+        None => builder.with_no_client_auth(),
+        Some(dir) => {
+            let chain = read_certs(&dir.join("device.cert.pem"));
+            let key_pem = std::fs::read(dir.join("device.key.pem")).unwrap();
+            let key = rustls_pki_types::pem::PemObject::from_pem_slice(&key_pem).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    Arc::new(config)
+}
+
+/// A raw MQTT 3.1.1 client over TLS: sends exactly the packets a test builds.
+pub struct RawClient {
+    stream: TlsStream<TcpStream>,
+    buffer: BytesMut,
+}
+
+impl RawClient {
+    pub async fn connect_tls(port: u16, config: Arc<rustls::ClientConfig>) -> Result<RawClient> {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let name = rustls_pki_types::ServerName::try_from("localhost")?;
+        let stream = connector.connect(name, tcp).await.context("tls handshake")?;
+        Ok(RawClient {
+            stream,
+            buffer: BytesMut::new(),
+        })
+    }
+
+    pub async fn send(&mut self, packet: Packet) -> Result<()> {
+        let mut out = BytesMut::new();
+        packet.write(&mut out, 10 * 1024 * 1024)?;
+        self.send_bytes(&out).await
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// The next packet, or the error that ended the stream (closed, TLS alert, timeout).
+    pub async fn recv(&mut self, timeout: Duration) -> Result<Packet> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match Packet::read(&mut self.buffer, 10 * 1024 * 1024) {
+                Ok(packet) => return Ok(packet),
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(other) => anyhow::bail!("bad packet from server: {other}"),
+            }
+            let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buffer))
+                .await
+                .context("timed out")??;
+            if read == 0 {
+                anyhow::bail!("connection closed");
+            }
+        }
+    }
+
+    /// Sends CONNECT with `client_id`, returns the CONNACK return code.
+    pub async fn mqtt_connect(&mut self, client_id: &str) -> Result<u8> {
+        let mut connect = Connect::new(client_id);
+        connect.protocol = Protocol::V4;
+        connect.keep_alive = 30;
+        connect.clean_session = true;
+        self.send(Packet::Connect(connect)).await?;
+        match self.recv(Duration::from_secs(5)).await? {
+            Packet::ConnAck(ack) => Ok(ack.code as u8),
+            other => anyhow::bail!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Reads until the server closes the connection; returns the packets seen before that.
+    pub async fn until_closed(&mut self, timeout: Duration) -> (Vec<Packet>, bool) {
+        let mut packets = Vec::new();
+        loop {
+            match self.recv(timeout).await {
+                Ok(packet) => packets.push(packet),
+                Err(error) => return (packets, !error.to_string().contains("timed out")),
+            }
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! Configuration: defaults, then a TOML file, then `PAYGATE__SECTION__KEY` environment
+//! overrides, parsed strictly (unknown keys are errors) and then validated into [`Settings`]
+//! before anything starts.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where the database, the development PKI and keys live. Relative paths below are
+    /// resolved against it.
+    pub data_dir: PathBuf,
+    pub mqtt: MqttSettings,
+    pub tls: TlsSettings,
+    pub pipeline: PipelineSettings,
+    pub database: DatabaseSettings,
+    pub receipts: ReceiptSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSettings {
+    /// The device-facing MQTT over TLS listener.
+    pub listen: SocketAddr,
+    pub handshake_timeout_ms: u64,
+    /// Time a device has after the handshake to send CONNECT.
+    pub connect_timeout_ms: u64,
+    pub connections_max: usize,
+    /// Largest MQTT packet accepted from a device (whole packet after the fixed header).
+    pub packet_bytes_max: usize,
+    /// A connection silent for longer than 1.5 x its keep-alive, capped by this, is closed.
+    pub idle_timeout_max_ms: u64,
+    /// Packets queued towards one device before the connection is dropped as too slow.
+    pub outbound_queue_packets_max: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// PEM files, each with one or more CA certificates trusted to issue device certificates.
+    pub client_ca_bundles: Vec<PathBuf>,
+    /// PEM CRL files. With the default policy every device certificate's issuer needs one.
+    pub crls: Vec<PathBuf>,
+    /// Accept a device whose revocation status no loaded CRL covers.
+    pub allow_unknown_revocation_status: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSettings {
+    /// Requests waiting between the broker and the pipeline.
+    pub queue_depth_max: usize,
+    /// Requests decided and committed in one database transaction.
+    pub batch_size_max: usize,
+    /// Oldest creation time accepted (an edge outbox may hold requests through an outage).
+    pub request_age_max_ms: u64,
+    /// How far ahead of the gateway's clock a device clock may run.
+    pub request_future_skew_max_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// Empty: `sqlite://{data_dir}/paygate.db`.
+    pub url: String,
+    pub connections_max: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiptSettings {
+    /// PKCS#8 Ed25519 key that signs receipts and notices.
+    pub signing_key: PathBuf,
+    /// The key id receipts carry.
+    pub key_id: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from("paygate-data"),
+            mqtt: MqttSettings::default(),
+            tls: TlsSettings::default(),
+            pipeline: PipelineSettings::default(),
+            database: DatabaseSettings::default(),
+            receipts: ReceiptSettings::default(),
+        }
+    }
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        MqttSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
+            handshake_timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
+            connections_max: 10_000,
+            packet_bytes_max: 16 * 1024,
+            idle_timeout_max_ms: 300_000,
+            outbound_queue_packets_max: 256,
+        }
+    }
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            server_cert: PathBuf::from("pki/server.cert.pem"),
+            server_key: PathBuf::from("pki/server.key.pem"),
+            client_ca_bundles: vec![PathBuf::from("pki/ca.cert.pem")],
+            crls: vec![PathBuf::from("pki/crl.pem")],
+            allow_unknown_revocation_status: false,
+        }
+    }
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        PipelineSettings {
+            queue_depth_max: 4_096,
+            batch_size_max: 64,
+            request_age_max_ms: 24 * 3_600_000,
+            request_future_skew_max_ms: 300_000,
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: String::new(),
+            connections_max: 4,
+        }
+    }
+}
+
+impl Default for ReceiptSettings {
+    fn default() -> Self {
+        ReceiptSettings {
+            signing_key: PathBuf::from("pki/receipt-signing.pk8"),
+            key_id: "paygate-receipts-1".to_owned(),
+        }
+    }
+}
+
+/// A configuration that parsed but makes no sense.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("configuration: {field} {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+impl Settings {
+    /// Defaults, then the file (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("PAYGATE__").split("__"));
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks ranges and relations between settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mqtt = &self.mqtt;
+        if !(128..=1024 * 1024).contains(&mqtt.packet_bytes_max) {
+            return Err(invalid("mqtt.packet_bytes_max", "must be 128 to 1048576"));
+        }
+        if mqtt.connections_max == 0 {
+            return Err(invalid("mqtt.connections_max", "must be at least 1"));
+        }
+        if mqtt.handshake_timeout_ms == 0 || mqtt.connect_timeout_ms == 0 || mqtt.idle_timeout_max_ms == 0 {
+            return Err(invalid("mqtt.*_timeout_ms", "timeouts must be positive"));
+        }
+        if mqtt.outbound_queue_packets_max == 0 {
+            return Err(invalid("mqtt.outbound_queue_packets_max", "must be at least 1"));
+        }
+        if self.tls.client_ca_bundles.is_empty() {
+            return Err(invalid("tls.client_ca_bundles", "needs at least one CA bundle"));
+        }
+        let pipeline = &self.pipeline;
+        if pipeline.batch_size_max == 0 || pipeline.batch_size_max > 10_000 {
+            return Err(invalid("pipeline.batch_size_max", "must be 1 to 10000"));
+        }
+        if pipeline.queue_depth_max < pipeline.batch_size_max {
+            return Err(invalid("pipeline.queue_depth_max", "must be at least pipeline.batch_size_max"));
+        }
+        if self.database.connections_max == 0 {
+            return Err(invalid("database.connections_max", "must be at least 1"));
+        }
+        if !self.database.url.is_empty() && !self.database.url.starts_with("sqlite:") {
+            return Err(invalid("database.url", "only sqlite: URLs are supported by this version"));
+        }
+        if paygate_core::DeviceId::parse(&self.receipts.key_id).is_err() {
+            return Err(invalid("receipts.key_id", "must be a plain identifier"));
+        }
+        Ok(())
+    }
+
+    /// A path from the settings, resolved against the data directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.data_dir.join(path)
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("paygate.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    /// The commented default file that `paygate config print-default` writes.
+    pub fn default_file() -> &'static str {
+        DEFAULT_FILE
+    }
+}
+
+const DEFAULT_FILE: &str = r#"# paygate configuration. Every key is optional; these are the defaults.
+# Environment overrides: PAYGATE__SECTION__KEY, e.g. PAYGATE__MQTT__LISTEN=0.0.0.0:8883.
+# Unknown keys are errors. Relative paths are resolved against data_dir.
+
+# Database, development PKI and keys.
+data_dir = "paygate-data"
+
+[mqtt]
+# Device-facing MQTT over TLS (mutual TLS, MQTT 3.1.1).
+listen = "127.0.0.1:8883"
+handshake_timeout_ms = 5000
+# Time a device has after the TLS handshake to send CONNECT.
+connect_timeout_ms = 5000
+connections_max = 10000
+# Largest MQTT packet accepted from a device; larger ones close the connection.
+packet_bytes_max = 16384
+# A connection silent for longer than 1.5 x its keep-alive, capped by this, is closed.
+idle_timeout_max_ms = 300000
+# Packets queued towards one device before it is dropped as too slow.
+outbound_queue_packets_max = 256
+
+[tls]
+server_cert = "pki/server.cert.pem"
+server_key = "pki/server.key.pem"
+# CA bundles trusted to issue device certificates (each file may hold several CAs).
+client_ca_bundles = ["pki/ca.cert.pem"]
+# CRLs; by default every device certificate's issuer needs one.
+crls = ["pki/crl.pem"]
+allow_unknown_revocation_status = false
+
+[pipeline]
+queue_depth_max = 4096
+# Requests decided and committed in one database transaction (group commit).
+batch_size_max = 64
+# Oldest request creation time accepted (an edge outbox may hold requests through an outage).
+request_age_max_ms = 86400000
+request_future_skew_max_ms = 300000
+
+[database]
+# Empty: sqlite://{data_dir}/paygate.db
+url = ""
+connections_max = 4
+
+[receipts]
+signing_key = "pki/receipt-signing.pk8"
+key_id = "paygate-receipts-1"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_default_file_is_exactly_the_defaults() {
+        let from_file: Settings = Figment::new()
+            .merge(Toml::string(DEFAULT_FILE))
+            .extract()
+            .expect("default file parses");
+        assert_eq!(from_file, Settings::default());
+        assert!(Settings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let unknown: Result<Settings, _> = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string("[mqtt]\nlisten_port = 1\n"))
+            .extract();
+        assert!(unknown.is_err());
+        let mut settings = Settings::default();
+        settings.pipeline.batch_size_max = 0;
+        assert!(matches!(settings.validate(), Err(ConfigError::Invalid { field: "pipeline.batch_size_max", .. })));
+        let mut settings = Settings::default();
+        settings.database.url = "postgres://x".into();
+        assert!(settings.validate().is_err());
+    }
+}

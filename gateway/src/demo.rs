@@ -1,0 +1,207 @@
+//! `paygate demo`: on embedded defaults (a data directory, a development PKI made on first
+//! run, SQLite), starts the gateway and a few simulated terminals that enrol and pay over real
+//! mutual-TLS MQTT, shows progress, and ends with a summary and a ledger check.
+
+use crate::config::Settings;
+use crate::gateway;
+use crate::pki;
+use crate::store::{AccountKind, Device, Store};
+use anyhow::{Context, Result};
+use paygate_agent::{Agent, AgentSettings, DeviceBundle};
+use paygate_core::envelope::SigningAlgorithm;
+use paygate_core::receipt::Outcome;
+use paygate_core::{AccountId, Currency, DeviceId, Money};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub data_dir: PathBuf,
+    pub terminals: usize,
+    pub payments_per_terminal: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct DemoSummary {
+    pub sent: u64,
+    pub approved: u64,
+    pub declined: BTreeMap<String, u64>,
+    pub rejected: BTreeMap<String, u64>,
+    pub failed: u64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub ledger_balanced: bool,
+}
+
+const MERCHANTS: [&str; 3] = ["m-coffee", "m-grocer", "m-fuel"];
+
+/// Enrols a device from its bundle: opens its wallet and registers its signing key.
+pub async fn enrol_from_bundle(store: &Store, pki_dir: &std::path::Path, device: &DeviceId, currency: Currency) -> Result<AccountId> {
+    let enrolment = pki::read_enrolment(&pki::device_dir(pki_dir, device).join("enrolment.json"))?;
+    let wallet = AccountId::parse(&enrolment.wallet_id)?;
+    let now = crate::pipeline::now_ms();
+    store.open_account(&wallet, AccountKind::Wallet, currency, now).await?;
+    store
+        .enrol_device(
+            &Device {
+                device_id: device.clone(),
+                key: enrolment.verifying_key()?,
+                wallet: wallet.clone(),
+                active: true,
+            },
+            now,
+        )
+        .await?;
+    Ok(wallet)
+}
+
+pub async fn run(options: DemoOptions) -> Result<DemoSummary> {
+    let mut settings = Settings {
+        data_dir: options.data_dir.clone(),
+        ..Settings::default()
+    };
+    settings.mqtt.listen = "127.0.0.1:0".parse()?;
+    let pki_dir = settings.data_dir.join("pki");
+    if !pki::is_initialised(&pki_dir) {
+        eprintln!("making a development PKI in {}", pki_dir.display());
+        pki::init(&pki_dir, &["localhost".into(), "127.0.0.1".into()], &settings.receipts.key_id)?;
+    }
+    let running = gateway::start(settings.clone()).await?;
+    let store = running.store.clone();
+    let inr = Currency::parse("INR").context("INR")?;
+    let now = crate::pipeline::now_ms();
+    for merchant in MERCHANTS {
+        store.open_account(&AccountId::parse(merchant)?, AccountKind::Merchant, inr, now).await?;
+    }
+
+    let total = u64::try_from(options.terminals * options.payments_per_terminal)?;
+    let sent = Arc::new(AtomicU64::new(0));
+    let approved = Arc::new(AtomicU64::new(0));
+    let mut terminals = Vec::new();
+    for index in 0..options.terminals {
+        let device = DeviceId::parse(&format!("demo-pos-{index:03}"))?;
+        let bundle_dir = pki::device_dir(&pki_dir, &device);
+        if !bundle_dir.join("enrolment.json").exists() {
+            let wallet = AccountId::parse(&format!("wallet-{device}"))?;
+            pki::issue_device(&pki_dir, &device, &wallet, SigningAlgorithm::Ed25519)?;
+        }
+        let wallet = enrol_from_bundle(&store, &pki_dir, &device, inr).await?;
+        store.fund_wallet(&wallet, Money::parse_decimal("400.00", "INR")?, now).await?;
+        let agent_settings = AgentSettings {
+            host: "127.0.0.1".into(),
+            port: running.mqtt_address.port(),
+            keep_alive: Duration::from_secs(30),
+            resend_interval: Duration::from_secs(2),
+            receipt_timeout: Duration::from_secs(20),
+            outbox_dir: bundle_dir.join("outbox"),
+        };
+        let bundle = DeviceBundle::load(&bundle_dir)?;
+        let (sent, approved) = (sent.clone(), approved.clone());
+        let payments = options.payments_per_terminal;
+        terminals.push(tokio::spawn(async move {
+            let mut results = Vec::with_capacity(payments);
+            let mut agent = Agent::connect(bundle, agent_settings).await?;
+            for n in 0..payments {
+                // mostly small purchases; every 7th to a merchant that does not exist; the
+                // wallet runs dry towards the end, so some are declined for funds
+                let merchant = if n % 7 == 6 { "m-closed" } else { MERCHANTS[n % MERCHANTS.len()] };
+                let rupees = 5 + (rand::random::<u64>() % 60);
+                let amount = Money::new(rupees * 100, inr)?;
+                let started = Instant::now();
+                let outcome = agent.pay(&AccountId::parse(merchant)?, amount).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if matches!(&outcome, Ok(r) if r.receipt.outcome == Outcome::Approved) {
+                    approved.fetch_add(1, Ordering::Relaxed);
+                }
+                results.push((started.elapsed(), outcome.map(|r| (r.receipt.outcome, r.receipt.code))));
+            }
+            agent.disconnect().await;
+            anyhow::Ok(results)
+        }));
+    }
+
+    let progress = {
+        let (sent, approved) = (sent.clone(), approved.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                eprintln!(
+                    "progress: {}/{total} sent, {} approved",
+                    sent.load(Ordering::Relaxed),
+                    approved.load(Ordering::Relaxed)
+                );
+            }
+        })
+    };
+
+    let mut summary = DemoSummary::default();
+    let mut latencies = Vec::new();
+    for terminal in terminals {
+        for (latency, outcome) in terminal.await.context("terminal task")?? {
+            summary.sent += 1;
+            latencies.push(latency.as_secs_f64() * 1000.0);
+            match outcome {
+                Ok((Outcome::Approved, _)) => summary.approved += 1,
+                Ok((Outcome::Declined, code)) => *summary.declined.entry(code.unwrap_or_default()).or_insert(0) += 1,
+                Ok((Outcome::Rejected, code)) => *summary.rejected.entry(code.unwrap_or_default()).or_insert(0) += 1,
+                Err(error) => {
+                    tracing::warn!(%error, "payment failed");
+                    summary.failed += 1;
+                }
+            }
+        }
+    }
+    progress.abort();
+    latencies.sort_by(f64::total_cmp);
+    summary.latency_p50_ms = percentile(&latencies, 0.50);
+    summary.latency_p99_ms = percentile(&latencies, 0.99);
+    let trial = store.trial_balance().await?;
+    summary.ledger_balanced = store.balances_match_postings().await?
+        && trial
+            .iter()
+            .all(|t| t.balance_sum_minor == 0 && t.posting_sum_minor == 0 && t.unbalanced_transfers == 0);
+    running.shutdown();
+    Ok(summary)
+}
+
+fn percentile(sorted: &[f64], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let last = sorted.len() - 1;
+    let rank = (quantile * last as f64).round();
+    let index = if rank.is_finite() && rank >= 0.0 { rank as usize } else { 0 };
+    sorted[index.min(last)]
+}
+
+impl std::fmt::Display for DemoSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "== paygate demo summary ==")?;
+        writeln!(f, "sent       {}", self.sent)?;
+        writeln!(f, "approved   {}", self.approved)?;
+        let declined: u64 = self.declined.values().sum();
+        writeln!(f, "declined   {declined}")?;
+        for (code, count) in &self.declined {
+            writeln!(f, "  {code:<24} {count}")?;
+        }
+        let rejected: u64 = self.rejected.values().sum();
+        writeln!(f, "rejected   {rejected}")?;
+        for (code, count) in &self.rejected {
+            writeln!(f, "  {code:<24} {count}")?;
+        }
+        writeln!(f, "no receipt {}", self.failed)?;
+        writeln!(f, "latency    p50 {:.1} ms, p99 {:.1} ms", self.latency_p50_ms, self.latency_p99_ms)?;
+        write!(
+            f,
+            "ledger     {}",
+            if self.ledger_balanced {
+                "balanced: every transfer sums to zero, balances match postings"
+            } else {
+                "NOT BALANCED"
+            }
+        )
+    }
+}

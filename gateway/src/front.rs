@@ -1,0 +1,463 @@
+//! The device front: paygate's own TLS termination and an MQTT-aware guard in front of the
+//! embedded rumqttd, which can neither bind identity nor authorise topics (DOMAIN.md).
+//!
+//! Per connection, in a task of its own (never on the accept loop):
+//! 1. TLS handshake with a timeout; a client certificate is required, chains to a configured
+//!    CA, is not revoked; its device id is read from the certificate.
+//! 2. The first packet must be an MQTT 3.1.1 CONNECT whose client id is that device id, with no
+//!    will, from an enrolled, active device. Otherwise a CONNACK refusal and close.
+//! 3. The guard opens its own connection to rumqttd's loopback listener, presenting the broker
+//!    secret, and then checks every packet from the device with [`check_packet`] before
+//!    forwarding it. Refusals never reach rumqttd.
+//!
+//! Refusals after CONNECT send the device a signed notice (a receipt with outcome `rejected`
+//! and the stable code) on its reply topic before closing, so the device learns why.
+
+use crate::broker::BrokerSecret;
+use crate::config::MqttSettings;
+use crate::metrics::Metrics;
+use crate::pipeline::now_ms;
+use crate::store::Store;
+use crate::tls::{classify_handshake_error, device_identity};
+use bytes::{Bytes, BytesMut};
+use paygate_core::envelope::SigningKey;
+use paygate_core::receipt::{Outcome, Receipt, RECEIPT_CONTENT_TYPE};
+use paygate_core::request::SCHEMA_VERSION;
+use paygate_core::topics::{replies_topic, requests_topic};
+use paygate_core::{DeviceId, ErrorCode};
+use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Login, Packet, Publish, SubAck, SubscribeReasonCode, UnsubAck};
+use rumqttc::mqttbytes::{self, Protocol, QoS};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+/// What the guard does with one packet from a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass the packet to rumqttd unchanged.
+    Forward,
+    /// Answer the device directly (and report the code); the packet goes nowhere.
+    Answer(Packet, ErrorCode),
+    /// Send the device a signed notice with the code and close the connection.
+    Close(ErrorCode),
+}
+
+/// The guard's policy for a packet after CONNECT. A device may publish (QoS 0 or 1, not
+/// retained) only to its own request topic, and subscribe only to its own reply topic.
+pub fn check_packet(device: &DeviceId, packet: &Packet) -> Verdict {
+    match packet {
+        Packet::Publish(publish) => {
+            if publish.topic != requests_topic(device) {
+                Verdict::Close(ErrorCode::TopicNotAuthorized)
+            } else if publish.qos == QoS::ExactlyOnce || publish.retain {
+                Verdict::Close(ErrorCode::QosNotSupported)
+            } else {
+                Verdict::Forward
+            }
+        }
+        Packet::Subscribe(subscribe) => {
+            let own = replies_topic(device);
+            let allowed = subscribe
+                .filters
+                .iter()
+                .all(|filter| filter.path == own && filter.qos != QoS::ExactlyOnce);
+            if allowed {
+                Verdict::Forward
+            } else {
+                let failures = vec![SubscribeReasonCode::Failure; subscribe.filters.len()];
+                Verdict::Answer(Packet::SubAck(SubAck::new(subscribe.pkid, failures)), ErrorCode::TopicNotAuthorized)
+            }
+        }
+        Packet::Unsubscribe(unsubscribe) => {
+            let own = replies_topic(device);
+            if unsubscribe.topics.iter().all(|topic| *topic == own) {
+                Verdict::Forward
+            } else {
+                Verdict::Answer(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)), ErrorCode::TopicNotAuthorized)
+            }
+        }
+        Packet::PubAck(_) | Packet::PingReq | Packet::Disconnect => Verdict::Forward,
+        Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => Verdict::Close(ErrorCode::QosNotSupported),
+        Packet::Connect(_) | Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+            Verdict::Close(ErrorCode::ProtocolViolation)
+        }
+    }
+}
+
+/// Everything a connection task needs.
+pub struct Front {
+    pub settings: MqttSettings,
+    pub acceptor: TlsAcceptor,
+    pub broker_address: SocketAddr,
+    pub broker_secret: BrokerSecret,
+    pub store: Store,
+    pub receipt_key: Arc<SigningKey>,
+    pub metrics: Arc<Metrics>,
+    pub connection_slots: Arc<Semaphore>,
+}
+
+/// Accepts connections until `shutdown` turns true. The handshake and everything after it run
+/// in a task per connection, so an idle socket holds only its own slot.
+pub async fn serve(front: Arc<Front>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = front.connection_slots.clone().try_acquire_owned() else {
+            front.metrics.count_refusal(ErrorCode::Overloaded);
+            tracing::warn!(%peer, "connection refused: mqtt.connections_max reached");
+            drop(tcp);
+            continue;
+        };
+        let front = front.clone();
+        tokio::spawn(async move {
+            front.metrics.connection_opened();
+            handle_connection(&front, tcp, peer).await;
+            front.metrics.connection_closed();
+            drop(permit);
+        });
+    }
+}
+
+async fn handle_connection(front: &Front, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let handshake = tokio::time::timeout(
+        Duration::from_millis(front.settings.handshake_timeout_ms),
+        front.acceptor.accept(tcp),
+    )
+    .await;
+    let tls = match handshake {
+        Err(_) => {
+            front.metrics.count_refusal(ErrorCode::TlsHandshakeFailed);
+            tracing::info!(%peer, code = %ErrorCode::TlsHandshakeFailed, "tls handshake timed out");
+            return;
+        }
+        Ok(Err(error)) => {
+            let code = classify_handshake_error(&error);
+            front.metrics.count_refusal(code);
+            tracing::info!(%peer, code = %code, %error, "tls handshake refused");
+            return;
+        }
+        Ok(Ok(tls)) => tls,
+    };
+    let identity = match tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()) {
+        Some(cert) => device_identity(cert),
+        None => Err(ErrorCode::TlsClientCertRequired),
+    };
+    let device = match identity {
+        Ok(device) => device,
+        Err(code) => {
+            front.metrics.count_refusal(code);
+            tracing::info!(%peer, code = %code, "connection refused");
+            return;
+        }
+    };
+    if let Err(code) = run_session(front, tls, &device).await {
+        front.metrics.count_refusal(code);
+        tracing::info!(%peer, device = %device, code = %code, "connection closed by the guard");
+    }
+}
+
+enum FrameError {
+    Closed,
+    TooLarge,
+    Malformed(mqttbytes::Error),
+    Io,
+}
+
+impl FrameError {
+    fn code(&self) -> Option<ErrorCode> {
+        match self {
+            FrameError::Closed | FrameError::Io => None,
+            FrameError::TooLarge => Some(ErrorCode::PacketTooLarge),
+            FrameError::Malformed(_) => Some(ErrorCode::ProtocolViolation),
+        }
+    }
+}
+
+/// Splits a byte stream into MQTT frames, refusing a frame larger than the maximum as soon as
+/// its fixed header is read (before its body is buffered).
+struct FrameReader<R> {
+    reader: R,
+    buffer: BytesMut,
+    packet_bytes_max: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    fn new(reader: R, packet_bytes_max: usize) -> Self {
+        FrameReader {
+            reader,
+            buffer: BytesMut::with_capacity(4096),
+            packet_bytes_max,
+        }
+    }
+
+    async fn next_raw(&mut self) -> Result<Bytes, FrameError> {
+        loop {
+            match mqttbytes::check(self.buffer.iter(), self.packet_bytes_max) {
+                Ok(header) => return Ok(self.buffer.split_to(header.frame_length()).freeze()),
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(mqttbytes::Error::PayloadSizeLimitExceeded(_)) => return Err(FrameError::TooLarge),
+                Err(other) => return Err(FrameError::Malformed(other)),
+            }
+            match self.reader.read_buf(&mut self.buffer).await {
+                Ok(0) => return Err(FrameError::Closed),
+                Ok(_) => {}
+                Err(_) => return Err(FrameError::Io),
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Result<(Packet, Bytes), FrameError> {
+        let raw = self.next_raw().await?;
+        let mut copy = BytesMut::from(&raw[..]);
+        let packet = Packet::read(&mut copy, self.packet_bytes_max).map_err(FrameError::Malformed)?;
+        Ok((packet, raw))
+    }
+}
+
+fn encode(packet: &Packet) -> Bytes {
+    let mut buffer = BytesMut::new();
+    // packets the guard builds are small and well-formed
+    let _ = packet.write(&mut buffer, usize::MAX);
+    buffer.freeze()
+}
+
+fn notice(front: &Front, device: &DeviceId, code: ErrorCode) -> Bytes {
+    let receipt = Receipt {
+        v: SCHEMA_VERSION,
+        outcome: Outcome::Rejected,
+        code: Some(code.as_str().to_owned()),
+        message: Some(code.description().to_owned()),
+        device_id: device.to_string(),
+        idempotency_key: None,
+        body_sha256: None,
+        tx_id: None,
+        amount: None,
+        merchant_id: None,
+        decided_at_ms: now_ms(),
+    };
+    let sealed = front.receipt_key.seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload());
+    encode(&Packet::Publish(Publish::new(replies_topic(device), QoS::AtMostOnce, sealed)))
+}
+
+async fn write_and_close<W: AsyncWrite + Unpin>(writer: &mut W, frame: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = writer.write_all(frame).await;
+        let _ = writer.flush().await;
+        let _ = writer.shutdown().await;
+    })
+    .await;
+}
+
+/// One device session, from CONNECT to close. Returns the code that ended it, if any.
+async fn run_session<S>(front: &Front, tls: S, device: &DeviceId) -> Result<(), ErrorCode>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = &front.settings;
+    let (device_read, mut device_write) = tokio::io::split(tls);
+    let mut device_reader = FrameReader::new(device_read, settings.packet_bytes_max);
+
+    let first = tokio::time::timeout(Duration::from_millis(settings.connect_timeout_ms), device_reader.next()).await;
+    let (connect, raw_len) = match first {
+        Err(_) => return Err(ErrorCode::ProtocolViolation),
+        Ok(Err(error)) => return error.code().map_or(Ok(()), Err),
+        Ok(Ok((Packet::Connect(connect), raw))) => (connect, raw.len()),
+        Ok(Ok(_)) => return Err(ErrorCode::ProtocolViolation),
+    };
+    tracing::debug!(device = %device, connect_bytes = raw_len, "connect received");
+    let refuse_connect = |code: ConnectReturnCode| encode(&Packet::ConnAck(ConnAck::new(code, false)));
+    if connect.protocol != Protocol::V4 {
+        write_and_close(&mut device_write, &refuse_connect(ConnectReturnCode::RefusedProtocolVersion)).await;
+        return Err(ErrorCode::ProtocolViolation);
+    }
+    if connect.client_id != device.as_str() {
+        write_and_close(&mut device_write, &refuse_connect(ConnectReturnCode::BadClientId)).await;
+        return Err(ErrorCode::ClientIdMismatch);
+    }
+    if connect.last_will.is_some() {
+        write_and_close(&mut device_write, &refuse_connect(ConnectReturnCode::NotAuthorized)).await;
+        return Err(ErrorCode::TopicNotAuthorized);
+    }
+    match front.store.device(device).await {
+        Ok(Some(enrolled)) if enrolled.active => {}
+        Ok(_) => {
+            write_and_close(&mut device_write, &refuse_connect(ConnectReturnCode::NotAuthorized)).await;
+            return Err(ErrorCode::DeviceNotEnrolled);
+        }
+        Err(error) => {
+            tracing::error!(%error, "device lookup failed");
+            write_and_close(&mut device_write, &refuse_connect(ConnectReturnCode::ServiceUnavailable)).await;
+            return Err(ErrorCode::InternalError);
+        }
+    }
+
+    let idle = if connect.keep_alive == 0 {
+        Duration::from_millis(settings.idle_timeout_max_ms)
+    } else {
+        Duration::from_millis((u64::from(connect.keep_alive) * 1_500).min(settings.idle_timeout_max_ms))
+    };
+
+    let broker = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(front.broker_address)).await {
+        Ok(Ok(broker)) => broker,
+        _ => {
+            write_and_close(&mut device_write, &refuse_connect(ConnectReturnCode::ServiceUnavailable)).await;
+            return Err(ErrorCode::InternalError);
+        }
+    };
+    let _ = broker.set_nodelay(true);
+    let (broker_read, mut broker_write) = broker.into_split();
+    let mut rewritten = connect;
+    rewritten.login = Some(Login::new(device.as_str(), front.broker_secret.expose()));
+    if broker_write.write_all(&encode(&Packet::Connect(rewritten))).await.is_err() {
+        write_and_close(&mut device_write, &refuse_connect(ConnectReturnCode::ServiceUnavailable)).await;
+        return Err(ErrorCode::InternalError);
+    }
+
+    // one writer owns the device's write half; the broker pump and the guard feed it frames
+    let (to_device, mut device_queue) = mpsc::channel::<Bytes>(settings.outbound_queue_packets_max);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = device_queue.recv().await {
+            if device_write.write_all(&frame).await.is_err() {
+                return;
+            }
+            if device_queue.is_empty() && device_write.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = device_write.flush().await;
+        let _ = device_write.shutdown().await;
+    });
+    let pump_sender = to_device.clone();
+    let mut broker_pump = tokio::spawn(async move {
+        let mut broker_reader = FrameReader::new(broker_read, 2 * 1024 * 1024);
+        while let Ok(frame) = broker_reader.next_raw().await {
+            if pump_sender.send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut ended_by = None;
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(idle, device_reader.next()) => next,
+            _ = &mut broker_pump => break,
+        };
+        let (packet, raw) = match next {
+            Err(_) => break, // keep-alive expired
+            Ok(Err(error)) => {
+                if let FrameError::Malformed(detail) = &error {
+                    tracing::info!(device = %device, %detail, "malformed packet");
+                }
+                ended_by = error.code();
+                if let Some(code) = ended_by {
+                    broker_pump.abort();
+                    let _ = to_device.send(notice(front, device, code)).await;
+                }
+                break;
+            }
+            Ok(Ok(frame)) => frame,
+        };
+        match check_packet(device, &packet) {
+            Verdict::Forward => {
+                if broker_write.write_all(&raw).await.is_err() {
+                    break;
+                }
+                if packet == Packet::Disconnect {
+                    break;
+                }
+            }
+            Verdict::Answer(answer, code) => {
+                front.metrics.count_refusal(code);
+                tracing::info!(device = %device, code = %code, "packet refused");
+                if to_device.send(encode(&answer)).await.is_err() || to_device.send(notice(front, device, code)).await.is_err() {
+                    break;
+                }
+            }
+            Verdict::Close(code) => {
+                broker_pump.abort();
+                let _ = to_device.send(notice(front, device, code)).await;
+                ended_by = Some(code);
+                break;
+            }
+        }
+    }
+    broker_pump.abort();
+    let _ = broker_write.shutdown().await;
+    drop(to_device);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    ended_by.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::mqttbytes::v4::{PubAck, Subscribe, SubscribeFilter, Unsubscribe};
+
+    fn publish(topic: &str, qos: QoS, retain: bool) -> Packet {
+        let mut publish = Publish::new(topic, qos, b"x".to_vec());
+        publish.retain = retain;
+        publish.pkid = 1;
+        Packet::Publish(publish)
+    }
+
+    fn subscribe(paths: &[&str], qos: QoS) -> Packet {
+        Packet::Subscribe(Subscribe {
+            pkid: 7,
+            filters: paths.iter().map(|p| SubscribeFilter::new(p.to_string(), qos)).collect(),
+        })
+    }
+
+    #[test]
+    fn the_guard_policy_as_a_table() {
+        let device = DeviceId::parse("pos-1").expect("valid");
+        let own_requests = "paygate/v1/devices/pos-1/requests";
+        let own_replies = "paygate/v1/devices/pos-1/replies";
+        let sub_refused = |n: usize| {
+            Verdict::Answer(Packet::SubAck(SubAck::new(7, vec![SubscribeReasonCode::Failure; n])), ErrorCode::TopicNotAuthorized)
+        };
+        use ErrorCode::*;
+        let table: Vec<(&str, Packet, Verdict)> = vec![
+            ("own requests qos1", publish(own_requests, QoS::AtLeastOnce, false), Verdict::Forward),
+            ("own requests qos0", publish(own_requests, QoS::AtMostOnce, false), Verdict::Forward),
+            ("own requests qos2", publish(own_requests, QoS::ExactlyOnce, false), Verdict::Close(QosNotSupported)),
+            ("retained", publish(own_requests, QoS::AtLeastOnce, true), Verdict::Close(QosNotSupported)),
+            ("other device", publish("paygate/v1/devices/pos-2/requests", QoS::AtLeastOnce, false), Verdict::Close(TopicNotAuthorized)),
+            ("own replies", publish(own_replies, QoS::AtLeastOnce, false), Verdict::Close(TopicNotAuthorized)),
+            ("wildcard topic", publish("paygate/v1/devices/+/requests", QoS::AtLeastOnce, false), Verdict::Close(TopicNotAuthorized)),
+            ("sys", publish("$SYS/x", QoS::AtMostOnce, false), Verdict::Close(TopicNotAuthorized)),
+            ("nul", publish("paygate/v1/devices/pos-1/requests\0", QoS::AtMostOnce, false), Verdict::Close(TopicNotAuthorized)),
+            ("empty", publish("", QoS::AtMostOnce, false), Verdict::Close(TopicNotAuthorized)),
+            ("subscribe own replies", subscribe(&[own_replies], QoS::AtLeastOnce), Verdict::Forward),
+            ("subscribe #", subscribe(&["#"], QoS::AtLeastOnce), sub_refused(1)),
+            ("subscribe share", subscribe(&["$share/g/paygate/v1/devices/pos-1/replies"], QoS::AtLeastOnce), sub_refused(1)),
+            ("subscribe other replies", subscribe(&["paygate/v1/devices/pos-2/replies"], QoS::AtLeastOnce), sub_refused(1)),
+            ("subscribe mixed", subscribe(&[own_replies, "#"], QoS::AtLeastOnce), sub_refused(2)),
+            ("subscribe qos2", subscribe(&[own_replies], QoS::ExactlyOnce), sub_refused(1)),
+            ("unsubscribe other", Packet::Unsubscribe(Unsubscribe { pkid: 3, topics: vec!["#".into()] }), Verdict::Answer(Packet::UnsubAck(UnsubAck::new(3)), TopicNotAuthorized)),
+            ("puback", Packet::PubAck(PubAck::new(1)), Verdict::Forward),
+            ("ping", Packet::PingReq, Verdict::Forward),
+            ("connack from device", Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)), Verdict::Close(ProtocolViolation)),
+            ("unsuback from device", Packet::UnsubAck(UnsubAck::new(1)), Verdict::Close(ProtocolViolation)),
+            ("pingresp from device", Packet::PingResp, Verdict::Close(ProtocolViolation)),
+        ];
+        for (name, packet, expected) in table {
+            assert_eq!(check_packet(&device, &packet), expected, "{name}");
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Assembles and starts a gateway: store, receipt key, TLS, the embedded broker, the pipeline
+//! attached to it by a local link, and the device front.
+
+use crate::broker;
+use crate::config::Settings;
+use crate::front::{self, Front};
+use crate::metrics::Metrics;
+use crate::pipeline::{Inbound, Pipeline};
+use crate::store::Store;
+use crate::tls;
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use paygate_core::envelope::{SigningAlgorithm, SigningKey};
+use paygate_core::topics::{device_of_requests_topic, replies_topic};
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::Notification;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+/// A gateway that is up: its address, its store and its counters.
+pub struct RunningGateway {
+    pub mqtt_address: SocketAddr,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl RunningGateway {
+    /// Stops accepting devices and stops the pipeline. (rumqttd 0.20 has no stop; its threads
+    /// end with the process.)
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+pub fn load_receipt_key(settings: &Settings) -> Result<SigningKey> {
+    let path = settings.resolve(&settings.receipts.signing_key);
+    let pkcs8 = std::fs::read(&path).with_context(|| format!("reading the receipt signing key {}", path.display()))?;
+    Ok(SigningKey::from_pkcs8(SigningAlgorithm::Ed25519, &settings.receipts.key_id, &pkcs8)?)
+}
+
+/// Starts everything and returns once the device listener is bound.
+pub async fn start(settings: Settings) -> Result<RunningGateway> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
+    let store = Store::open(&settings.database_url(), settings.database.connections_max).await?;
+    let receipt_key = Arc::new(load_receipt_key(&settings)?);
+    let acceptor = TlsAcceptor::from(tls::server_config(&settings)?);
+    let metrics = Arc::new(Metrics::default());
+    let embedded = broker::start(settings.mqtt.connections_max, settings.mqtt.packet_bytes_max).await?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let pipeline = Pipeline::new(store.clone(), receipt_key.clone(), settings.pipeline.clone(), metrics.clone());
+    let (link_tx, link_rx) = embedded.pipeline_link;
+    let (queue_tx, queue_rx) = mpsc::channel(settings.pipeline.queue_depth_max);
+    tokio::spawn(consume_link(link_rx, queue_tx, shutdown_rx.clone()));
+    tokio::spawn(run_pipeline(pipeline, queue_rx, link_tx, settings.pipeline.batch_size_max));
+
+    let listener = TcpListener::bind(settings.mqtt.listen)
+        .await
+        .with_context(|| format!("binding the device listener {}", settings.mqtt.listen))?;
+    let mqtt_address = listener.local_addr()?;
+    let front = Arc::new(Front {
+        connection_slots: Arc::new(Semaphore::new(settings.mqtt.connections_max)),
+        settings: settings.mqtt.clone(),
+        acceptor,
+        broker_address: embedded.address,
+        broker_secret: embedded.secret,
+        store: store.clone(),
+        receipt_key,
+        metrics: metrics.clone(),
+    });
+    tokio::spawn(front::serve(front, listener, shutdown_rx));
+    tracing::info!(%mqtt_address, "gateway listening for devices");
+    Ok(RunningGateway {
+        mqtt_address,
+        store,
+        metrics,
+        shutdown,
+    })
+}
+
+/// Takes device requests off the broker's local link into the bounded pipeline queue. A full
+/// queue holds the link (rumqttd then keeps or drops per its own limits; devices resend).
+async fn consume_link(mut link_rx: LinkRx, queue: mpsc::Sender<Inbound>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let notification = tokio::select! {
+            notification = link_rx.next() => notification,
+            _ = shutdown.changed() => return,
+        };
+        match notification {
+            Ok(Some(Notification::Forward(forward))) => {
+                let topic = String::from_utf8_lossy(&forward.publish.topic);
+                let Some(device) = device_of_requests_topic(&topic) else {
+                    tracing::warn!(%topic, "message on an unexpected topic ignored");
+                    continue;
+                };
+                let inbound = Inbound {
+                    device,
+                    message: forward.publish.payload,
+                    received_at: Instant::now(),
+                };
+                if queue.send(inbound).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Some(Notification::Unschedule)) => {
+                if link_rx.wake().await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(%error, "pipeline link closed");
+                return;
+            }
+        }
+    }
+}
+
+async fn run_pipeline(pipeline: Pipeline, mut queue: mpsc::Receiver<Inbound>, mut link_tx: LinkTx, batch_size_max: usize) {
+    let mut batch = Vec::with_capacity(batch_size_max);
+    while queue.recv_many(&mut batch, batch_size_max).await > 0 {
+        let replies = pipeline.process_batch(std::mem::take(&mut batch)).await;
+        for reply in replies {
+            publish_reply(&mut link_tx, replies_topic(&reply.device), reply.receipt).await;
+        }
+    }
+}
+
+async fn publish_reply(link_tx: &mut LinkTx, topic: String, payload: Vec<u8>) {
+    let payload = Bytes::from(payload);
+    for _ in 0..100 {
+        match link_tx.try_publish(topic.clone(), payload.clone()) {
+            Ok(_) => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    // the decision is durable; the device's resend gets the stored receipt
+    tracing::warn!(%topic, "reply dropped: broker link full");
+}
