@@ -92,6 +92,7 @@ impl Agent {
             .set_max_packet_size(64 * 1024, 16 * 1024);
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let (reply_tx, replies) = mpsc::channel(256);
+        let (subscribed_tx, mut subscribed) = tokio::sync::watch::channel(false);
         let reply_topic = replies_topic(&device);
         let subscriber = client.clone();
         let verifier = bundle.clone();
@@ -101,6 +102,9 @@ impl Agent {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         // (re)subscribe on every connection; harmless when the session kept it
                         let _ = subscriber.try_subscribe(reply_topic.clone(), QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subscribed_tx.send(true);
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == reply_topic => {
                         match verifier.verify_receipt(&publish.payload) {
@@ -121,6 +125,12 @@ impl Agent {
             }
         });
         let outbox = Outbox::open(&settings.outbox_dir)?;
+        // wait (bounded) until replies can reach us; offline, carry on: the outbox and the
+        // resend timer deliver once the gateway is reachable
+        let ready = tokio::time::timeout(settings.receipt_timeout, subscribed.wait_for(|ready| *ready)).await;
+        if !matches!(ready, Ok(Ok(_))) {
+            tracing::warn!(device = %device, "gateway not reachable yet; requests wait in the outbox");
+        }
         Ok(Agent {
             bundle,
             client,

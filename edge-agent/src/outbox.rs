@@ -29,10 +29,12 @@ impl Outbox {
     }
 
     /// The next request counter, persisted before it is returned (never reused after a crash).
+    /// A new outbox (first start, or a terminal wiped by a factory reset) starts from the clock
+    /// in microseconds, so it never reuses a counter the gateway has already seen.
     pub fn next_counter(&self) -> Result<u64> {
         let current = match fs::read_to_string(self.dir.join("counter")) {
             Ok(text) => text.trim().parse::<u64>().context("outbox counter file is corrupt")?,
-            Err(_) => 0,
+            Err(_) => crate::now_ms().saturating_mul(1_000),
         };
         let next = current.checked_add(1).context("request counter exhausted")?;
         write_durably(&self.dir, "counter", next.to_string().as_bytes())?;
@@ -76,12 +78,13 @@ mod tests {
     fn counters_and_entries_survive_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
         let outbox = Outbox::open(dir.path()).expect("open");
-        assert_eq!(outbox.next_counter().expect("counter"), 1);
-        assert_eq!(outbox.next_counter().expect("counter"), 2);
+        let first = outbox.next_counter().expect("counter");
+        assert!(first > crate::now_ms(), "a new outbox starts from the clock, not from 1");
+        assert_eq!(outbox.next_counter().expect("counter"), first + 1);
         let key = IdempotencyKey::parse("k1").expect("valid");
         outbox.put(&key, b"signed").expect("put");
         let reopened = Outbox::open(dir.path()).expect("reopen");
-        assert_eq!(reopened.next_counter().expect("counter"), 3);
+        assert_eq!(reopened.next_counter().expect("counter"), first + 2);
         assert_eq!(reopened.pending().expect("pending"), vec![(key.clone(), b"signed".to_vec())]);
         reopened.remove(&key).expect("remove");
         assert!(reopened.pending().expect("pending").is_empty());

@@ -24,6 +24,9 @@ use tokio_rustls::TlsAcceptor;
 /// A gateway that is up: its address, its store and its counters.
 pub struct RunningGateway {
     pub mqtt_address: SocketAddr,
+    /// rumqttd's internal loopback listener (guarded by the broker secret; exposed for tests
+    /// that prove it cannot be used to bypass the front).
+    pub broker_address: SocketAddr,
     pub store: Store,
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
@@ -64,6 +67,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         .await
         .with_context(|| format!("binding the device listener {}", settings.mqtt.listen))?;
     let mqtt_address = listener.local_addr()?;
+    let broker_address = embedded.address;
     let front = Arc::new(Front {
         connection_slots: Arc::new(Semaphore::new(settings.mqtt.connections_max)),
         settings: settings.mqtt.clone(),
@@ -78,6 +82,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
     tracing::info!(%mqtt_address, "gateway listening for devices");
     Ok(RunningGateway {
         mqtt_address,
+        broker_address,
         store,
         metrics,
         shutdown,

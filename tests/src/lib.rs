@@ -37,6 +37,15 @@ pub fn inr(text: &str) -> Money {
 impl TestGateway {
     /// A fresh gateway with a development PKI and merchant `m-1` (INR).
     pub async fn start() -> TestGateway {
+        TestGateway::start_with(|_| {}).await
+    }
+
+    /// A fresh gateway whose settings `adjust` changes first.
+    pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> TestGateway {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings {
             data_dir: dir.path().to_path_buf(),
@@ -44,6 +53,7 @@ impl TestGateway {
         };
         settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
         settings.mqtt.handshake_timeout_ms = 2_000;
+        adjust(&mut settings);
         pki::init(&dir.path().join("pki"), &["localhost".into(), "127.0.0.1".into()], &settings.receipts.key_id).unwrap();
         let running = gateway::start(settings.clone()).await.unwrap();
         let gateway = TestGateway { dir, settings, running };
@@ -115,16 +125,15 @@ impl TestGateway {
         self.store().balance(&AccountId::parse(account).unwrap()).await.unwrap().unwrap()
     }
 
-    /// Everything a refusal must leave unchanged: balances, transfers, postings, decisions.
+    /// What no refusal or decline may change: every balance, and the transfers and postings.
+    /// (A decline is a recorded decision, so the decided-requests table may grow.)
     pub async fn ledger_fingerprint(&self) -> String {
         let pool = self.store().pool();
         let balances: Vec<(String, i64)> = sqlx::query_as("SELECT account_id, balance_minor FROM accounts ORDER BY account_id")
             .fetch_all(pool)
             .await
             .unwrap();
-        let counts: (i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM transfers), (SELECT COUNT(*) FROM postings), (SELECT COUNT(*) FROM requests)",
-        )
+        let counts: (i64, i64) = sqlx::query_as("SELECT (SELECT COUNT(*) FROM transfers), (SELECT COUNT(*) FROM postings)")
         .fetch_one(pool)
         .await
         .unwrap();
@@ -259,4 +268,9 @@ impl RawClient {
             }
         }
     }
+}
+
+/// rumqttd's loopback address behind the guard.
+pub fn broker_address_of(gateway: &TestGateway) -> std::net::SocketAddr {
+    gateway.running.broker_address
 }
