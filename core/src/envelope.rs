@@ -86,14 +86,14 @@ impl SigningKey {
     /// Makes a new private key, returned as PKCS#8 DER.
     pub fn generate_pkcs8(algorithm: SigningAlgorithm) -> Result<Vec<u8>, KeyError> {
         let random = SystemRandom::new();
-        let document = match algorithm {
-            SigningAlgorithm::Ed25519 => Ed25519KeyPair::generate_pkcs8(&random),
+        match algorithm {
+            SigningAlgorithm::Ed25519 => ed25519_pkcs8_v1(&random),
             SigningAlgorithm::Es256 => {
                 EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &random)
+                    .map(|document| document.as_ref().to_vec())
+                    .map_err(|_| KeyError::Random)
             }
         }
-        .map_err(|_| KeyError::Random)?;
-        Ok(document.as_ref().to_vec())
     }
 
     pub fn from_pkcs8(algorithm: SigningAlgorithm, key_id: &str, pkcs8: &[u8]) -> Result<SigningKey, KeyError> {
@@ -167,6 +167,28 @@ impl SigningKey {
     pub fn seal_with_protected_header(&self, protected: coset::Header, payload: &[u8]) -> Vec<u8> {
         seal_with_headers(protected, payload, |data| self.sign_bytes(data))
     }
+}
+
+/// A new Ed25519 key as a PKCS#8 v1 document (RFC 5208 with the RFC 8410 key format). ring's
+/// own generator writes v2 documents that common parsers (OpenSSL-based stacks, Python's
+/// cryptography) refuse, and a device key must load in any firmware's crypto library.
+fn ed25519_pkcs8_v1(random: &SystemRandom) -> Result<Vec<u8>, KeyError> {
+    use pkcs8::der::Encode;
+    use ring::rand::SecureRandom;
+    const ED25519_OID: pkcs8::ObjectIdentifier = pkcs8::ObjectIdentifier::new_unwrap("1.3.101.112");
+    let mut seed = [0u8; 32];
+    random.fill(&mut seed).map_err(|_| KeyError::Random)?;
+    let encoding = |_| KeyError::Random;
+    let curve_private_key = pkcs8::der::asn1::OctetStringRef::new(&seed).map_err(encoding)?.to_der().map_err(encoding)?;
+    let info = pkcs8::PrivateKeyInfo {
+        algorithm: pkcs8::AlgorithmIdentifierRef {
+            oid: ED25519_OID,
+            parameters: None,
+        },
+        private_key: &curve_private_key,
+        public_key: None,
+    };
+    info.to_der().map_err(encoding)
 }
 
 fn seal_with_headers(protected: coset::Header, payload: &[u8], sign: impl FnOnce(&[u8]) -> Vec<u8>) -> Vec<u8> {
@@ -305,6 +327,15 @@ mod tests {
         UnverifiedEnvelope::parse(bytes)
             .and_then(|e| e.verify(key, kid, CT).map(<[u8]>::to_vec))
             .map_err(|e| e.code)
+    }
+
+    #[test]
+    fn ed25519_keys_are_pkcs8_v1_and_load() {
+        let document = SigningKey::generate_pkcs8(SigningAlgorithm::Ed25519).expect("rng");
+        assert_eq!(document.len(), 48, "v1: 16 bytes of header and the 32-byte seed");
+        assert_eq!(document[4], 0x02, "version INTEGER");
+        assert_eq!(document[6], 0x00, "version 0 (v1)");
+        assert!(SigningKey::from_pkcs8(SigningAlgorithm::Ed25519, "d", &document).is_ok());
     }
 
     #[test]

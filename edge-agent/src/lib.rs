@@ -91,6 +91,8 @@ impl Agent {
             .set_keep_alive(settings.keep_alive)
             .set_max_packet_size(64 * 1024, 16 * 1024);
         let (client, mut eventloop) = AsyncClient::new(options, 64);
+        // small packets, latency matters: no Nagle delay on the device's socket
+        eventloop.network_options.set_tcp_nodelay(true);
         let (reply_tx, replies) = mpsc::channel(256);
         let (subscribed_tx, mut subscribed) = tokio::sync::watch::channel(false);
         let reply_topic = replies_topic(&device);

@@ -112,10 +112,16 @@ fn pki_dir(settings: &Settings) -> PathBuf {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // rumqttd logs ordinary disconnects at ERROR; the front logs what matters about devices
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "warn,rumqttd=off",
+        _ => "info,rumqttd=warn",
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Serve { config } => {
             let settings = Settings::load(config.as_deref())?;
             let running = gateway::start(settings).await?;

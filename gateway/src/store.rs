@@ -174,8 +174,11 @@ impl Store {
         Ok(tx_id)
     }
 
+    /// A write transaction. `BEGIN IMMEDIATE` takes SQLite's write lock up front, so two
+    /// writers queue on the busy timeout instead of one failing with "database is locked" when
+    /// its read transaction tries to become a write.
     pub async fn begin_batch(&self) -> Result<Batch<'static>, StoreError> {
-        Ok(self.pool.begin().await?)
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// Per currency: sum of balances, sum of postings, and transfers whose legs do not sum to
