@@ -13,7 +13,10 @@
 
 use crate::error::ErrorCode;
 use coset::iana;
-use coset::{CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder, RegisteredLabelWithPrivate, TaggedCborSerializable};
+use coset::{
+    CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder, RegisteredLabelWithPrivate,
+    TaggedCborSerializable,
+};
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 
@@ -96,15 +99,24 @@ impl SigningKey {
         }
     }
 
-    pub fn from_pkcs8(algorithm: SigningAlgorithm, key_id: &str, pkcs8: &[u8]) -> Result<SigningKey, KeyError> {
+    pub fn from_pkcs8(
+        algorithm: SigningAlgorithm,
+        key_id: &str,
+        pkcs8: &[u8],
+    ) -> Result<SigningKey, KeyError> {
         let random = SystemRandom::new();
         let inner = match algorithm {
             SigningAlgorithm::Ed25519 => KeyPairInner::Ed25519(
-                Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8).map_err(|_| KeyError::BadPrivateKey("ed25519"))?,
+                Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+                    .map_err(|_| KeyError::BadPrivateKey("ed25519"))?,
             ),
             SigningAlgorithm::Es256 => KeyPairInner::Es256(
-                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &random)
-                    .map_err(|_| KeyError::BadPrivateKey("es256"))?,
+                EcdsaKeyPair::from_pkcs8(
+                    &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    pkcs8,
+                    &random,
+                )
+                .map_err(|_| KeyError::BadPrivateKey("es256"))?,
             ),
         };
         Ok(SigningKey {
@@ -179,7 +191,10 @@ fn ed25519_pkcs8_v1(random: &SystemRandom) -> Result<Vec<u8>, KeyError> {
     let mut seed = [0u8; 32];
     random.fill(&mut seed).map_err(|_| KeyError::Random)?;
     let encoding = |_| KeyError::Random;
-    let curve_private_key = pkcs8::der::asn1::OctetStringRef::new(&seed).map_err(encoding)?.to_der().map_err(encoding)?;
+    let curve_private_key = pkcs8::der::asn1::OctetStringRef::new(&seed)
+        .map_err(encoding)?
+        .to_der()
+        .map_err(encoding)?;
     let info = pkcs8::PrivateKeyInfo {
         algorithm: pkcs8::AlgorithmIdentifierRef {
             oid: ED25519_OID,
@@ -191,7 +206,11 @@ fn ed25519_pkcs8_v1(random: &SystemRandom) -> Result<Vec<u8>, KeyError> {
     info.to_der().map_err(encoding)
 }
 
-fn seal_with_headers(protected: coset::Header, payload: &[u8], sign: impl FnOnce(&[u8]) -> Vec<u8>) -> Vec<u8> {
+fn seal_with_headers(
+    protected: coset::Header,
+    payload: &[u8],
+    sign: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> Vec<u8> {
     let sign1 = CoseSign1Builder::new()
         .protected(protected)
         .payload(payload.to_vec())
@@ -241,7 +260,12 @@ impl UnverifiedEnvelope {
         }
         let sign1 = CoseSign1::from_tagged_slice(bytes)
             .or_else(|_| CoseSign1::from_slice(bytes))
-            .map_err(|e| refuse(ErrorCode::MalformedEnvelope, format!("not a COSE_Sign1: {e}")))?;
+            .map_err(|e| {
+                refuse(
+                    ErrorCode::MalformedEnvelope,
+                    format!("not a COSE_Sign1: {e}"),
+                )
+            })?;
         Ok(UnverifiedEnvelope { sign1 })
     }
 
@@ -264,25 +288,42 @@ impl UnverifiedEnvelope {
     ) -> Result<&[u8], EnvelopeError> {
         let protected = &self.sign1.protected.header;
         if self.sign1.unprotected.alg.is_some() {
-            return Err(refuse(ErrorCode::AlgorithmNotAllowed, "algorithm in the unprotected header"));
+            return Err(refuse(
+                ErrorCode::AlgorithmNotAllowed,
+                "algorithm in the unprotected header",
+            ));
         }
         match &protected.alg {
             Some(RegisteredLabelWithPrivate::Assigned(alg)) if *alg == key.algorithm.cose() => {}
             Some(other) => {
                 return Err(refuse(
                     ErrorCode::AlgorithmNotAllowed,
-                    format!("algorithm {other:?} is not the enrolled {}", key.algorithm.name()),
+                    format!(
+                        "algorithm {other:?} is not the enrolled {}",
+                        key.algorithm.name()
+                    ),
                 ))
             }
-            None => return Err(refuse(ErrorCode::AlgorithmNotAllowed, "no algorithm in the protected header")),
+            None => {
+                return Err(refuse(
+                    ErrorCode::AlgorithmNotAllowed,
+                    "no algorithm in the protected header",
+                ))
+            }
         }
         if !protected.crit.is_empty() || !self.sign1.unprotected.crit.is_empty() {
-            return Err(refuse(ErrorCode::CriticalHeaderUnsupported, "critical headers are not supported"));
+            return Err(refuse(
+                ErrorCode::CriticalHeaderUnsupported,
+                "critical headers are not supported",
+            ));
         }
         if self.key_id() != expected_key_id {
             return Err(refuse(
                 ErrorCode::KeyIdMismatch,
-                format!("key id {:?} is not the sender {expected_key_id:?}", self.key_id()),
+                format!(
+                    "key id {:?} is not the sender {expected_key_id:?}",
+                    self.key_id()
+                ),
             ));
         }
         match &protected.content_type {
@@ -294,11 +335,12 @@ impl UnverifiedEnvelope {
                 ))
             }
         }
-        let payload = self
-            .sign1
-            .payload
-            .as_deref()
-            .ok_or_else(|| refuse(ErrorCode::MalformedEnvelope, "detached payloads are not accepted"))?;
+        let payload = self.sign1.payload.as_deref().ok_or_else(|| {
+            refuse(
+                ErrorCode::MalformedEnvelope,
+                "detached payloads are not accepted",
+            )
+        })?;
         let algorithm: &dyn signature::VerificationAlgorithm = match key.algorithm {
             SigningAlgorithm::Ed25519 => &signature::ED25519,
             SigningAlgorithm::Es256 => &signature::ECDSA_P256_SHA256_FIXED,
@@ -332,7 +374,11 @@ mod tests {
     #[test]
     fn ed25519_keys_are_pkcs8_v1_and_load() {
         let document = SigningKey::generate_pkcs8(SigningAlgorithm::Ed25519).expect("rng");
-        assert_eq!(document.len(), 48, "v1: 16 bytes of header and the 32-byte seed");
+        assert_eq!(
+            document.len(),
+            48,
+            "v1: 16 bytes of header and the 32-byte seed"
+        );
         assert_eq!(document[4], 0x02, "version INTEGER");
         assert_eq!(document[6], 0x00, "version 0 (v1)");
         assert!(SigningKey::from_pkcs8(SigningAlgorithm::Ed25519, "d", &document).is_ok());
@@ -343,7 +389,10 @@ mod tests {
         for algorithm in [SigningAlgorithm::Ed25519, SigningAlgorithm::Es256] {
             let signer = key(algorithm, "dev-1");
             let sealed = signer.seal(CT, b"hello");
-            assert_eq!(verify(&sealed, &signer.verifying_key(), "dev-1"), Ok(b"hello".to_vec()));
+            assert_eq!(
+                verify(&sealed, &signer.verifying_key(), "dev-1"),
+                Ok(b"hello".to_vec())
+            );
         }
     }
 
@@ -364,16 +413,39 @@ mod tests {
         use ErrorCode::*;
         let cases: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
             ("garbage", b"\x01\x02".to_vec(), MalformedEnvelope),
-            ("signed by another key", other.seal(CT, b"x"), SignatureInvalid),
-            ("no alg", signer.seal_with_protected_header(header(None), b"x"), AlgorithmNotAllowed),
             (
-                "alg none as text",
-                signer.seal_with_protected_header(header(Some(RegisteredLabelWithPrivate::Text("none".into()))), b"x"),
+                "signed by another key",
+                other.seal(CT, b"x"),
+                SignatureInvalid,
+            ),
+            (
+                "no alg",
+                signer.seal_with_protected_header(header(None), b"x"),
                 AlgorithmNotAllowed,
             ),
-            ("es256 for an ed25519 device", es256.seal(CT, b"x"), AlgorithmNotAllowed),
-            ("other content type", signer.seal("application/other", b"x"), UnsupportedContentType),
-            ("other kid", key(SigningAlgorithm::Ed25519, "dev-2").seal(CT, b"x"), KeyIdMismatch),
+            (
+                "alg none as text",
+                signer.seal_with_protected_header(
+                    header(Some(RegisteredLabelWithPrivate::Text("none".into()))),
+                    b"x",
+                ),
+                AlgorithmNotAllowed,
+            ),
+            (
+                "es256 for an ed25519 device",
+                es256.seal(CT, b"x"),
+                AlgorithmNotAllowed,
+            ),
+            (
+                "other content type",
+                signer.seal("application/other", b"x"),
+                UnsupportedContentType,
+            ),
+            (
+                "other kid",
+                key(SigningAlgorithm::Ed25519, "dev-2").seal(CT, b"x"),
+                KeyIdMismatch,
+            ),
         ];
         for (name, bytes, expected) in cases {
             assert_eq!(verify(&bytes, &enrolled, "dev-1"), Err(expected), "{name}");

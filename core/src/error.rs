@@ -100,7 +100,9 @@ mod tests {
         for code in ErrorCode::ALL {
             let text = code.as_str();
             assert!(seen.insert(text), "duplicate code {text}");
-            assert!(text.chars().all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit()));
+            assert!(text
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit()));
             assert_eq!(ErrorCode::parse(text), Some(*code));
             assert!(!code.description().ends_with('.'));
         }

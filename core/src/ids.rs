@@ -6,7 +6,9 @@ use std::fmt;
 
 /// Why an identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} must be 1 to {length_max} characters of [A-Za-z0-9._-] starting with a letter or digit")]
+#[error(
+    "{kind} must be 1 to {length_max} characters of [A-Za-z0-9._-] starting with a letter or digit"
+)]
 pub struct IdError {
     pub kind: &'static str,
     pub length_max: usize,
@@ -84,12 +86,17 @@ mod tests {
 
     #[test]
     fn device_ids_refuse_what_would_break_topics_or_the_broker() {
-        for bad in ["", "a/b", "a+b", "a#", "$sys", "a b", "a\0b", "..", "a..b", "-lead", "é"] {
+        for bad in [
+            "", "a/b", "a+b", "a#", "$sys", "a b", "a\0b", "..", "a..b", "-lead", "é",
+        ] {
             assert!(DeviceId::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(DeviceId::parse(&"a".repeat(65)).is_err());
         for good in ["pos-0001", "wallet_7", "A.b-c_d", &"a".repeat(64)] {
-            assert_eq!(DeviceId::parse(good).map(|id| id.to_string()), Ok(good.to_string()));
+            assert_eq!(
+                DeviceId::parse(good).map(|id| id.to_string()),
+                Ok(good.to_string())
+            );
         }
     }
 }

@@ -176,7 +176,11 @@ mod tests {
             ("0.01", "INR", Ok(1)),
             ("100", "JPY", Ok(100)),
             ("1.234", "KWD", Ok(1234)),
-            ("12.505", "INR", Err(MoneyError::BadDecimal("12.505".into()))),
+            (
+                "12.505",
+                "INR",
+                Err(MoneyError::BadDecimal("12.505".into())),
+            ),
             ("1.5", "JPY", Err(MoneyError::BadDecimal("1.5".into()))),
             ("-1", "INR", Err(MoneyError::BadDecimal("-1".into()))),
             ("1e3", "INR", Err(MoneyError::BadDecimal("1e3".into()))),
@@ -196,8 +200,14 @@ mod tests {
     #[test]
     fn displays_with_the_currency_minor_digits() {
         let inr = Currency::parse("INR").expect("INR is active");
-        assert_eq!(Money::new(1250, inr).map(|m| m.to_string()), Ok("12.50 INR".into()));
+        assert_eq!(
+            Money::new(1250, inr).map(|m| m.to_string()),
+            Ok("12.50 INR".into())
+        );
         let jpy = Currency::parse("JPY").expect("JPY is active");
-        assert_eq!(Money::new(7, jpy).map(|m| m.to_string()), Ok("7 JPY".into()));
+        assert_eq!(
+            Money::new(7, jpy).map(|m| m.to_string()),
+            Ok("7 JPY".into())
+        );
     }
 }

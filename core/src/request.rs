@@ -69,7 +69,10 @@ pub struct Request {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
-    MerchantPayment { merchant_id: AccountId, amount: Money },
+    MerchantPayment {
+        merchant_id: AccountId,
+        amount: Money,
+    },
 }
 
 /// Why a payload is not a valid request.
@@ -105,16 +108,27 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
         Some(other) => {
             return Err(RequestError::new(
                 ErrorCode::UnsupportedVersion,
-                format!("schema version {other} is not supported; this gateway speaks {SCHEMA_VERSION}"),
+                format!(
+                    "schema version {other} is not supported; this gateway speaks {SCHEMA_VERSION}"
+                ),
             ))
         }
-        None => return Err(RequestError::new(ErrorCode::MalformedRequest, "missing field `v`")),
+        None => {
+            return Err(RequestError::new(
+                ErrorCode::MalformedRequest,
+                "missing field `v`",
+            ))
+        }
     }
     let wire: RequestWire = serde_json::from_slice(payload)
         .map_err(|e| RequestError::new(ErrorCode::MalformedRequest, e.to_string()))?;
-    let malformed = |e: crate::ids::IdError| RequestError::new(ErrorCode::MalformedRequest, e.to_string());
+    let malformed =
+        |e: crate::ids::IdError| RequestError::new(ErrorCode::MalformedRequest, e.to_string());
     let operation = match wire.op {
-        OperationWire::MerchantPayment { merchant_id, amount } => Operation::MerchantPayment {
+        OperationWire::MerchantPayment {
+            merchant_id,
+            amount,
+        } => Operation::MerchantPayment {
             merchant_id: AccountId::parse(&merchant_id).map_err(malformed)?,
             amount: decode_money(&amount)?,
         },
@@ -122,7 +136,10 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
     // counters and times are stored in signed 64-bit columns
     let signed_max = u64::try_from(i64::MAX).unwrap_or(u64::MAX);
     if wire.counter > signed_max || wire.created_at_ms > signed_max {
-        return Err(RequestError::new(ErrorCode::MalformedRequest, "counter and created_at_ms must fit in 63 bits"));
+        return Err(RequestError::new(
+            ErrorCode::MalformedRequest,
+            "counter and created_at_ms must fit in 63 bits",
+        ));
     }
     Ok(Request {
         device_id: DeviceId::parse(&wire.device_id).map_err(malformed)?,
@@ -138,7 +155,10 @@ pub fn decode_money(wire: &MoneyWire) -> Result<Money, RequestError> {
     let currency = Currency::parse(&wire.currency).ok_or_else(|| {
         RequestError::new(
             ErrorCode::CurrencyUnknown,
-            format!("currency {:?} is not an active ISO 4217 code", wire.currency),
+            format!(
+                "currency {:?} is not an active ISO 4217 code",
+                wire.currency
+            ),
         )
     })?;
     let minor = u64::try_from(wire.minor)
@@ -147,10 +167,14 @@ pub fn decode_money(wire: &MoneyWire) -> Result<Money, RequestError> {
         .ok_or_else(|| {
             RequestError::new(
                 ErrorCode::AmountInvalid,
-                format!("amount must be 1 to {AMOUNT_MINOR_MAX} minor units, got {}", wire.minor),
+                format!(
+                    "amount must be 1 to {AMOUNT_MINOR_MAX} minor units, got {}",
+                    wire.minor
+                ),
             )
         })?;
-    Money::new(minor, currency).map_err(|e| RequestError::new(ErrorCode::AmountInvalid, e.to_string()))
+    Money::new(minor, currency)
+        .map_err(|e| RequestError::new(ErrorCode::AmountInvalid, e.to_string()))
 }
 
 /// Checks the request's creation time against the gateway's clock.
@@ -179,7 +203,10 @@ impl Request {
             counter: self.counter,
             created_at_ms: self.created_at_ms,
             op: match &self.operation {
-                Operation::MerchantPayment { merchant_id, amount } => OperationWire::MerchantPayment {
+                Operation::MerchantPayment {
+                    merchant_id,
+                    amount,
+                } => OperationWire::MerchantPayment {
                     merchant_id: merchant_id.to_string(),
                     amount: MoneyWire::from(*amount),
                 },
@@ -201,14 +228,19 @@ mod tests {
     const GOOD: &str = r#"{"v":1,"device_id":"pos-1","idempotency_key":"k1","counter":7,"created_at_ms":1700000000000,"op":{"type":"merchant_payment","merchant_id":"m-1","amount":{"minor":1250,"currency":"INR"}}}"#;
 
     fn code_of(payload: &str) -> Result<(), ErrorCode> {
-        decode_request(payload.as_bytes()).map(|_| ()).map_err(|e| e.code)
+        decode_request(payload.as_bytes())
+            .map(|_| ())
+            .map_err(|e| e.code)
     }
 
     #[test]
     fn decodes_a_valid_request_and_round_trips() {
         let request = decode_request(GOOD.as_bytes()).expect("valid");
         assert_eq!(request.counter, 7);
-        let Operation::MerchantPayment { merchant_id, amount } = &request.operation;
+        let Operation::MerchantPayment {
+            merchant_id,
+            amount,
+        } = &request.operation;
         assert_eq!(merchant_id.as_str(), "m-1");
         assert_eq!(amount.minor, 1250);
         assert_eq!(decode_request(&request.to_payload()), Ok(request));
@@ -259,7 +291,13 @@ mod tests {
     #[test]
     fn freshness_window() {
         assert_eq!(check_freshness(1000, 1000, 10, 5), Ok(()));
-        assert_eq!(check_freshness(1006, 1000, 10, 5), Err(ErrorCode::RequestFromFuture));
-        assert_eq!(check_freshness(989, 1000, 10, 5), Err(ErrorCode::RequestExpired));
+        assert_eq!(
+            check_freshness(1006, 1000, 10, 5),
+            Err(ErrorCode::RequestFromFuture)
+        );
+        assert_eq!(
+            check_freshness(989, 1000, 10, 5),
+            Err(ErrorCode::RequestExpired)
+        );
     }
 }

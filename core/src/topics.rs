@@ -36,7 +36,10 @@ mod tests {
     #[test]
     fn request_topics_name_exactly_one_valid_device() {
         let device = DeviceId::parse("pos-1").expect("valid");
-        assert_eq!(device_of_requests_topic(&requests_topic(&device)), Some(device.clone()));
+        assert_eq!(
+            device_of_requests_topic(&requests_topic(&device)),
+            Some(device.clone())
+        );
         for bad in [
             "paygate/v1/devices/+/requests",
             "paygate/v1/devices/a/b/requests",

@@ -46,11 +46,18 @@ impl DeviceBundle {
     pub fn load(dir: &Path) -> Result<DeviceBundle> {
         let enrolment: EnrolmentFile = serde_json::from_slice(&read(&dir.join("enrolment.json"))?)?;
         let device_id = DeviceId::parse(&enrolment.device_id)?;
-        let algorithm = SigningAlgorithm::parse(&enrolment.algorithm).context("unknown signing algorithm")?;
-        let signing_key = SigningKey::from_pkcs8(algorithm, device_id.as_str(), &read(&dir.join("signing.pk8"))?)?;
-        let published: PublishedKey = serde_json::from_slice(&read(&dir.join("gateway-receipt.pub.json"))?)?;
+        let algorithm =
+            SigningAlgorithm::parse(&enrolment.algorithm).context("unknown signing algorithm")?;
+        let signing_key = SigningKey::from_pkcs8(
+            algorithm,
+            device_id.as_str(),
+            &read(&dir.join("signing.pk8"))?,
+        )?;
+        let published: PublishedKey =
+            serde_json::from_slice(&read(&dir.join("gateway-receipt.pub.json"))?)?;
         let gateway_key = VerifyingKey {
-            algorithm: SigningAlgorithm::parse(&published.algorithm).context("unknown gateway key algorithm")?,
+            algorithm: SigningAlgorithm::parse(&published.algorithm)
+                .context("unknown gateway key algorithm")?,
             public_key: base64::engine::general_purpose::STANDARD.decode(&published.public_key)?,
         };
         Ok(DeviceBundle {

@@ -71,10 +71,12 @@ fn tls_config(bundle: &DeviceBundle) -> Result<Arc<rustls::ClientConfig>> {
     for ca in bundle.ca_certs()? {
         roots.add(ca)?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(bundle.client_cert_chain()?, bundle.client_key()?)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(bundle.client_cert_chain()?, bundle.client_key()?)?;
     Ok(Arc::new(config))
 }
 
@@ -85,7 +87,9 @@ impl Agent {
         let device = bundle.device_id.clone();
         let mut options = MqttOptions::new(device.as_str(), settings.host.clone(), settings.port);
         options
-            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls_config(&bundle)?)))
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls_config(&bundle)?,
+            )))
             // never a clean session: a clean session drops queued publishes on reconnect
             .set_clean_session(false)
             .set_keep_alive(settings.keep_alive)
@@ -108,14 +112,18 @@ impl Agent {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         let _ = subscribed_tx.send(true);
                     }
-                    Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == reply_topic => {
+                    Ok(Event::Incoming(Packet::Publish(publish)))
+                        if publish.topic == reply_topic =>
+                    {
                         match verifier.verify_receipt(&publish.payload) {
                             Ok(receipt) => {
                                 if reply_tx.send(receipt).await.is_err() {
                                     return;
                                 }
                             }
-                            Err(error) => tracing::warn!(%error, "dropped a reply that does not verify"),
+                            Err(error) => {
+                                tracing::warn!(%error, "dropped a reply that does not verify")
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -129,7 +137,11 @@ impl Agent {
         let outbox = Outbox::open(&settings.outbox_dir)?;
         // wait (bounded) until replies can reach us; offline, carry on: the outbox and the
         // resend timer deliver once the gateway is reachable
-        let ready = tokio::time::timeout(settings.receipt_timeout, subscribed.wait_for(|ready| *ready)).await;
+        let ready = tokio::time::timeout(
+            settings.receipt_timeout,
+            subscribed.wait_for(|ready| *ready),
+        )
+        .await;
         if !matches!(ready, Ok(Ok(_))) {
             tracing::warn!(device = %device, "gateway not reachable yet; requests wait in the outbox");
         }
@@ -160,7 +172,10 @@ impl Agent {
                 amount,
             },
         };
-        let envelope = self.bundle.signing_key.seal(REQUEST_CONTENT_TYPE, &request.to_payload());
+        let envelope = self
+            .bundle
+            .signing_key
+            .seal(REQUEST_CONTENT_TYPE, &request.to_payload());
         self.outbox.put(&request.idempotency_key, &envelope)?;
         self.deliver(&request.idempotency_key, &envelope).await
     }
@@ -181,16 +196,23 @@ impl Agent {
         loop {
             self.publish_raw(envelope.to_vec()).await?;
             let round_end = (Instant::now() + self.settings.resend_interval).min(deadline);
-            while let Some(receipt) = self.next_reply_until(round_end, Some(key.as_str())).await {
-                let retryable = matches!(receipt.code(), Some(ErrorCode::InternalError | ErrorCode::Overloaded));
-                if receipt.receipt.outcome == Outcome::Rejected && retryable {
-                    break; // the gateway asked for the same bytes again
+            if let Some(receipt) = self.next_reply_until(round_end, Some(key.as_str())).await {
+                let retryable = matches!(
+                    receipt.code(),
+                    Some(ErrorCode::InternalError | ErrorCode::Overloaded)
+                );
+                if receipt.receipt.outcome != Outcome::Rejected || !retryable {
+                    self.outbox.remove(key)?;
+                    return Ok(receipt);
                 }
-                self.outbox.remove(key)?;
-                return Ok(receipt);
+                // the gateway asks for the same bytes again: wait out this round first
+                tokio::time::sleep_until(round_end.into()).await;
             }
             if Instant::now() >= deadline {
-                bail!("no receipt for {key} within {:?}; it stays in the outbox", self.settings.receipt_timeout);
+                bail!(
+                    "no receipt for {key} within {:?}; it stays in the outbox",
+                    self.settings.receipt_timeout
+                );
             }
         }
     }
@@ -199,17 +221,30 @@ impl Agent {
     /// hostile envelopes through a real client).
     pub async fn publish_raw(&self, payload: Vec<u8>) -> Result<()> {
         self.client
-            .publish(requests_topic(&self.bundle.device_id), QoS::AtLeastOnce, false, payload)
+            .publish(
+                requests_topic(&self.bundle.device_id),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
             .await
             .context("queueing the publish")
     }
 
     /// The next verified reply, for `key` if given (replies for other keys are parked).
-    pub async fn next_reply(&mut self, timeout: Duration, key: Option<&str>) -> Option<VerifiedReceipt> {
+    pub async fn next_reply(
+        &mut self,
+        timeout: Duration,
+        key: Option<&str>,
+    ) -> Option<VerifiedReceipt> {
         self.next_reply_until(Instant::now() + timeout, key).await
     }
 
-    async fn next_reply_until(&mut self, deadline: Instant, key: Option<&str>) -> Option<VerifiedReceipt> {
+    async fn next_reply_until(
+        &mut self,
+        deadline: Instant,
+        key: Option<&str>,
+    ) -> Option<VerifiedReceipt> {
         if let Some(key) = key {
             if let Some(parked) = self.parked.remove(key) {
                 return Some(parked);
@@ -217,7 +252,9 @@ impl Agent {
         }
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let receipt = tokio::time::timeout(remaining, self.replies.recv()).await.ok()??;
+            let receipt = tokio::time::timeout(remaining, self.replies.recv())
+                .await
+                .ok()??;
             match (key, receipt.receipt.idempotency_key.as_deref()) {
                 (None, _) => return Some(receipt),
                 (Some(wanted), Some(got)) if wanted == got => return Some(receipt),
@@ -244,7 +281,11 @@ impl DeviceBundle {
     pub fn verify_receipt(&self, envelope: &[u8]) -> Result<VerifiedReceipt> {
         let parsed = UnverifiedEnvelope::parse(envelope).map_err(|e| anyhow::anyhow!(e))?;
         let payload = parsed
-            .verify(&self.gateway_key, &self.gateway_key_id, RECEIPT_CONTENT_TYPE)
+            .verify(
+                &self.gateway_key,
+                &self.gateway_key_id,
+                RECEIPT_CONTENT_TYPE,
+            )
             .map_err(|e| anyhow::anyhow!(e))?;
         let receipt = Receipt::decode(payload).context("receipt payload")?;
         if receipt.device_id != self.device_id.as_str() {

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "paygate-agent", about = "paygate edge agent: signed payments over mutual-TLS MQTT")]
+#[command(
+    name = "paygate-agent",
+    about = "paygate edge agent: signed payments over mutual-TLS MQTT"
+)]
 struct Cli {
     /// The device bundle directory written by `paygate certs issue-device`.
     #[arg(long)]
@@ -44,7 +47,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let cli = Cli::parse();
     let bundle = DeviceBundle::load(&cli.bundle)?;
@@ -60,7 +65,8 @@ async fn main() -> Result<()> {
     let receipts = match cli.command {
         Command::Pay { to, amount } => {
             let merchant = AccountId::parse(&to)?;
-            let [value, currency] = <[String; 2]>::try_from(amount).map_err(|_| anyhow::anyhow!("--amount takes AMOUNT CURRENCY"))?;
+            let [value, currency] = <[String; 2]>::try_from(amount)
+                .map_err(|_| anyhow::anyhow!("--amount takes AMOUNT CURRENCY"))?;
             let amount = Money::parse_decimal(&value, &currency).context("--amount")?;
             vec![agent.pay(&merchant, amount).await?]
         }
@@ -68,7 +74,10 @@ async fn main() -> Result<()> {
     };
     for receipt in &receipts {
         println!("{}", serde_json::to_string_pretty(&receipt.receipt)?);
-        println!("receipt signature verified under gateway key {}", agent.bundle().gateway_key_id);
+        println!(
+            "receipt signature verified under gateway key {}",
+            agent.bundle().gateway_key_id
+        );
     }
     agent.disconnect().await;
     Ok(())

@@ -54,7 +54,8 @@ pub async fn start(connections_max: usize, packet_bytes_max: usize) -> Result<Em
     // rumqttd binds the port itself and reports a bind failure only in its log, so pick a free
     // port, hand it over, and probe until it answers
     let address = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").context("finding a loopback port for the broker")?;
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")
+            .context("finding a loopback port for the broker")?;
         probe.local_addr()?
     };
     let mut connections = ConnectionSettings {
@@ -66,10 +67,12 @@ pub async fn start(connections_max: usize, packet_bytes_max: usize) -> Result<Em
         dynamic_filters: true,
     };
     let checker = secret.clone();
-    connections.set_auth_handler(move |client_id: String, username: String, password: String| {
-        let allowed = username == client_id && checker.matches(&password);
-        async move { allowed }
-    });
+    connections.set_auth_handler(
+        move |client_id: String, username: String, password: String| {
+            let allowed = username == client_id && checker.matches(&password);
+            async move { allowed }
+        },
+    );
     let server = ServerSettings {
         name: "paygate-guarded-v4".to_owned(),
         listen: address,
@@ -92,7 +95,9 @@ pub async fn start(connections_max: usize, packet_bytes_max: usize) -> Result<Em
         ..Default::default()
     };
     let mut broker = Broker::new(config);
-    let (mut link_tx, link_rx) = broker.link("paygate-pipeline").context("creating the pipeline link")?;
+    let (mut link_tx, link_rx) = broker
+        .link("paygate-pipeline")
+        .context("creating the pipeline link")?;
     link_tx
         .subscribe(ALL_REQUESTS_FILTER)
         .context("subscribing the pipeline link")?;

@@ -155,7 +155,10 @@ pub enum ConfigError {
     #[error("configuration: {0}")]
     Parse(#[from] Box<figment::Error>),
     #[error("configuration: {field} {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -187,27 +190,42 @@ impl Settings {
         if mqtt.connections_max == 0 {
             return Err(invalid("mqtt.connections_max", "must be at least 1"));
         }
-        if mqtt.handshake_timeout_ms == 0 || mqtt.connect_timeout_ms == 0 || mqtt.idle_timeout_max_ms == 0 {
+        if mqtt.handshake_timeout_ms == 0
+            || mqtt.connect_timeout_ms == 0
+            || mqtt.idle_timeout_max_ms == 0
+        {
             return Err(invalid("mqtt.*_timeout_ms", "timeouts must be positive"));
         }
         if mqtt.outbound_queue_packets_max == 0 {
-            return Err(invalid("mqtt.outbound_queue_packets_max", "must be at least 1"));
+            return Err(invalid(
+                "mqtt.outbound_queue_packets_max",
+                "must be at least 1",
+            ));
         }
         if self.tls.client_ca_bundles.is_empty() {
-            return Err(invalid("tls.client_ca_bundles", "needs at least one CA bundle"));
+            return Err(invalid(
+                "tls.client_ca_bundles",
+                "needs at least one CA bundle",
+            ));
         }
         let pipeline = &self.pipeline;
         if pipeline.batch_size_max == 0 || pipeline.batch_size_max > 10_000 {
             return Err(invalid("pipeline.batch_size_max", "must be 1 to 10000"));
         }
         if pipeline.queue_depth_max < pipeline.batch_size_max {
-            return Err(invalid("pipeline.queue_depth_max", "must be at least pipeline.batch_size_max"));
+            return Err(invalid(
+                "pipeline.queue_depth_max",
+                "must be at least pipeline.batch_size_max",
+            ));
         }
         if self.database.connections_max == 0 {
             return Err(invalid("database.connections_max", "must be at least 1"));
         }
         if !self.database.url.is_empty() && !self.database.url.starts_with("sqlite:") {
-            return Err(invalid("database.url", "only sqlite: URLs are supported by this version"));
+            return Err(invalid(
+                "database.url",
+                "only sqlite: URLs are supported by this version",
+            ));
         }
         if paygate_core::DeviceId::parse(&self.receipts.key_id).is_err() {
             return Err(invalid("receipts.key_id", "must be a plain identifier"));
@@ -308,7 +326,13 @@ mod tests {
         assert!(unknown.is_err());
         let mut settings = Settings::default();
         settings.pipeline.batch_size_max = 0;
-        assert!(matches!(settings.validate(), Err(ConfigError::Invalid { field: "pipeline.batch_size_max", .. })));
+        assert!(matches!(
+            settings.validate(),
+            Err(ConfigError::Invalid {
+                field: "pipeline.batch_size_max",
+                ..
+            })
+        ));
         let mut settings = Settings::default();
         settings.database.url = "postgres://x".into();
         assert!(settings.validate().is_err());

@@ -39,11 +39,18 @@ pub struct DemoSummary {
 const MERCHANTS: [&str; 3] = ["m-coffee", "m-grocer", "m-fuel"];
 
 /// Enrols a device from its bundle: opens its wallet and registers its signing key.
-pub async fn enrol_from_bundle(store: &Store, pki_dir: &std::path::Path, device: &DeviceId, currency: Currency) -> Result<AccountId> {
+pub async fn enrol_from_bundle(
+    store: &Store,
+    pki_dir: &std::path::Path,
+    device: &DeviceId,
+    currency: Currency,
+) -> Result<AccountId> {
     let enrolment = pki::read_enrolment(&pki::device_dir(pki_dir, device).join("enrolment.json"))?;
     let wallet = AccountId::parse(&enrolment.wallet_id)?;
     let now = crate::pipeline::now_ms();
-    store.open_account(&wallet, AccountKind::Wallet, currency, now).await?;
+    store
+        .open_account(&wallet, AccountKind::Wallet, currency, now)
+        .await?;
     store
         .enrol_device(
             &Device {
@@ -67,14 +74,25 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary> {
     let pki_dir = settings.data_dir.join("pki");
     if !pki::is_initialised(&pki_dir) {
         eprintln!("making a development PKI in {}", pki_dir.display());
-        pki::init(&pki_dir, &["localhost".into(), "127.0.0.1".into()], &settings.receipts.key_id)?;
+        pki::init(
+            &pki_dir,
+            &["localhost".into(), "127.0.0.1".into()],
+            &settings.receipts.key_id,
+        )?;
     }
     let running = gateway::start(settings.clone()).await?;
     let store = running.store.clone();
     let inr = Currency::parse("INR").context("INR")?;
     let now = crate::pipeline::now_ms();
     for merchant in MERCHANTS {
-        store.open_account(&AccountId::parse(merchant)?, AccountKind::Merchant, inr, now).await?;
+        store
+            .open_account(
+                &AccountId::parse(merchant)?,
+                AccountKind::Merchant,
+                inr,
+                now,
+            )
+            .await?;
     }
 
     let total = u64::try_from(options.terminals * options.payments_per_terminal)?;
@@ -89,7 +107,9 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary> {
             pki::issue_device(&pki_dir, &device, &wallet, SigningAlgorithm::Ed25519)?;
         }
         let wallet = enrol_from_bundle(&store, &pki_dir, &device, inr).await?;
-        store.fund_wallet(&wallet, Money::parse_decimal("400.00", "INR")?, now).await?;
+        store
+            .fund_wallet(&wallet, Money::parse_decimal("400.00", "INR")?, now)
+            .await?;
         let agent_settings = AgentSettings {
             host: "127.0.0.1".into(),
             port: running.mqtt_address.port(),
@@ -107,7 +127,11 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary> {
             for n in 0..payments {
                 // mostly small purchases; every 7th to a merchant that does not exist; the
                 // wallet runs dry towards the end, so some are declined for funds
-                let merchant = if n % 7 == 6 { "m-closed" } else { MERCHANTS[n % MERCHANTS.len()] };
+                let merchant = if n % 7 == 6 {
+                    "m-closed"
+                } else {
+                    MERCHANTS[n % MERCHANTS.len()]
+                };
                 let rupees = 5 + (rand::random::<u64>() % 60);
                 let amount = Money::new(rupees * 100, inr)?;
                 let started = Instant::now();
@@ -116,7 +140,10 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary> {
                 if matches!(&outcome, Ok(r) if r.receipt.outcome == Outcome::Approved) {
                     approved.fetch_add(1, Ordering::Relaxed);
                 }
-                results.push((started.elapsed(), outcome.map(|r| (r.receipt.outcome, r.receipt.code))));
+                results.push((
+                    started.elapsed(),
+                    outcome.map(|r| (r.receipt.outcome, r.receipt.code)),
+                ));
             }
             agent.disconnect().await;
             anyhow::Ok(results)
@@ -145,8 +172,18 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary> {
             latencies.push(latency.as_secs_f64() * 1000.0);
             match outcome {
                 Ok((Outcome::Approved, _)) => summary.approved += 1,
-                Ok((Outcome::Declined, code)) => *summary.declined.entry(code.unwrap_or_default()).or_insert(0) += 1,
-                Ok((Outcome::Rejected, code)) => *summary.rejected.entry(code.unwrap_or_default()).or_insert(0) += 1,
+                Ok((Outcome::Declined, code)) => {
+                    *summary
+                        .declined
+                        .entry(code.unwrap_or_default())
+                        .or_insert(0) += 1
+                }
+                Ok((Outcome::Rejected, code)) => {
+                    *summary
+                        .rejected
+                        .entry(code.unwrap_or_default())
+                        .or_insert(0) += 1
+                }
                 Err(error) => {
                     tracing::warn!(%error, "payment failed");
                     summary.failed += 1;
@@ -156,25 +193,23 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary> {
     }
     progress.abort();
     latencies.sort_by(f64::total_cmp);
-    summary.latency_p50_ms = percentile(&latencies, 0.50);
-    summary.latency_p99_ms = percentile(&latencies, 0.99);
+    summary.latency_p50_ms = percentile(&latencies, 500);
+    summary.latency_p99_ms = percentile(&latencies, 990);
     let trial = store.trial_balance().await?;
     summary.ledger_balanced = store.balances_match_postings().await?
-        && trial
-            .iter()
-            .all(|t| t.balance_sum_minor == 0 && t.posting_sum_minor == 0 && t.unbalanced_transfers == 0);
+        && trial.iter().all(|t| {
+            t.balance_sum_minor == 0 && t.posting_sum_minor == 0 && t.unbalanced_transfers == 0
+        });
     running.shutdown();
     Ok(summary)
 }
 
-fn percentile(sorted: &[f64], quantile: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
+/// The nearest-rank percentile of sorted samples; `permille` 500 is the median.
+fn percentile(sorted: &[f64], permille: usize) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        len => sorted[((len - 1) * permille.min(1000) + 500) / 1000],
     }
-    let last = sorted.len() - 1;
-    let rank = (quantile * last as f64).round();
-    let index = if rank.is_finite() && rank >= 0.0 { rank as usize } else { 0 };
-    sorted[index.min(last)]
 }
 
 impl std::fmt::Display for DemoSummary {
@@ -193,7 +228,11 @@ impl std::fmt::Display for DemoSummary {
             writeln!(f, "  {code:<24} {count}")?;
         }
         writeln!(f, "no receipt {}", self.failed)?;
-        writeln!(f, "latency    p50 {:.1} ms, p99 {:.1} ms", self.latency_p50_ms, self.latency_p99_ms)?;
+        writeln!(
+            f,
+            "latency    p50 {:.1} ms, p99 {:.1} ms",
+            self.latency_p50_ms, self.latency_p99_ms
+        )?;
         write!(
             f,
             "ledger     {}",

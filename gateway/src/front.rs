@@ -25,7 +25,9 @@ use paygate_core::receipt::{Outcome, Receipt, RECEIPT_CONTENT_TYPE};
 use paygate_core::request::SCHEMA_VERSION;
 use paygate_core::topics::{replies_topic, requests_topic};
 use paygate_core::{DeviceId, ErrorCode};
-use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Login, Packet, Publish, SubAck, SubscribeReasonCode, UnsubAck};
+use rumqttc::mqttbytes::v4::{
+    ConnAck, ConnectReturnCode, Login, Packet, Publish, SubAck, SubscribeReasonCode, UnsubAck,
+};
 use rumqttc::mqttbytes::{self, Protocol, QoS};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,7 +71,10 @@ pub fn check_packet(device: &DeviceId, packet: &Packet) -> Verdict {
                 Verdict::Forward
             } else {
                 let failures = vec![SubscribeReasonCode::Failure; subscribe.filters.len()];
-                Verdict::Answer(Packet::SubAck(SubAck::new(subscribe.pkid, failures)), ErrorCode::TopicNotAuthorized)
+                Verdict::Answer(
+                    Packet::SubAck(SubAck::new(subscribe.pkid, failures)),
+                    ErrorCode::TopicNotAuthorized,
+                )
             }
         }
         Packet::Unsubscribe(unsubscribe) => {
@@ -77,14 +82,21 @@ pub fn check_packet(device: &DeviceId, packet: &Packet) -> Verdict {
             if unsubscribe.topics.iter().all(|topic| *topic == own) {
                 Verdict::Forward
             } else {
-                Verdict::Answer(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)), ErrorCode::TopicNotAuthorized)
+                Verdict::Answer(
+                    Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)),
+                    ErrorCode::TopicNotAuthorized,
+                )
             }
         }
         Packet::PubAck(_) | Packet::PingReq | Packet::Disconnect => Verdict::Forward,
-        Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => Verdict::Close(ErrorCode::QosNotSupported),
-        Packet::Connect(_) | Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-            Verdict::Close(ErrorCode::ProtocolViolation)
+        Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
+            Verdict::Close(ErrorCode::QosNotSupported)
         }
+        Packet::Connect(_)
+        | Packet::ConnAck(_)
+        | Packet::SubAck(_)
+        | Packet::UnsubAck(_)
+        | Packet::PingResp => Verdict::Close(ErrorCode::ProtocolViolation),
     }
 }
 
@@ -153,7 +165,12 @@ async fn handle_connection(front: &Front, tcp: TcpStream, peer: SocketAddr) {
         }
         Ok(Ok(tls)) => tls,
     };
-    let identity = match tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()) {
+    let identity = match tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+    {
         Some(cert) => device_identity(cert),
         None => Err(ErrorCode::TlsClientCertRequired),
     };
@@ -210,7 +227,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             match mqttbytes::check(self.buffer.iter(), self.packet_bytes_max) {
                 Ok(header) => return Ok(self.buffer.split_to(header.frame_length()).freeze()),
                 Err(mqttbytes::Error::InsufficientBytes(_)) => {}
-                Err(mqttbytes::Error::PayloadSizeLimitExceeded(_)) => return Err(FrameError::TooLarge),
+                Err(mqttbytes::Error::PayloadSizeLimitExceeded(_)) => {
+                    return Err(FrameError::TooLarge)
+                }
                 Err(other) => return Err(FrameError::Malformed(other)),
             }
             match self.reader.read_buf(&mut self.buffer).await {
@@ -224,7 +243,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     async fn next(&mut self) -> Result<(Packet, Bytes), FrameError> {
         let raw = self.next_raw().await?;
         let mut copy = BytesMut::from(&raw[..]);
-        let packet = Packet::read(&mut copy, self.packet_bytes_max).map_err(FrameError::Malformed)?;
+        let packet =
+            Packet::read(&mut copy, self.packet_bytes_max).map_err(FrameError::Malformed)?;
         Ok((packet, raw))
     }
 }
@@ -250,8 +270,14 @@ fn notice(front: &Front, device: &DeviceId, code: ErrorCode) -> Bytes {
         merchant_id: None,
         decided_at_ms: now_ms(),
     };
-    let sealed = front.receipt_key.seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload());
-    encode(&Packet::Publish(Publish::new(replies_topic(device), QoS::AtMostOnce, sealed)))
+    let sealed = front
+        .receipt_key
+        .seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload());
+    encode(&Packet::Publish(Publish::new(
+        replies_topic(device),
+        QoS::AtMostOnce,
+        sealed,
+    )))
 }
 
 async fn write_and_close<W: AsyncWrite + Unpin>(writer: &mut W, frame: &[u8]) {
@@ -272,7 +298,11 @@ where
     let (device_read, mut device_write) = tokio::io::split(tls);
     let mut device_reader = FrameReader::new(device_read, settings.packet_bytes_max);
 
-    let first = tokio::time::timeout(Duration::from_millis(settings.connect_timeout_ms), device_reader.next()).await;
+    let first = tokio::time::timeout(
+        Duration::from_millis(settings.connect_timeout_ms),
+        device_reader.next(),
+    )
+    .await;
     let (connect, raw_len) = match first {
         Err(_) => return Err(ErrorCode::ProtocolViolation),
         Ok(Err(error)) => return error.code().map_or(Ok(()), Err),
@@ -280,28 +310,49 @@ where
         Ok(Ok(_)) => return Err(ErrorCode::ProtocolViolation),
     };
     tracing::debug!(device = %device, connect_bytes = raw_len, "connect received");
-    let refuse_connect = |code: ConnectReturnCode| encode(&Packet::ConnAck(ConnAck::new(code, false)));
+    let refuse_connect =
+        |code: ConnectReturnCode| encode(&Packet::ConnAck(ConnAck::new(code, false)));
     if connect.protocol != Protocol::V4 {
-        write_and_close(&mut device_write, &refuse_connect(ConnectReturnCode::RefusedProtocolVersion)).await;
+        write_and_close(
+            &mut device_write,
+            &refuse_connect(ConnectReturnCode::RefusedProtocolVersion),
+        )
+        .await;
         return Err(ErrorCode::ProtocolViolation);
     }
     if connect.client_id != device.as_str() {
-        write_and_close(&mut device_write, &refuse_connect(ConnectReturnCode::BadClientId)).await;
+        write_and_close(
+            &mut device_write,
+            &refuse_connect(ConnectReturnCode::BadClientId),
+        )
+        .await;
         return Err(ErrorCode::ClientIdMismatch);
     }
     if connect.last_will.is_some() {
-        write_and_close(&mut device_write, &refuse_connect(ConnectReturnCode::NotAuthorized)).await;
+        write_and_close(
+            &mut device_write,
+            &refuse_connect(ConnectReturnCode::NotAuthorized),
+        )
+        .await;
         return Err(ErrorCode::TopicNotAuthorized);
     }
     match front.store.device(device).await {
         Ok(Some(enrolled)) if enrolled.active => {}
         Ok(_) => {
-            write_and_close(&mut device_write, &refuse_connect(ConnectReturnCode::NotAuthorized)).await;
+            write_and_close(
+                &mut device_write,
+                &refuse_connect(ConnectReturnCode::NotAuthorized),
+            )
+            .await;
             return Err(ErrorCode::DeviceNotEnrolled);
         }
         Err(error) => {
             tracing::error!(%error, "device lookup failed");
-            write_and_close(&mut device_write, &refuse_connect(ConnectReturnCode::ServiceUnavailable)).await;
+            write_and_close(
+                &mut device_write,
+                &refuse_connect(ConnectReturnCode::ServiceUnavailable),
+            )
+            .await;
             return Err(ErrorCode::InternalError);
         }
     }
@@ -309,13 +360,24 @@ where
     let idle = if connect.keep_alive == 0 {
         Duration::from_millis(settings.idle_timeout_max_ms)
     } else {
-        Duration::from_millis((u64::from(connect.keep_alive) * 1_500).min(settings.idle_timeout_max_ms))
+        Duration::from_millis(
+            (u64::from(connect.keep_alive) * 1_500).min(settings.idle_timeout_max_ms),
+        )
     };
 
-    let broker = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(front.broker_address)).await {
+    let broker = match tokio::time::timeout(
+        Duration::from_secs(5),
+        TcpStream::connect(front.broker_address),
+    )
+    .await
+    {
         Ok(Ok(broker)) => broker,
         _ => {
-            write_and_close(&mut device_write, &refuse_connect(ConnectReturnCode::ServiceUnavailable)).await;
+            write_and_close(
+                &mut device_write,
+                &refuse_connect(ConnectReturnCode::ServiceUnavailable),
+            )
+            .await;
             return Err(ErrorCode::InternalError);
         }
     };
@@ -323,8 +385,16 @@ where
     let (broker_read, mut broker_write) = broker.into_split();
     let mut rewritten = connect;
     rewritten.login = Some(Login::new(device.as_str(), front.broker_secret.expose()));
-    if broker_write.write_all(&encode(&Packet::Connect(rewritten))).await.is_err() {
-        write_and_close(&mut device_write, &refuse_connect(ConnectReturnCode::ServiceUnavailable)).await;
+    if broker_write
+        .write_all(&encode(&Packet::Connect(rewritten)))
+        .await
+        .is_err()
+    {
+        write_and_close(
+            &mut device_write,
+            &refuse_connect(ConnectReturnCode::ServiceUnavailable),
+        )
+        .await;
         return Err(ErrorCode::InternalError);
     }
 
@@ -385,7 +455,9 @@ where
             Verdict::Answer(answer, code) => {
                 front.metrics.count_refusal(code);
                 tracing::info!(device = %device, code = %code, "packet refused");
-                if to_device.send(encode(&answer)).await.is_err() || to_device.send(notice(front, device, code)).await.is_err() {
+                if to_device.send(encode(&answer)).await.is_err()
+                    || to_device.send(notice(front, device, code)).await.is_err()
+                {
                     break;
                 }
             }
@@ -419,7 +491,10 @@ mod tests {
     fn subscribe(paths: &[&str], qos: QoS) -> Packet {
         Packet::Subscribe(Subscribe {
             pkid: 7,
-            filters: paths.iter().map(|p| SubscribeFilter::new(p.to_string(), qos)).collect(),
+            filters: paths
+                .iter()
+                .map(|p| SubscribeFilter::new(p.to_string(), qos))
+                .collect(),
         })
     }
 
@@ -429,32 +504,125 @@ mod tests {
         let own_requests = "paygate/v1/devices/pos-1/requests";
         let own_replies = "paygate/v1/devices/pos-1/replies";
         let sub_refused = |n: usize| {
-            Verdict::Answer(Packet::SubAck(SubAck::new(7, vec![SubscribeReasonCode::Failure; n])), ErrorCode::TopicNotAuthorized)
+            Verdict::Answer(
+                Packet::SubAck(SubAck::new(7, vec![SubscribeReasonCode::Failure; n])),
+                ErrorCode::TopicNotAuthorized,
+            )
         };
         use ErrorCode::*;
         let table: Vec<(&str, Packet, Verdict)> = vec![
-            ("own requests qos1", publish(own_requests, QoS::AtLeastOnce, false), Verdict::Forward),
-            ("own requests qos0", publish(own_requests, QoS::AtMostOnce, false), Verdict::Forward),
-            ("own requests qos2", publish(own_requests, QoS::ExactlyOnce, false), Verdict::Close(QosNotSupported)),
-            ("retained", publish(own_requests, QoS::AtLeastOnce, true), Verdict::Close(QosNotSupported)),
-            ("other device", publish("paygate/v1/devices/pos-2/requests", QoS::AtLeastOnce, false), Verdict::Close(TopicNotAuthorized)),
-            ("own replies", publish(own_replies, QoS::AtLeastOnce, false), Verdict::Close(TopicNotAuthorized)),
-            ("wildcard topic", publish("paygate/v1/devices/+/requests", QoS::AtLeastOnce, false), Verdict::Close(TopicNotAuthorized)),
-            ("sys", publish("$SYS/x", QoS::AtMostOnce, false), Verdict::Close(TopicNotAuthorized)),
-            ("nul", publish("paygate/v1/devices/pos-1/requests\0", QoS::AtMostOnce, false), Verdict::Close(TopicNotAuthorized)),
-            ("empty", publish("", QoS::AtMostOnce, false), Verdict::Close(TopicNotAuthorized)),
-            ("subscribe own replies", subscribe(&[own_replies], QoS::AtLeastOnce), Verdict::Forward),
-            ("subscribe #", subscribe(&["#"], QoS::AtLeastOnce), sub_refused(1)),
-            ("subscribe share", subscribe(&["$share/g/paygate/v1/devices/pos-1/replies"], QoS::AtLeastOnce), sub_refused(1)),
-            ("subscribe other replies", subscribe(&["paygate/v1/devices/pos-2/replies"], QoS::AtLeastOnce), sub_refused(1)),
-            ("subscribe mixed", subscribe(&[own_replies, "#"], QoS::AtLeastOnce), sub_refused(2)),
-            ("subscribe qos2", subscribe(&[own_replies], QoS::ExactlyOnce), sub_refused(1)),
-            ("unsubscribe other", Packet::Unsubscribe(Unsubscribe { pkid: 3, topics: vec!["#".into()] }), Verdict::Answer(Packet::UnsubAck(UnsubAck::new(3)), TopicNotAuthorized)),
+            (
+                "own requests qos1",
+                publish(own_requests, QoS::AtLeastOnce, false),
+                Verdict::Forward,
+            ),
+            (
+                "own requests qos0",
+                publish(own_requests, QoS::AtMostOnce, false),
+                Verdict::Forward,
+            ),
+            (
+                "own requests qos2",
+                publish(own_requests, QoS::ExactlyOnce, false),
+                Verdict::Close(QosNotSupported),
+            ),
+            (
+                "retained",
+                publish(own_requests, QoS::AtLeastOnce, true),
+                Verdict::Close(QosNotSupported),
+            ),
+            (
+                "other device",
+                publish("paygate/v1/devices/pos-2/requests", QoS::AtLeastOnce, false),
+                Verdict::Close(TopicNotAuthorized),
+            ),
+            (
+                "own replies",
+                publish(own_replies, QoS::AtLeastOnce, false),
+                Verdict::Close(TopicNotAuthorized),
+            ),
+            (
+                "wildcard topic",
+                publish("paygate/v1/devices/+/requests", QoS::AtLeastOnce, false),
+                Verdict::Close(TopicNotAuthorized),
+            ),
+            (
+                "sys",
+                publish("$SYS/x", QoS::AtMostOnce, false),
+                Verdict::Close(TopicNotAuthorized),
+            ),
+            (
+                "nul",
+                publish(
+                    "paygate/v1/devices/pos-1/requests\0",
+                    QoS::AtMostOnce,
+                    false,
+                ),
+                Verdict::Close(TopicNotAuthorized),
+            ),
+            (
+                "empty",
+                publish("", QoS::AtMostOnce, false),
+                Verdict::Close(TopicNotAuthorized),
+            ),
+            (
+                "subscribe own replies",
+                subscribe(&[own_replies], QoS::AtLeastOnce),
+                Verdict::Forward,
+            ),
+            (
+                "subscribe #",
+                subscribe(&["#"], QoS::AtLeastOnce),
+                sub_refused(1),
+            ),
+            (
+                "subscribe share",
+                subscribe(
+                    &["$share/g/paygate/v1/devices/pos-1/replies"],
+                    QoS::AtLeastOnce,
+                ),
+                sub_refused(1),
+            ),
+            (
+                "subscribe other replies",
+                subscribe(&["paygate/v1/devices/pos-2/replies"], QoS::AtLeastOnce),
+                sub_refused(1),
+            ),
+            (
+                "subscribe mixed",
+                subscribe(&[own_replies, "#"], QoS::AtLeastOnce),
+                sub_refused(2),
+            ),
+            (
+                "subscribe qos2",
+                subscribe(&[own_replies], QoS::ExactlyOnce),
+                sub_refused(1),
+            ),
+            (
+                "unsubscribe other",
+                Packet::Unsubscribe(Unsubscribe {
+                    pkid: 3,
+                    topics: vec!["#".into()],
+                }),
+                Verdict::Answer(Packet::UnsubAck(UnsubAck::new(3)), TopicNotAuthorized),
+            ),
             ("puback", Packet::PubAck(PubAck::new(1)), Verdict::Forward),
             ("ping", Packet::PingReq, Verdict::Forward),
-            ("connack from device", Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)), Verdict::Close(ProtocolViolation)),
-            ("unsuback from device", Packet::UnsubAck(UnsubAck::new(1)), Verdict::Close(ProtocolViolation)),
-            ("pingresp from device", Packet::PingResp, Verdict::Close(ProtocolViolation)),
+            (
+                "connack from device",
+                Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)),
+                Verdict::Close(ProtocolViolation),
+            ),
+            (
+                "unsuback from device",
+                Packet::UnsubAck(UnsubAck::new(1)),
+                Verdict::Close(ProtocolViolation),
+            ),
+            (
+                "pingresp from device",
+                Packet::PingResp,
+                Verdict::Close(ProtocolViolation),
+            ),
         ];
         for (name, packet, expected) in table {
             assert_eq!(check_packet(&device, &packet), expected, "{name}");

@@ -42,8 +42,13 @@ impl RunningGateway {
 
 pub fn load_receipt_key(settings: &Settings) -> Result<SigningKey> {
     let path = settings.resolve(&settings.receipts.signing_key);
-    let pkcs8 = std::fs::read(&path).with_context(|| format!("reading the receipt signing key {}", path.display()))?;
-    Ok(SigningKey::from_pkcs8(SigningAlgorithm::Ed25519, &settings.receipts.key_id, &pkcs8)?)
+    let pkcs8 = std::fs::read(&path)
+        .with_context(|| format!("reading the receipt signing key {}", path.display()))?;
+    Ok(SigningKey::from_pkcs8(
+        SigningAlgorithm::Ed25519,
+        &settings.receipts.key_id,
+        &pkcs8,
+    )?)
 }
 
 /// Starts everything and returns once the device listener is bound.
@@ -54,14 +59,28 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
     let receipt_key = Arc::new(load_receipt_key(&settings)?);
     let acceptor = TlsAcceptor::from(tls::server_config(&settings)?);
     let metrics = Arc::new(Metrics::default());
-    let embedded = broker::start(settings.mqtt.connections_max, settings.mqtt.packet_bytes_max).await?;
+    let embedded = broker::start(
+        settings.mqtt.connections_max,
+        settings.mqtt.packet_bytes_max,
+    )
+    .await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
 
-    let pipeline = Pipeline::new(store.clone(), receipt_key.clone(), settings.pipeline.clone(), metrics.clone());
+    let pipeline = Pipeline::new(
+        store.clone(),
+        receipt_key.clone(),
+        settings.pipeline.clone(),
+        metrics.clone(),
+    );
     let (link_tx, link_rx) = embedded.pipeline_link;
     let (queue_tx, queue_rx) = mpsc::channel(settings.pipeline.queue_depth_max);
     tokio::spawn(consume_link(link_rx, queue_tx, shutdown_rx.clone()));
-    tokio::spawn(run_pipeline(pipeline, queue_rx, link_tx, settings.pipeline.batch_size_max));
+    tokio::spawn(run_pipeline(
+        pipeline,
+        queue_rx,
+        link_tx,
+        settings.pipeline.batch_size_max,
+    ));
 
     let listener = TcpListener::bind(settings.mqtt.listen)
         .await
@@ -91,7 +110,11 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
 
 /// Takes device requests off the broker's local link into the bounded pipeline queue. A full
 /// queue holds the link (rumqttd then keeps or drops per its own limits; devices resend).
-async fn consume_link(mut link_rx: LinkRx, queue: mpsc::Sender<Inbound>, mut shutdown: watch::Receiver<bool>) {
+async fn consume_link(
+    mut link_rx: LinkRx,
+    queue: mpsc::Sender<Inbound>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let notification = tokio::select! {
             notification = link_rx.next() => notification,
@@ -127,7 +150,12 @@ async fn consume_link(mut link_rx: LinkRx, queue: mpsc::Sender<Inbound>, mut shu
     }
 }
 
-async fn run_pipeline(pipeline: Pipeline, mut queue: mpsc::Receiver<Inbound>, mut link_tx: LinkTx, batch_size_max: usize) {
+async fn run_pipeline(
+    pipeline: Pipeline,
+    mut queue: mpsc::Receiver<Inbound>,
+    mut link_tx: LinkTx,
+    batch_size_max: usize,
+) {
     let mut batch = Vec::with_capacity(batch_size_max);
     while queue.recv_many(&mut batch, batch_size_max).await > 0 {
         let replies = pipeline.process_batch(std::mem::take(&mut batch)).await;

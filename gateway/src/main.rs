@@ -10,7 +10,10 @@ use paygate_gateway::{demo, gateway, pki};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "paygate", about = "paygate: MQTT edge gateway for POS terminals and mobile wallets")]
+#[command(
+    name = "paygate",
+    about = "paygate: MQTT edge gateway for POS terminals and mobile wallets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -101,7 +104,11 @@ enum LedgerCommand {
     /// Open a merchant account.
     OpenMerchant { id: String, currency: String },
     /// Fund a wallet from the issuance account, e.g. `fund wallet-1 500.00 INR`.
-    Fund { wallet: String, amount: String, currency: String },
+    Fund {
+        wallet: String,
+        amount: String,
+        currency: String,
+    },
     /// Check that the books balance.
     Check,
 }
@@ -119,7 +126,10 @@ async fn main() -> Result<()> {
         _ => "info,rumqttd=warn",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
         .init();
     match cli.command {
         Command::Serve { config } => {
@@ -129,7 +139,11 @@ async fn main() -> Result<()> {
             tokio::signal::ctrl_c().await?;
             running.shutdown();
         }
-        Command::Demo { data_dir, terminals, payments } => {
+        Command::Demo {
+            data_dir,
+            terminals,
+            payments,
+        } => {
             let summary = demo::run(demo::DemoOptions {
                 data_dir,
                 terminals,
@@ -141,7 +155,9 @@ async fn main() -> Result<()> {
                 bail!("the ledger does not balance");
             }
         }
-        Command::Config { command: ConfigCommand::PrintDefault } => print!("{}", Settings::default_file()),
+        Command::Config {
+            command: ConfigCommand::PrintDefault,
+        } => print!("{}", Settings::default_file()),
         Command::Certs { config, command } => {
             let settings = Settings::load(config.as_deref())?;
             let dir = pki_dir(&settings);
@@ -150,12 +166,21 @@ async fn main() -> Result<()> {
                     pki::init(&dir, &server_name, &settings.receipts.key_id)?;
                     println!("development PKI written to {}", dir.display());
                 }
-                CertsCommand::IssueDevice { id, wallet, algorithm } => {
+                CertsCommand::IssueDevice {
+                    id,
+                    wallet,
+                    algorithm,
+                } => {
                     let device = DeviceId::parse(&id)?;
-                    let wallet = AccountId::parse(&wallet.unwrap_or_else(|| format!("wallet-{id}")))?;
-                    let algorithm = SigningAlgorithm::parse(&algorithm).context("--algorithm is ed25519 or es256")?;
+                    let wallet =
+                        AccountId::parse(&wallet.unwrap_or_else(|| format!("wallet-{id}")))?;
+                    let algorithm = SigningAlgorithm::parse(&algorithm)
+                        .context("--algorithm is ed25519 or es256")?;
                     pki::issue_device(&dir, &device, &wallet, algorithm)?;
-                    println!("device bundle written to {}", pki::device_dir(&dir, &device).display());
+                    println!(
+                        "device bundle written to {}",
+                        pki::device_dir(&dir, &device).display()
+                    );
                 }
                 CertsCommand::Revoke { id } => {
                     pki::revoke_device(&dir, &DeviceId::parse(&id)?)?;
@@ -163,11 +188,20 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        Command::Devices { config, command: DevicesCommand::Enrol { id, currency } } => {
+        Command::Devices {
+            config,
+            command: DevicesCommand::Enrol { id, currency },
+        } => {
             let settings = Settings::load(config.as_deref())?;
             let store = Store::open(&settings.database_url(), 1).await?;
             let currency = Currency::parse(&currency).context("unknown currency")?;
-            let wallet = demo::enrol_from_bundle(&store, &pki_dir(&settings), &DeviceId::parse(&id)?, currency).await?;
+            let wallet = demo::enrol_from_bundle(
+                &store,
+                &pki_dir(&settings),
+                &DeviceId::parse(&id)?,
+                currency,
+            )
+            .await?;
             println!("enrolled {id} with wallet {wallet}");
         }
         Command::Ledger { config, command } => {
@@ -177,11 +211,26 @@ async fn main() -> Result<()> {
             match command {
                 LedgerCommand::OpenMerchant { id, currency } => {
                     let currency = Currency::parse(&currency).context("unknown currency")?;
-                    store.open_account(&AccountId::parse(&id)?, AccountKind::Merchant, currency, now).await?;
+                    store
+                        .open_account(
+                            &AccountId::parse(&id)?,
+                            AccountKind::Merchant,
+                            currency,
+                            now,
+                        )
+                        .await?;
                 }
-                LedgerCommand::Fund { wallet, amount, currency } => {
+                LedgerCommand::Fund {
+                    wallet,
+                    amount,
+                    currency,
+                } => {
                     let tx = store
-                        .fund_wallet(&AccountId::parse(&wallet)?, Money::parse_decimal(&amount, &currency)?, now)
+                        .fund_wallet(
+                            &AccountId::parse(&wallet)?,
+                            Money::parse_decimal(&amount, &currency)?,
+                            now,
+                        )
                         .await?;
                     println!("funded {wallet}: {tx}");
                 }
@@ -189,7 +238,10 @@ async fn main() -> Result<()> {
                     for line in store.trial_balance().await? {
                         println!("{line:?}");
                     }
-                    println!("balances match postings: {}", store.balances_match_postings().await?);
+                    println!(
+                        "balances match postings: {}",
+                        store.balances_match_postings().await?
+                    );
                 }
             }
         }

@@ -67,7 +67,9 @@ impl Metrics {
     }
 
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let copy = |map: &Mutex<BTreeMap<ErrorCode, u64>>| map.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let copy = |map: &Mutex<BTreeMap<ErrorCode, u64>>| {
+            map.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        };
         MetricsSnapshot {
             connections_accepted: self.connections_accepted.load(Ordering::Relaxed),
             connections_open: self.connections_open.load(Ordering::Relaxed),
@@ -83,11 +85,27 @@ impl Metrics {
         use std::fmt::Write;
         let s = self.snapshot();
         let mut out = String::new();
-        let _ = writeln!(out, "paygate_connections_accepted_total {}", s.connections_accepted);
+        let _ = writeln!(
+            out,
+            "paygate_connections_accepted_total {}",
+            s.connections_accepted
+        );
         let _ = writeln!(out, "paygate_connections_open {}", s.connections_open);
-        let _ = writeln!(out, "paygate_requests_approved_total {}", s.requests_approved);
-        let _ = writeln!(out, "paygate_requests_replayed_total {}", s.requests_replayed);
-        let _ = writeln!(out, "paygate_ledger_invariant_alerts_total {}", s.ledger_invariant_alerts);
+        let _ = writeln!(
+            out,
+            "paygate_requests_approved_total {}",
+            s.requests_approved
+        );
+        let _ = writeln!(
+            out,
+            "paygate_requests_replayed_total {}",
+            s.requests_replayed
+        );
+        let _ = writeln!(
+            out,
+            "paygate_ledger_invariant_alerts_total {}",
+            s.ledger_invariant_alerts
+        );
         for (code, count) in &s.refusals {
             let _ = writeln!(out, "paygate_refusals_total{{code=\"{code}\"}} {count}");
         }

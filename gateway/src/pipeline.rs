@@ -19,7 +19,10 @@ use crate::store::{self, Batch, Store, StoreError};
 use bytes::Bytes;
 use paygate_core::envelope::{SigningKey, UnverifiedEnvelope};
 use paygate_core::receipt::{Outcome, Receipt, RECEIPT_CONTENT_TYPE};
-use paygate_core::request::{check_freshness, decode_request, MoneyWire, Operation, Request, REQUEST_CONTENT_TYPE, SCHEMA_VERSION};
+use paygate_core::request::{
+    check_freshness, decode_request, MoneyWire, Operation, Request, REQUEST_CONTENT_TYPE,
+    SCHEMA_VERSION,
+};
 use paygate_core::{AccountId, DeviceId, ErrorCode};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -66,7 +69,12 @@ pub fn now_ms() -> u64 {
 }
 
 impl Pipeline {
-    pub fn new(store: Store, receipt_key: Arc<SigningKey>, settings: PipelineSettings, metrics: Arc<Metrics>) -> Pipeline {
+    pub fn new(
+        store: Store,
+        receipt_key: Arc<SigningKey>,
+        settings: PipelineSettings,
+        metrics: Arc<Metrics>,
+    ) -> Pipeline {
         Pipeline {
             store,
             receipt_key,
@@ -83,7 +91,9 @@ impl Pipeline {
         for inbound in batch {
             match self.verify(&inbound, now).await {
                 Ok(ok) => verified.push(ok),
-                Err((code, message, body)) => replies.push(self.reject(&inbound, None, body, code, message, now)),
+                Err((code, message, body)) => {
+                    replies.push(self.reject(&inbound, None, body, code, message, now))
+                }
             }
         }
         if verified.is_empty() {
@@ -110,12 +120,23 @@ impl Pipeline {
     }
 
     /// Stage 1. On refusal: the code, a message, and the body hash if the envelope was readable.
-    async fn verify(&self, inbound: &Inbound, now: u64) -> Result<Verified, (ErrorCode, String, Option<Vec<u8>>)> {
-        let envelope = UnverifiedEnvelope::parse(&inbound.message).map_err(|e| (e.code, e.message, None))?;
+    async fn verify(
+        &self,
+        inbound: &Inbound,
+        now: u64,
+    ) -> Result<Verified, (ErrorCode, String, Option<Vec<u8>>)> {
+        let envelope =
+            UnverifiedEnvelope::parse(&inbound.message).map_err(|e| (e.code, e.message, None))?;
         let body = envelope.payload_unverified().map(sha256);
         let device = match self.store.device(&inbound.device).await {
             Ok(Some(device)) if device.active => device,
-            Ok(_) => return Err((ErrorCode::DeviceNotEnrolled, "device is not enrolled".into(), body)),
+            Ok(_) => {
+                return Err((
+                    ErrorCode::DeviceNotEnrolled,
+                    "device is not enrolled".into(),
+                    body,
+                ))
+            }
             Err(error) => return Err((ErrorCode::InternalError, error.to_string(), body)),
         };
         let payload = envelope
@@ -125,7 +146,10 @@ impl Pipeline {
         if request.device_id != inbound.device {
             return Err((
                 ErrorCode::DeviceMismatch,
-                format!("request names device {} but came from {}", request.device_id, inbound.device),
+                format!(
+                    "request names device {} but came from {}",
+                    request.device_id, inbound.device
+                ),
                 body,
             ));
         }
@@ -145,7 +169,11 @@ impl Pipeline {
     }
 
     /// Stages 2 to 5 for the verified part of a batch, in one database transaction.
-    async fn decide_batch(&self, verified: &[Verified], now: u64) -> Result<Vec<Outbound>, StoreError> {
+    async fn decide_batch(
+        &self,
+        verified: &[Verified],
+        now: u64,
+    ) -> Result<Vec<Outbound>, StoreError> {
         let mut batch = self.store.begin_batch().await?;
         let mut replies = Vec::with_capacity(verified.len());
         for item in verified {
@@ -155,7 +183,12 @@ impl Pipeline {
         Ok(replies)
     }
 
-    async fn decide_one(&self, batch: &mut Batch<'_>, item: &Verified, now: u64) -> Result<Outbound, StoreError> {
+    async fn decide_one(
+        &self,
+        batch: &mut Batch<'_>,
+        item: &Verified,
+        now: u64,
+    ) -> Result<Outbound, StoreError> {
         let request = &item.request;
         let device = &request.device_id;
         // stage 2: deduplicate
@@ -183,14 +216,20 @@ impl Pipeline {
                 Some(request),
                 Some(item.body_sha256.clone()),
                 ErrorCode::CounterReused,
-                format!("counter {} was already used by another request", request.counter),
+                format!(
+                    "counter {} was already used by another request",
+                    request.counter
+                ),
                 now,
             ));
         }
 
         // stage 3: decide and post
         let tx_id = store::new_tx_id();
-        let Operation::MerchantPayment { merchant_id, amount } = &request.operation;
+        let Operation::MerchantPayment {
+            merchant_id,
+            amount,
+        } = &request.operation;
         let wallet = &item.wallet;
         let decision = match store::account(batch, merchant_id).await? {
             Some((kind, _, _)) if kind == "merchant" => {
@@ -223,7 +262,11 @@ impl Pipeline {
         // stage 4: record the decision with its signed receipt
         let receipt = Receipt {
             v: SCHEMA_VERSION,
-            outcome: if code.is_none() { Outcome::Approved } else { Outcome::Declined },
+            outcome: if code.is_none() {
+                Outcome::Approved
+            } else {
+                Outcome::Declined
+            },
             code: code.map(|c| c.as_str().to_owned()),
             message: code.map(|c| c.description().to_owned()),
             device_id: device.to_string(),
@@ -234,7 +277,9 @@ impl Pipeline {
             merchant_id: Some(merchant_id.to_string()),
             decided_at_ms: now,
         };
-        let sealed = self.receipt_key.seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload());
+        let sealed = self
+            .receipt_key
+            .seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload());
         store::record_decided(
             batch,
             device,
@@ -286,7 +331,9 @@ impl Pipeline {
         };
         Outbound {
             device: inbound.device.clone(),
-            receipt: self.receipt_key.seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload()),
+            receipt: self
+                .receipt_key
+                .seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload()),
             received_at: inbound.received_at,
         }
     }

@@ -16,9 +16,9 @@ use base64::Engine;
 use paygate_core::envelope::{SigningAlgorithm, SigningKey, VerifyingKey};
 use paygate_core::{AccountId, DeviceId};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams,
-    SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber,
 };
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -44,11 +44,15 @@ pub struct Enrolment {
 
 impl Enrolment {
     pub fn verifying_key(&self) -> Result<VerifyingKey> {
-        let algorithm = SigningAlgorithm::parse(&self.algorithm).context("unknown algorithm in enrolment")?;
+        let algorithm =
+            SigningAlgorithm::parse(&self.algorithm).context("unknown algorithm in enrolment")?;
         let public_key = base64::engine::general_purpose::STANDARD
             .decode(&self.public_key)
             .context("enrolment public key is not base64")?;
-        Ok(VerifyingKey { algorithm, public_key })
+        Ok(VerifyingKey {
+            algorithm,
+            public_key,
+        })
     }
 }
 
@@ -76,7 +80,10 @@ impl PublishedKey {
         let public_key = base64::engine::general_purpose::STANDARD
             .decode(&self.public_key)
             .context("public key is not base64")?;
-        Ok(VerifyingKey { algorithm, public_key })
+        Ok(VerifyingKey {
+            algorithm,
+            public_key,
+        })
     }
 }
 
@@ -121,7 +128,8 @@ fn random_serial() -> SerialNumber {
 }
 
 fn load_ca(dir: &Path) -> Result<(rcgen::Certificate, KeyPair)> {
-    let cert_pem = std::fs::read_to_string(dir.join("ca.cert.pem")).context("reading ca.cert.pem: run `paygate certs init` first")?;
+    let cert_pem = std::fs::read_to_string(dir.join("ca.cert.pem"))
+        .context("reading ca.cert.pem: run `paygate certs init` first")?;
     let key_pem = std::fs::read_to_string(dir.join("ca.key.pem")).context("reading ca.key.pem")?;
     let key = KeyPair::from_pem(&key_pem).context("parsing ca.key.pem")?;
     let params = CertificateParams::from_ca_cert_pem(&cert_pem).context("parsing ca.cert.pem")?;
@@ -138,7 +146,10 @@ pub fn is_initialised(dir: &Path) -> bool {
 /// Makes the CA, the server certificate (for `server_names`), the receipt key and an empty CRL.
 pub fn init(dir: &Path, server_names: &[String], receipt_key_id: &str) -> Result<()> {
     if dir.join("ca.key.pem").exists() {
-        bail!("{} already holds a CA; refusing to overwrite it", dir.display());
+        bail!(
+            "{} already holds a CA; refusing to overwrite it",
+            dir.display()
+        );
     }
     std::fs::create_dir_all(dir.join("devices"))?;
 
@@ -149,7 +160,11 @@ pub fn init(dir: &Path, server_names: &[String], receipt_key_id: &str) -> Result
     ca_name.push(DnType::CommonName, "paygate development device CA");
     ca_params.distinguished_name = ca_name;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     ca_params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
     ca_params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
     ca_params.serial_number = Some(random_serial());
@@ -161,12 +176,16 @@ pub fn init(dir: &Path, server_names: &[String], receipt_key_id: &str) -> Result
     let server_key = KeyPair::generate()?;
     let mut server_params = CertificateParams::new(Vec::<String>::new())?;
     for name in server_names {
-        server_params.subject_alt_names.push(match name.parse::<std::net::IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(name.clone().try_into()?),
-        });
+        server_params
+            .subject_alt_names
+            .push(match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(name.clone().try_into()?),
+            });
     }
-    server_params.distinguished_name.push(DnType::CommonName, "paygate gateway");
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "paygate gateway");
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     server_params.serial_number = Some(random_serial());
@@ -174,10 +193,14 @@ pub fn init(dir: &Path, server_names: &[String], receipt_key_id: &str) -> Result
     server_params.not_after = OffsetDateTime::now_utc() + Duration::days(825);
     let server_cert = server_params.signed_by(&server_key, &ca_cert, &ca_key)?;
     write_public(&dir.join("server.cert.pem"), server_cert.pem().as_bytes())?;
-    write_secret(&dir.join("server.key.pem"), server_key.serialize_pem().as_bytes())?;
+    write_secret(
+        &dir.join("server.key.pem"),
+        server_key.serialize_pem().as_bytes(),
+    )?;
 
     let receipt_pkcs8 = SigningKey::generate_pkcs8(SigningAlgorithm::Ed25519)?;
-    let receipt_key = SigningKey::from_pkcs8(SigningAlgorithm::Ed25519, receipt_key_id, &receipt_pkcs8)?;
+    let receipt_key =
+        SigningKey::from_pkcs8(SigningAlgorithm::Ed25519, receipt_key_id, &receipt_pkcs8)?;
     write_secret(&dir.join("receipt-signing.pk8"), &receipt_pkcs8)?;
     write_public(
         &dir.join("receipt-signing.pub.json"),
@@ -188,7 +211,12 @@ pub fn init(dir: &Path, server_names: &[String], receipt_key_id: &str) -> Result
     Ok(())
 }
 
-fn write_crl(dir: &Path, ca_cert: &rcgen::Certificate, ca_key: &KeyPair, list: &RevocationList) -> Result<()> {
+fn write_crl(
+    dir: &Path,
+    ca_cert: &rcgen::Certificate,
+    ca_key: &KeyPair,
+    list: &RevocationList,
+) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let mut revoked_certs = Vec::with_capacity(list.revoked.len());
     for entry in &list.revoked {
@@ -220,7 +248,12 @@ pub fn device_dir(dir: &Path, device: &DeviceId) -> PathBuf {
 
 /// Issues a device: TLS key and client certificate (clientAuth EKU, the device id as CN and
 /// as a `urn:paygate:device:` URI SAN), a signing key, and the enrolment record.
-pub fn issue_device(dir: &Path, device: &DeviceId, wallet: &AccountId, algorithm: SigningAlgorithm) -> Result<Enrolment> {
+pub fn issue_device(
+    dir: &Path,
+    device: &DeviceId,
+    wallet: &AccountId,
+    algorithm: SigningAlgorithm,
+) -> Result<Enrolment> {
     let (ca_cert, ca_key) = load_ca(dir)?;
     let out = device_dir(dir, device);
     if out.join("device.key.pem").exists() {
@@ -230,9 +263,15 @@ pub fn issue_device(dir: &Path, device: &DeviceId, wallet: &AccountId, algorithm
 
     let tls_key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::OrganizationName, "paygate devices");
-    params.distinguished_name.push(DnType::CommonName, device.as_str());
-    params.subject_alt_names = vec![SanType::URI(format!("{DEVICE_URI_PREFIX}{device}").try_into()?)];
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "paygate devices");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, device.as_str());
+    params.subject_alt_names = vec![SanType::URI(
+        format!("{DEVICE_URI_PREFIX}{device}").try_into()?,
+    )];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     let serial = random_serial();
@@ -246,17 +285,27 @@ pub fn issue_device(dir: &Path, device: &DeviceId, wallet: &AccountId, algorithm
     let enrolment = Enrolment {
         device_id: device.to_string(),
         algorithm: algorithm.name().to_owned(),
-        public_key: base64::engine::general_purpose::STANDARD.encode(signing_key.verifying_key().public_key),
+        public_key: base64::engine::general_purpose::STANDARD
+            .encode(signing_key.verifying_key().public_key),
         wallet_id: wallet.to_string(),
         cert_serial: hex::encode(serial.to_bytes()),
     };
 
     std::fs::copy(dir.join("ca.cert.pem"), out.join("ca.cert.pem"))?;
-    std::fs::copy(dir.join("receipt-signing.pub.json"), out.join("gateway-receipt.pub.json"))?;
+    std::fs::copy(
+        dir.join("receipt-signing.pub.json"),
+        out.join("gateway-receipt.pub.json"),
+    )?;
     write_public(&out.join("device.cert.pem"), cert.pem().as_bytes())?;
-    write_secret(&out.join("device.key.pem"), tls_key.serialize_pem().as_bytes())?;
+    write_secret(
+        &out.join("device.key.pem"),
+        tls_key.serialize_pem().as_bytes(),
+    )?;
     write_secret(&out.join("signing.pk8"), &signing_pkcs8)?;
-    write_public(&out.join("enrolment.json"), &serde_json::to_vec_pretty(&enrolment)?)?;
+    write_public(
+        &out.join("enrolment.json"),
+        &serde_json::to_vec_pretty(&enrolment)?,
+    )?;
     Ok(enrolment)
 }
 
@@ -268,11 +317,15 @@ pub fn revoke_device(dir: &Path, device: &DeviceId) -> Result<()> {
         Ok(bytes) => serde_json::from_slice(&bytes)?,
         Err(_) => RevocationList::default(),
     };
-    list.crl_number = list.crl_number.checked_add(1).context("crl number overflow")?;
+    list.crl_number = list
+        .crl_number
+        .checked_add(1)
+        .context("crl number overflow")?;
     list.revoked.push(Revoked {
         device_id: device.to_string(),
         cert_serial: enrolment.cert_serial,
-        revoked_at: OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?,
+        revoked_at: OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)?,
     });
     write_crl(dir, &ca_cert, &ca_key, &list)
 }

@@ -144,8 +144,9 @@ impl Store {
         Ok(Some(Device {
             device_id: device.clone(),
             key: VerifyingKey {
-                algorithm: SigningAlgorithm::parse(&algorithm)
-                    .ok_or_else(|| StoreError::Invariant(format!("device {device} has algorithm {algorithm}")))?,
+                algorithm: SigningAlgorithm::parse(&algorithm).ok_or_else(|| {
+                    StoreError::Invariant(format!("device {device} has algorithm {algorithm}"))
+                })?,
                 public_key: row.try_get("public_key")?,
             },
             wallet: AccountId::parse(&wallet).map_err(|e| StoreError::Invariant(e.to_string()))?,
@@ -163,13 +164,25 @@ impl Store {
 
     /// Funds a wallet from the issuance account (operator action for development and the demo;
     /// cash-in at an agent terminal comes with the ledger issue).
-    pub async fn fund_wallet(&self, wallet: &AccountId, amount: Money, now_ms: u64) -> Result<TxId, StoreError> {
-        let issuance = AccountId::parse(&format!("issuance-{}", amount.currency.code().to_lowercase()))
-            .map_err(|e| StoreError::Invariant(e.to_string()))?;
-        self.open_account(&issuance, AccountKind::Issuance, amount.currency, now_ms).await?;
+    pub async fn fund_wallet(
+        &self,
+        wallet: &AccountId,
+        amount: Money,
+        now_ms: u64,
+    ) -> Result<TxId, StoreError> {
+        let issuance = AccountId::parse(&format!(
+            "issuance-{}",
+            amount.currency.code().to_lowercase()
+        ))
+        .map_err(|e| StoreError::Invariant(e.to_string()))?;
+        self.open_account(&issuance, AccountKind::Issuance, amount.currency, now_ms)
+            .await?;
         let mut batch = self.begin_batch().await?;
         let tx_id = new_tx_id();
-        post_transfer(&mut batch, &tx_id, "funding", None, &issuance, wallet, amount, now_ms).await?;
+        post_transfer(
+            &mut batch, &tx_id, "funding", None, &issuance, wallet, amount, now_ms,
+        )
+        .await?;
         batch.commit().await?;
         Ok(tx_id)
     }
@@ -218,10 +231,12 @@ impl Store {
     }
 
     pub async fn count_transfers(&self, kind: &str) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM transfers WHERE kind = ?")
-            .bind(kind)
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM transfers WHERE kind = ?")
+                .bind(kind)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -251,11 +266,13 @@ pub async fn find_decided(
     device: &DeviceId,
     key: &IdempotencyKey,
 ) -> Result<Option<DecidedRequest>, StoreError> {
-    let row = sqlx::query("SELECT body_sha256, receipt FROM requests WHERE device_id = ? AND idempotency_key = ?")
-        .bind(device.as_str())
-        .bind(key.as_str())
-        .fetch_optional(&mut **batch)
-        .await?;
+    let row = sqlx::query(
+        "SELECT body_sha256, receipt FROM requests WHERE device_id = ? AND idempotency_key = ?",
+    )
+    .bind(device.as_str())
+    .bind(key.as_str())
+    .fetch_optional(&mut **batch)
+    .await?;
     row.map(|row| {
         Ok(DecidedRequest {
             body_sha256: row.try_get("body_sha256")?,
@@ -265,23 +282,37 @@ pub async fn find_decided(
     .transpose()
 }
 
-pub async fn counter_used(batch: &mut Batch<'_>, device: &DeviceId, counter: u64) -> Result<bool, StoreError> {
-    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM requests WHERE device_id = ? AND counter = ?")
-        .bind(device.as_str())
-        .bind(ms(counter))
-        .fetch_optional(&mut **batch)
-        .await?;
+pub async fn counter_used(
+    batch: &mut Batch<'_>,
+    device: &DeviceId,
+    counter: u64,
+) -> Result<bool, StoreError> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM requests WHERE device_id = ? AND counter = ?")
+            .bind(device.as_str())
+            .bind(ms(counter))
+            .fetch_optional(&mut **batch)
+            .await?;
     Ok(found.is_some())
 }
 
 /// Reads an active account's currency, kind and balance.
-pub async fn account(batch: &mut Batch<'_>, account: &AccountId) -> Result<Option<(String, String, i64)>, StoreError> {
+pub async fn account(
+    batch: &mut Batch<'_>,
+    account: &AccountId,
+) -> Result<Option<(String, String, i64)>, StoreError> {
     let row = sqlx::query("SELECT kind, currency, balance_minor FROM accounts WHERE account_id = ? AND status = 'active'")
         .bind(account.as_str())
         .fetch_optional(&mut **batch)
         .await?;
-    row.map(|row| Ok((row.try_get("kind")?, row.try_get("currency")?, row.try_get("balance_minor")?)))
-        .transpose()
+    row.map(|row| {
+        Ok((
+            row.try_get("kind")?,
+            row.try_get("currency")?,
+            row.try_get("balance_minor")?,
+        ))
+    })
+    .transpose()
 }
 
 /// Posts a two-leg transfer `from` -> `to` inside a batch, with checked arithmetic and the
@@ -306,11 +337,13 @@ pub async fn post_transfer(
         .fetch_optional(&mut *savepoint)
         .await?
         .ok_or(StoreError::Refused(ErrorCode::UnknownWallet))?;
-    let to_row = sqlx::query("SELECT currency, balance_minor FROM accounts WHERE account_id = ? AND status = 'active'")
-        .bind(to.as_str())
-        .fetch_optional(&mut *savepoint)
-        .await?
-        .ok_or(StoreError::Refused(ErrorCode::UnknownMerchant))?;
+    let to_row = sqlx::query(
+        "SELECT currency, balance_minor FROM accounts WHERE account_id = ? AND status = 'active'",
+    )
+    .bind(to.as_str())
+    .fetch_optional(&mut *savepoint)
+    .await?
+    .ok_or(StoreError::Refused(ErrorCode::UnknownMerchant))?;
     let from_currency: String = from_row.try_get("currency")?;
     let to_currency: String = to_row.try_get("currency")?;
     if from_currency != currency || to_currency != currency {
@@ -319,8 +352,12 @@ pub async fn post_transfer(
     let from_balance: i64 = from_row.try_get("balance_minor")?;
     let negative_allowed: i64 = from_row.try_get("negative_allowed")?;
     let to_balance: i64 = to_row.try_get("balance_minor")?;
-    let from_after = from_balance.checked_sub(minor).ok_or(StoreError::Refused(ErrorCode::AmountOverflow))?;
-    let to_after = to_balance.checked_add(minor).ok_or(StoreError::Refused(ErrorCode::AmountOverflow))?;
+    let from_after = from_balance
+        .checked_sub(minor)
+        .ok_or(StoreError::Refused(ErrorCode::AmountOverflow))?;
+    let to_after = to_balance
+        .checked_add(minor)
+        .ok_or(StoreError::Refused(ErrorCode::AmountOverflow))?;
     if from_after < 0 && negative_allowed == 0 {
         return Err(StoreError::Refused(ErrorCode::InsufficientFunds));
     }
@@ -346,13 +383,15 @@ pub async fn post_transfer(
     .execute(&mut *savepoint)
     .await?;
     for (account, leg) in [(from, -minor), (to, minor)] {
-        sqlx::query("INSERT INTO postings (tx_id, account_id, currency, amount_minor) VALUES (?, ?, ?, ?)")
-            .bind(tx_id.as_str())
-            .bind(account.as_str())
-            .bind(currency)
-            .bind(leg)
-            .execute(&mut *savepoint)
-            .await?;
+        sqlx::query(
+            "INSERT INTO postings (tx_id, account_id, currency, amount_minor) VALUES (?, ?, ?, ?)",
+        )
+        .bind(tx_id.as_str())
+        .bind(account.as_str())
+        .bind(currency)
+        .bind(leg)
+        .execute(&mut *savepoint)
+        .await?;
         sqlx::query("UPDATE accounts SET balance_minor = balance_minor + ? WHERE account_id = ?")
             .bind(leg)
             .bind(account.as_str())
@@ -361,18 +400,21 @@ pub async fn post_transfer(
     }
 
     // read back: the legs sum to zero and the balances are what we computed
-    let leg_sum: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(amount_minor), 0) FROM postings WHERE tx_id = ?")
-        .bind(tx_id.as_str())
-        .fetch_one(&mut *savepoint)
-        .await?;
-    let from_read: i64 = sqlx::query_scalar("SELECT balance_minor FROM accounts WHERE account_id = ?")
-        .bind(from.as_str())
-        .fetch_one(&mut *savepoint)
-        .await?;
-    let to_read: i64 = sqlx::query_scalar("SELECT balance_minor FROM accounts WHERE account_id = ?")
-        .bind(to.as_str())
-        .fetch_one(&mut *savepoint)
-        .await?;
+    let leg_sum: i64 =
+        sqlx::query_scalar("SELECT COALESCE(SUM(amount_minor), 0) FROM postings WHERE tx_id = ?")
+            .bind(tx_id.as_str())
+            .fetch_one(&mut *savepoint)
+            .await?;
+    let from_read: i64 =
+        sqlx::query_scalar("SELECT balance_minor FROM accounts WHERE account_id = ?")
+            .bind(from.as_str())
+            .fetch_one(&mut *savepoint)
+            .await?;
+    let to_read: i64 =
+        sqlx::query_scalar("SELECT balance_minor FROM accounts WHERE account_id = ?")
+            .bind(to.as_str())
+            .fetch_one(&mut *savepoint)
+            .await?;
     if leg_sum != 0 || from_read != from_after || to_read != to_after {
         return Err(StoreError::Invariant(format!(
             "transfer {tx_id}: legs sum to {leg_sum}, balances {from_read}/{to_read} expected {from_after}/{to_after}"

@@ -47,18 +47,24 @@ pub fn server_config(settings: &Settings) -> Result<Arc<ServerConfig>> {
     let mut roots = RootCertStore::empty();
     for bundle in &settings.tls.client_ca_bundles {
         for ca in load_certs(&settings.resolve(bundle))? {
-            roots.add(ca).with_context(|| format!("adding a CA from {}", bundle.display()))?;
+            roots
+                .add(ca)
+                .with_context(|| format!("adding a CA from {}", bundle.display()))?;
         }
     }
     let mut crls = Vec::new();
     for path in &settings.tls.crls {
         crls.extend(load_crls(&settings.resolve(path))?);
     }
-    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).with_crls(crls);
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .with_crls(crls);
     if settings.tls.allow_unknown_revocation_status {
         verifier = verifier.allow_unknown_revocation_status();
     }
-    let verifier = verifier.build().context("building the client certificate verifier")?;
+    let verifier = verifier
+        .build()
+        .context("building the client certificate verifier")?;
     let chain = load_certs(&settings.resolve(&settings.tls.server_cert))?;
     let key = load_key(&settings.resolve(&settings.tls.server_key))?;
     let config = ServerConfig::builder_with_provider(provider)
@@ -72,7 +78,8 @@ pub fn server_config(settings: &Settings) -> Result<Arc<ServerConfig>> {
 /// The device id a verified client certificate names: its `urn:paygate:device:` URI SAN, or
 /// failing that its subject CN. Either must be a valid device id.
 pub fn device_identity(cert: &CertificateDer<'_>) -> Result<DeviceId, ErrorCode> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|_| ErrorCode::DeviceIdInvalid)?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|_| ErrorCode::DeviceIdInvalid)?;
     if let Ok(Some(san)) = parsed.subject_alternative_name() {
         for name in &san.value.general_names {
             if let x509_parser::extensions::GeneralName::URI(uri) = name {
@@ -94,7 +101,9 @@ pub fn device_identity(cert: &CertificateDer<'_>) -> Result<DeviceId, ErrorCode>
 /// The stable code for a failed handshake.
 pub fn classify_handshake_error(error: &std::io::Error) -> ErrorCode {
     use rustls::{CertificateError, Error as TlsError};
-    let tls = error.get_ref().and_then(|inner| inner.downcast_ref::<TlsError>());
+    let tls = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<TlsError>());
     match tls {
         Some(TlsError::NoCertificatesPresented) => ErrorCode::TlsClientCertRequired,
         Some(TlsError::InvalidCertificate(CertificateError::Revoked)) => ErrorCode::TlsCertRevoked,

@@ -44,7 +44,10 @@ impl TestGateway {
     pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> TestGateway {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
             .try_init();
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings {
@@ -54,12 +57,26 @@ impl TestGateway {
         settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
         settings.mqtt.handshake_timeout_ms = 2_000;
         adjust(&mut settings);
-        pki::init(&dir.path().join("pki"), &["localhost".into(), "127.0.0.1".into()], &settings.receipts.key_id).unwrap();
+        pki::init(
+            &dir.path().join("pki"),
+            &["localhost".into(), "127.0.0.1".into()],
+            &settings.receipts.key_id,
+        )
+        .unwrap();
         let running = gateway::start(settings.clone()).await.unwrap();
-        let gateway = TestGateway { dir, settings, running };
+        let gateway = TestGateway {
+            dir,
+            settings,
+            running,
+        };
         gateway
             .store()
-            .open_account(&AccountId::parse(MERCHANT).unwrap(), AccountKind::Merchant, Currency::parse("INR").unwrap(), 0)
+            .open_account(
+                &AccountId::parse(MERCHANT).unwrap(),
+                AccountKind::Merchant,
+                Currency::parse("INR").unwrap(),
+                0,
+            )
             .await
             .unwrap();
         gateway
@@ -90,14 +107,27 @@ impl TestGateway {
         self.device_with(id, funds, SigningAlgorithm::Ed25519).await
     }
 
-    pub async fn device_with(&self, id: &str, funds: &str, algorithm: SigningAlgorithm) -> DeviceBundle {
+    pub async fn device_with(
+        &self,
+        id: &str,
+        funds: &str,
+        algorithm: SigningAlgorithm,
+    ) -> DeviceBundle {
         let device = DeviceId::parse(id).unwrap();
         let wallet = AccountId::parse(&format!("wallet-{id}")).unwrap();
         pki::issue_device(&self.pki_dir(), &device, &wallet, algorithm).unwrap();
-        paygate_gateway::demo::enrol_from_bundle(self.store(), &self.pki_dir(), &device, Currency::parse("INR").unwrap())
+        paygate_gateway::demo::enrol_from_bundle(
+            self.store(),
+            &self.pki_dir(),
+            &device,
+            Currency::parse("INR").unwrap(),
+        )
+        .await
+        .unwrap();
+        self.store()
+            .fund_wallet(&wallet, inr(funds), 0)
             .await
             .unwrap();
-        self.store().fund_wallet(&wallet, inr(funds), 0).await.unwrap();
         DeviceBundle::load(&pki::device_dir(&self.pki_dir(), &device)).unwrap()
     }
 
@@ -118,22 +148,31 @@ impl TestGateway {
 
     pub async fn agent(&self, id: &str) -> Agent {
         let bundle = DeviceBundle::load(&self.bundle_dir(id)).unwrap();
-        Agent::connect(bundle, self.agent_settings(id)).await.unwrap()
+        Agent::connect(bundle, self.agent_settings(id))
+            .await
+            .unwrap()
     }
 
     pub async fn balance(&self, account: &str) -> i64 {
-        self.store().balance(&AccountId::parse(account).unwrap()).await.unwrap().unwrap()
+        self.store()
+            .balance(&AccountId::parse(account).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
     }
 
     /// What no refusal or decline may change: every balance, and the transfers and postings.
     /// (A decline is a recorded decision, so the decided-requests table may grow.)
     pub async fn ledger_fingerprint(&self) -> String {
         let pool = self.store().pool();
-        let balances: Vec<(String, i64)> = sqlx::query_as("SELECT account_id, balance_minor FROM accounts ORDER BY account_id")
-            .fetch_all(pool)
-            .await
-            .unwrap();
-        let counts: (i64, i64) = sqlx::query_as("SELECT (SELECT COUNT(*) FROM transfers), (SELECT COUNT(*) FROM postings)")
+        let balances: Vec<(String, i64)> =
+            sqlx::query_as("SELECT account_id, balance_minor FROM accounts ORDER BY account_id")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        let counts: (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM transfers), (SELECT COUNT(*) FROM postings)",
+        )
         .fetch_one(pool)
         .await
         .unwrap();
@@ -171,11 +210,16 @@ impl TestGateway {
 
 fn read_certs(path: &Path) -> Vec<rustls_pki_types::CertificateDer<'static>> {
     let pem = std::fs::read(path).unwrap();
-    rustls_pki_types::pem::PemObject::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().unwrap()
+    rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
 }
 
 /// A TLS client trusting `ca_file`, presenting the bundle's certificate if one is given.
-pub fn tls_client_config(ca_file: &Path, client_bundle: Option<&Path>) -> Arc<rustls::ClientConfig> {
+pub fn tls_client_config(
+    ca_file: &Path,
+    client_bundle: Option<&Path>,
+) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for ca in read_certs(ca_file) {
@@ -208,7 +252,10 @@ impl RawClient {
         let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
         let connector = tokio_rustls::TlsConnector::from(config);
         let name = rustls_pki_types::ServerName::try_from("localhost")?;
-        let stream = connector.connect(name, tcp).await.context("tls handshake")?;
+        let stream = connector
+            .connect(name, tcp)
+            .await
+            .context("tls handshake")?;
         Ok(RawClient {
             stream,
             buffer: BytesMut::new(),

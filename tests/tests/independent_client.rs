@@ -31,6 +31,13 @@ async fn python_paho_and_pycose_pay_from_the_protocol_document() {
     assert_eq!(seen["duplicate_keys"]["code"], "MALFORMED_REQUEST");
     assert_eq!(gateway.balance("wallet-py-1").await, 5_000 - 1_234);
     assert_eq!(gateway.balance(MERCHANT).await, 1_234);
-    assert_eq!(gateway.store().count_transfers("merchant_payment").await.unwrap(), 1);
+    assert_eq!(
+        gateway
+            .store()
+            .count_transfers("merchant_payment")
+            .await
+            .unwrap(),
+        1
+    );
     gateway.assert_ledger_balanced().await;
 }

@@ -27,7 +27,10 @@ async fn a_payment_is_approved_receipted_signed_and_balanced() {
     gateway.device("pos-1", "100.00").await;
     let mut agent = gateway.agent("pos-1").await;
 
-    let receipt = agent.pay(&AccountId::parse(MERCHANT).unwrap(), inr("12.50")).await.unwrap();
+    let receipt = agent
+        .pay(&AccountId::parse(MERCHANT).unwrap(), inr("12.50"))
+        .await
+        .unwrap();
 
     assert_eq!(receipt.receipt.outcome, Outcome::Approved, "{receipt:?}");
     assert!(receipt.receipt.tx_id.as_deref().unwrap().starts_with("tx-"));
@@ -42,7 +45,14 @@ async fn a_payment_is_approved_receipted_signed_and_balanced() {
     assert_eq!(gateway.balance("wallet-pos-1").await, 10_000 - 1_250);
     assert_eq!(gateway.balance(MERCHANT).await, 1_250);
     gateway.assert_ledger_balanced().await;
-    assert_eq!(gateway.store().count_transfers("merchant_payment").await.unwrap(), 1);
+    assert_eq!(
+        gateway
+            .store()
+            .count_transfers("merchant_payment")
+            .await
+            .unwrap(),
+        1
+    );
     agent.disconnect().await;
 }
 
@@ -51,16 +61,35 @@ async fn a_retried_request_returns_the_same_receipt_and_posts_once() {
     let gateway = TestGateway::start().await;
     let bundle = gateway.device("pos-1", "100.00").await;
     let mut agent = gateway.agent("pos-1").await;
-    let envelope = bundle.signing_key.seal(REQUEST_CONTENT_TYPE, &request("pos-1", "retry-1", 1, "10.00").to_payload());
+    let envelope = bundle.signing_key.seal(
+        REQUEST_CONTENT_TYPE,
+        &request("pos-1", "retry-1", 1, "10.00").to_payload(),
+    );
 
     agent.publish_raw(envelope.clone()).await.unwrap();
-    let first = agent.next_reply(Duration::from_secs(10), Some("retry-1")).await.unwrap();
+    let first = agent
+        .next_reply(Duration::from_secs(10), Some("retry-1"))
+        .await
+        .unwrap();
     agent.publish_raw(envelope.clone()).await.unwrap();
-    let second = agent.next_reply(Duration::from_secs(10), Some("retry-1")).await.unwrap();
+    let second = agent
+        .next_reply(Duration::from_secs(10), Some("retry-1"))
+        .await
+        .unwrap();
 
     assert_eq!(first.receipt.outcome, Outcome::Approved);
-    assert_eq!(first.envelope, second.envelope, "a retry must get the original receipt, byte for byte");
-    assert_eq!(gateway.store().count_transfers("merchant_payment").await.unwrap(), 1);
+    assert_eq!(
+        first.envelope, second.envelope,
+        "a retry must get the original receipt, byte for byte"
+    );
+    assert_eq!(
+        gateway
+            .store()
+            .count_transfers("merchant_payment")
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(gateway.balance("wallet-pos-1").await, 9_000);
     assert_eq!(gateway.running.metrics.snapshot().requests_replayed, 1);
     gateway.assert_ledger_balanced().await;
@@ -72,16 +101,28 @@ async fn a_replayed_key_with_a_changed_body_is_an_idempotency_conflict_and_chang
     let gateway = TestGateway::start().await;
     let bundle = gateway.device("pos-1", "100.00").await;
     let mut agent = gateway.agent("pos-1").await;
-    let original = bundle.signing_key.seal(REQUEST_CONTENT_TYPE, &request("pos-1", "k-1", 1, "10.00").to_payload());
+    let original = bundle.signing_key.seal(
+        REQUEST_CONTENT_TYPE,
+        &request("pos-1", "k-1", 1, "10.00").to_payload(),
+    );
     agent.publish_raw(original).await.unwrap();
-    let approved = agent.next_reply(Duration::from_secs(10), Some("k-1")).await.unwrap();
+    let approved = agent
+        .next_reply(Duration::from_secs(10), Some("k-1"))
+        .await
+        .unwrap();
     assert_eq!(approved.receipt.outcome, Outcome::Approved);
     let before = gateway.ledger_fingerprint().await;
 
     // same key, same counter, another amount: a changed body
-    let changed = bundle.signing_key.seal(REQUEST_CONTENT_TYPE, &request("pos-1", "k-1", 1, "90.00").to_payload());
+    let changed = bundle.signing_key.seal(
+        REQUEST_CONTENT_TYPE,
+        &request("pos-1", "k-1", 1, "90.00").to_payload(),
+    );
     agent.publish_raw(changed).await.unwrap();
-    let refused = agent.next_reply(Duration::from_secs(10), Some("k-1")).await.unwrap();
+    let refused = agent
+        .next_reply(Duration::from_secs(10), Some("k-1"))
+        .await
+        .unwrap();
 
     assert_eq!(refused.receipt.outcome, Outcome::Rejected);
     assert_eq!(refused.code(), Some(ErrorCode::IdempotencyConflict));
@@ -94,14 +135,31 @@ async fn a_reused_counter_under_a_new_key_is_refused_and_changes_nothing() {
     let gateway = TestGateway::start().await;
     let bundle = gateway.device("pos-1", "100.00").await;
     let mut agent = gateway.agent("pos-1").await;
-    let first = bundle.signing_key.seal(REQUEST_CONTENT_TYPE, &request("pos-1", "k-1", 5, "1.00").to_payload());
+    let first = bundle.signing_key.seal(
+        REQUEST_CONTENT_TYPE,
+        &request("pos-1", "k-1", 5, "1.00").to_payload(),
+    );
     agent.publish_raw(first).await.unwrap();
-    assert_eq!(agent.next_reply(Duration::from_secs(10), Some("k-1")).await.unwrap().receipt.outcome, Outcome::Approved);
+    assert_eq!(
+        agent
+            .next_reply(Duration::from_secs(10), Some("k-1"))
+            .await
+            .unwrap()
+            .receipt
+            .outcome,
+        Outcome::Approved
+    );
     let before = gateway.ledger_fingerprint().await;
 
-    let replay = bundle.signing_key.seal(REQUEST_CONTENT_TYPE, &request("pos-1", "k-2", 5, "1.00").to_payload());
+    let replay = bundle.signing_key.seal(
+        REQUEST_CONTENT_TYPE,
+        &request("pos-1", "k-2", 5, "1.00").to_payload(),
+    );
     agent.publish_raw(replay).await.unwrap();
-    let refused = agent.next_reply(Duration::from_secs(10), Some("k-2")).await.unwrap();
+    let refused = agent
+        .next_reply(Duration::from_secs(10), Some("k-2"))
+        .await
+        .unwrap();
 
     assert_eq!(refused.code(), Some(ErrorCode::CounterReused));
     assert_eq!(gateway.ledger_fingerprint().await, before);
@@ -115,14 +173,27 @@ async fn declines_are_final_receipted_and_move_no_money() {
     let mut agent = gateway.agent("pos-1").await;
     let before = gateway.balance("wallet-pos-1").await;
 
-    let too_much = agent.pay(&AccountId::parse(MERCHANT).unwrap(), inr("6.00")).await.unwrap();
-    let unknown = agent.pay(&AccountId::parse("m-nowhere").unwrap(), inr("1.00")).await.unwrap();
+    let too_much = agent
+        .pay(&AccountId::parse(MERCHANT).unwrap(), inr("6.00"))
+        .await
+        .unwrap();
+    let unknown = agent
+        .pay(&AccountId::parse("m-nowhere").unwrap(), inr("1.00"))
+        .await
+        .unwrap();
 
     assert_eq!(too_much.receipt.outcome, Outcome::Declined);
     assert_eq!(too_much.code(), Some(ErrorCode::InsufficientFunds));
     assert_eq!(unknown.code(), Some(ErrorCode::UnknownMerchant));
     assert_eq!(gateway.balance("wallet-pos-1").await, before);
-    assert_eq!(gateway.store().count_transfers("merchant_payment").await.unwrap(), 0);
+    assert_eq!(
+        gateway
+            .store()
+            .count_transfers("merchant_payment")
+            .await
+            .unwrap(),
+        0
+    );
     gateway.assert_ledger_balanced().await;
     agent.disconnect().await;
 }
@@ -131,10 +202,17 @@ async fn declines_are_final_receipted_and_move_no_money() {
 async fn an_es256_device_pays_too() {
     let gateway = TestGateway::start().await;
     gateway
-        .device_with("pos-ec", "20.00", paygate_core::envelope::SigningAlgorithm::Es256)
+        .device_with(
+            "pos-ec",
+            "20.00",
+            paygate_core::envelope::SigningAlgorithm::Es256,
+        )
         .await;
     let mut agent = gateway.agent("pos-ec").await;
-    let receipt = agent.pay(&AccountId::parse(MERCHANT).unwrap(), inr("2.00")).await.unwrap();
+    let receipt = agent
+        .pay(&AccountId::parse(MERCHANT).unwrap(), inr("2.00"))
+        .await
+        .unwrap();
     assert_eq!(receipt.receipt.outcome, Outcome::Approved, "{receipt:?}");
     assert_eq!(gateway.balance(MERCHANT).await, 200);
     agent.disconnect().await;

@@ -41,11 +41,18 @@ async fn assert_refused(make: impl FnOnce(&SigningKey) -> Vec<u8>, expected: Err
     let before = gateway.ledger_fingerprint().await;
     let code = refusal_code(&gateway, make(&bundle.signing_key)).await;
     assert_eq!(code, expected);
-    assert_eq!(gateway.ledger_fingerprint().await, before, "a refusal must change nothing");
+    assert_eq!(
+        gateway.ledger_fingerprint().await,
+        before,
+        "a refusal must change nothing"
+    );
     // and the device can still pay afterwards
     let mut agent = gateway.agent("pos-1").await;
     let ok = agent
-        .pay(&paygate_core::AccountId::parse(MERCHANT).unwrap(), paygate_tests::inr("1.00"))
+        .pay(
+            &paygate_core::AccountId::parse(MERCHANT).unwrap(),
+            paygate_tests::inr("1.00"),
+        )
         .await
         .unwrap();
     assert_eq!(ok.receipt.outcome, Outcome::Approved);
@@ -56,7 +63,10 @@ async fn assert_refused(make: impl FnOnce(&SigningKey) -> Vec<u8>, expected: Err
 async fn bad_signature() {
     assert_refused(
         |key| {
-            let mut sealed = key.seal(REQUEST_CONTENT_TYPE, payload("pos-1", "k", 1, GOOD_AMOUNT).as_bytes());
+            let mut sealed = key.seal(
+                REQUEST_CONTENT_TYPE,
+                payload("pos-1", "k", 1, GOOD_AMOUNT).as_bytes(),
+            );
             let last = sealed.len() - 1;
             sealed[last] ^= 0x80; // inside the signature
             sealed
@@ -87,9 +97,18 @@ async fn an_algorithm_other_than_the_enrolled_one_is_refused() {
     assert_refused(
         |_| {
             // pos-1 is enrolled with Ed25519; this is a valid ES256 signature under a P-256 key
-            let pkcs8 = SigningKey::generate_pkcs8(paygate_core::envelope::SigningAlgorithm::Es256).unwrap();
-            let es256 = SigningKey::from_pkcs8(paygate_core::envelope::SigningAlgorithm::Es256, "pos-1", &pkcs8).unwrap();
-            es256.seal(REQUEST_CONTENT_TYPE, payload("pos-1", "k", 1, GOOD_AMOUNT).as_bytes())
+            let pkcs8 = SigningKey::generate_pkcs8(paygate_core::envelope::SigningAlgorithm::Es256)
+                .unwrap();
+            let es256 = SigningKey::from_pkcs8(
+                paygate_core::envelope::SigningAlgorithm::Es256,
+                "pos-1",
+                &pkcs8,
+            )
+            .unwrap();
+            es256.seal(
+                REQUEST_CONTENT_TYPE,
+                payload("pos-1", "k", 1, GOOD_AMOUNT).as_bytes(),
+            )
         },
         ErrorCode::AlgorithmNotAllowed,
     )
@@ -103,17 +122,26 @@ async fn a_request_signed_by_device_a_sent_by_device_b_is_refused() {
     gateway.device("pos-1", "100.00").await;
     let before = gateway.ledger_fingerprint().await;
     // A's key, A's key id, A's device id in the payload; published on pos-1's connection
-    let signed_by_a = device_a
-        .signing_key
-        .seal(REQUEST_CONTENT_TYPE, payload("pos-a", "k", 1, GOOD_AMOUNT).as_bytes());
-    assert_eq!(refusal_code(&gateway, signed_by_a).await, ErrorCode::KeyIdMismatch);
+    let signed_by_a = device_a.signing_key.seal(
+        REQUEST_CONTENT_TYPE,
+        payload("pos-a", "k", 1, GOOD_AMOUNT).as_bytes(),
+    );
+    assert_eq!(
+        refusal_code(&gateway, signed_by_a).await,
+        ErrorCode::KeyIdMismatch
+    );
     assert_eq!(gateway.ledger_fingerprint().await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payload_naming_another_device_is_refused() {
     assert_refused(
-        |key| key.seal(REQUEST_CONTENT_TYPE, payload("pos-a", "k", 1, GOOD_AMOUNT).as_bytes()),
+        |key| {
+            key.seal(
+                REQUEST_CONTENT_TYPE,
+                payload("pos-a", "k", 1, GOOD_AMOUNT).as_bytes(),
+            )
+        },
         ErrorCode::DeviceMismatch,
     )
     .await;
@@ -123,7 +151,12 @@ async fn a_payload_naming_another_device_is_refused() {
 async fn duplicate_json_keys() {
     assert_refused(
         |key| {
-            let text = payload("pos-1", "k", 1, r#"{"minor":100,"minor":900000,"currency":"INR"}"#);
+            let text = payload(
+                "pos-1",
+                "k",
+                1,
+                r#"{"minor":100,"minor":900000,"currency":"INR"}"#,
+            );
             key.seal(REQUEST_CONTENT_TYPE, text.as_bytes())
         },
         ErrorCode::MalformedRequest,
@@ -134,7 +167,12 @@ async fn duplicate_json_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_amount_as_a_float() {
     assert_refused(
-        |key| key.seal(REQUEST_CONTENT_TYPE, payload("pos-1", "k", 1, r#"{"minor":12.5,"currency":"INR"}"#).as_bytes()),
+        |key| {
+            key.seal(
+                REQUEST_CONTENT_TYPE,
+                payload("pos-1", "k", 1, r#"{"minor":12.5,"currency":"INR"}"#).as_bytes(),
+            )
+        },
         ErrorCode::MalformedRequest,
     )
     .await;
@@ -143,7 +181,12 @@ async fn an_amount_as_a_float() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_amount_as_a_string() {
     assert_refused(
-        |key| key.seal(REQUEST_CONTENT_TYPE, payload("pos-1", "k", 1, r#"{"minor":"1250","currency":"INR"}"#).as_bytes()),
+        |key| {
+            key.seal(
+                REQUEST_CONTENT_TYPE,
+                payload("pos-1", "k", 1, r#"{"minor":"1250","currency":"INR"}"#).as_bytes(),
+            )
+        },
         ErrorCode::MalformedRequest,
     )
     .await;
@@ -152,7 +195,12 @@ async fn an_amount_as_a_string() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_negative_amount() {
     assert_refused(
-        |key| key.seal(REQUEST_CONTENT_TYPE, payload("pos-1", "k", 1, r#"{"minor":-1000,"currency":"INR"}"#).as_bytes()),
+        |key| {
+            key.seal(
+                REQUEST_CONTENT_TYPE,
+                payload("pos-1", "k", 1, r#"{"minor":-1000,"currency":"INR"}"#).as_bytes(),
+            )
+        },
         ErrorCode::AmountInvalid,
     )
     .await;
@@ -161,7 +209,12 @@ async fn a_negative_amount() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zero_amount() {
     assert_refused(
-        |key| key.seal(REQUEST_CONTENT_TYPE, payload("pos-1", "k", 1, r#"{"minor":0,"currency":"INR"}"#).as_bytes()),
+        |key| {
+            key.seal(
+                REQUEST_CONTENT_TYPE,
+                payload("pos-1", "k", 1, r#"{"minor":0,"currency":"INR"}"#).as_bytes(),
+            )
+        },
         ErrorCode::AmountInvalid,
     )
     .await;
@@ -170,7 +223,12 @@ async fn a_zero_amount() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_currency() {
     assert_refused(
-        |key| key.seal(REQUEST_CONTENT_TYPE, payload("pos-1", "k", 1, r#"{"minor":1000,"currency":"XYZ"}"#).as_bytes()),
+        |key| {
+            key.seal(
+                REQUEST_CONTENT_TYPE,
+                payload("pos-1", "k", 1, r#"{"minor":1000,"currency":"XYZ"}"#).as_bytes(),
+            )
+        },
         ErrorCode::CurrencyUnknown,
     )
     .await;
@@ -179,7 +237,12 @@ async fn an_unknown_currency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_currency_that_does_not_match_the_wallet() {
     assert_refused(
-        |key| key.seal(REQUEST_CONTENT_TYPE, payload("pos-1", "k", 1, r#"{"minor":1000,"currency":"USD"}"#).as_bytes()),
+        |key| {
+            key.seal(
+                REQUEST_CONTENT_TYPE,
+                payload("pos-1", "k", 1, r#"{"minor":1000,"currency":"USD"}"#).as_bytes(),
+            )
+        },
         ErrorCode::CurrencyMismatch,
     )
     .await;
@@ -190,7 +253,10 @@ async fn a_stale_request() {
     assert_refused(
         |key| {
             let text = payload("pos-1", "k", 1, GOOD_AMOUNT).replace(
-                &format!("\"created_at_ms\":{}", &paygate_agent::now_ms().to_string()[..10]),
+                &format!(
+                    "\"created_at_ms\":{}",
+                    &paygate_agent::now_ms().to_string()[..10]
+                ),
                 "\"created_at_ms\":1000000000",
             );
             // replace the whole timestamp field robustly
@@ -206,7 +272,11 @@ async fn a_stale_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_instead_of_an_envelope() {
-    assert_refused(|_| b"{\"not\":\"cose\"}".to_vec(), ErrorCode::MalformedEnvelope).await;
+    assert_refused(
+        |_| b"{\"not\":\"cose\"}".to_vec(),
+        ErrorCode::MalformedEnvelope,
+    )
+    .await;
 }
 
 // ---- the device front: TLS and the MQTT guard ----
@@ -215,13 +285,22 @@ async fn garbage_instead_of_an_envelope() {
 async fn no_client_certificate() {
     let gateway = TestGateway::start().await;
     let result = async {
-        let mut client = RawClient::connect_tls(gateway.port(), gateway.tls_client_config(None)).await?;
+        let mut client =
+            RawClient::connect_tls(gateway.port(), gateway.tls_client_config(None)).await?;
         client.mqtt_connect("pos-1").await
     }
     .await;
     let error = result.expect_err("a client without a certificate must not get a CONNACK");
-    assert!(format!("{error:#}").to_lowercase().contains("certificate"), "{error:#}");
-    assert_eq!(gateway.wait_for_refusals(ErrorCode::TlsClientCertRequired, 1).await, 1);
+    assert!(
+        format!("{error:#}").to_lowercase().contains("certificate"),
+        "{error:#}"
+    );
+    assert_eq!(
+        gateway
+            .wait_for_refusals(ErrorCode::TlsClientCertRequired, 1)
+            .await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,24 +330,40 @@ async fn a_certificate_from_an_unknown_ca() {
     // signature fails (alert decrypt_error) rather than the issuer being unknown
     let error = result.expect_err("an untrusted certificate must not get a CONNACK");
     assert!(format!("{error:#}").contains("alert"), "{error:#}");
-    assert_eq!(gateway.wait_for_refusals(ErrorCode::TlsCertUntrusted, 1).await, 1);
+    assert_eq!(
+        gateway
+            .wait_for_refusals(ErrorCode::TlsCertUntrusted, 1)
+            .await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_certificate() {
     let gateway = TestGateway::start().await;
     gateway.device("pos-1", "10.00").await;
-    paygate_gateway::pki::revoke_device(&gateway.pki_dir(), &paygate_core::DeviceId::parse("pos-1").unwrap()).unwrap();
+    paygate_gateway::pki::revoke_device(
+        &gateway.pki_dir(),
+        &paygate_core::DeviceId::parse("pos-1").unwrap(),
+    )
+    .unwrap();
     let gateway = gateway.restart().await; // CRLs are read at start
     let bundle = gateway.bundle_dir("pos-1");
     let result = async {
-        let mut client = RawClient::connect_tls(gateway.port(), gateway.tls_client_config(Some(&bundle))).await?;
+        let mut client =
+            RawClient::connect_tls(gateway.port(), gateway.tls_client_config(Some(&bundle)))
+                .await?;
         client.mqtt_connect("pos-1").await
     }
     .await;
     let error = result.expect_err("a revoked certificate must not get a CONNACK");
     assert!(format!("{error:#}").contains("Revoked"), "{error:#}");
-    assert_eq!(gateway.wait_for_refusals(ErrorCode::TlsCertRevoked, 1).await, 1);
+    assert_eq!(
+        gateway
+            .wait_for_refusals(ErrorCode::TlsCertRevoked, 1)
+            .await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,17 +372,28 @@ async fn connect_with_another_devices_client_id() {
     gateway.device("pos-1", "10.00").await;
     gateway.device("pos-2", "10.00").await;
     let bundle = gateway.bundle_dir("pos-1");
-    let mut client = RawClient::connect_tls(gateway.port(), gateway.tls_client_config(Some(&bundle))).await.unwrap();
+    let mut client =
+        RawClient::connect_tls(gateway.port(), gateway.tls_client_config(Some(&bundle)))
+            .await
+            .unwrap();
     let code = client.mqtt_connect("pos-2").await.unwrap();
     assert_eq!(code, 2, "CONNACK 0x02 identifier rejected");
     let (_, closed) = client.until_closed(Duration::from_secs(3)).await;
     assert!(closed);
-    assert_eq!(gateway.wait_for_refusals(ErrorCode::ClientIdMismatch, 1).await, 1);
+    assert_eq!(
+        gateway
+            .wait_for_refusals(ErrorCode::ClientIdMismatch, 1)
+            .await,
+        1
+    );
 }
 
 async fn connected(gateway: &TestGateway, id: &str) -> RawClient {
     let bundle = gateway.bundle_dir(id);
-    let mut client = RawClient::connect_tls(gateway.port(), gateway.tls_client_config(Some(&bundle))).await.unwrap();
+    let mut client =
+        RawClient::connect_tls(gateway.port(), gateway.tls_client_config(Some(&bundle)))
+            .await
+            .unwrap();
     assert_eq!(client.mqtt_connect(id).await.unwrap(), 0);
     client
 }
@@ -295,8 +401,13 @@ async fn connected(gateway: &TestGateway, id: &str) -> RawClient {
 fn notice_code(gateway: &TestGateway, device: &str, packets: &[Packet]) -> Option<ErrorCode> {
     let bundle = paygate_agent::DeviceBundle::load(&gateway.bundle_dir(device)).unwrap();
     packets.iter().find_map(|packet| match packet {
-        Packet::Publish(publish) if publish.topic == format!("paygate/v1/devices/{device}/replies") => {
-            bundle.verify_receipt(&publish.payload).ok().and_then(|r| r.code())
+        Packet::Publish(publish)
+            if publish.topic == format!("paygate/v1/devices/{device}/replies") =>
+        {
+            bundle
+                .verify_receipt(&publish.payload)
+                .ok()
+                .and_then(|r| r.code())
         }
         _ => None,
     })
@@ -312,17 +423,31 @@ async fn publishing_to_another_devices_topic() {
 
     let mut attacker = connected(&gateway, "pos-1").await;
     // even a perfectly signed pos-2 request may not be published by pos-1
-    let envelope = bundle_2
-        .signing_key
-        .seal(REQUEST_CONTENT_TYPE, payload("pos-2", "k", 1, GOOD_AMOUNT).as_bytes());
-    let mut publish = Publish::new("paygate/v1/devices/pos-2/requests", QoS::AtLeastOnce, envelope);
+    let envelope = bundle_2.signing_key.seal(
+        REQUEST_CONTENT_TYPE,
+        payload("pos-2", "k", 1, GOOD_AMOUNT).as_bytes(),
+    );
+    let mut publish = Publish::new(
+        "paygate/v1/devices/pos-2/requests",
+        QoS::AtLeastOnce,
+        envelope,
+    );
     publish.pkid = 1;
     attacker.send(Packet::Publish(publish)).await.unwrap();
     let (packets, closed) = attacker.until_closed(Duration::from_secs(5)).await;
 
     assert!(closed, "the guard closes the connection");
-    assert_eq!(notice_code(&gateway, "pos-1", &packets), Some(ErrorCode::TopicNotAuthorized));
-    assert!(victim.next_reply(Duration::from_millis(500), None).await.is_none(), "nothing reached pos-2's pipeline");
+    assert_eq!(
+        notice_code(&gateway, "pos-1", &packets),
+        Some(ErrorCode::TopicNotAuthorized)
+    );
+    assert!(
+        victim
+            .next_reply(Duration::from_millis(500), None)
+            .await
+            .is_none(),
+        "nothing reached pos-2's pipeline"
+    );
     assert_eq!(gateway.ledger_fingerprint().await, before);
     victim.disconnect().await;
 }
@@ -332,7 +457,12 @@ async fn subscribing_to_everything_or_to_another_devices_replies() {
     let gateway = TestGateway::start().await;
     gateway.device("pos-1", "10.00").await;
     let mut client = connected(&gateway, "pos-1").await;
-    for (pkid, filter) in [(1u16, "#"), (2, "paygate/v1/devices/pos-2/replies"), (3, "$share/g/paygate/v1/devices/+/replies"), (4, "$SYS/#")] {
+    for (pkid, filter) in [
+        (1u16, "#"),
+        (2, "paygate/v1/devices/pos-2/replies"),
+        (3, "$share/g/paygate/v1/devices/+/replies"),
+        (4, "$SYS/#"),
+    ] {
         client
             .send(Packet::Subscribe(Subscribe {
                 pkid,
@@ -348,13 +478,20 @@ async fn subscribing_to_everything_or_to_another_devices_replies() {
             }
         };
         assert_eq!(suback.pkid, pkid);
-        assert_eq!(suback.return_codes, vec![SubscribeReasonCode::Failure], "{filter}");
+        assert_eq!(
+            suback.return_codes,
+            vec![SubscribeReasonCode::Failure],
+            "{filter}"
+        );
     }
     // the connection survives and its own reply topic can still be subscribed
     client
         .send(Packet::Subscribe(Subscribe {
             pkid: 9,
-            filters: vec![SubscribeFilter::new("paygate/v1/devices/pos-1/replies".into(), QoS::AtLeastOnce)],
+            filters: vec![SubscribeFilter::new(
+                "paygate/v1/devices/pos-1/replies".into(),
+                QoS::AtLeastOnce,
+            )],
         }))
         .await
         .unwrap();
@@ -364,8 +501,16 @@ async fn subscribing_to_everything_or_to_another_devices_replies() {
             _ => continue,
         }
     };
-    assert_eq!(granted.return_codes, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
-    assert_eq!(gateway.wait_for_refusals(ErrorCode::TopicNotAuthorized, 4).await, 4);
+    assert_eq!(
+        granted.return_codes,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    assert_eq!(
+        gateway
+            .wait_for_refusals(ErrorCode::TopicNotAuthorized, 4)
+            .await,
+        4
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,7 +525,10 @@ async fn an_oversized_packet() {
     client.send(Packet::Publish(publish)).await.unwrap_or(());
     let (packets, closed) = client.until_closed(Duration::from_secs(5)).await;
     assert!(closed);
-    assert_eq!(notice_code(&gateway, "pos-1", &packets), Some(ErrorCode::PacketTooLarge));
+    assert_eq!(
+        notice_code(&gateway, "pos-1", &packets),
+        Some(ErrorCode::PacketTooLarge)
+    );
     assert_eq!(gateway.ledger_fingerprint().await, before);
 }
 
@@ -391,13 +539,19 @@ async fn server_only_packets_and_mqtt5_are_refused_before_rumqttd() {
     let bundle = gateway.bundle_dir("pos-1");
 
     // a CONNACK with a body as the first packet (rumqttd 0.20 hits unreachable!() on it)
-    let mut client = RawClient::connect_tls(gateway.port(), gateway.tls_client_config(Some(&bundle))).await.unwrap();
+    let mut client =
+        RawClient::connect_tls(gateway.port(), gateway.tls_client_config(Some(&bundle)))
+            .await
+            .unwrap();
     client.send_bytes(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
     let (packets, closed) = client.until_closed(Duration::from_secs(5)).await;
     assert!(closed && packets.is_empty());
 
     // an MQTT 5 CONNECT gets CONNACK 0x01 (unacceptable protocol version)
-    let mut client = RawClient::connect_tls(gateway.port(), gateway.tls_client_config(Some(&bundle))).await.unwrap();
+    let mut client =
+        RawClient::connect_tls(gateway.port(), gateway.tls_client_config(Some(&bundle)))
+            .await
+            .unwrap();
     let mut connect = rumqttc::mqttbytes::v4::Connect::new("pos-1");
     connect.protocol = rumqttc::mqttbytes::Protocol::V5;
     client.send(Packet::Connect(connect)).await.unwrap();
@@ -411,12 +565,18 @@ async fn server_only_packets_and_mqtt5_are_refused_before_rumqttd() {
     client.send_bytes(&[0xB0, 0x02, 0x00, 0x01]).await.unwrap();
     let (packets, closed) = client.until_closed(Duration::from_secs(5)).await;
     assert!(closed);
-    assert_eq!(notice_code(&gateway, "pos-1", &packets), Some(ErrorCode::ProtocolViolation));
+    assert_eq!(
+        notice_code(&gateway, "pos-1", &packets),
+        Some(ErrorCode::ProtocolViolation)
+    );
 
     // the broker behind the guard is still alive for everyone
     let mut agent = gateway.agent("pos-1").await;
     let receipt = agent
-        .pay(&paygate_core::AccountId::parse(MERCHANT).unwrap(), paygate_tests::inr("1.00"))
+        .pay(
+            &paygate_core::AccountId::parse(MERCHANT).unwrap(),
+            paygate_tests::inr("1.00"),
+        )
         .await
         .unwrap();
     assert_eq!(receipt.receipt.outcome, Outcome::Approved);
@@ -434,10 +594,16 @@ async fn the_broker_port_behind_the_guard_refuses_direct_connections() {
     options.set_credentials("pos-1", "guess");
     let (_client, mut events) = rumqttc::AsyncClient::new(options, 8);
     let outcome = tokio::time::timeout(WAIT, events.poll()).await.unwrap();
-    assert!(outcome.is_err(), "a direct connection without the secret must be refused: {outcome:?}");
+    assert!(
+        outcome.is_err(),
+        "a direct connection without the secret must be refused: {outcome:?}"
+    );
     // and the real device kept its session
     let receipt = victim
-        .pay(&paygate_core::AccountId::parse(MERCHANT).unwrap(), paygate_tests::inr("1.00"))
+        .pay(
+            &paygate_core::AccountId::parse(MERCHANT).unwrap(),
+            paygate_tests::inr("1.00"),
+        )
         .await
         .unwrap();
     assert_eq!(receipt.receipt.outcome, Outcome::Approved);
@@ -448,20 +614,31 @@ async fn the_broker_port_behind_the_guard_refuses_direct_connections() {
 async fn an_idle_tcp_connection_does_not_stop_another_device() {
     // a long handshake timeout, so the idle sockets are certainly still pending while the
     // device connects and pays (rumqttd 0.20 would block its accept loop on the first one)
-    let gateway = TestGateway::start_with(|settings| settings.mqtt.handshake_timeout_ms = 60_000).await;
+    let gateway =
+        TestGateway::start_with(|settings| settings.mqtt.handshake_timeout_ms = 60_000).await;
     gateway.device("pos-1", "10.00").await;
-    let idle = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port())).await.unwrap();
-    let idle_too = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port())).await.unwrap();
+    let idle = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port()))
+        .await
+        .unwrap();
+    let idle_too = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port()))
+        .await
+        .unwrap();
     let mut agent = gateway.agent("pos-1").await;
     let receipt = agent
-        .pay(&paygate_core::AccountId::parse(MERCHANT).unwrap(), paygate_tests::inr("1.00"))
+        .pay(
+            &paygate_core::AccountId::parse(MERCHANT).unwrap(),
+            paygate_tests::inr("1.00"),
+        )
         .await
         .unwrap();
     assert_eq!(receipt.receipt.outcome, Outcome::Approved);
     for socket in [&idle, &idle_too] {
         let mut probe = [0u8; 1];
         let still_open = matches!(socket.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-        assert!(still_open, "the idle socket was still waiting for its handshake when the device paid");
+        assert!(
+            still_open,
+            "the idle socket was still waiting for its handshake when the device paid"
+        );
     }
     agent.disconnect().await;
 }
