@@ -319,6 +319,37 @@ mod tests {
     }
 
     #[test]
+    fn the_file_overrides_defaults_and_the_environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "paygate.toml",
+                "data_dir = \"/srv/paygate\"\n[mqtt]\nlisten = \"0.0.0.0:8883\"\npacket_bytes_max = 4096\n",
+            )?;
+            jail.set_env("PAYGATE__MQTT__PACKET_BYTES_MAX", "8192");
+            let settings =
+                Settings::load(Some(Path::new("paygate.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(settings.data_dir, PathBuf::from("/srv/paygate"));
+            assert_eq!(
+                settings.mqtt.listen,
+                "0.0.0.0:8883"
+                    .parse::<SocketAddr>()
+                    .map_err(|e| e.to_string())?
+            );
+            assert_eq!(settings.mqtt.packet_bytes_max, 8192);
+            assert_eq!(settings.pipeline, PipelineSettings::default());
+            jail.set_env("PAYGATE__MQTT__PACKET_BYTES_MAX", "1");
+            assert!(matches!(
+                Settings::load(Some(Path::new("paygate.toml"))),
+                Err(ConfigError::Invalid {
+                    field: "mqtt.packet_bytes_max",
+                    ..
+                })
+            ));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         let unknown: Result<Settings, _> = Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::string("[mqtt]\nlisten_port = 1\n"))

@@ -23,7 +23,10 @@ async fn the_demo_pays_declines_by_reason_and_balances_twice_on_one_data_dir() {
         // every 7th payment goes to a merchant that does not exist
         assert_eq!(summary.declined.get("UNKNOWN_MERCHANT"), Some(&4));
         let declined: u64 = summary.declined.values().sum();
-        assert_eq!(summary.approved + declined + summary.rejected.values().sum::<u64>(), 28);
+        assert_eq!(
+            summary.approved + declined + summary.rejected.values().sum::<u64>(),
+            28
+        );
         assert!(summary.ledger_balanced);
         assert!(summary.latency_p50_ms > 0.0 && summary.latency_p50_ms <= summary.latency_p99_ms);
         let text = summary.to_string();
