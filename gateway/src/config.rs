@@ -319,6 +319,8 @@ mod tests {
     }
 
     #[test]
+    // figment's Jail closure must return figment's own (large) error type
+    #[allow(clippy::result_large_err)]
     fn the_file_overrides_defaults_and_the_environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
