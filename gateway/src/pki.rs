@@ -42,17 +42,22 @@ pub struct Enrolment {
     pub cert_serial: String,
 }
 
+/// A public key from its algorithm name and base64 (standard, padded) raw bytes.
+fn decode_verifying_key(algorithm: &str, public_key_base64: &str) -> Result<VerifyingKey> {
+    let algorithm = SigningAlgorithm::parse(algorithm)
+        .with_context(|| format!("unknown algorithm {algorithm:?}"))?;
+    let public_key = base64::engine::general_purpose::STANDARD
+        .decode(public_key_base64)
+        .context("public key is not base64")?;
+    Ok(VerifyingKey {
+        algorithm,
+        public_key,
+    })
+}
+
 impl Enrolment {
     pub fn verifying_key(&self) -> Result<VerifyingKey> {
-        let algorithm =
-            SigningAlgorithm::parse(&self.algorithm).context("unknown algorithm in enrolment")?;
-        let public_key = base64::engine::general_purpose::STANDARD
-            .decode(&self.public_key)
-            .context("enrolment public key is not base64")?;
-        Ok(VerifyingKey {
-            algorithm,
-            public_key,
-        })
+        decode_verifying_key(&self.algorithm, &self.public_key)
     }
 }
 
@@ -76,14 +81,7 @@ impl PublishedKey {
     }
 
     pub fn verifying_key(&self) -> Result<VerifyingKey> {
-        let algorithm = SigningAlgorithm::parse(&self.algorithm).context("unknown algorithm")?;
-        let public_key = base64::engine::general_purpose::STANDARD
-            .decode(&self.public_key)
-            .context("public key is not base64")?;
-        Ok(VerifyingKey {
-            algorithm,
-            public_key,
-        })
+        decode_verifying_key(&self.algorithm, &self.public_key)
     }
 }
 

@@ -24,6 +24,16 @@ fn payload(device: &str, key: &str, counter: u64, amount_json: &str) -> String {
 
 const GOOD_AMOUNT: &str = r#"{"minor":1000,"currency":"INR"}"#;
 
+/// A pos-1 request for `amount_json`, signed by the device's key.
+fn with_amount(amount_json: &'static str) -> impl FnOnce(&SigningKey) -> Vec<u8> {
+    move |key| {
+        key.seal(
+            REQUEST_CONTENT_TYPE,
+            payload("pos-1", "k", 1, amount_json).as_bytes(),
+        )
+    }
+}
+
 /// Publishes `envelope` from pos-1 and returns the code of the rejection or decline it gets.
 async fn refusal_code(gateway: &TestGateway, envelope: Vec<u8>) -> ErrorCode {
     let mut agent = gateway.agent("pos-1").await;
@@ -167,12 +177,7 @@ async fn duplicate_json_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_amount_as_a_float() {
     assert_refused(
-        |key| {
-            key.seal(
-                REQUEST_CONTENT_TYPE,
-                payload("pos-1", "k", 1, r#"{"minor":12.5,"currency":"INR"}"#).as_bytes(),
-            )
-        },
+        with_amount(r#"{"minor":12.5,"currency":"INR"}"#),
         ErrorCode::MalformedRequest,
     )
     .await;
@@ -181,12 +186,7 @@ async fn an_amount_as_a_float() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_amount_as_a_string() {
     assert_refused(
-        |key| {
-            key.seal(
-                REQUEST_CONTENT_TYPE,
-                payload("pos-1", "k", 1, r#"{"minor":"1250","currency":"INR"}"#).as_bytes(),
-            )
-        },
+        with_amount(r#"{"minor":"1250","currency":"INR"}"#),
         ErrorCode::MalformedRequest,
     )
     .await;
@@ -195,12 +195,7 @@ async fn an_amount_as_a_string() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_negative_amount() {
     assert_refused(
-        |key| {
-            key.seal(
-                REQUEST_CONTENT_TYPE,
-                payload("pos-1", "k", 1, r#"{"minor":-1000,"currency":"INR"}"#).as_bytes(),
-            )
-        },
+        with_amount(r#"{"minor":-1000,"currency":"INR"}"#),
         ErrorCode::AmountInvalid,
     )
     .await;
@@ -209,12 +204,7 @@ async fn a_negative_amount() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zero_amount() {
     assert_refused(
-        |key| {
-            key.seal(
-                REQUEST_CONTENT_TYPE,
-                payload("pos-1", "k", 1, r#"{"minor":0,"currency":"INR"}"#).as_bytes(),
-            )
-        },
+        with_amount(r#"{"minor":0,"currency":"INR"}"#),
         ErrorCode::AmountInvalid,
     )
     .await;
@@ -223,12 +213,7 @@ async fn a_zero_amount() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_currency() {
     assert_refused(
-        |key| {
-            key.seal(
-                REQUEST_CONTENT_TYPE,
-                payload("pos-1", "k", 1, r#"{"minor":1000,"currency":"XYZ"}"#).as_bytes(),
-            )
-        },
+        with_amount(r#"{"minor":1000,"currency":"XYZ"}"#),
         ErrorCode::CurrencyUnknown,
     )
     .await;
@@ -237,12 +222,7 @@ async fn an_unknown_currency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_currency_that_does_not_match_the_wallet() {
     assert_refused(
-        |key| {
-            key.seal(
-                REQUEST_CONTENT_TYPE,
-                payload("pos-1", "k", 1, r#"{"minor":1000,"currency":"USD"}"#).as_bytes(),
-            )
-        },
+        with_amount(r#"{"minor":1000,"currency":"USD"}"#),
         ErrorCode::CurrencyMismatch,
     )
     .await;
@@ -252,16 +232,10 @@ async fn a_currency_that_does_not_match_the_wallet() {
 async fn a_stale_request() {
     assert_refused(
         |key| {
-            let text = payload("pos-1", "k", 1, GOOD_AMOUNT).replace(
-                &format!(
-                    "\"created_at_ms\":{}",
-                    &paygate_agent::now_ms().to_string()[..10]
-                ),
-                "\"created_at_ms\":1000000000",
-            );
-            // replace the whole timestamp field robustly
+            let text = payload("pos-1", "k", 1, GOOD_AMOUNT);
             let start = text.find("\"created_at_ms\":").unwrap() + "\"created_at_ms\":".len();
             let end = start + text[start..].find(',').unwrap();
+            // 2001-09-09: far older than pipeline.request_age_max_ms
             let stale = format!("{}{}{}", &text[..start], 1_000_000_000_000u64, &text[end..]);
             key.seal(REQUEST_CONTENT_TYPE, stale.as_bytes())
         },
