@@ -136,7 +136,14 @@ async fn main() -> Result<()> {
             let settings = Settings::load(config.as_deref())?;
             let running = gateway::start(settings).await?;
             println!("paygate listening for devices on {}", running.mqtt_address);
-            tokio::signal::ctrl_c().await?;
+            // Ctrl-C by hand, SIGTERM from Kubernetes or systemd
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::info!("stopping: no new device connections");
             running.shutdown();
         }
         Command::Demo {
