@@ -379,8 +379,8 @@ mod tests {
             48,
             "v1: 16 bytes of header and the 32-byte seed"
         );
-        assert_eq!(document[4], 0x02, "version INTEGER");
-        assert_eq!(document[6], 0x00, "version 0 (v1)");
+        // SEQUENCE (30 2e), then the version INTEGER (02 01 00): v1
+        assert_eq!(&document[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00]);
         assert!(SigningKey::from_pkcs8(SigningAlgorithm::Ed25519, "d", &document).is_ok());
     }
 
