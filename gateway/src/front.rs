@@ -415,7 +415,14 @@ where
     let pump_sender = to_device.clone();
     let mut broker_pump = tokio::spawn(async move {
         let mut broker_reader = FrameReader::new(broker_read, 2 * 1024 * 1024);
-        while let Ok(frame) = broker_reader.next_raw().await {
+        loop {
+            // rumqttd 0.20 never sets TCP_NODELAY, so Nagle holds its next small write until
+            // this side ACKs the previous one; acknowledge at once instead of after the
+            // kernel's delayed-ACK timer (Linux resets quick-ACK mode, so set it every read)
+            let _ = socket2::SockRef::from(broker_reader.reader.as_ref()).set_quickack(true);
+            let Ok(frame) = broker_reader.next_raw().await else {
+                break;
+            };
             if pump_sender.send(frame).await.is_err() {
                 return;
             }
