@@ -15,7 +15,7 @@
 
 use crate::config::PipelineSettings;
 use crate::metrics::Metrics;
-use crate::store::{self, Batch, Store, StoreError};
+use crate::store::{self, AccountKind, Batch, Store, StoreError};
 use bytes::Bytes;
 use paygate_core::envelope::{SigningKey, UnverifiedEnvelope};
 use paygate_core::receipt::{Outcome, Receipt, RECEIPT_CONTENT_TYPE};
@@ -231,22 +231,18 @@ impl Pipeline {
             amount,
         } = &request.operation;
         let wallet = &item.wallet;
-        let decision = match store::account(batch, merchant_id).await? {
-            Some((kind, _, _)) if kind == "merchant" => {
-                store::post_transfer(
-                    batch,
-                    &tx_id,
-                    "merchant_payment",
-                    Some((device, &request.idempotency_key)),
-                    wallet,
-                    merchant_id,
-                    *amount,
-                    now,
-                )
-                .await
-            }
-            _ => Err(StoreError::Refused(ErrorCode::UnknownMerchant)),
-        };
+        let decision = store::post_transfer(
+            batch,
+            &tx_id,
+            "merchant_payment",
+            Some((device, &request.idempotency_key)),
+            wallet,
+            merchant_id,
+            AccountKind::Merchant,
+            *amount,
+            now,
+        )
+        .await;
         let code = match decision {
             Ok(()) => None,
             Err(StoreError::Refused(code)) => Some(code),

@@ -180,7 +180,15 @@ impl Store {
         let mut batch = self.begin_batch().await?;
         let tx_id = new_tx_id();
         post_transfer(
-            &mut batch, &tx_id, "funding", None, &issuance, wallet, amount, now_ms,
+            &mut batch,
+            &tx_id,
+            "funding",
+            None,
+            &issuance,
+            wallet,
+            AccountKind::Wallet,
+            amount,
+            now_ms,
         )
         .await?;
         batch.commit().await?;
@@ -296,27 +304,9 @@ pub async fn counter_used(
     Ok(found.is_some())
 }
 
-/// Reads an active account's currency, kind and balance.
-pub async fn account(
-    batch: &mut Batch<'_>,
-    account: &AccountId,
-) -> Result<Option<(String, String, i64)>, StoreError> {
-    let row = sqlx::query("SELECT kind, currency, balance_minor FROM accounts WHERE account_id = ? AND status = 'active'")
-        .bind(account.as_str())
-        .fetch_optional(&mut **batch)
-        .await?;
-    row.map(|row| {
-        Ok((
-            row.try_get("kind")?,
-            row.try_get("currency")?,
-            row.try_get("balance_minor")?,
-        ))
-    })
-    .transpose()
-}
-
 /// Posts a two-leg transfer `from` -> `to` inside a batch, with checked arithmetic and the
-/// ledger invariants asserted before and after the write. Refusals leave nothing written
+/// ledger invariants asserted before and after the write. `to` must be an active account of
+/// kind `to_kind` (else `UNKNOWN_MERCHANT` or `UNKNOWN_WALLET`). Refusals leave nothing written
 /// (the caller rolls back its savepoint).
 #[allow(clippy::too_many_arguments)]
 pub async fn post_transfer(
@@ -326,6 +316,7 @@ pub async fn post_transfer(
     origin: Option<(&DeviceId, &IdempotencyKey)>,
     from: &AccountId,
     to: &AccountId,
+    to_kind: AccountKind,
     amount: Money,
     now_ms: u64,
 ) -> Result<(), StoreError> {
@@ -337,13 +328,18 @@ pub async fn post_transfer(
         .fetch_optional(&mut *savepoint)
         .await?
         .ok_or(StoreError::Refused(ErrorCode::UnknownWallet))?;
+    let unknown_payee = StoreError::Refused(match to_kind {
+        AccountKind::Merchant => ErrorCode::UnknownMerchant,
+        _ => ErrorCode::UnknownWallet,
+    });
     let to_row = sqlx::query(
-        "SELECT currency, balance_minor FROM accounts WHERE account_id = ? AND status = 'active'",
+        "SELECT currency, balance_minor FROM accounts WHERE account_id = ? AND kind = ? AND status = 'active'",
     )
     .bind(to.as_str())
+    .bind(to_kind.as_str())
     .fetch_optional(&mut *savepoint)
     .await?
-    .ok_or(StoreError::Refused(ErrorCode::UnknownMerchant))?;
+    .ok_or(unknown_payee)?;
     let from_currency: String = from_row.try_get("currency")?;
     let to_currency: String = to_row.try_get("currency")?;
     if from_currency != currency || to_currency != currency {

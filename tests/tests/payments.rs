@@ -177,6 +177,11 @@ async fn declines_are_final_receipted_and_move_no_money() {
         .pay(&AccountId::parse(MERCHANT).unwrap(), inr("6.00"))
         .await
         .unwrap();
+    gateway.device("pos-2", "1.00").await;
+    let wallet_as_merchant = agent
+        .pay(&AccountId::parse("wallet-pos-2").unwrap(), inr("1.00"))
+        .await
+        .unwrap();
     let unknown = agent
         .pay(&AccountId::parse("m-nowhere").unwrap(), inr("1.00"))
         .await
@@ -185,6 +190,9 @@ async fn declines_are_final_receipted_and_move_no_money() {
     assert_eq!(too_much.receipt.outcome, Outcome::Declined);
     assert_eq!(too_much.code(), Some(ErrorCode::InsufficientFunds));
     assert_eq!(unknown.code(), Some(ErrorCode::UnknownMerchant));
+    // a wallet is not a merchant: paying one through a merchant payment is refused
+    assert_eq!(wallet_as_merchant.code(), Some(ErrorCode::UnknownMerchant));
+    assert_eq!(gateway.balance("wallet-pos-2").await, 100);
     assert_eq!(gateway.balance("wallet-pos-1").await, before);
     assert_eq!(
         gateway
