@@ -1,9 +1,10 @@
-//! paygate's pure domain: identifiers, money, the signed request and receipt envelope,
-//! the transaction schema and the closed list of error codes.
+//! paygate's pure domain: identifiers, money, the signed request and receipt envelope, the
+//! transaction schema, the closed list of error codes, and the audit trail's format and verifier.
 //!
 //! This crate does no IO and knows nothing of tokio, sqlx, axum or MQTT. Everything here is
 //! deterministic given its inputs (the clock is always a parameter).
 
+pub mod audit;
 pub mod envelope;
 pub mod error;
 pub mod ids;
