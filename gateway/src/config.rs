@@ -19,6 +19,7 @@ pub struct Settings {
     pub pipeline: PipelineSettings,
     pub database: DatabaseSettings,
     pub receipts: ReceiptSettings,
+    pub audit: AuditSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +82,113 @@ pub struct ReceiptSettings {
     pub key_id: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// The fsync'd local journal: the active segment, sealed segments not yet shipped, and
+    /// every checkpoint.
+    pub journal_dir: PathBuf,
+    /// PKCS#8 Ed25519 key that signs checkpoints (made on first start, 0600).
+    pub signing_key: PathBuf,
+    /// The key id checkpoints carry; auditors verify with the matching public key.
+    pub key_id: String,
+    /// A segment is sealed when it holds this many records...
+    pub records_per_segment_max: u64,
+    /// ...or when its first record is this old.
+    pub seal_interval_ms: u64,
+    /// How often the journal writer picks up events from other processes and checks the age.
+    pub seal_check_interval_ms: u64,
+    /// Outbox rows appended per journal write.
+    pub outbox_rows_per_write_max: u32,
+    /// Sealed segments waiting for write-once storage, in bytes. Past this the gateway stops
+    /// approving payments (PCI DSS 10.7.2: never approve what cannot be audited).
+    pub backlog_bytes_max: u64,
+    pub ship_interval_ms: u64,
+    /// The shipper's retry delay doubles after each failure up to this (with jitter).
+    pub ship_retry_delay_max_ms: u64,
+    /// `local` (a write-once directory) or `s3` (S3 Object Lock, COMPLIANCE mode).
+    pub store: AuditStoreKind,
+    pub local: LocalWormSettings,
+    pub s3: S3WormSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditStoreKind {
+    Local,
+    S3,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalWormSettings {
+    pub dir: PathBuf,
+    /// Days each object is kept before paygate lets it be deleted (365 at least).
+    pub retention_days: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3WormSettings {
+    /// A versioned bucket with Object Lock enabled (checked at start).
+    pub bucket: String,
+    /// Key prefix, e.g. `paygate-audit/`.
+    pub prefix: String,
+    /// COMPLIANCE retention of every object, in days (365 at least).
+    pub retention_days: u32,
+    /// Empty: the standard AWS chain (AWS_REGION, profile, instance metadata).
+    pub region: String,
+    /// Empty: the standard AWS chain (AWS_ENDPOINT_URL). Set for S3-compatible endpoints.
+    pub endpoint_url: String,
+    /// Path-style addressing (needed by most S3-compatible endpoints).
+    pub force_path_style: bool,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            journal_dir: PathBuf::from("audit/journal"),
+            signing_key: PathBuf::from("pki/audit-signing.pk8"),
+            key_id: "paygate-audit-1".to_owned(),
+            records_per_segment_max: 10_000,
+            seal_interval_ms: 60_000,
+            seal_check_interval_ms: 1_000,
+            outbox_rows_per_write_max: 1_000,
+            backlog_bytes_max: 256 * 1024 * 1024,
+            ship_interval_ms: 1_000,
+            ship_retry_delay_max_ms: 60_000,
+            store: AuditStoreKind::Local,
+            local: LocalWormSettings::default(),
+            s3: S3WormSettings::default(),
+        }
+    }
+}
+
+impl Default for LocalWormSettings {
+    fn default() -> Self {
+        LocalWormSettings {
+            dir: PathBuf::from("audit/worm"),
+            retention_days: 365,
+        }
+    }
+}
+
+impl Default for S3WormSettings {
+    fn default() -> Self {
+        S3WormSettings {
+            bucket: String::new(),
+            prefix: "paygate-audit/".to_owned(),
+            retention_days: 365,
+            region: String::new(),
+            endpoint_url: String::new(),
+            force_path_style: false,
+        }
+    }
+}
+
+/// PCI DSS 10.5.1 keeps audit logs a year: retention can be raised, never set below this.
+pub const AUDIT_RETENTION_DAYS_MIN: u32 = 365;
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -90,6 +198,7 @@ impl Default for Settings {
             pipeline: PipelineSettings::default(),
             database: DatabaseSettings::default(),
             receipts: ReceiptSettings::default(),
+            audit: AuditSettings::default(),
         }
     }
 }
@@ -230,6 +339,41 @@ impl Settings {
         if paygate_core::DeviceId::parse(&self.receipts.key_id).is_err() {
             return Err(invalid("receipts.key_id", "must be a plain identifier"));
         }
+        let audit = &self.audit;
+        if paygate_core::DeviceId::parse(&audit.key_id).is_err() {
+            return Err(invalid("audit.key_id", "must be a plain identifier"));
+        }
+        if audit.records_per_segment_max == 0 || audit.records_per_segment_max > 1_000_000 {
+            return Err(invalid(
+                "audit.records_per_segment_max",
+                "must be 1 to 1000000",
+            ));
+        }
+        if audit.seal_interval_ms == 0
+            || audit.seal_check_interval_ms == 0
+            || audit.ship_interval_ms == 0
+            || audit.ship_retry_delay_max_ms == 0
+        {
+            return Err(invalid("audit.*_ms", "intervals must be positive"));
+        }
+        if audit.outbox_rows_per_write_max == 0 {
+            return Err(invalid("audit.outbox_rows_per_write_max", "must be at least 1"));
+        }
+        if audit.local.retention_days < AUDIT_RETENTION_DAYS_MIN {
+            return Err(invalid(
+                "audit.local.retention_days",
+                "must be at least 365 (PCI DSS 10.5.1)",
+            ));
+        }
+        if audit.s3.retention_days < AUDIT_RETENTION_DAYS_MIN {
+            return Err(invalid(
+                "audit.s3.retention_days",
+                "must be at least 365 (PCI DSS 10.5.1)",
+            ));
+        }
+        if audit.store == AuditStoreKind::S3 && audit.s3.bucket.is_empty() {
+            return Err(invalid("audit.s3.bucket", "is needed when audit.store = \"s3\""));
+        }
         Ok(())
     }
 
@@ -302,6 +446,42 @@ connections_max = 4
 [receipts]
 signing_key = "pki/receipt-signing.pk8"
 key_id = "paygate-receipts-1"
+
+[audit]
+# The fsync'd local journal: active segment, sealed segments not yet shipped, all checkpoints.
+journal_dir = "audit/journal"
+# Signs checkpoints (made on first start, mode 0600). Auditors verify with
+# pki/audit-signing.pub.jwk.json.
+signing_key = "pki/audit-signing.pk8"
+key_id = "paygate-audit-1"
+# A segment is sealed (Merkle root, signed checkpoint) at this many records or this age.
+records_per_segment_max = 10000
+seal_interval_ms = 60000
+seal_check_interval_ms = 1000
+outbox_rows_per_write_max = 1000
+# Sealed segments not yet in write-once storage. Past this, payments are refused with
+# AUDIT_UNAVAILABLE rather than approved unaudited (PCI DSS 10.7.2).
+backlog_bytes_max = 268435456
+ship_interval_ms = 1000
+ship_retry_delay_max_ms = 60000
+# "local" (a write-once directory) or "s3" (S3 Object Lock in COMPLIANCE mode).
+store = "local"
+
+[audit.local]
+dir = "audit/worm"
+# At least 365 (PCI DSS 10.5.1); can only be raised.
+retention_days = 365
+
+[audit.s3]
+# A versioned bucket with Object Lock enabled; both are checked at start.
+bucket = ""
+prefix = "paygate-audit/"
+# COMPLIANCE-mode retention of every object; at least 365.
+retention_days = 365
+# Empty: the standard AWS chain (AWS_REGION, AWS_ENDPOINT_URL, credentials).
+region = ""
+endpoint_url = ""
+force_path_style = false
 "#;
 
 #[cfg(test)]

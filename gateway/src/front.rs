@@ -20,6 +20,7 @@ use crate::pipeline::now_ms;
 use crate::store::Store;
 use crate::tls::{classify_handshake_error, device_identity};
 use bytes::{Bytes, BytesMut};
+use paygate_core::audit::{AuditEvent, AuditOutcome, EventType};
 use paygate_core::envelope::SigningKey;
 use paygate_core::receipt::{Outcome, Receipt, RECEIPT_CONTENT_TYPE};
 use paygate_core::request::SCHEMA_VERSION;
@@ -155,12 +156,14 @@ async fn handle_connection(front: &Front, tcp: TcpStream, peer: SocketAddr) {
         Err(_) => {
             front.metrics.count_refusal(ErrorCode::TlsHandshakeFailed);
             tracing::info!(%peer, code = %ErrorCode::TlsHandshakeFailed, "tls handshake timed out");
+            audit_refusal(front, peer, None, ErrorCode::TlsHandshakeFailed, EventType::AccessRefused).await;
             return;
         }
         Ok(Err(error)) => {
             let code = classify_handshake_error(&error);
             front.metrics.count_refusal(code);
             tracing::info!(%peer, code = %code, %error, "tls handshake refused");
+            audit_refusal(front, peer, None, code, EventType::AccessRefused).await;
             return;
         }
         Ok(Ok(tls)) => tls,
@@ -179,12 +182,48 @@ async fn handle_connection(front: &Front, tcp: TcpStream, peer: SocketAddr) {
         Err(code) => {
             front.metrics.count_refusal(code);
             tracing::info!(%peer, code = %code, "connection refused");
+            audit_refusal(front, peer, None, code, EventType::AccessRefused).await;
             return;
         }
     };
-    if let Err(code) = run_session(front, tls, &device).await {
+    if let Err(code) = run_session(front, tls, &device, peer).await {
         front.metrics.count_refusal(code);
         tracing::info!(%peer, device = %device, code = %code, "connection closed by the guard");
+        audit_refusal(front, peer, Some(&device), code, EventType::AccessRefused).await;
+    }
+}
+
+/// Records an invalid access attempt (PCI DSS 10.2.1.4) in the audit outbox; the journal
+/// writer picks it up within `audit.seal_check_interval_ms`.
+async fn audit_refusal(
+    front: &Front,
+    peer: SocketAddr,
+    device: Option<&DeviceId>,
+    code: ErrorCode,
+    event_type: EventType,
+) {
+    let actor = match device {
+        Some(device) => format!("device:{device}"),
+        None => "unauthenticated".to_owned(),
+    };
+    let resource = match device {
+        Some(device) => format!("device:{device}"),
+        None => "mqtt-listener".to_owned(),
+    };
+    let mut event = AuditEvent::new(
+        crate::pipeline::now_ms(),
+        event_type,
+        actor,
+        format!("mqtt:{peer}"),
+        AuditOutcome::Failure,
+        "front",
+        resource,
+    );
+    event.code = Some(code.as_str().to_owned());
+    event.device_id = device.map(DeviceId::to_string);
+    if let Err(error) = front.store.record_audit(&event).await {
+        front.metrics.count_audit_failure();
+        tracing::error!(%error, "audit event for a refused access not recorded");
     }
 }
 
@@ -290,7 +329,12 @@ async fn write_and_close<W: AsyncWrite + Unpin>(writer: &mut W, frame: &[u8]) {
 }
 
 /// One device session, from CONNECT to close. Returns the code that ended it, if any.
-async fn run_session<S>(front: &Front, tls: S, device: &DeviceId) -> Result<(), ErrorCode>
+async fn run_session<S>(
+    front: &Front,
+    tls: S,
+    device: &DeviceId,
+    peer: SocketAddr,
+) -> Result<(), ErrorCode>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -462,6 +506,7 @@ where
             Verdict::Answer(answer, code) => {
                 front.metrics.count_refusal(code);
                 tracing::info!(device = %device, code = %code, "packet refused");
+                audit_refusal(front, peer, Some(device), code, EventType::PacketRefused).await;
                 if to_device.send(encode(&answer)).await.is_err()
                     || to_device.send(notice(front, device, code)).await.is_err()
                 {

@@ -1,8 +1,10 @@
 //! Assembles and starts a gateway: store, receipt key, TLS, the embedded broker, the pipeline
 //! attached to it by a local link, and the device front.
 
+use crate::audit::worm::{LocalWorm, S3Worm};
+use crate::audit::{self, AuditLog};
 use crate::broker;
-use crate::config::Settings;
+use crate::config::{AuditStoreKind, Settings};
 use crate::front::{self, Front};
 use crate::metrics::Metrics;
 use crate::pipeline::{Inbound, Pipeline};
@@ -10,6 +12,7 @@ use crate::store::Store;
 use crate::tls;
 use anyhow::{Context, Result};
 use bytes::Bytes;
+use paygate_core::audit::{AuditOutcome, EventType};
 use paygate_core::envelope::{SigningAlgorithm, SigningKey};
 use paygate_core::topics::{device_of_requests_topic, replies_topic};
 use rumqttd::local::{LinkRx, LinkTx};
@@ -29,6 +32,7 @@ pub struct RunningGateway {
     pub broker_address: SocketAddr,
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    pub audit: Arc<AuditLog>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -37,6 +41,15 @@ impl RunningGateway {
     /// end with the process.)
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+    }
+
+    /// A clean stop: records `audit_stopped`, seals the last segment, then stops the tasks
+    /// (the shipper makes one last attempt to ship it).
+    pub async fn stop(&self) {
+        if let Err(error) = self.audit.stop().await {
+            tracing::error!(%error, "the audit log could not be sealed at stop");
+        }
+        self.shutdown();
     }
 }
 
@@ -57,20 +70,45 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     let store = Store::open(&settings.database_url(), settings.database.connections_max).await?;
     let receipt_key = Arc::new(load_receipt_key(&settings)?);
-    let acceptor = TlsAcceptor::from(tls::server_config(&settings)?);
     let metrics = Arc::new(Metrics::default());
+    let audit = AuditLog::open(&settings, store.clone(), metrics.clone())
+        .await
+        .context("opening the audit journal")?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    // the write-once store is checked before anything is accepted: a misconfigured bucket
+    // (no versioning, no Object Lock) stops the start
+    match settings.audit.store {
+        AuditStoreKind::Local => {
+            let worm = LocalWorm::new(
+                settings.resolve(&settings.audit.local.dir),
+                &settings.audit.local,
+            )?;
+            tokio::spawn(audit::shipper::run(audit.clone(), worm, shutdown_rx.clone()));
+        }
+        AuditStoreKind::S3 => {
+            let worm = S3Worm::connect(&settings.audit.s3)
+                .await
+                .context("checking the audit bucket")?;
+            tokio::spawn(audit::shipper::run(audit.clone(), worm, shutdown_rx.clone()));
+        }
+    }
+    tokio::spawn(audit::run_sealer(audit.clone(), shutdown_rx.clone()));
+    audit
+        .record(audit.system_event(EventType::AuditStarted, AuditOutcome::Success))
+        .await
+        .context("writing the first audit record")?;
+    let acceptor = TlsAcceptor::from(tls::server_config(&settings)?);
     let embedded = broker::start(
         settings.mqtt.connections_max,
         settings.mqtt.packet_bytes_max,
     )
     .await?;
-    let (shutdown, shutdown_rx) = watch::channel(false);
-
     let pipeline = Pipeline::new(
         store.clone(),
         receipt_key.clone(),
         settings.pipeline.clone(),
         metrics.clone(),
+        audit.clone(),
     );
     let (link_tx, link_rx) = embedded.pipeline_link;
     let (queue_tx, queue_rx) = mpsc::channel(settings.pipeline.queue_depth_max);
@@ -104,6 +142,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         broker_address,
         store,
         metrics,
+        audit,
         shutdown,
     })
 }

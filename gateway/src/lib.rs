@@ -1,6 +1,7 @@
 //! The paygate gateway: the device front (TLS and the MQTT guard), the embedded broker, the
 //! request pipeline, the store, the development PKI, configuration and the demo.
 
+pub mod audit;
 pub mod broker;
 pub mod config;
 pub mod demo;

@@ -4,7 +4,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use paygate_core::envelope::SigningAlgorithm;
 use paygate_core::{AccountId, Currency, DeviceId, Money};
-use paygate_gateway::config::Settings;
+use paygate_core::audit::{parse_rfc3339_ms, AuditEvent, AuditOutcome, AuditRecord, EventType, RecordProof};
+use paygate_gateway::audit::worm::{LocalWorm, S3Worm};
+use paygate_gateway::audit::{self, archive};
+use paygate_gateway::config::{AuditStoreKind, Settings};
 use paygate_gateway::store::{AccountKind, Store};
 use paygate_gateway::{demo, gateway, pki};
 use std::path::PathBuf;
@@ -61,6 +64,93 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// The auditor's tools: verify an exported audit archive, prove a transaction's records,
+    /// search and export. They work offline from a copy and the audit public key alone.
+    Audit {
+        /// The gateway's configuration: when given, this read of the audit log is itself
+        /// recorded in the audit log (PCI DSS 10.2.1.3), and `fetch` reads its store.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Who is reading (recorded with --config); defaults to $USER.
+        #[arg(long)]
+        operator: Option<String>,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every signature, hash chain, Merkle root and the continuity of segments and
+    /// checkpoints; report the first break found. Exit status 1 on a break.
+    Verify {
+        #[arg(long)]
+        archive: PathBuf,
+        /// The audit public key (pki/audit-signing.pub.jwk.json).
+        #[arg(long)]
+        public_key: PathBuf,
+        /// A checkpoint kept from an earlier look: the archive must extend it (RFC 9162
+        /// consistency proof), which also shows no segment was removed from the end.
+        #[arg(long)]
+        trusted_checkpoint: Option<PathBuf>,
+    },
+    /// Write inclusion proofs (JSON) for every record of a transaction.
+    Prove {
+        #[arg(long)]
+        archive: PathBuf,
+        #[arg(long)]
+        public_key: PathBuf,
+        #[arg(long)]
+        tx: String,
+    },
+    /// Check inclusion proofs written by `prove`, with the public key alone.
+    VerifyProof {
+        #[arg(long)]
+        proof: PathBuf,
+        #[arg(long)]
+        public_key: PathBuf,
+    },
+    /// Records matching every filter given, after verifying the archive.
+    Search {
+        #[arg(long)]
+        archive: PathBuf,
+        #[arg(long)]
+        public_key: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// jsonl (the records exactly as stored) or csv.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Copy the configured write-once store (local or S3) into a directory, for offline audit.
+    Fetch {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct FilterArgs {
+    /// From this RFC 3339 time (inclusive).
+    #[arg(long)]
+    from: Option<String>,
+    /// Until this RFC 3339 time (exclusive).
+    #[arg(long)]
+    to: Option<String>,
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    wallet: Option<String>,
+    #[arg(long)]
+    merchant: Option<String>,
+    #[arg(long)]
+    tx: Option<String>,
+    /// An event type, e.g. payment_decided, access_refused.
+    #[arg(long)]
+    event: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -144,7 +234,7 @@ async fn main() -> Result<()> {
                 _ = terminate.recv() => {}
             }
             tracing::info!("stopping: no new device connections");
-            running.shutdown();
+            running.stop().await;
         }
         Command::Demo {
             data_dir,
@@ -171,7 +261,18 @@ async fn main() -> Result<()> {
             match command {
                 CertsCommand::Init { server_name } => {
                     pki::init(&dir, &server_name, &settings.receipts.key_id)?;
+                    audit::load_or_make_key(
+                        &settings.resolve(&settings.audit.signing_key),
+                        &settings.audit.key_id,
+                    )?;
                     println!("development PKI written to {}", dir.display());
+                    admin_event(
+                        &settings,
+                        EventType::CredentialChanged,
+                        "pki",
+                        "development CA, server certificate, receipt and audit keys made",
+                    )
+                    .await?;
                 }
                 CertsCommand::IssueDevice {
                     id,
@@ -188,10 +289,24 @@ async fn main() -> Result<()> {
                         "device bundle written to {}",
                         pki::device_dir(&dir, &device).display()
                     );
+                    admin_event(
+                        &settings,
+                        EventType::CredentialChanged,
+                        &format!("device:{device}"),
+                        "device certificate and signing key issued",
+                    )
+                    .await?;
                 }
                 CertsCommand::Revoke { id } => {
                     pki::revoke_device(&dir, &DeviceId::parse(&id)?)?;
                     println!("revoked {id}; restart the gateway to load the new CRL");
+                    admin_event(
+                        &settings,
+                        EventType::CredentialChanged,
+                        &format!("device:{id}"),
+                        "device certificate revoked",
+                    )
+                    .await?;
                 }
             }
         }
@@ -210,6 +325,13 @@ async fn main() -> Result<()> {
             )
             .await?;
             println!("enrolled {id} with wallet {wallet}");
+            admin_event(
+                &settings,
+                EventType::DeviceEnrolled,
+                &format!("device:{id}"),
+                &format!("enrolled with wallet {wallet}"),
+            )
+            .await?;
         }
         Command::Ledger { config, command } => {
             let settings = Settings::load(config.as_deref())?;
@@ -226,6 +348,13 @@ async fn main() -> Result<()> {
                             now,
                         )
                         .await?;
+                    admin_event(
+                        &settings,
+                        EventType::AdminAction,
+                        &format!("account:{id}"),
+                        &format!("merchant account opened in {currency}"),
+                    )
+                    .await?;
                 }
                 LedgerCommand::Fund {
                     wallet,
@@ -240,6 +369,13 @@ async fn main() -> Result<()> {
                         )
                         .await?;
                     println!("funded {wallet}: {tx}");
+                    admin_event(
+                        &settings,
+                        EventType::AdminAction,
+                        &format!("account:{wallet}"),
+                        &format!("funded {amount} {currency} by transfer {tx}"),
+                    )
+                    .await?;
                 }
                 LedgerCommand::Check => {
                     for line in store.trial_balance().await? {
@@ -252,6 +388,256 @@ async fn main() -> Result<()> {
                 }
             }
         }
+        Command::Audit {
+            config,
+            operator,
+            command,
+        } => return run_audit(config, operator, command).await,
     }
     Ok(())
+}
+
+fn operator_name(operator: Option<String>) -> String {
+    operator
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn origin() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    format!("cli:{}", host.trim())
+}
+
+/// Records an operator's action in the audit outbox (PCI DSS 10.2.1.2, .5, .7); the running
+/// gateway journals it within a second, or the next one at its start.
+async fn admin_event(
+    settings: &Settings,
+    event_type: EventType,
+    resource: &str,
+    detail: &str,
+) -> Result<()> {
+    std::fs::create_dir_all(&settings.data_dir)?;
+    let store = Store::open(&settings.database_url(), 1).await?;
+    let mut event = AuditEvent::new(
+        paygate_gateway::pipeline::now_ms(),
+        event_type,
+        format!("operator:{}", operator_name(None)),
+        origin(),
+        AuditOutcome::Success,
+        "cli",
+        resource,
+    );
+    event.detail = Some(detail.to_owned());
+    store.record_audit(&event).await?;
+    Ok(())
+}
+
+async fn run_audit(
+    config: Option<PathBuf>,
+    operator: Option<String>,
+    command: AuditCommand,
+) -> Result<()> {
+    let settings = match &config {
+        Some(path) => Some(Settings::load(Some(path))?),
+        None => None,
+    };
+    let (what, target) = match &command {
+        AuditCommand::Verify { archive, .. } => ("verify", archive.display().to_string()),
+        AuditCommand::Prove { archive, tx, .. } => ("prove", format!("{} tx {tx}", archive.display())),
+        AuditCommand::VerifyProof { proof, .. } => ("verify-proof", proof.display().to_string()),
+        AuditCommand::Search { archive, .. } => ("search", archive.display().to_string()),
+        AuditCommand::Fetch { out } => ("fetch", out.display().to_string()),
+    };
+    if let Some(settings) = &settings {
+        // 10.2.1.3: every access to the audit log is itself logged, before it happens
+        let store = Store::open(&settings.database_url(), 1).await?;
+        let mut event = AuditEvent::new(
+            paygate_gateway::pipeline::now_ms(),
+            EventType::AuditLogRead,
+            format!("operator:{}", operator_name(operator)),
+            origin(),
+            AuditOutcome::Success,
+            "cli",
+            "audit-log",
+        );
+        event.detail = Some(format!("audit {what} {target}"));
+        store.record_audit(&event).await?;
+    }
+    match command {
+        AuditCommand::Verify {
+            archive: dir,
+            public_key,
+            trusted_checkpoint,
+        } => {
+            let (key, key_id) = archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
+            let trusted = match trusted_checkpoint {
+                Some(path) => Some(std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?),
+                None => None,
+            };
+            match archive::verify_archive(&dir, key, &key_id, trusted.as_deref(), true, |_| {}) {
+                Ok((_, summary)) => {
+                    println!(
+                        "OK: {} segments, {} records, {} bytes; log root {}",
+                        summary.segments,
+                        summary.records,
+                        summary.bytes,
+                        hex::encode(summary.log_root)
+                    );
+                }
+                Err(found) => {
+                    println!("BROKEN: {found}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        AuditCommand::Prove {
+            archive: dir,
+            public_key,
+            tx,
+        } => {
+            let (key, key_id) = archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
+            match archive::prove_tx(&dir, key, &key_id, &tx) {
+                Ok(proofs) if proofs.is_empty() => bail!("no record of transaction {tx}"),
+                Ok(proofs) => println!("{}", serde_json::to_string_pretty(&proofs)?),
+                Err(found) => {
+                    println!("BROKEN: {found}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        AuditCommand::VerifyProof { proof, public_key } => {
+            let (key, key_id) = archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
+            let proofs: Vec<RecordProof> = serde_json::from_slice(&std::fs::read(&proof)?)
+                .context("the proof file is not a list of record proofs")?;
+            if proofs.is_empty() {
+                bail!("the proof file holds no proof");
+            }
+            for one in &proofs {
+                match one.verify(&key, &key_id) {
+                    Ok((record, checkpoint)) => println!(
+                        "OK: record seq {} ({}) is in the log under checkpoint {} (log size {}, sealed {})",
+                        record.seq,
+                        record.event.as_str(),
+                        checkpoint.segment,
+                        checkpoint.log_size,
+                        checkpoint.sealed_at
+                    ),
+                    Err(problem) => {
+                        println!("INVALID: {problem}");
+                        std::process::exit(1);
+                    }
+                }
+            }
+        }
+        AuditCommand::Search {
+            archive: dir,
+            public_key,
+            filter,
+            format,
+            out,
+        } => {
+            let (key, key_id) = archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
+            let filter = filter.into_filter()?;
+            let sink: Box<dyn std::io::Write> = match &out {
+                Some(path) => Box::new(std::fs::File::create(path)?),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let mut writer = SearchWriter::new(&format, sink)?;
+            let mut write_error = None;
+            let result = archive::verify_archive(&dir, key, &key_id, None, out.is_some(), |at| {
+                if write_error.is_none() && filter.matches(at.record) {
+                    if let Err(e) = writer.write(at.record, at.line) {
+                        write_error = Some(e);
+                    }
+                }
+            });
+            if let Some(error) = write_error {
+                return Err(error);
+            }
+            writer.finish()?;
+            if let Err(found) = result {
+                eprintln!("BROKEN: {found}");
+                std::process::exit(1);
+            }
+        }
+        AuditCommand::Fetch { out } => {
+            let Some(settings) = settings else {
+                bail!("fetch needs --config to know which store to read");
+            };
+            let copied = match settings.audit.store {
+                AuditStoreKind::Local => {
+                    let worm = LocalWorm::new(settings.resolve(&settings.audit.local.dir), &settings.audit.local)?;
+                    archive::fetch(&worm, &out).await?
+                }
+                AuditStoreKind::S3 => {
+                    let worm = S3Worm::connect(&settings.audit.s3).await?;
+                    archive::fetch(&worm, &out).await?
+                }
+            };
+            println!("copied {copied} objects to {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+impl FilterArgs {
+    fn into_filter(self) -> Result<archive::Filter> {
+        let time = |text: Option<String>| -> Result<Option<u64>> {
+            text.map(|t| {
+                parse_rfc3339_ms(&t).with_context(|| format!("{t:?} is not an RFC 3339 time"))
+            })
+            .transpose()
+        };
+        Ok(archive::Filter {
+            from_ms: time(self.from)?,
+            to_ms: time(self.to)?,
+            device: self.device,
+            wallet: self.wallet,
+            merchant: self.merchant,
+            tx: self.tx,
+            event: self
+                .event
+                .map(|e| EventType::parse(&e).with_context(|| format!("unknown event type {e:?}")))
+                .transpose()?,
+        })
+    }
+}
+
+/// Writes search results as JSON Lines (the stored bytes) or CSV.
+enum SearchWriter {
+    Jsonl(Box<dyn std::io::Write>),
+    Csv(csv::Writer<Box<dyn std::io::Write>>),
+}
+
+impl SearchWriter {
+    fn new(format: &str, sink: Box<dyn std::io::Write>) -> Result<SearchWriter> {
+        match format {
+            "jsonl" => Ok(SearchWriter::Jsonl(sink)),
+            "csv" => {
+                let mut writer = csv::Writer::from_writer(sink);
+                writer.write_record(archive::CSV_COLUMNS)?;
+                Ok(SearchWriter::Csv(writer))
+            }
+            other => bail!("--format is jsonl or csv, not {other:?}"),
+        }
+    }
+
+    fn write(&mut self, record: &AuditRecord, line: &[u8]) -> Result<()> {
+        match self {
+            SearchWriter::Jsonl(sink) => {
+                sink.write_all(line)?;
+                sink.write_all(b"\n")?;
+            }
+            SearchWriter::Csv(writer) => writer.write_record(archive::csv_row(record))?,
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            SearchWriter::Jsonl(mut sink) => sink.flush()?,
+            SearchWriter::Csv(mut writer) => writer.flush()?,
+        }
+        Ok(())
+    }
 }

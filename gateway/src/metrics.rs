@@ -15,6 +15,12 @@ pub struct Metrics {
     ledger_invariant_alerts: AtomicU64,
     refusals: Mutex<BTreeMap<ErrorCode, u64>>,
     declines: Mutex<BTreeMap<ErrorCode, u64>>,
+    audit_records: AtomicU64,
+    audit_segments_sealed: AtomicU64,
+    audit_segments_shipped: AtomicU64,
+    audit_journal_failures: AtomicU64,
+    audit_shipping_failures: AtomicU64,
+    audit_backlog_bytes: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -27,6 +33,12 @@ pub struct MetricsSnapshot {
     pub ledger_invariant_alerts: u64,
     pub refusals: BTreeMap<ErrorCode, u64>,
     pub declines: BTreeMap<ErrorCode, u64>,
+    pub audit_records: u64,
+    pub audit_segments_sealed: u64,
+    pub audit_segments_shipped: u64,
+    pub audit_journal_failures: u64,
+    pub audit_shipping_failures: u64,
+    pub audit_backlog_bytes: u64,
 }
 
 impl MetricsSnapshot {
@@ -66,6 +78,28 @@ impl Metrics {
         bump(&self.declines, code);
     }
 
+    pub fn count_audit_records(&self, count: usize) {
+        self.audit_records
+            .fetch_add(u64::try_from(count).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+    pub fn count_audit_segment_sealed(&self) {
+        self.audit_segments_sealed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn count_audit_segment_shipped(&self) {
+        self.audit_segments_shipped.fetch_add(1, Ordering::Relaxed);
+    }
+    /// PCI DSS 10.7.2: a failure of the audit logging itself (alert on any increase).
+    pub fn count_audit_failure(&self) {
+        self.audit_journal_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    /// PCI DSS 10.7.2: shipping to write-once storage failed (alert on any increase).
+    pub fn count_audit_shipping_failure(&self) {
+        self.audit_shipping_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn set_audit_backlog_bytes(&self, bytes: u64) {
+        self.audit_backlog_bytes.store(bytes, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> MetricsSnapshot {
         let copy = |map: &Mutex<BTreeMap<ErrorCode, u64>>| {
             map.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -78,6 +112,12 @@ impl Metrics {
             ledger_invariant_alerts: self.ledger_invariant_alerts.load(Ordering::Relaxed),
             refusals: copy(&self.refusals),
             declines: copy(&self.declines),
+            audit_records: self.audit_records.load(Ordering::Relaxed),
+            audit_segments_sealed: self.audit_segments_sealed.load(Ordering::Relaxed),
+            audit_segments_shipped: self.audit_segments_shipped.load(Ordering::Relaxed),
+            audit_journal_failures: self.audit_journal_failures.load(Ordering::Relaxed),
+            audit_shipping_failures: self.audit_shipping_failures.load(Ordering::Relaxed),
+            audit_backlog_bytes: self.audit_backlog_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -106,6 +146,16 @@ impl Metrics {
             "paygate_ledger_invariant_alerts_total {}",
             s.ledger_invariant_alerts
         );
+        for (name, value) in [
+            ("paygate_audit_records_total", s.audit_records),
+            ("paygate_audit_segments_sealed_total", s.audit_segments_sealed),
+            ("paygate_audit_segments_shipped_total", s.audit_segments_shipped),
+            ("paygate_audit_journal_failures_total", s.audit_journal_failures),
+            ("paygate_audit_shipping_failures_total", s.audit_shipping_failures),
+            ("paygate_audit_backlog_bytes", s.audit_backlog_bytes),
+        ] {
+            let _ = writeln!(out, "{name} {value}");
+        }
         for (code, count) in &s.refusals {
             let _ = writeln!(out, "paygate_refusals_total{{code=\"{code}\"}} {count}");
         }

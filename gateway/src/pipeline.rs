@@ -7,16 +7,22 @@
 //!    another body `IDEMPOTENCY_CONFLICT`; a reused counter `COUNTER_REUSED`.
 //! 3. `decide_and_post`: the product (a wallet paying a merchant) as balanced double-entry
 //!    postings, or a decline.
-//! 4. `record`: the signed receipt stored with the decision, in the same transaction.
-//! 5. commit (one durable commit for the whole batch), then the receipts are handed back for
-//!    publishing. Nothing is published before the commit returns.
+//! 4. `record`: the signed receipt stored with the decision, and an audit event for every
+//!    decision and every rejection, in the same transaction.
+//! 5. commit (one durable commit for the whole batch).
+//! 6. `audit`: the batch's audit events appended to the fsync'd audit journal. Only then are
+//!    the receipts handed back for publishing: nothing is published before the commit and the
+//!    journal write return. While the audit trail cannot take records (journal failing, or
+//!    too much waiting for write-once storage) requests are refused with `AUDIT_UNAVAILABLE`.
 //!
 //! Every stage takes the whole batch, so group commit is the normal path, not a later rewrite.
 
+use crate::audit::AuditLog;
 use crate::config::PipelineSettings;
 use crate::metrics::Metrics;
 use crate::store::{self, AccountKind, Batch, Store, StoreError};
 use bytes::Bytes;
+use paygate_core::audit::{AuditEvent, AuditOutcome, EventType};
 use paygate_core::envelope::{SigningKey, UnverifiedEnvelope};
 use paygate_core::receipt::{Outcome, Receipt, RECEIPT_CONTENT_TYPE};
 use paygate_core::request::{
@@ -50,6 +56,7 @@ pub struct Pipeline {
     receipt_key: Arc<SigningKey>,
     settings: PipelineSettings,
     metrics: Arc<Metrics>,
+    audit: Arc<AuditLog>,
 }
 
 struct Verified {
@@ -74,32 +81,50 @@ impl Pipeline {
         receipt_key: Arc<SigningKey>,
         settings: PipelineSettings,
         metrics: Arc<Metrics>,
+        audit: Arc<AuditLog>,
     ) -> Pipeline {
         Pipeline {
             store,
             receipt_key,
             settings,
             metrics,
+            audit,
         }
     }
 
-    /// Runs a batch through every stage; returns the replies to publish (after the commit).
+    /// Runs a batch through every stage; returns the replies to publish (after the commit and
+    /// the audit journal write). Returns no replies at all when the journal cannot be written:
+    /// the devices resend and get the stored receipts once it can.
     pub async fn process_batch(&self, batch: Vec<Inbound>) -> Vec<Outbound> {
         let now = now_ms();
         let mut replies = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len());
         let mut verified = Vec::with_capacity(batch.len());
         for inbound in batch {
             match self.verify(&inbound, now).await {
                 Ok(ok) => verified.push(ok),
                 Err((code, message, body)) => {
+                    events.push(rejected_event(&inbound.device, None, code, now));
                     replies.push(self.reject(&inbound, None, body, code, message, now))
                 }
             }
         }
-        if verified.is_empty() {
-            return replies;
+        if self.audit.blocked() {
+            // never approve what cannot be audited (PCI DSS 10.7.2)
+            for item in verified.drain(..) {
+                let code = ErrorCode::AuditUnavailable;
+                events.push(rejected_event(&item.inbound.device, Some(&item.request), code, now));
+                replies.push(self.reject(
+                    &item.inbound,
+                    Some(&item.request),
+                    Some(item.body_sha256.clone()),
+                    code,
+                    "the audit trail cannot take records now; retry later with the same idempotency key".into(),
+                    now,
+                ));
+            }
         }
-        match self.decide_batch(&verified, now).await {
+        match self.decide_batch(&verified, events, now).await {
             Ok(decided) => replies.extend(decided),
             Err(error) => {
                 tracing::error!(%error, requests = verified.len(), "batch failed and was rolled back");
@@ -115,6 +140,11 @@ impl Pipeline {
                     ));
                 }
             }
+        }
+        // stage 6: the audit records are in the fsync'd journal before any receipt leaves
+        if let Err(error) = self.audit.drain().await {
+            tracing::error!(%error, replies = replies.len(), "receipts held back: the audit journal cannot be written");
+            return Vec::new();
         }
         replies
     }
@@ -172,13 +202,18 @@ impl Pipeline {
     async fn decide_batch(
         &self,
         verified: &[Verified],
+        mut events: Vec<AuditEvent>,
         now: u64,
     ) -> Result<Vec<Outbound>, StoreError> {
+        if verified.is_empty() && events.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut batch = self.store.begin_batch().await?;
         let mut replies = Vec::with_capacity(verified.len());
         for item in verified {
-            replies.push(self.decide_one(&mut batch, item, now).await?);
+            replies.push(self.decide_one(&mut batch, item, &mut events, now).await?);
         }
+        store::add_audit_events(&mut batch, &events).await?;
         batch.commit().await?;
         Ok(replies)
     }
@@ -187,6 +222,7 @@ impl Pipeline {
         &self,
         batch: &mut Batch<'_>,
         item: &Verified,
+        events: &mut Vec<AuditEvent>,
         now: u64,
     ) -> Result<Outbound, StoreError> {
         let request = &item.request;
@@ -201,6 +237,12 @@ impl Pipeline {
                     received_at: item.inbound.received_at,
                 });
             }
+            events.push(rejected_event(
+                device,
+                Some(request),
+                ErrorCode::IdempotencyConflict,
+                now,
+            ));
             return Ok(self.reject(
                 &item.inbound,
                 Some(request),
@@ -211,6 +253,12 @@ impl Pipeline {
             ));
         }
         if store::counter_used(batch, device, request.counter).await? {
+            events.push(rejected_event(
+                device,
+                Some(request),
+                ErrorCode::CounterReused,
+                now,
+            ));
             return Ok(self.reject(
                 &item.inbound,
                 Some(request),
@@ -289,6 +337,27 @@ impl Pipeline {
             now,
         )
         .await?;
+        let mut event = AuditEvent::new(
+            now,
+            EventType::PaymentDecided,
+            format!("device:{device}"),
+            format!("mqtt:{device}"),
+            if code.is_none() {
+                AuditOutcome::Success
+            } else {
+                AuditOutcome::Failure
+            },
+            "pipeline",
+            format!("account:{wallet}"),
+        );
+        event.code = code.map(|c| c.as_str().to_owned());
+        event.tx_id = code.is_none().then(|| tx_id.to_string());
+        event.device_id = Some(device.to_string());
+        event.wallet_id = Some(wallet.to_string());
+        event.merchant_id = Some(merchant_id.to_string());
+        event.amount = Some(format!("{} {}", amount.minor_signed(), amount.currency));
+        event.detail = Some(format!("idempotency_key {}", request.idempotency_key));
+        events.push(event);
         match code {
             None => self.metrics.count_approved(),
             Some(code) => self.metrics.count_declined(code),
@@ -333,6 +402,29 @@ impl Pipeline {
             received_at: inbound.received_at,
         }
     }
+}
+
+/// The audit event of a request refused before any decision (PCI DSS 10.2.1.4 when it is a
+/// bad signature or a foreign identity).
+fn rejected_event(
+    device: &DeviceId,
+    request: Option<&Request>,
+    code: ErrorCode,
+    now: u64,
+) -> AuditEvent {
+    let mut event = AuditEvent::new(
+        now,
+        EventType::RequestRejected,
+        format!("device:{device}"),
+        format!("mqtt:{device}"),
+        AuditOutcome::Failure,
+        "pipeline",
+        format!("device:{device}"),
+    );
+    event.code = Some(code.as_str().to_owned());
+    event.device_id = Some(device.to_string());
+    event.detail = request.map(|r| format!("idempotency_key {}", r.idempotency_key));
+    event
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {

@@ -5,6 +5,7 @@
 //! rolls back that request alone. PostgreSQL joins behind the same operations in the ledger
 //! issue; until there are two backends there is no trait.
 
+use paygate_core::audit::AuditEvent;
 use paygate_core::envelope::{SigningAlgorithm, VerifyingKey};
 use paygate_core::{AccountId, Currency, DeviceId, ErrorCode, IdempotencyKey, Money, TxId};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -450,4 +451,73 @@ pub async fn record_decided(
     .execute(&mut **batch)
     .await?;
     Ok(())
+}
+
+/// Adds audit events to the outbox inside a batch, so they commit (or roll back) with what
+/// they describe.
+pub async fn add_audit_events(
+    batch: &mut Batch<'_>,
+    events: &[AuditEvent],
+) -> Result<(), StoreError> {
+    for event in events {
+        sqlx::query("INSERT INTO audit_outbox (event_json) VALUES (?)")
+            .bind(audit_event_json(event))
+            .execute(&mut **batch)
+            .await?;
+    }
+    Ok(())
+}
+
+fn audit_event_json(event: &AuditEvent) -> String {
+    // serialising a struct of strings and integers cannot fail
+    serde_json::to_string(event).unwrap_or_default()
+}
+
+impl Store {
+    /// Adds one audit event to the outbox in its own transaction (front refusals, operator
+    /// commands). The journal writer picks it up within `audit.seal_check_interval_ms`.
+    pub async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO audit_outbox (event_json) VALUES (?)")
+            .bind(audit_event_json(event))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Outbox rows after `outbox_id`, in id order, at most `limit`.
+    pub async fn audit_outbox_after(
+        &self,
+        outbox_id: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, AuditEvent)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT outbox_id, event_json FROM audit_outbox WHERE outbox_id > ? ORDER BY outbox_id LIMIT ?",
+        )
+        .bind(ms(outbox_id))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: i64 = row.try_get("outbox_id")?;
+                let json: String = row.try_get("event_json")?;
+                let event = serde_json::from_str(&json).map_err(|e| {
+                    StoreError::Invariant(format!("audit outbox row {id} is not an event: {e}"))
+                })?;
+                let id = u64::try_from(id).map_err(|_| {
+                    StoreError::Invariant(format!("audit outbox row id {id} is negative"))
+                })?;
+                Ok((id, event))
+            })
+            .collect()
+    }
+
+    /// Forgets outbox rows the journal holds in sealed segments.
+    pub async fn prune_audit_outbox(&self, up_to_outbox_id: u64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM audit_outbox WHERE outbox_id <= ?")
+            .bind(ms(up_to_outbox_id))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }

@@ -1,0 +1,544 @@
+//! The audit trail (PCI DSS 10): events go through the database outbox into an fsync'd local
+//! journal of hash-chained records, grouped in segments sealed by signed checkpoints, which a
+//! shipper copies to write-once storage. docs/audit-format.md specifies the format.
+//!
+//! The order of durability, for a payment: its audit event commits in the same database
+//! transaction as the decision (outbox row); [`AuditLog::drain`] appends outbox rows to the
+//! journal and fsyncs; only then is the receipt published. A crash anywhere in between loses
+//! nothing (the row waits in the outbox) and repeats nothing (each journal record names its
+//! outbox row, and the writer resumes after the highest one it holds).
+
+pub mod archive;
+pub mod shipper;
+pub mod worm;
+
+use crate::config::{AuditSettings, Settings};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use paygate_core::audit::{
+    checkpoint_name, rfc3339_ms, segment_name, sha256, AuditEvent, AuditOutcome, AuditRecord,
+    CheckpointBody, EventType, Hash32, MerkleTree, FORMAT_VERSION, GENESIS_HASH,
+};
+use paygate_core::envelope::{SigningAlgorithm, SigningKey};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Mutex, Notify};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit journal io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("audit outbox: {0}")]
+    Store(#[from] StoreError),
+    #[error("audit journal is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("audit signing key: {0}")]
+    Key(String),
+}
+
+/// The journal writer's state: the active segment and what the sealed ones add up to.
+struct Journal {
+    dir: PathBuf,
+    log_id: String,
+    /// The active (unsealed) segment's number.
+    segment: u64,
+    file: Option<tokio::fs::File>,
+    file_len: u64,
+    tree: MerkleTree,
+    first_seq: u64,
+    next_seq: u64,
+    prev_record_hash: Hash32,
+    /// When the active segment got its first record (0: empty).
+    opened_at_ms: u64,
+    log_tree: MerkleTree,
+    prev_checkpoint_hash: Hash32,
+    outbox_id_max: u64,
+}
+
+/// The audit log of one gateway: the journal writer, shared by the pipeline and the tasks that
+/// seal and ship.
+pub struct AuditLog {
+    journal: Mutex<Journal>,
+    store: Store,
+    key: SigningKey,
+    pub(crate) settings: AuditSettings,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Bytes of sealed segments still waiting for write-once storage.
+    backlog_bytes: AtomicU64,
+    /// Set when a journal write failed; cleared by the next good one.
+    journal_failed: AtomicBool,
+    /// Wakes the shipper when a segment is sealed.
+    pub sealed: Notify,
+}
+
+/// Milliseconds since the Unix epoch, UTC.
+fn now_ms() -> u64 {
+    crate::pipeline::now_ms()
+}
+
+impl AuditLog {
+    /// Opens the journal, repairing a torn tail, and resumes after the last record it holds.
+    pub async fn open(
+        settings: &Settings,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<AuditLog>, AuditError> {
+        let audit = settings.audit.clone();
+        let key = load_or_make_key(
+            &settings.resolve(&audit.signing_key),
+            &audit.key_id,
+        )?;
+        let dir = settings.resolve(&audit.journal_dir);
+        std::fs::create_dir_all(dir.join("segments"))?;
+        std::fs::create_dir_all(dir.join("checkpoints"))?;
+        let log_id = log_id(&dir)?;
+        let (journal, repaired) = recover(&dir, log_id, &key)?;
+        let log = Arc::new(AuditLog {
+            journal: Mutex::new(journal),
+            store,
+            key,
+            settings: audit,
+            metrics,
+            backlog_bytes: AtomicU64::new(0),
+            journal_failed: AtomicBool::new(false),
+            sealed: Notify::new(),
+        });
+        if let Some(bytes) = repaired {
+            log.record(
+                log.system_event(EventType::JournalRepaired, AuditOutcome::Success)
+                    .with_detail(format!(
+                        "a torn last record of {bytes} bytes (never acknowledged) was cut"
+                    )),
+            )
+            .await?;
+        }
+        log.refresh_backlog().await;
+        Ok(log)
+    }
+
+    /// The signing key's public half, for auditors.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// An event by the gateway itself.
+    pub fn system_event(&self, event: EventType, outcome: AuditOutcome) -> AuditEvent {
+        AuditEvent::new(
+            now_ms(),
+            event,
+            "system:gateway",
+            "gateway",
+            outcome,
+            "audit",
+            "audit-log",
+        )
+    }
+
+    /// Records one event now: outbox row, then journal, then fsync.
+    pub async fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+        self.store.record_audit(&event).await?;
+        self.drain().await
+    }
+
+    /// True when payments must not be approved: the journal cannot be written or too much
+    /// is waiting for write-once storage.
+    pub fn blocked(&self) -> bool {
+        self.journal_failed.load(Ordering::Acquire)
+            || self.backlog_bytes.load(Ordering::Acquire) > self.settings.backlog_bytes_max
+    }
+
+    pub fn backlog_bytes(&self) -> u64 {
+        self.backlog_bytes.load(Ordering::Acquire)
+    }
+
+    /// Appends every outbox row not yet in the journal, fsyncs, and seals the segment when
+    /// full. Returns once everything committed before the call is durable in the journal.
+    pub async fn drain(&self) -> Result<(), AuditError> {
+        let mut journal = self.journal.lock().await;
+        let result = self.drain_locked(&mut journal).await;
+        self.journal_failed
+            .store(result.is_err(), Ordering::Release);
+        if let Err(error) = &result {
+            self.metrics.count_audit_failure();
+            tracing::error!(%error, "audit journal write failed; payments are refused until it recovers");
+        }
+        result
+    }
+
+    async fn drain_locked(&self, journal: &mut Journal) -> Result<(), AuditError> {
+        loop {
+            let rows = self
+                .store
+                .audit_outbox_after(journal.outbox_id_max, self.settings.outbox_rows_per_write_max)
+                .await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            // build the lines first; the state changes only once they are durable
+            let mut bytes = Vec::with_capacity(rows.len() * 400);
+            let mut lines = Vec::with_capacity(rows.len());
+            let mut seq = journal.next_seq;
+            let mut prev = journal.prev_record_hash;
+            let mut outbox_id_max = journal.outbox_id_max;
+            for (outbox_id, event) in rows {
+                let line = AuditRecord::place(event, seq, &prev, Some(outbox_id)).to_line();
+                prev = sha256(&line);
+                seq += 1;
+                outbox_id_max = outbox_id;
+                bytes.extend_from_slice(&line);
+                bytes.push(b'\n');
+                lines.push(line);
+            }
+            self.append(journal, &bytes).await?;
+            if journal.tree.is_empty() {
+                journal.opened_at_ms = now_ms();
+            }
+            for line in &lines {
+                journal.tree.push(line);
+            }
+            journal.next_seq = seq;
+            journal.prev_record_hash = prev;
+            journal.outbox_id_max = outbox_id_max;
+            self.metrics.count_audit_records(lines.len());
+            if journal.tree.len() >= self.settings.records_per_segment_max {
+                self.seal_locked(journal).await?;
+            }
+        }
+    }
+
+    /// Writes and fsyncs; on failure cuts the file back so no half record stays behind.
+    async fn append(&self, journal: &mut Journal, bytes: &[u8]) -> Result<(), AuditError> {
+        if journal.file.is_none() {
+            let path = journal.dir.join(segment_name(journal.segment));
+            let file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .await?;
+            journal.file_len = file.metadata().await?.len();
+            journal.file = Some(file);
+            sync_dir(&journal.dir.join("segments"))?;
+        }
+        let Some(file) = journal.file.as_mut() else {
+            return Err(AuditError::Corrupt("the journal file is not open".into()));
+        };
+        let written = async {
+            file.write_all(bytes).await?;
+            file.sync_data().await
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                journal.file_len += u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+                Ok(())
+            }
+            Err(error) => {
+                let _ = file.set_len(journal.file_len).await;
+                journal.file = None;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Seals the active segment if it holds records and is old enough (or always, with
+    /// `force`), after draining the outbox.
+    pub async fn seal_if_due(&self, force: bool) -> Result<(), AuditError> {
+        self.drain().await?;
+        let mut journal = self.journal.lock().await;
+        let age_ms = now_ms().saturating_sub(journal.opened_at_ms);
+        if !journal.tree.is_empty() && (force || age_ms >= self.settings.seal_interval_ms) {
+            self.seal_locked(&mut journal).await?;
+        }
+        Ok(())
+    }
+
+    async fn seal_locked(&self, journal: &mut Journal) -> Result<(), AuditError> {
+        if journal.tree.is_empty() {
+            return Ok(());
+        }
+        let segment_path = journal.dir.join(segment_name(journal.segment));
+        let segment_bytes = tokio::fs::read(&segment_path).await?;
+        let segment_root = journal.tree.root();
+        let mut log_tree = journal.log_tree.clone();
+        log_tree.push(&segment_root);
+        let body = CheckpointBody {
+            v: FORMAT_VERSION,
+            log_id: journal.log_id.clone(),
+            segment: journal.segment,
+            first_seq: journal.first_seq,
+            record_count: journal.tree.len(),
+            segment_sha256: hex::encode(sha256(&segment_bytes)),
+            segment_root: hex::encode(segment_root),
+            last_record_hash: hex::encode(journal.prev_record_hash),
+            log_size: log_tree.len(),
+            log_root: hex::encode(log_tree.root()),
+            prev_checkpoint_sha256: hex::encode(journal.prev_checkpoint_hash),
+            outbox_id_max: journal.outbox_id_max,
+            sealed_at: rfc3339_ms(now_ms()),
+        };
+        let checkpoint = body.seal(&self.key);
+        write_durably(
+            &journal.dir.join(checkpoint_name(journal.segment)),
+            &checkpoint,
+        )?;
+        journal.log_tree = log_tree;
+        journal.prev_checkpoint_hash = sha256(&checkpoint);
+        journal.segment += 1;
+        journal.file = None;
+        journal.file_len = 0;
+        journal.tree = MerkleTree::new();
+        journal.first_seq = journal.next_seq;
+        journal.opened_at_ms = 0;
+        self.backlog_bytes.fetch_add(
+            u64::try_from(segment_bytes.len()).unwrap_or(u64::MAX),
+            Ordering::AcqRel,
+        );
+        self.metrics.count_audit_segment_sealed();
+        tracing::debug!(segment = body.segment, records = body.record_count, "audit segment sealed");
+        // rows in sealed segments are safe to forget; failing to prune only keeps them longer
+        if let Err(error) = self.store.prune_audit_outbox(journal.outbox_id_max).await {
+            tracing::warn!(%error, "audit outbox not pruned");
+        }
+        self.sealed.notify_one();
+        Ok(())
+    }
+
+    /// Recomputes the backlog from the journal directory (sealed segments still present).
+    pub async fn refresh_backlog(&self) {
+        let dir = self.journal.lock().await.dir.clone();
+        let bytes = sealed_unshipped(&dir)
+            .map(|list| list.iter().map(|(_, len)| *len).sum())
+            .unwrap_or(0);
+        self.backlog_bytes.store(bytes, Ordering::Release);
+        self.metrics.set_audit_backlog_bytes(bytes);
+    }
+
+    pub async fn dir(&self) -> PathBuf {
+        self.journal.lock().await.dir.clone()
+    }
+
+    /// Writes `audit_stopped`, then seals, for a clean stop.
+    pub async fn stop(&self) -> Result<(), AuditError> {
+        self.store
+            .record_audit(&self.system_event(EventType::AuditStopped, AuditOutcome::Success))
+            .await?;
+        self.seal_if_due(true).await
+    }
+}
+
+trait WithDetail {
+    fn with_detail(self, detail: String) -> Self;
+}
+
+impl WithDetail for AuditEvent {
+    fn with_detail(mut self, detail: String) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+}
+
+/// Sealed segments still in the journal (not yet shipped), with their sizes, in order.
+pub(crate) fn sealed_unshipped(dir: &Path) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir.join("segments"))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(number) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".jsonl"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if dir.join(checkpoint_name(number)).exists() {
+            out.push((number, entry.metadata()?.len()));
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Reads the checkpoints and the active segment back; cuts a torn last line.
+fn recover(
+    dir: &Path,
+    log_id: String,
+    key: &SigningKey,
+) -> Result<(Journal, Option<usize>), AuditError> {
+    let verifying = key.verifying_key();
+    let mut journal = Journal {
+        dir: dir.to_path_buf(),
+        log_id,
+        segment: 0,
+        file: None,
+        file_len: 0,
+        tree: MerkleTree::new(),
+        first_seq: 0,
+        next_seq: 0,
+        prev_record_hash: GENESIS_HASH,
+        opened_at_ms: 0,
+        log_tree: MerkleTree::new(),
+        prev_checkpoint_hash: GENESIS_HASH,
+        outbox_id_max: 0,
+    };
+    loop {
+        let path = dir.join(checkpoint_name(journal.segment));
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) => return Err(e.into()),
+        };
+        let body = CheckpointBody::open(&bytes, &verifying, key.key_id())
+            .map_err(|m| AuditError::Corrupt(format!("{}: {m}", path.display())))?;
+        let root = hex::decode(&body.segment_root)
+            .map_err(|_| AuditError::Corrupt(format!("{}: bad segment root", path.display())))?;
+        journal.log_tree.push(&root);
+        journal.prev_checkpoint_hash = sha256(&bytes);
+        journal.next_seq = body.first_seq + body.record_count;
+        journal.prev_record_hash = hex::decode(&body.last_record_hash)
+            .ok()
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| AuditError::Corrupt(format!("{}: bad record hash", path.display())))?;
+        journal.outbox_id_max = body.outbox_id_max;
+        journal.segment += 1;
+    }
+    journal.first_seq = journal.next_seq;
+    // the active segment: keep every whole, chained record; cut from the first that is not
+    let path = dir.join(segment_name(journal.segment));
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut good = 0usize;
+    let mut rest = &bytes[..];
+    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        let line = &rest[..end];
+        let Ok(record) = AuditRecord::from_line(line) else {
+            break;
+        };
+        if record.seq != journal.next_seq || record.prev != hex::encode(journal.prev_record_hash)
+        {
+            break;
+        }
+        if journal.tree.is_empty() {
+            journal.opened_at_ms = now_ms();
+        }
+        journal.tree.push(line);
+        journal.prev_record_hash = sha256(line);
+        journal.next_seq += 1;
+        if let Some(id) = record.outbox_id {
+            journal.outbox_id_max = journal.outbox_id_max.max(id);
+        }
+        good += end + 1;
+        rest = &rest[end + 1..];
+    }
+    let repaired = (good < bytes.len()).then(|| bytes.len() - good);
+    if repaired.is_some() {
+        let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+        file.set_len(u64::try_from(good).unwrap_or(u64::MAX))?;
+        file.sync_all()?;
+        tracing::warn!(path = %path.display(), "audit journal: torn tail cut");
+    }
+    Ok((journal, repaired))
+}
+
+/// The log's id, made once per data directory.
+fn log_id(dir: &Path) -> Result<String, AuditError> {
+    let path = dir.join("log-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) => Ok(id.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = format!("paygate-{}", uuid::Uuid::new_v4());
+            write_durably(&path, id.as_bytes())?;
+            Ok(id)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The checkpoint signing key, made on first start (mode 0600) with its public JWK beside it.
+pub fn load_or_make_key(path: &Path, key_id: &str) -> Result<SigningKey, AuditError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !path.exists() {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let pkcs8 = SigningKey::generate_pkcs8(SigningAlgorithm::Ed25519)
+            .map_err(|e| AuditError::Key(e.to_string()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        std::io::Write::write_all(&mut file, &pkcs8)?;
+        file.sync_all()?;
+    }
+    let pkcs8 = std::fs::read(path)?;
+    let key = SigningKey::from_pkcs8(SigningAlgorithm::Ed25519, key_id, &pkcs8)
+        .map_err(|e| AuditError::Key(e.to_string()))?;
+    let public = public_jwk_path(path);
+    if !public.exists() {
+        write_durably(&public, public_jwk(&key).as_bytes())?;
+    }
+    Ok(key)
+}
+
+/// Where the public key of a private key file is published.
+pub fn public_jwk_path(private: &Path) -> PathBuf {
+    let name = private
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("audit-signing");
+    private.with_file_name(format!("{name}.pub.jwk.json"))
+}
+
+/// The public half as an RFC 8037 OKP JSON Web Key, with its key id.
+pub fn public_jwk(key: &SigningKey) -> String {
+    use base64::Engine;
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(key.verifying_key().public_key);
+    serde_json::json!({
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "alg": "EdDSA",
+        "use": "sig",
+        "kid": key.key_id(),
+        "x": x,
+    })
+    .to_string()
+}
+
+/// Writes a new file via a temporary name, fsyncs it and its directory.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Seals on age and picks up events other processes left in the outbox.
+pub async fn run_sealer(log: Arc<AuditLog>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let interval = std::time::Duration::from_millis(log.settings.seal_check_interval_ms);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(error) = log.seal_if_due(false).await {
+            tracing::error!(%error, "audit sealer failed");
+        }
+    }
+}
