@@ -1,0 +1,249 @@
+//! The audit trail end to end over real mutual TLS and MQTT: every decision and refusal is in
+//! the fsync'd journal by the time its receipt arrives, invalid access attempts are recorded,
+//! the shipped archive verifies with the public key alone, and when write-once storage is down
+//! for longer than the backlog allows, payments are refused rather than approved unaudited.
+
+#![allow(clippy::unwrap_used)]
+
+use paygate_core::audit::{AuditOutcome, AuditRecord, EventType};
+use paygate_core::receipt::Outcome;
+use paygate_core::request::REQUEST_CONTENT_TYPE;
+use paygate_core::{AccountId, ErrorCode};
+use paygate_gateway::audit::archive;
+use paygate_tests::{inr, tls_client_config, RawClient, TestGateway, MERCHANT};
+use std::path::Path;
+use std::time::Duration;
+
+fn records_in(dir: &Path) -> Vec<AuditRecord> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir.join("segments")) else {
+        return out;
+    };
+    for entry in entries {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
+        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            out.push(AuditRecord::from_line(line).unwrap());
+        }
+    }
+    out
+}
+
+/// Every record in the journal and in the write-once store, by seq.
+fn all_records(gateway: &TestGateway) -> Vec<AuditRecord> {
+    let data = gateway.dir.path();
+    let mut all = records_in(&data.join("audit/journal"));
+    all.extend(records_in(&data.join("audit/worm")));
+    all.sort_by_key(|r| r.seq);
+    all.dedup_by_key(|r| r.seq);
+    all
+}
+
+async fn wait_for_record(
+    gateway: &TestGateway,
+    what: &str,
+    found: impl Fn(&AuditRecord) -> bool,
+) -> AuditRecord {
+    for _ in 0..100 {
+        if let Some(record) = all_records(gateway).into_iter().find(|r| found(r)) {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no audit record for {what}: {:#?}", all_records(gateway));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_are_journaled_before_their_receipts_and_the_archive_verifies() {
+    let gateway = TestGateway::start_with(|s| {
+        s.audit.records_per_segment_max = 3;
+        s.audit.seal_check_interval_ms = 50;
+        s.audit.ship_interval_ms = 50;
+    })
+    .await;
+    let bundle = gateway.device("pos-1", "100.00").await;
+    let mut agent = gateway.agent("pos-1").await;
+    let merchant = AccountId::parse(MERCHANT).unwrap();
+    for amount in ["1.00", "2.50", "500.00"] {
+        let reply = agent.pay(&merchant, inr(amount)).await.unwrap();
+        // read straight after the receipt: no waiting, the record must already be on disk
+        let records = all_records(&gateway);
+        let key = reply.receipt.idempotency_key.clone().unwrap();
+        let record = records
+            .iter()
+            .find(|r| {
+                r.event == EventType::PaymentDecided
+                    && r.detail.as_deref() == Some(&format!("idempotency_key {key}"))
+            })
+            .unwrap_or_else(|| panic!("no record of {key} when its receipt arrived"));
+        match reply.receipt.outcome {
+            Outcome::Approved => {
+                assert_eq!(record.tx_id, reply.receipt.tx_id);
+                assert_eq!(record.outcome, AuditOutcome::Success);
+            }
+            _ => {
+                assert_eq!(record.code.as_deref(), Some("INSUFFICIENT_FUNDS"));
+                assert_eq!(record.outcome, AuditOutcome::Failure);
+            }
+        }
+        assert_eq!(record.actor, "device:pos-1");
+        assert_eq!(record.wallet_id.as_deref(), Some("wallet-pos-1"));
+        assert_eq!(record.merchant_id.as_deref(), Some(MERCHANT));
+    }
+
+    // a bad signature is a rejected request, in the journal by the time its notice arrives
+    let mut sealed = bundle.signing_key.seal(
+        REQUEST_CONTENT_TYPE,
+        br#"{"v":1,"device_id":"pos-1","idempotency_key":"bad-sig","counter":1,"created_at_ms":1,"operation":{"type":"merchant_payment","merchant_id":"m-1","amount":{"minor":100,"currency":"INR"}}}"#,
+    );
+    let last = sealed.len() - 1;
+    sealed[last] ^= 0x80;
+    agent.publish_raw(sealed).await.unwrap();
+    let notice = agent.next_reply(Duration::from_secs(10), None).await.unwrap();
+    assert_eq!(notice.code(), Some(ErrorCode::SignatureInvalid));
+    assert!(all_records(&gateway).iter().any(|r| r.event == EventType::RequestRejected
+        && r.code.as_deref() == Some("SIGNATURE_INVALID")));
+    agent.disconnect().await;
+
+    // a certificate from another CA: an invalid access attempt (10.2.1.4)
+    let rogue = tempfile::tempdir().unwrap();
+    paygate_gateway::pki::init(rogue.path(), &["localhost".into()], "rogue").unwrap();
+    let device = paygate_core::DeviceId::parse("pos-9").unwrap();
+    paygate_gateway::pki::issue_device(
+        rogue.path(),
+        &device,
+        &AccountId::parse("wallet-pos-9").unwrap(),
+        paygate_core::envelope::SigningAlgorithm::Ed25519,
+    )
+    .unwrap();
+    let config = tls_client_config(
+        &gateway.pki_dir().join("ca.cert.pem"),
+        Some(&paygate_gateway::pki::device_dir(rogue.path(), &device)),
+    );
+    let refused = async {
+        let mut client = RawClient::connect_tls(gateway.port(), config).await?;
+        client.mqtt_connect("pos-9").await
+    }
+    .await;
+    assert!(refused.is_err());
+    let record = wait_for_record(&gateway, "the refused certificate", |r| {
+        r.event == EventType::AccessRefused
+    })
+    .await;
+    assert_eq!(record.code.as_deref(), Some("TLS_CERT_UNTRUSTED"));
+    assert!(record.origin.starts_with("mqtt:127.0.0.1:"), "{record:?}");
+    assert_eq!(record.actor, "unauthenticated");
+
+    // a clean stop seals the last segment and ships it; the archive then verifies offline
+    gateway.running.stop().await;
+    let journal = gateway.dir.path().join("audit/journal/segments");
+    for _ in 0..100 {
+        if std::fs::read_dir(&journal).unwrap().count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 0, "everything shipped");
+    let key = gateway.dir.path().join("pki/audit-signing.pub.jwk.json");
+    let (key, key_id) = archive::read_public_jwk(&key).unwrap();
+    let mut events = Vec::new();
+    let (_, summary) = archive::verify_archive(
+        &gateway.dir.path().join("audit/worm"),
+        key,
+        &key_id,
+        None,
+        false,
+        |at| events.push(at.record.event),
+    )
+    .unwrap();
+    assert_eq!(summary.records, u64::try_from(events.len()).unwrap());
+    assert_eq!(events.first(), Some(&EventType::AuditStarted));
+    assert_eq!(events.last(), Some(&EventType::AuditStopped));
+    assert_eq!(
+        events.iter().filter(|e| **e == EventType::PaymentDecided).count(),
+        3
+    );
+    // no secret and no full key material in the trail: the signing key's bytes never appear
+    let everything = std::fs::read_dir(gateway.dir.path().join("audit/worm/segments"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect::<Vec<_>>()
+        .concat();
+    let private = std::fs::read(gateway.dir.path().join("pki/audit-signing.pk8")).unwrap();
+    assert!(!everything.windows(16).any(|w| w == &private[private.len() - 16..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_are_refused_while_the_audit_backlog_is_over_its_limit_then_resume() {
+    let gateway = TestGateway::start_with(|s| {
+        s.audit.records_per_segment_max = 1;
+        s.audit.backlog_bytes_max = 1;
+        s.audit.seal_check_interval_ms = 50;
+        s.audit.ship_interval_ms = 50;
+        s.audit.ship_retry_delay_max_ms = 200;
+    })
+    .await;
+    gateway.device("pos-1", "100.00").await;
+    let audit = gateway.running.audit.clone();
+    for _ in 0..100 {
+        if !audit.blocked() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!audit.blocked(), "the start record ships");
+
+    // write-once storage goes away: its directory becomes a file
+    let worm = gateway.dir.path().join("audit/worm");
+    std::fs::remove_dir_all(&worm).unwrap();
+    std::fs::write(&worm, b"not a directory").unwrap();
+    audit
+        .record(audit.system_event(EventType::AdminAction, AuditOutcome::Success))
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if audit.blocked() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(audit.blocked(), "one sealed segment over a 1-byte backlog limit");
+
+    let before = gateway.ledger_fingerprint().await;
+    let mut agent = gateway.agent("pos-1").await;
+    let payment = tokio::spawn(async move {
+        let merchant = AccountId::parse(MERCHANT).unwrap();
+        let reply = agent.pay(&merchant, inr("7.00")).await;
+        agent.disconnect().await;
+        reply
+    });
+    for _ in 0..200 {
+        if gateway
+            .running
+            .metrics
+            .snapshot()
+            .refusals_of(ErrorCode::AuditUnavailable)
+            > 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = gateway.running.metrics.snapshot();
+    assert!(metrics.refusals_of(ErrorCode::AuditUnavailable) > 0);
+    assert!(metrics.audit_shipping_failures > 0);
+    assert_eq!(gateway.ledger_fingerprint().await, before, "nothing posted unaudited");
+
+    // storage comes back: the shipper resumes, the backlog drains, the agent's resend is approved
+    std::fs::remove_file(&worm).unwrap();
+    std::fs::create_dir(&worm).unwrap();
+    let reply = payment.await.unwrap().unwrap();
+    assert_eq!(reply.receipt.outcome, Outcome::Approved, "{reply:?}");
+    assert_eq!(gateway.balance(MERCHANT).await, 700);
+    assert!(!audit.blocked());
+    let records = all_records(&gateway);
+    assert!(records.iter().any(|r| r.event == EventType::AuditShipping
+        && r.outcome == AuditOutcome::Failure));
+    assert!(records.iter().any(|r| r.event == EventType::RequestRejected
+        && r.code.as_deref() == Some("AUDIT_UNAVAILABLE")));
+    gateway.assert_ledger_balanced().await;
+}
