@@ -7,7 +7,7 @@
 use crate::config::{LocalWormSettings, S3WormSettings};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{
-    BucketVersioningStatus, ChecksumMode, ObjectLockEnabled, ObjectLockMode,
+    BucketVersioningStatus, ChecksumAlgorithm, ChecksumMode, ObjectLockEnabled, ObjectLockMode,
 };
 use base64::Engine;
 use paygate_core::audit::sha256;
@@ -331,6 +331,8 @@ impl WormStore for S3Worm {
             .bucket(&self.bucket)
             .key(&full_key)
             .body(ByteStream::from(bytes.to_vec()))
+            // Object Lock PUTs need an integrity header; S3 checks the SHA-256 we computed
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .checksum_sha256(checksum)
             .object_lock_mode(ObjectLockMode::Compliance)
             .object_lock_retain_until_date(DateTime::from_secs(retain_until_secs))
