@@ -306,28 +306,30 @@ fn mask_middle(text: &str) -> String {
     }
 }
 
-/// Masks every run of 12 to 19 digits (a possible PAN) in free text, so a card number that
-/// slips into a message never reaches the log in clear.
+/// Masks every standalone run of 12 to 19 digits (a possible PAN) in free text, so a card
+/// number that slips into a message never reaches the log in clear. Digits inside a longer
+/// token (a hex key, an id with letters) are left alone.
 pub fn scrub(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if (12..=19).contains(&run.len()) {
-            out.push_str(&mask_pan(run));
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let digits_only = word.chars().all(|c| c.is_ascii_digit());
+        if digits_only && (12..=19).contains(&word.len()) {
+            out.push_str(&mask_pan(word));
         } else {
-            out.push_str(run);
+            out.push_str(word);
         }
-        run.clear();
+        word.clear();
     };
     for c in text.chars() {
-        if c.is_ascii_digit() {
-            run.push(c);
+        if c.is_alphanumeric() {
+            word.push(c);
         } else {
-            flush(&mut run, &mut out);
+            flush(&mut word, &mut out);
             out.push(c);
         }
     }
-    flush(&mut run, &mut out);
+    flush(&mut word, &mut out);
     out
 }
 
@@ -949,6 +951,9 @@ mod tests {
         }
     }
 
+    /// index, size, leaf, root, path
+    type InclusionProbe = (u64, u64, Vec<u8>, Hash32, Vec<Hash32>);
+
     /// (leaf index 0-based, tree size, path) from transparency-dev/merkle proof/verify_test.go.
     fn inclusion_vectors() -> Vec<(u64, u64, Vec<&'static str>)> {
         vec![
@@ -999,7 +1004,7 @@ mod tests {
             assert!(verify_inclusion(&root, size, index, &data, &path).is_ok());
             // wrong index, wrong size, wrong leaf, wrong root, extra and missing hashes,
             // and every single-bit change in the path
-            let mut probes: Vec<(u64, u64, Vec<u8>, Hash32, Vec<Hash32>)> = vec![
+            let mut probes: Vec<InclusionProbe> = vec![
                 (index + 1, size, data.clone(), root, path.clone()),
                 (index ^ 2, size, data.clone(), root, path.clone()),
                 (index, size * 2, data.clone(), root, path.clone()),
@@ -1120,6 +1125,9 @@ mod tests {
             scrub("card 4111111111111111 ref 12345"),
             "card 411111******1111 ref 12345"
         );
+        // digits inside a longer token are not a card number
+        let key = "idempotency_key a8523db2067730770084470ed050c8a4";
+        assert_eq!(scrub(key), key);
     }
 
     #[test]

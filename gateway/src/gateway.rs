@@ -34,6 +34,7 @@ pub struct RunningGateway {
     pub metrics: Arc<Metrics>,
     pub audit: Arc<AuditLog>,
     shutdown: watch::Sender<bool>,
+    shipper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl RunningGateway {
@@ -50,6 +51,17 @@ impl RunningGateway {
             tracing::error!(%error, "the audit log could not be sealed at stop");
         }
         self.shutdown();
+        // the shipper makes its last attempt on shutdown; give it a bounded time
+        let shipper = self
+            .shipper
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(shipper) = shipper {
+            if tokio::time::timeout(Duration::from_secs(30), shipper).await.is_err() {
+                tracing::warn!("audit segments left in the journal; they ship at the next start");
+            }
+        }
     }
 }
 
@@ -77,21 +89,21 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     // the write-once store is checked before anything is accepted: a misconfigured bucket
     // (no versioning, no Object Lock) stops the start
-    match settings.audit.store {
+    let shipper = match settings.audit.store {
         AuditStoreKind::Local => {
             let worm = LocalWorm::new(
                 settings.resolve(&settings.audit.local.dir),
                 &settings.audit.local,
             )?;
-            tokio::spawn(audit::shipper::run(audit.clone(), worm, shutdown_rx.clone()));
+            tokio::spawn(audit::shipper::run(audit.clone(), worm, shutdown_rx.clone()))
         }
         AuditStoreKind::S3 => {
             let worm = S3Worm::connect(&settings.audit.s3)
                 .await
                 .context("checking the audit bucket")?;
-            tokio::spawn(audit::shipper::run(audit.clone(), worm, shutdown_rx.clone()));
+            tokio::spawn(audit::shipper::run(audit.clone(), worm, shutdown_rx.clone()))
         }
-    }
+    };
     tokio::spawn(audit::run_sealer(audit.clone(), shutdown_rx.clone()));
     audit
         .record(audit.system_event(EventType::AuditStarted, AuditOutcome::Success))
@@ -144,6 +156,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         metrics,
         audit,
         shutdown,
+        shipper: std::sync::Mutex::new(Some(shipper)),
     })
 }
 
