@@ -256,8 +256,8 @@ pub fn rfc3339_ms(time_ms: u64) -> String {
 
 /// Parses what [`rfc3339_ms`] writes (and any RFC 3339 time) into milliseconds.
 pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
-    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .ok()?;
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     u64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
@@ -361,7 +361,12 @@ impl MerkleTree {
 
     /// MTH of all leaves (SHA-256 of nothing for an empty tree).
     pub fn root(&self) -> Hash32 {
-        self.tree.root().as_bytes().as_slice().try_into().unwrap_or([0; 32])
+        self.tree
+            .root()
+            .as_bytes()
+            .as_slice()
+            .try_into()
+            .unwrap_or([0; 32])
     }
 
     /// The audit path of leaf `index`, or None when it is out of range.
@@ -489,7 +494,10 @@ impl CheckpointBody {
         reject_duplicate_keys(payload).map_err(|e| e.to_string())?;
         let body: CheckpointBody = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
         if body.v != FORMAT_VERSION {
-            return Err(format!("checkpoint version {} is not {FORMAT_VERSION}", body.v));
+            return Err(format!(
+                "checkpoint version {} is not {FORMAT_VERSION}",
+                body.v
+            ));
         }
         Ok(body)
     }
@@ -508,7 +516,13 @@ pub struct AuditBreak {
 
 impl fmt::Display for AuditBreak {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} at {}: {}", self.kind.as_str(), self.location, self.message)
+        write!(
+            f,
+            "{} at {}: {}",
+            self.kind.as_str(),
+            self.location,
+            self.message
+        )
     }
 }
 
@@ -708,9 +722,7 @@ impl ArchiveVerifier {
                 ),
             ));
         }
-        if count != body.record_count
-            || self.next_seq.checked_sub(count) != Some(body.first_seq)
-        {
+        if count != body.record_count || self.next_seq.checked_sub(count) != Some(body.first_seq) {
             return Err(mismatch(format!(
                 "the checkpoint says {} records from seq {}; the segment has {count} from seq {}",
                 body.record_count,
@@ -727,10 +739,13 @@ impl ArchiveVerifier {
             ));
         }
         if body.segment_sha256 != hex::encode(sha256(segment_bytes)) {
-            return Err(mismatch("the segment file's SHA-256 is not the one signed".into()));
+            return Err(mismatch(
+                "the segment file's SHA-256 is not the one signed".into(),
+            ));
         }
         self.log_tree.push(&segment_root);
-        if body.log_size != self.log_tree.len() || body.log_root != hex::encode(self.log_tree.root())
+        if body.log_size != self.log_tree.len()
+            || body.log_root != hex::encode(self.log_tree.root())
         {
             return Err(mismatch(
                 "the log tree's size or root is not the one signed".into(),
@@ -787,12 +802,7 @@ impl ArchiveVerifier {
 
     /// An inclusion proof of a record (given by its segment and index in that segment, and the
     /// segment's lines) against the newest checkpoint.
-    pub fn prove(
-        &self,
-        segment: u64,
-        index: u64,
-        segment_lines: &[&[u8]],
-    ) -> Option<RecordProof> {
+    pub fn prove(&self, segment: u64, index: u64, segment_lines: &[&[u8]]) -> Option<RecordProof> {
         let newest = self.checkpoints.last()?;
         let mut tree = MerkleTree::new();
         for line in segment_lines {
@@ -810,7 +820,11 @@ impl ArchiveVerifier {
             index,
             segment_size: count,
             segment_root: hex::encode(root),
-            segment_path: tree.inclusion_path(index)?.iter().map(hex::encode).collect(),
+            segment_path: tree
+                .inclusion_path(index)?
+                .iter()
+                .map(hex::encode)
+                .collect(),
             log_size: self.log_tree.len(),
             log_path: self
                 .log_tree
@@ -818,10 +832,7 @@ impl ArchiveVerifier {
                 .iter()
                 .map(hex::encode)
                 .collect(),
-            checkpoint: base64::Engine::encode(
-                &base64::engine::general_purpose::STANDARD,
-                newest,
-            ),
+            checkpoint: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, newest),
         })
     }
 }
@@ -862,11 +873,9 @@ impl RecordProof {
         key: &VerifyingKey,
         key_id: &str,
     ) -> Result<(AuditRecord, CheckpointBody), String> {
-        let checkpoint = base64::Engine::decode(
-            &base64::engine::general_purpose::STANDARD,
-            &self.checkpoint,
-        )
-        .map_err(|_| "the checkpoint is not base64".to_owned())?;
+        let checkpoint =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &self.checkpoint)
+                .map_err(|_| "the checkpoint is not base64".to_owned())?;
         let body = CheckpointBody::open(&checkpoint, key, key_id)?;
         if body.log_size != self.log_size {
             return Err("the proof's log size is not the checkpoint's".into());
@@ -998,7 +1007,11 @@ mod tests {
         for (index, size, path) in inclusion_vectors() {
             let path: Vec<Hash32> = path.iter().map(|p| h(p)).collect();
             let tree = tree_of(usize::try_from(size).expect("small"));
-            assert_eq!(tree.inclusion_path(index), Some(path.clone()), "{index}/{size}");
+            assert_eq!(
+                tree.inclusion_path(index),
+                Some(path.clone()),
+                "{index}/{size}"
+            );
             let root = h(ROOTS[usize::try_from(size).expect("small")]);
             let data = leaf(usize::try_from(index).expect("small"));
             assert!(verify_inclusion(&root, size, index, &data, &path).is_ok());
@@ -1010,8 +1023,20 @@ mod tests {
                 (index, size * 2, data.clone(), root, path.clone()),
                 (index, size, b"WrongLeaf".to_vec(), root, path.clone()),
                 (index, size, data.clone(), h(ROOTS[0]), path.clone()),
-                (index, size, data.clone(), root, [path.clone(), vec![root]].concat()),
-                (index, size, data.clone(), root, [vec![root], path.clone()].concat()),
+                (
+                    index,
+                    size,
+                    data.clone(),
+                    root,
+                    [path.clone(), vec![root]].concat(),
+                ),
+                (
+                    index,
+                    size,
+                    data.clone(),
+                    root,
+                    [vec![root], path.clone()].concat(),
+                ),
             ];
             if index > 0 {
                 probes.push((index - 1, size, data.clone(), root, path.clone()));
@@ -1020,7 +1045,13 @@ mod tests {
                 probes.push((index, size / 2, data.clone(), root, path.clone()));
             }
             if !path.is_empty() {
-                probes.push((index, size, data.clone(), root, path[..path.len() - 1].to_vec()));
+                probes.push((
+                    index,
+                    size,
+                    data.clone(),
+                    root,
+                    path[..path.len() - 1].to_vec(),
+                ));
             }
             for i in 0..path.len() {
                 let mut bad = path.clone();
@@ -1082,7 +1113,11 @@ mod tests {
         for (old, new, path) in vectors {
             let path: Vec<Hash32> = path.iter().map(|p| h(p)).collect();
             let tree = tree_of(usize::try_from(new).expect("small"));
-            assert_eq!(tree.consistency_path(old).unwrap_or_default(), path, "{old}->{new}");
+            assert_eq!(
+                tree.consistency_path(old).unwrap_or_default(),
+                path,
+                "{old}->{new}"
+            );
             let old_root = h(ROOTS[usize::try_from(old).expect("small")]);
             let new_root = h(ROOTS[usize::try_from(new).expect("small")]);
             assert!(verify_consistency(old, &old_root, new, &new_root, &path).is_ok());
@@ -1097,9 +1132,27 @@ mod tests {
                 (old, new, h(ROOTS[0]), new_root, path.clone()),
                 (old, new, old_root, h(ROOTS[0]), path.clone()),
                 (old, new, old_root, new_root, vec![]),
-                (old, new, old_root, new_root, path[..path.len() - 1].to_vec()),
-                (old, new, old_root, new_root, [path.clone(), vec![old_root]].concat()),
-                (old, new, old_root, new_root, [vec![path[0]], path.clone()].concat()),
+                (
+                    old,
+                    new,
+                    old_root,
+                    new_root,
+                    path[..path.len() - 1].to_vec(),
+                ),
+                (
+                    old,
+                    new,
+                    old_root,
+                    new_root,
+                    [path.clone(), vec![old_root]].concat(),
+                ),
+                (
+                    old,
+                    new,
+                    old_root,
+                    new_root,
+                    [vec![path[0]], path.clone()].concat(),
+                ),
             ];
             for i in 0..path.len() {
                 let mut bad = path.clone();
@@ -1151,6 +1204,9 @@ mod tests {
         let mut extra = line[..line.len() - 1].to_vec();
         extra.extend_from_slice(b",\"extra\":1}");
         assert!(AuditRecord::from_line(&extra).is_err());
-        assert_eq!(EventType::parse("audit_log_read"), Some(EventType::AuditLogRead));
+        assert_eq!(
+            EventType::parse("audit_log_read"),
+            Some(EventType::AuditLogRead)
+        );
     }
 }

@@ -199,7 +199,11 @@ impl Agent {
             if let Some(receipt) = self.next_reply_until(round_end, Some(key.as_str())).await {
                 let retryable = matches!(
                     receipt.code(),
-                    Some(ErrorCode::InternalError | ErrorCode::Overloaded | ErrorCode::AuditUnavailable)
+                    Some(
+                        ErrorCode::InternalError
+                            | ErrorCode::Overloaded
+                            | ErrorCode::AuditUnavailable
+                    )
                 );
                 if receipt.receipt.outcome != Outcome::Rejected || !retryable {
                     self.outbox.remove(key)?;

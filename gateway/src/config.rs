@@ -357,7 +357,10 @@ impl Settings {
             return Err(invalid("audit.*_ms", "intervals must be positive"));
         }
         if audit.outbox_rows_per_write_max == 0 {
-            return Err(invalid("audit.outbox_rows_per_write_max", "must be at least 1"));
+            return Err(invalid(
+                "audit.outbox_rows_per_write_max",
+                "must be at least 1",
+            ));
         }
         if audit.local.retention_days < AUDIT_RETENTION_DAYS_MIN {
             return Err(invalid(
@@ -372,7 +375,10 @@ impl Settings {
             ));
         }
         if audit.store == AuditStoreKind::S3 && audit.s3.bucket.is_empty() {
-            return Err(invalid("audit.s3.bucket", "is needed when audit.store = \"s3\""));
+            return Err(invalid(
+                "audit.s3.bucket",
+                "is needed when audit.store = \"s3\"",
+            ));
         }
         Ok(())
     }

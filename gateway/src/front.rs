@@ -156,7 +156,14 @@ async fn handle_connection(front: &Front, tcp: TcpStream, peer: SocketAddr) {
         Err(_) => {
             front.metrics.count_refusal(ErrorCode::TlsHandshakeFailed);
             tracing::info!(%peer, code = %ErrorCode::TlsHandshakeFailed, "tls handshake timed out");
-            audit_refusal(front, peer, None, ErrorCode::TlsHandshakeFailed, EventType::AccessRefused).await;
+            audit_refusal(
+                front,
+                peer,
+                None,
+                ErrorCode::TlsHandshakeFailed,
+                EventType::AccessRefused,
+            )
+            .await;
             return;
         }
         Ok(Err(error)) => {

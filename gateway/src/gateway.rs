@@ -58,7 +58,10 @@ impl RunningGateway {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         if let Some(shipper) = shipper {
-            if tokio::time::timeout(Duration::from_secs(30), shipper).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(30), shipper)
+                .await
+                .is_err()
+            {
                 tracing::warn!("audit segments left in the journal; they ship at the next start");
             }
         }
@@ -95,13 +98,21 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
                 settings.resolve(&settings.audit.local.dir),
                 &settings.audit.local,
             )?;
-            tokio::spawn(audit::shipper::run(audit.clone(), worm, shutdown_rx.clone()))
+            tokio::spawn(audit::shipper::run(
+                audit.clone(),
+                worm,
+                shutdown_rx.clone(),
+            ))
         }
         AuditStoreKind::S3 => {
             let worm = S3Worm::connect(&settings.audit.s3)
                 .await
                 .context("checking the audit bucket")?;
-            tokio::spawn(audit::shipper::run(audit.clone(), worm, shutdown_rx.clone()))
+            tokio::spawn(audit::shipper::run(
+                audit.clone(),
+                worm,
+                shutdown_rx.clone(),
+            ))
         }
     };
     tokio::spawn(audit::run_sealer(audit.clone(), shutdown_rx.clone()));

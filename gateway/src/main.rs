@@ -2,9 +2,11 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use paygate_core::audit::{
+    parse_rfc3339_ms, AuditEvent, AuditOutcome, AuditRecord, EventType, RecordProof,
+};
 use paygate_core::envelope::SigningAlgorithm;
 use paygate_core::{AccountId, Currency, DeviceId, Money};
-use paygate_core::audit::{parse_rfc3339_ms, AuditEvent, AuditOutcome, AuditRecord, EventType, RecordProof};
 use paygate_gateway::audit::worm::{LocalWorm, S3Worm};
 use paygate_gateway::audit::{self, archive};
 use paygate_gateway::config::{AuditStoreKind, Settings};
@@ -22,6 +24,8 @@ struct Cli {
     command: Command,
 }
 
+// parsed once at start; boxing variants would only add noise
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (production entry).
@@ -443,7 +447,9 @@ async fn run_audit(
     };
     let (what, target) = match &command {
         AuditCommand::Verify { archive, .. } => ("verify", archive.display().to_string()),
-        AuditCommand::Prove { archive, tx, .. } => ("prove", format!("{} tx {tx}", archive.display())),
+        AuditCommand::Prove { archive, tx, .. } => {
+            ("prove", format!("{} tx {tx}", archive.display()))
+        }
         AuditCommand::VerifyProof { proof, .. } => ("verify-proof", proof.display().to_string()),
         AuditCommand::Search { archive, .. } => ("search", archive.display().to_string()),
         AuditCommand::Fetch { out } => ("fetch", out.display().to_string()),
@@ -469,9 +475,12 @@ async fn run_audit(
             public_key,
             trusted_checkpoint,
         } => {
-            let (key, key_id) = archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
+            let (key, key_id) =
+                archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
             let trusted = match trusted_checkpoint {
-                Some(path) => Some(std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?),
+                Some(path) => Some(
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                ),
                 None => None,
             };
             match archive::verify_archive(&dir, key, &key_id, trusted.as_deref(), true, |_| {}) {
@@ -495,7 +504,8 @@ async fn run_audit(
             public_key,
             tx,
         } => {
-            let (key, key_id) = archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
+            let (key, key_id) =
+                archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
             match archive::prove_tx(&dir, key, &key_id, &tx) {
                 Ok(proofs) if proofs.is_empty() => bail!("no record of transaction {tx}"),
                 Ok(proofs) => println!("{}", serde_json::to_string_pretty(&proofs)?),
@@ -506,7 +516,8 @@ async fn run_audit(
             }
         }
         AuditCommand::VerifyProof { proof, public_key } => {
-            let (key, key_id) = archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
+            let (key, key_id) =
+                archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
             let proofs: Vec<RecordProof> = serde_json::from_slice(&std::fs::read(&proof)?)
                 .context("the proof file is not a list of record proofs")?;
             if proofs.is_empty() {
@@ -536,7 +547,8 @@ async fn run_audit(
             format,
             out,
         } => {
-            let (key, key_id) = archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
+            let (key, key_id) =
+                archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
             let filter = filter.into_filter()?;
             let sink: Box<dyn std::io::Write> = match &out {
                 Some(path) => Box::new(std::fs::File::create(path)?),
@@ -566,7 +578,10 @@ async fn run_audit(
             };
             let copied = match settings.audit.store {
                 AuditStoreKind::Local => {
-                    let worm = LocalWorm::new(settings.resolve(&settings.audit.local.dir), &settings.audit.local)?;
+                    let worm = LocalWorm::new(
+                        settings.resolve(&settings.audit.local.dir),
+                        &settings.audit.local,
+                    )?;
                     archive::fetch(&worm, &out).await?
                 }
                 AuditStoreKind::S3 => {
@@ -606,7 +621,7 @@ impl FilterArgs {
 /// Writes search results as JSON Lines (the stored bytes) or CSV.
 enum SearchWriter {
     Jsonl(Box<dyn std::io::Write>),
-    Csv(csv::Writer<Box<dyn std::io::Write>>),
+    Csv(Box<csv::Writer<Box<dyn std::io::Write>>>),
 }
 
 impl SearchWriter {
@@ -616,7 +631,7 @@ impl SearchWriter {
             "csv" => {
                 let mut writer = csv::Writer::from_writer(sink);
                 writer.write_record(archive::CSV_COLUMNS)?;
-                Ok(SearchWriter::Csv(writer))
+                Ok(SearchWriter::Csv(Box::new(writer)))
             }
             other => bail!("--format is jsonl or csv, not {other:?}"),
         }

@@ -148,10 +148,22 @@ impl Metrics {
         );
         for (name, value) in [
             ("paygate_audit_records_total", s.audit_records),
-            ("paygate_audit_segments_sealed_total", s.audit_segments_sealed),
-            ("paygate_audit_segments_shipped_total", s.audit_segments_shipped),
-            ("paygate_audit_journal_failures_total", s.audit_journal_failures),
-            ("paygate_audit_shipping_failures_total", s.audit_shipping_failures),
+            (
+                "paygate_audit_segments_sealed_total",
+                s.audit_segments_sealed,
+            ),
+            (
+                "paygate_audit_segments_shipped_total",
+                s.audit_segments_shipped,
+            ),
+            (
+                "paygate_audit_journal_failures_total",
+                s.audit_journal_failures,
+            ),
+            (
+                "paygate_audit_shipping_failures_total",
+                s.audit_shipping_failures,
+            ),
             ("paygate_audit_backlog_bytes", s.audit_backlog_bytes),
         ] {
             let _ = writeln!(out, "{name} {value}");

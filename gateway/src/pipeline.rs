@@ -113,7 +113,12 @@ impl Pipeline {
             // never approve what cannot be audited (PCI DSS 10.7.2)
             for item in verified.drain(..) {
                 let code = ErrorCode::AuditUnavailable;
-                events.push(rejected_event(&item.inbound.device, Some(&item.request), code, now));
+                events.push(rejected_event(
+                    &item.inbound.device,
+                    Some(&item.request),
+                    code,
+                    now,
+                ));
                 replies.push(self.reject(
                     &item.inbound,
                     Some(&item.request),

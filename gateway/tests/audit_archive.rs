@@ -5,8 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use paygate_core::audit::{
-    checkpoint_name, segment_name, AuditEvent, AuditOutcome, BreakKind, CheckpointBody,
-    EventType,
+    checkpoint_name, segment_name, AuditEvent, AuditOutcome, BreakKind, CheckpointBody, EventType,
 };
 use paygate_core::envelope::{SigningAlgorithm, SigningKey, UnverifiedEnvelope};
 use paygate_gateway::audit::archive::{self, Filter};
@@ -245,10 +244,21 @@ async fn removing_the_newest_segments_is_caught_by_a_trusted_checkpoint() {
     let (_dir, archive_dir, key) = make_archive().await;
     let trusted = std::fs::read(archive_dir.join(checkpoint_name(4))).unwrap();
     let (vk, kid) = archive::read_public_jwk(&key).unwrap();
-    assert!(archive::verify_archive(&archive_dir, vk.clone(), &kid, Some(&trusted), false, |_| {}).is_ok());
+    assert!(archive::verify_archive(
+        &archive_dir,
+        vk.clone(),
+        &kid,
+        Some(&trusted),
+        false,
+        |_| {}
+    )
+    .is_ok());
     // an older checkpoint is consistent with the whole archive too (RFC 9162 consistency)
     let older = std::fs::read(archive_dir.join(checkpoint_name(1))).unwrap();
-    assert!(archive::verify_archive(&archive_dir, vk.clone(), &kid, Some(&older), false, |_| {}).is_ok());
+    assert!(
+        archive::verify_archive(&archive_dir, vk.clone(), &kid, Some(&older), false, |_| {})
+            .is_ok()
+    );
 
     let copy = tempfile::tempdir().unwrap();
     copy_dir(&archive_dir, copy.path());
@@ -301,7 +311,10 @@ async fn the_local_store_refuses_overwrites_and_early_deletes_and_puts_once() {
     let settings = Settings::default();
     let worm = LocalWorm::new(dir.path().join("worm"), &settings.audit.local).unwrap();
     use paygate_gateway::audit::worm::{PutOutcome, WormError};
-    assert_eq!(worm.put_once("segments/a.jsonl", b"one").await.unwrap(), PutOutcome::Stored);
+    assert_eq!(
+        worm.put_once("segments/a.jsonl", b"one").await.unwrap(),
+        PutOutcome::Stored
+    );
     assert_eq!(
         worm.put_once("segments/a.jsonl", b"one").await.unwrap(),
         PutOutcome::AlreadyStored
@@ -314,7 +327,10 @@ async fn the_local_store_refuses_overwrites_and_early_deletes_and_puts_once() {
         worm.delete("segments/a.jsonl", paygate_gateway::pipeline::now_ms()),
         Err(WormError::Retained { .. })
     ));
-    assert_eq!(worm.get("segments/a.jsonl").await.unwrap(), Some(b"one".to_vec()));
+    assert_eq!(
+        worm.get("segments/a.jsonl").await.unwrap(),
+        Some(b"one".to_vec())
+    );
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(dir.path().join("worm/segments/a.jsonl"))
             .unwrap()
@@ -352,7 +368,14 @@ async fn the_audit_command_verifies_proves_and_searches() {
     let mut all = lines(&path);
     all.swap(0, 3);
     write_lines(&path, &all);
-    let broken = run(&["audit", "verify", "--archive", copy.path().to_str().unwrap(), "--public-key", key]);
+    let broken = run(&[
+        "audit",
+        "verify",
+        "--archive",
+        copy.path().to_str().unwrap(),
+        "--public-key",
+        key,
+    ]);
     let stdout = String::from_utf8_lossy(&broken.stdout);
     assert_eq!(broken.status.code(), Some(1), "{stdout}");
     assert!(
@@ -360,24 +383,56 @@ async fn the_audit_command_verifies_proves_and_searches() {
         "{stdout}"
     );
 
-    let proof = run(&["audit", "prove", "--archive", archive, "--public-key", key, "--tx", "tx-0007"]);
+    let proof = run(&[
+        "audit",
+        "prove",
+        "--archive",
+        archive,
+        "--public-key",
+        key,
+        "--tx",
+        "tx-0007",
+    ]);
     assert!(proof.status.success());
     let proof_file = copy.path().join("proof.json");
     std::fs::write(&proof_file, &proof.stdout).unwrap();
-    let checked = run(&["audit", "verify-proof", "--proof", proof_file.to_str().unwrap(), "--public-key", key]);
+    let checked = run(&[
+        "audit",
+        "verify-proof",
+        "--proof",
+        proof_file.to_str().unwrap(),
+        "--public-key",
+        key,
+    ]);
     let stdout = String::from_utf8_lossy(&checked.stdout);
     assert!(checked.status.success(), "{stdout}");
-    assert!(stdout.starts_with("OK: record seq 7 (payment_decided)"), "{stdout}");
+    assert!(
+        stdout.starts_with("OK: record seq 7 (payment_decided)"),
+        "{stdout}"
+    );
 
     let csv = run(&[
-        "audit", "search", "--archive", archive, "--public-key", key, "--device", "pos-2",
-        "--from", "2023-11-14T22:13:30Z", "--format", "csv",
+        "audit",
+        "search",
+        "--archive",
+        archive,
+        "--public-key",
+        key,
+        "--device",
+        "pos-2",
+        "--from",
+        "2023-11-14T22:13:30Z",
+        "--format",
+        "csv",
     ]);
     let stdout = String::from_utf8_lossy(&csv.stdout);
     assert!(csv.status.success(), "{stdout}");
     let rows: Vec<&str> = stdout.lines().collect();
     assert!(rows[0].starts_with("seq,time,event,actor"), "{stdout}");
     // pos-2 events are seq 2, 5, 8, ...; from 22:13:30 (seq >= 10): 11, 14, 17, 20
-    let seqs: Vec<&str> = rows[1..].iter().map(|r| r.split(',').next().unwrap()).collect();
+    let seqs: Vec<&str> = rows[1..]
+        .iter()
+        .map(|r| r.split(',').next().unwrap())
+        .collect();
     assert_eq!(seqs, vec!["11", "14", "17", "20"], "{stdout}");
 }

@@ -46,7 +46,10 @@ fn serve(config: &Path) -> Child {
 
 async fn wait_listening(port: u16) {
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -82,7 +85,10 @@ async fn sigkill_during_payments_and_shipping_loses_and_duplicates_no_audit_reco
         let id = format!("pos-{n}");
         paygate(&config, &["certs", "issue-device", &id]);
         paygate(&config, &["devices", "enrol", &id]);
-        paygate(&config, &["ledger", "fund", &format!("wallet-{id}"), "1000.00", "INR"]);
+        paygate(
+            &config,
+            &["ledger", "fund", &format!("wallet-{id}"), "1000.00", "INR"],
+        );
     }
 
     let mut server = serve(&config);
@@ -112,7 +118,11 @@ async fn sigkill_during_payments_and_shipping_loses_and_duplicates_no_audit_reco
             }
         }
     }
-    assert_eq!(receipts, DEVICES * PAYMENTS_PER_DEVICE, "every payment got a final receipt");
+    assert_eq!(
+        receipts,
+        DEVICES * PAYMENTS_PER_DEVICE,
+        "every payment got a final receipt"
+    );
 
     // a clean stop seals and ships the rest
     Command::new("kill")
@@ -127,7 +137,8 @@ async fn sigkill_during_payments_and_shipping_loses_and_duplicates_no_audit_reco
         "every segment shipped at the clean stop"
     );
 
-    let (key, key_id) = archive::read_public_jwk(&data.join("pki/audit-signing.pub.jwk.json")).unwrap();
+    let (key, key_id) =
+        archive::read_public_jwk(&data.join("pki/audit-signing.pub.jwk.json")).unwrap();
     let mut decided: BTreeMap<String, usize> = BTreeMap::new();
     let mut tx_ids = BTreeSet::new();
     let mut outbox_ids = BTreeSet::new();
@@ -139,7 +150,9 @@ async fn sigkill_during_payments_and_shipping_loses_and_duplicates_no_audit_reco
         }
         match at.record.event {
             EventType::PaymentDecided => {
-                *decided.entry(at.record.detail.clone().unwrap()).or_default() += 1;
+                *decided
+                    .entry(at.record.detail.clone().unwrap())
+                    .or_default() += 1;
                 if let Some(tx) = &at.record.tx_id {
                     tx_ids.insert(tx.clone());
                 }
@@ -154,14 +167,25 @@ async fn sigkill_during_payments_and_shipping_loses_and_duplicates_no_audit_reco
     .unwrap();
     assert_eq!(starts, KILLS + 1, "one audit_started per start");
     // certs init, merchant, and per device: issue, enrol, fund
-    assert_eq!(admin, 2 + 3 * DEVICES, "every operator command is in the trail");
-    assert!(decided.values().all(|&n| n == 1), "a decision journaled twice: {decided:?}");
-    assert_eq!(tx_ids, approved_by_terminals, "exactly the approved payments, each once");
+    assert_eq!(
+        admin,
+        2 + 3 * DEVICES,
+        "every operator command is in the trail"
+    );
+    assert!(
+        decided.values().all(|&n| n == 1),
+        "a decision journaled twice: {decided:?}"
+    );
+    assert_eq!(
+        tx_ids, approved_by_terminals,
+        "exactly the approved payments, each once"
+    );
 
     // and exactly the decisions the ledger holds
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("paygate.db").display()))
-        .await
-        .unwrap();
+    let pool =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("paygate.db").display()))
+            .await
+            .unwrap();
     let rows: Vec<(String,)> = sqlx::query_as("SELECT idempotency_key FROM requests")
         .fetch_all(&pool)
         .await

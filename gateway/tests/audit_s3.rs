@@ -41,18 +41,29 @@ async fn start_moto() -> Moto {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto_server (pip install 'moto[server]'; scripts/test does)");
+    let moto = Moto {
+        child: Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with moto[server] (scripts/test installs it)"),
+        port,
+    };
     for _ in 0..200 {
         if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Moto { child, port };
+            return moto;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop(moto); // kills and reaps the child
     panic!("moto_server did not start on port {port}");
 }
 
@@ -109,12 +120,16 @@ async fn segments_land_with_compliance_retention_and_checksums_and_cannot_be_del
 
     let bytes = b"{\"v\":1}\n".to_vec();
     assert_eq!(
-        worm.put_once("segments/000000000000.jsonl", &bytes).await.unwrap(),
+        worm.put_once("segments/000000000000.jsonl", &bytes)
+            .await
+            .unwrap(),
         PutOutcome::Stored
     );
     // a retry after a crash stores nothing new; other bytes under the same key are refused
     assert_eq!(
-        worm.put_once("segments/000000000000.jsonl", &bytes).await.unwrap(),
+        worm.put_once("segments/000000000000.jsonl", &bytes)
+            .await
+            .unwrap(),
         PutOutcome::AlreadyStored
     );
     assert!(matches!(
@@ -133,10 +148,13 @@ async fn segments_land_with_compliance_retention_and_checksums_and_cannot_be_del
     assert_eq!(head.object_lock_mode(), Some(&ObjectLockMode::Compliance));
     let until = head.object_lock_retain_until_date().unwrap().secs();
     let now = i64::try_from(paygate_gateway::pipeline::now_ms() / 1000).unwrap();
-    assert!(until >= now + 365 * 86_400 - 60, "retained until {until}, now {now}");
+    assert!(
+        until >= now + 365 * 86_400 - 60,
+        "retained until {until}, now {now}"
+    );
     use base64::Engine;
-    let expected = base64::engine::general_purpose::STANDARD
-        .encode(paygate_core::audit::sha256(&bytes));
+    let expected =
+        base64::engine::general_purpose::STANDARD.encode(paygate_core::audit::sha256(&bytes));
     assert_eq!(head.checksum_sha256(), Some(expected.as_str()));
     let versions = client
         .list_object_versions()
@@ -145,7 +163,11 @@ async fn segments_land_with_compliance_retention_and_checksums_and_cannot_be_del
         .send()
         .await
         .unwrap();
-    assert_eq!(versions.versions().len(), 1, "one version: the retry stored nothing");
+    assert_eq!(
+        versions.versions().len(),
+        1,
+        "one version: the retry stored nothing"
+    );
 
     // deleting the locked version is refused
     let version = head.version_id().unwrap().to_owned();
@@ -205,7 +227,9 @@ async fn a_bucket_without_versioning_or_object_lock_is_refused_at_start() {
         .send()
         .await
         .unwrap();
-    assert!(S3Worm::connect(&settings_for(&endpoint, "locked")).await.is_ok());
+    assert!(S3Worm::connect(&settings_for(&endpoint, "locked"))
+        .await
+        .is_ok());
 }
 
 /// A TCP proxy in front of moto that can be switched off (dropping every connection) and on.
@@ -270,8 +294,12 @@ async fn the_shipper_resumes_after_the_endpoint_is_down_with_nothing_lost_or_dup
     settings.audit.ship_retry_delay_max_ms = 300;
     let metrics = Arc::new(Metrics::default());
     let store = Store::open(&settings.database_url(), 2).await.unwrap();
-    let log = AuditLog::open(&settings, store, metrics.clone()).await.unwrap();
-    let worm = S3Worm::connect(&settings_for(&via_switch, "audit")).await.unwrap();
+    let log = AuditLog::open(&settings, store, metrics.clone())
+        .await
+        .unwrap();
+    let worm = S3Worm::connect(&settings_for(&via_switch, "audit"))
+        .await
+        .unwrap();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let shipping = tokio::spawn(shipper::run(log.clone(), worm, stop_rx));
 
@@ -297,7 +325,11 @@ async fn the_shipper_resumes_after_the_endpoint_is_down_with_nothing_lost_or_dup
     for i in 6..12 {
         log.record(event(i)).await.unwrap();
     }
-    wait_until(|| metrics.snapshot().audit_shipping_failures > 0, "a failed shipment").await;
+    wait_until(
+        || metrics.snapshot().audit_shipping_failures > 0,
+        "a failed shipment",
+    )
+    .await;
     assert!(log.backlog_bytes() > 0, "segments wait in the journal");
 
     switch.up.store(true, Ordering::SeqCst);
@@ -322,11 +354,16 @@ async fn the_shipper_resumes_after_the_endpoint_is_down_with_nothing_lost_or_dup
     keys.dedup();
     assert_eq!(keys.len(), before_dedup, "a key stored twice: {keys:?}");
     // 6 segments of 2 + the shipping failure and recovery events in a 7th and maybe 8th
-    assert!(keys.contains(&format!("audit/{}", segment_name(5))), "{keys:?}");
+    assert!(
+        keys.contains(&format!("audit/{}", segment_name(5))),
+        "{keys:?}"
+    );
 
     // what an auditor fetches from the bucket verifies with the public key alone
     let copy = tempfile::tempdir().unwrap();
-    let fetched = S3Worm::connect(&settings_for(&direct, "audit")).await.unwrap();
+    let fetched = S3Worm::connect(&settings_for(&direct, "audit"))
+        .await
+        .unwrap();
     archive::fetch(&fetched, copy.path()).await.unwrap();
     let key = audit_log::public_jwk_path(&settings.resolve(&settings.audit.signing_key));
     let (key, key_id) = archive::read_public_jwk(&key).unwrap();

@@ -98,10 +98,15 @@ async fn decisions_are_journaled_before_their_receipts_and_the_archive_verifies(
     let last = sealed.len() - 1;
     sealed[last] ^= 0x80;
     agent.publish_raw(sealed).await.unwrap();
-    let notice = agent.next_reply(Duration::from_secs(10), None).await.unwrap();
+    let notice = agent
+        .next_reply(Duration::from_secs(10), None)
+        .await
+        .unwrap();
     assert_eq!(notice.code(), Some(ErrorCode::SignatureInvalid));
-    assert!(all_records(&gateway).iter().any(|r| r.event == EventType::RequestRejected
-        && r.code.as_deref() == Some("SIGNATURE_INVALID")));
+    assert!(all_records(&gateway)
+        .iter()
+        .any(|r| r.event == EventType::RequestRejected
+            && r.code.as_deref() == Some("SIGNATURE_INVALID")));
     agent.disconnect().await;
 
     // a certificate from another CA: an invalid access attempt (10.2.1.4)
@@ -142,7 +147,11 @@ async fn decisions_are_journaled_before_their_receipts_and_the_archive_verifies(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 0, "everything shipped");
+    assert_eq!(
+        std::fs::read_dir(&journal).unwrap().count(),
+        0,
+        "everything shipped"
+    );
     let key = gateway.dir.path().join("pki/audit-signing.pub.jwk.json");
     let (key, key_id) = archive::read_public_jwk(&key).unwrap();
     let mut events = Vec::new();
@@ -159,7 +168,10 @@ async fn decisions_are_journaled_before_their_receipts_and_the_archive_verifies(
     assert_eq!(events.first(), Some(&EventType::AuditStarted));
     assert_eq!(events.last(), Some(&EventType::AuditStopped));
     assert_eq!(
-        events.iter().filter(|e| **e == EventType::PaymentDecided).count(),
+        events
+            .iter()
+            .filter(|e| **e == EventType::PaymentDecided)
+            .count(),
         3
     );
     // no secret and no full key material in the trail: the signing key's bytes never appear
@@ -169,7 +181,9 @@ async fn decisions_are_journaled_before_their_receipts_and_the_archive_verifies(
         .collect::<Vec<_>>()
         .concat();
     let private = std::fs::read(gateway.dir.path().join("pki/audit-signing.pk8")).unwrap();
-    assert!(!everything.windows(16).any(|w| w == &private[private.len() - 16..]));
+    assert!(!everything
+        .windows(16)
+        .any(|w| w == &private[private.len() - 16..]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +220,10 @@ async fn payments_are_refused_while_the_audit_backlog_is_over_its_limit_then_res
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(audit.blocked(), "one sealed segment over a 1-byte backlog limit");
+    assert!(
+        audit.blocked(),
+        "one sealed segment over a 1-byte backlog limit"
+    );
 
     let before = gateway.ledger_fingerprint().await;
     let mut agent = gateway.agent("pos-1").await;
@@ -231,7 +248,11 @@ async fn payments_are_refused_while_the_audit_backlog_is_over_its_limit_then_res
     let metrics = gateway.running.metrics.snapshot();
     assert!(metrics.refusals_of(ErrorCode::AuditUnavailable) > 0);
     assert!(metrics.audit_shipping_failures > 0);
-    assert_eq!(gateway.ledger_fingerprint().await, before, "nothing posted unaudited");
+    assert_eq!(
+        gateway.ledger_fingerprint().await,
+        before,
+        "nothing posted unaudited"
+    );
 
     // storage comes back: the shipper resumes, the backlog drains, the agent's resend is approved
     std::fs::remove_file(&worm).unwrap();
@@ -241,9 +262,12 @@ async fn payments_are_refused_while_the_audit_backlog_is_over_its_limit_then_res
     assert_eq!(gateway.balance(MERCHANT).await, 700);
     assert!(!audit.blocked());
     let records = all_records(&gateway);
-    assert!(records.iter().any(|r| r.event == EventType::AuditShipping
-        && r.outcome == AuditOutcome::Failure));
-    assert!(records.iter().any(|r| r.event == EventType::RequestRejected
-        && r.code.as_deref() == Some("AUDIT_UNAVAILABLE")));
+    assert!(records
+        .iter()
+        .any(|r| r.event == EventType::AuditShipping && r.outcome == AuditOutcome::Failure));
+    assert!(records
+        .iter()
+        .any(|r| r.event == EventType::RequestRejected
+            && r.code.as_deref() == Some("AUDIT_UNAVAILABLE")));
     gateway.assert_ledger_balanced().await;
 }

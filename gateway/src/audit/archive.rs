@@ -82,8 +82,8 @@ pub fn verify_archive(
     };
     let checkpoints = numbers_in(&dir.join("checkpoints"), ".cose")
         .map_err(|e| io_break("checkpoints/".into(), e))?;
-    let segments = numbers_in(&dir.join("segments"), ".jsonl")
-        .map_err(|e| io_break("segments/".into(), e))?;
+    let segments =
+        numbers_in(&dir.join("segments"), ".jsonl").map_err(|e| io_break("segments/".into(), e))?;
     let total_bytes: u64 = segments
         .iter()
         .filter_map(|n| std::fs::metadata(dir.join(segment_name(*n))).ok())
@@ -103,23 +103,27 @@ pub fn verify_archive(
     let mut verifier = ArchiveVerifier::new(key, key_id);
     let mut bytes_read = 0u64;
     for &number in &checkpoints {
-        let segment_bytes = std::fs::read(dir.join(segment_name(number))).map_err(|e| {
-            AuditBreak {
+        let segment_bytes =
+            std::fs::read(dir.join(segment_name(number))).map_err(|e| AuditBreak {
                 kind: BreakKind::SegmentMissing,
                 location: segment_name(number),
                 message: format!("the segment of checkpoint {number} cannot be read: {e}"),
-            }
-        })?;
+            })?;
         let checkpoint_bytes = std::fs::read(dir.join(checkpoint_name(number)))
             .map_err(|e| io_break(checkpoint_name(number), e))?;
-        verifier.add_segment(number, &segment_bytes, &checkpoint_bytes, |index, record, line| {
-            on_record(Located {
-                segment: number,
-                index,
-                record,
-                line,
-            })
-        })?;
+        verifier.add_segment(
+            number,
+            &segment_bytes,
+            &checkpoint_bytes,
+            |index, record, line| {
+                on_record(Located {
+                    segment: number,
+                    index,
+                    record,
+                    line,
+                })
+            },
+        )?;
         bytes_read += u64::try_from(segment_bytes.len()).unwrap_or(u64::MAX);
         progress.set_position(bytes_read);
     }

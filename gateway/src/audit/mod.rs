@@ -86,10 +86,7 @@ impl AuditLog {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<AuditLog>, AuditError> {
         let audit = settings.audit.clone();
-        let key = load_or_make_key(
-            &settings.resolve(&audit.signing_key),
-            &audit.key_id,
-        )?;
+        let key = load_or_make_key(&settings.resolve(&audit.signing_key), &audit.key_id)?;
         let dir = settings.resolve(&audit.journal_dir);
         std::fs::create_dir_all(dir.join("segments"))?;
         std::fs::create_dir_all(dir.join("checkpoints"))?;
@@ -171,7 +168,10 @@ impl AuditLog {
         loop {
             let rows = self
                 .store
-                .audit_outbox_after(journal.outbox_id_max, self.settings.outbox_rows_per_write_max)
+                .audit_outbox_after(
+                    journal.outbox_id_max,
+                    self.settings.outbox_rows_per_write_max,
+                )
                 .await?;
             if rows.is_empty() {
                 return Ok(());
@@ -296,7 +296,11 @@ impl AuditLog {
             Ordering::AcqRel,
         );
         self.metrics.count_audit_segment_sealed();
-        tracing::debug!(segment = body.segment, records = body.record_count, "audit segment sealed");
+        tracing::debug!(
+            segment = body.segment,
+            records = body.record_count,
+            "audit segment sealed"
+        );
         // rows in sealed segments are safe to forget; failing to prune only keeps them longer
         if let Err(error) = self.store.prune_audit_outbox(journal.outbox_id_max).await {
             tracing::warn!(%error, "audit outbox not pruned");
@@ -418,8 +422,7 @@ fn recover(
         let Ok(record) = AuditRecord::from_line(line) else {
             break;
         };
-        if record.seq != journal.next_seq || record.prev != hex::encode(journal.prev_record_hash)
-        {
+        if record.seq != journal.next_seq || record.prev != hex::encode(journal.prev_record_hash) {
             break;
         }
         if journal.tree.is_empty() {
@@ -497,8 +500,7 @@ pub fn public_jwk_path(private: &Path) -> PathBuf {
 /// The public half as an RFC 8037 OKP JSON Web Key, with its key id.
 pub fn public_jwk(key: &SigningKey) -> String {
     use base64::Engine;
-    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(key.verifying_key().public_key);
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().public_key);
     serde_json::json!({
         "kty": "OKP",
         "crv": "Ed25519",

@@ -27,7 +27,10 @@ pub async fn ship_pending<S: WormStore>(log: &AuditLog, store: &S) -> Result<u64
         let first = store.put_once(&segment_key, &segment_bytes).await?;
         let second = store.put_once(&checkpoint_key, &checkpoint_bytes).await?;
         if first == PutOutcome::AlreadyStored || second == PutOutcome::AlreadyStored {
-            tracing::info!(segment, "audit segment was already stored (resumed after a stop)");
+            tracing::info!(
+                segment,
+                "audit segment was already stored (resumed after a stop)"
+            );
         }
         tokio::fs::remove_file(dir.join(&segment_key)).await?;
         sync_dir(&dir.join("segments"))?;

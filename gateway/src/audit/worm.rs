@@ -45,8 +45,7 @@ pub trait WormStore: Send + Sync + 'static {
         bytes: &[u8],
     ) -> impl Future<Output = Result<PutOutcome, WormError>> + Send;
     /// The object's bytes, if present.
-    fn get(&self, key: &str)
-        -> impl Future<Output = Result<Option<Vec<u8>>, WormError>> + Send;
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, WormError>> + Send;
     /// Keys under a prefix (`segments/`, `checkpoints/`), sorted.
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, WormError>> + Send;
 }
@@ -74,14 +73,17 @@ impl LocalWorm {
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, WormError> {
-        if key.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+        if key
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
+        {
             return Err(WormError::Misconfigured(format!("bad key {key:?}")));
         }
         Ok(self.root.join(key))
     }
 
     fn retention_path(&self, key: &str) -> Result<PathBuf, WormError> {
-        Ok(self.path(&format!("retention/{key}.json"))?)
+        self.path(&format!("retention/{key}.json"))
     }
 
     /// Deletes an object whose retention has passed; refuses before.
@@ -119,7 +121,10 @@ fn put_local(
             })
         };
     }
-    for dir in [path.parent(), retention_path.parent()].into_iter().flatten() {
+    for dir in [path.parent(), retention_path.parent()]
+        .into_iter()
+        .flatten()
+    {
         std::fs::create_dir_all(dir)?;
     }
     let retention = serde_json::json!({
@@ -148,8 +153,8 @@ impl WormStore for LocalWorm {
         let path = self.path(key)?;
         let retention_path = self.retention_path(key)?;
         let bytes = bytes.to_vec();
-        let until = crate::pipeline::now_ms()
-            .saturating_add(u64::from(self.retention_days) * 86_400_000);
+        let until =
+            crate::pipeline::now_ms().saturating_add(u64::from(self.retention_days) * 86_400_000);
         tokio::task::spawn_blocking(move || put_local(&path, &retention_path, &bytes, until))
             .await
             .map_err(|e| WormError::Unavailable(e.to_string()))?
@@ -194,9 +199,7 @@ pub struct S3Worm {
     retention_days: u32,
 }
 
-fn sdk_error<E: std::error::Error + 'static>(
-    error: aws_sdk_s3::error::SdkError<E>,
-) -> WormError {
+fn sdk_error<E: std::error::Error + 'static>(error: aws_sdk_s3::error::SdkError<E>) -> WormError {
     use aws_sdk_s3::error::DisplayErrorContext;
     WormError::Unavailable(format!("{}", DisplayErrorContext(&error)))
 }
@@ -205,13 +208,14 @@ impl S3Worm {
     /// Builds the client from the standard AWS chain plus the settings' overrides, then checks
     /// that the bucket is versioned and has Object Lock enabled.
     pub async fn connect(settings: &S3WormSettings) -> Result<S3Worm, WormError> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .operation_attempt_timeout(Duration::from_secs(10))
-                .operation_timeout(Duration::from_secs(30))
-                .build(),
-        );
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(10))
+                    .operation_timeout(Duration::from_secs(30))
+                    .build(),
+            );
         if !settings.region.is_empty() {
             loader = loader.region(aws_config::Region::new(settings.region.clone()));
         }
