@@ -555,5 +555,28 @@ mod tests {
         let mut settings = Settings::default();
         settings.database.url = "postgres://x".into();
         assert!(settings.validate().is_err());
+        // audit retention can be raised, never set below a year (PCI DSS 10.5.1)
+        let mut settings = Settings::default();
+        settings.audit.s3.retention_days = 364;
+        assert!(matches!(
+            settings.validate(),
+            Err(ConfigError::Invalid {
+                field: "audit.s3.retention_days",
+                ..
+            })
+        ));
+        settings.audit.s3.retention_days = 3650;
+        assert!(settings.validate().is_ok());
+        settings.audit.local.retention_days = 30;
+        assert!(settings.validate().is_err());
+        let mut settings = Settings::default();
+        settings.audit.store = AuditStoreKind::S3;
+        assert!(matches!(
+            settings.validate(),
+            Err(ConfigError::Invalid {
+                field: "audit.s3.bucket",
+                ..
+            })
+        ));
     }
 }

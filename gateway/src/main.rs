@@ -114,7 +114,9 @@ enum AuditCommand {
         #[arg(long)]
         public_key: PathBuf,
     },
-    /// Records matching every filter given, after verifying the archive.
+    /// Records matching every filter given (none: all), after verifying the archive; as JSON
+    /// Lines or CSV. `export` is the same command.
+    #[command(visible_alias = "export")]
     Search {
         #[arg(long)]
         archive: PathBuf,

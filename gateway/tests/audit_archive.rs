@@ -436,3 +436,91 @@ async fn the_audit_command_verifies_proves_and_searches() {
         .collect();
     assert_eq!(seqs, vec!["11", "14", "17", "20"], "{stdout}");
 }
+
+/// PCI DSS 10.2.1.3: with the gateway's configuration, reading the audit log through paygate's
+/// tools is itself recorded, and reaches the journal.
+#[tokio::test]
+async fn reading_the_audit_log_with_the_gateways_configuration_is_audited() {
+    let (dir, archive_dir, key) = make_archive().await;
+    let config = dir.path().join("paygate.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = \"{}\"\n", dir.path().display()),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_paygate"))
+        .args([
+            "audit",
+            "--config",
+            config.to_str().unwrap(),
+            "--operator",
+            "auditor-ann",
+        ])
+        .args(["verify", "--archive", archive_dir.to_str().unwrap()])
+        .args(["--public-key", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let settings = Settings::load(Some(&config)).unwrap();
+    let store = Store::open(&settings.database_url(), 1).await.unwrap();
+    let log = AuditLog::open(&settings, store, Arc::new(Metrics::default()))
+        .await
+        .unwrap();
+    log.seal_if_due(true).await.unwrap();
+    let journal = log.dir().await;
+    let sealed = std::fs::read(journal.join(segment_name(5))).unwrap();
+    let record =
+        paygate_core::audit::AuditRecord::from_line(sealed.split(|&b| b == b'\n').next().unwrap())
+            .unwrap();
+    assert_eq!(record.event, EventType::AuditLogRead);
+    assert_eq!(record.actor, "operator:auditor-ann");
+    assert_eq!(record.resource, "audit-log");
+    assert!(record.detail.unwrap().starts_with("audit verify "));
+}
+
+/// An independent verifier (tests/python/verify_audit_archive.py: hashlib + pycose, written
+/// from docs/audit-format.md alone) agrees with ours on a clean and on a tampered archive.
+#[tokio::test]
+async fn an_independent_python_verifier_written_from_the_format_document_agrees() {
+    let (_dir, archive_dir, key) = make_archive().await;
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/verify_audit_archive.py");
+    let run = |archive: &Path| {
+        let output = std::process::Command::new("python3")
+            .arg(&script)
+            .args(["--archive", archive.to_str().unwrap()])
+            .args(["--public-key", key.to_str().unwrap()])
+            .output()
+            .expect("python3 with pycose (scripts/test installs it)");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let (vk, kid) = archive::read_public_jwk(&key).unwrap();
+    let (_, ours) = archive::verify_archive(&archive_dir, vk, &kid, None, false, |_| {}).unwrap();
+    let theirs = run(&archive_dir);
+    assert_eq!(theirs["ok"], true, "{theirs}");
+    assert_eq!(theirs["records"], 23);
+    assert_eq!(theirs["segments"], 5);
+    assert_eq!(theirs["log_root"], hex::encode(ours.log_root));
+
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&archive_dir, copy.path());
+    let path = copy.path().join(segment_name(1));
+    let mut all = lines(&path);
+    all.remove(2);
+    write_lines(&path, &all);
+    let theirs = run(copy.path());
+    assert_eq!(theirs["ok"], false, "{theirs}");
+    assert_eq!(theirs["kind"], "SEQUENCE_GAP");
+    assert_eq!(theirs["location"], format!("{} line 3", segment_name(1)));
+
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&archive_dir, copy.path());
+    resign(copy.path(), 3, "paygate-audit-1");
+    let theirs = run(copy.path());
+    assert_eq!(theirs["kind"], "CHECKPOINT_SIGNATURE", "{theirs}");
+}
