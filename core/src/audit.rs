@@ -64,6 +64,11 @@ pub enum EventType {
     AuditShipping,
     /// The journal's torn tail (a write that never completed) was cut at start.
     JournalRepaired,
+    /// Key management: a data key made, the KEK rotated, or a key provider failure
+    /// (PCI DSS 3.6, 3.7, 10.2.1.5).
+    KeyOperation,
+    /// Someone read personal or cardholder data in clear through paygate's tools (10.2.1.1).
+    DataAccessed,
 }
 
 impl EventType {
@@ -81,6 +86,8 @@ impl EventType {
             EventType::AuditLogRead => "audit_log_read",
             EventType::AuditShipping => "audit_shipping",
             EventType::JournalRepaired => "journal_repaired",
+            EventType::KeyOperation => "key_operation",
+            EventType::DataAccessed => "data_accessed",
         }
     }
 

@@ -80,6 +80,7 @@ error_codes! {
     TlsCertUntrusted => ("TLS_CERT_UNTRUSTED", 401, 0, "the client certificate does not chain to a trusted CA or is not for client auth"),
     TlsCertRevoked => ("TLS_CERT_REVOKED", 401, 0, "the client certificate is revoked by a loaded CRL"),
     TlsHandshakeFailed => ("TLS_HANDSHAKE_FAILED", 400, 0, "the TLS handshake failed or timed out"),
+    KeyUnavailable => ("KEY_UNAVAILABLE", 503, 3, "the key that protects this request's sensitive data is unavailable; nothing was written; retry later with the same idempotency key"),
     AuditUnavailable => ("AUDIT_UNAVAILABLE", 503, 3, "the audit trail cannot take more records now; nothing was posted; retry later with the same idempotency key"),
     Overloaded => ("OVERLOADED", 503, 3, "the gateway is at a configured limit; retry later with the same idempotency key"),
     InternalError => ("INTERNAL_ERROR", 500, 3, "the gateway failed; nothing was posted; retry with the same idempotency key"),

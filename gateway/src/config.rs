@@ -20,6 +20,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub receipts: ReceiptSettings,
     pub audit: AuditSettings,
+    pub keys: KeySettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +187,55 @@ impl Default for S3WormSettings {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyProviderKind {
+    Local,
+    AwsKms,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySettings {
+    /// `local` (KEK files under `local_dir`) or `aws_kms`.
+    pub provider: KeyProviderKind,
+    pub local_dir: PathBuf,
+    /// The KMS key (id, ARN or alias) that wraps new data keys.
+    pub kms_key_id: String,
+    /// Empty: the standard AWS chain (AWS_REGION, AWS_ENDPOINT_URL, credentials).
+    pub kms_region: String,
+    pub kms_endpoint_url: String,
+    /// Tenant named in every encryption context.
+    pub tenant: String,
+    /// Calls to the provider per operation, retries included.
+    pub attempts_max: u32,
+    pub retry_delay_max_ms: u64,
+    /// A data key encrypts new values for at most this long...
+    pub data_key_age_max_ms: u64,
+    /// ...and at most this many times; then a new one is made.
+    pub data_key_uses_max: u64,
+    /// Unwrapped data keys kept in memory (plaintext keys, wiped on eviction).
+    pub cache_entries_max: usize,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        KeySettings {
+            provider: KeyProviderKind::Local,
+            local_dir: PathBuf::from("keys"),
+            kms_key_id: String::new(),
+            kms_region: String::new(),
+            kms_endpoint_url: String::new(),
+            tenant: "default".to_owned(),
+            attempts_max: 4,
+            retry_delay_max_ms: 2_000,
+            data_key_age_max_ms: 3_600_000,
+            data_key_uses_max: 100_000,
+            cache_entries_max: 1_024,
+        }
+    }
+}
+
 /// PCI DSS 10.5.1 keeps audit logs a year: retention can be raised, never set below this.
 pub const AUDIT_RETENTION_DAYS_MIN: u32 = 365;
 
@@ -199,6 +249,7 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             receipts: ReceiptSettings::default(),
             audit: AuditSettings::default(),
+            keys: KeySettings::default(),
         }
     }
 }
@@ -374,6 +425,22 @@ impl Settings {
                 "must be at least 365 (PCI DSS 10.5.1)",
             ));
         }
+        let keys = &self.keys;
+        if keys.provider == KeyProviderKind::AwsKms && keys.kms_key_id.is_empty() {
+            return Err(invalid(
+                "keys.kms_key_id",
+                "is needed when keys.provider = \"aws_kms\"",
+            ));
+        }
+        if keys.attempts_max == 0 || keys.attempts_max > 10 {
+            return Err(invalid("keys.attempts_max", "must be 1 to 10"));
+        }
+        if keys.data_key_uses_max == 0
+            || keys.data_key_age_max_ms == 0
+            || keys.cache_entries_max == 0
+        {
+            return Err(invalid("keys.*_max", "cache limits must be positive"));
+        }
         if audit.store == AuditStoreKind::S3 && audit.s3.bucket.is_empty() {
             return Err(invalid(
                 "audit.s3.bucket",
@@ -488,6 +555,26 @@ retention_days = 365
 region = ""
 endpoint_url = ""
 force_path_style = false
+
+[keys]
+# Envelope encryption of sensitive fields. "local": KEK files under local_dir (made on first
+# run, mode 0600); "aws_kms": the KMS key kms_key_id wraps every data key.
+provider = "local"
+local_dir = "keys"
+kms_key_id = ""
+# Empty: the standard AWS chain (AWS_REGION, AWS_ENDPOINT_URL, credentials).
+kms_region = ""
+kms_endpoint_url = ""
+# Named in every encryption context, with the purpose, table and field.
+tenant = "default"
+# Provider calls per operation (retries with exponential backoff and jitter).
+attempts_max = 4
+retry_delay_max_ms = 2000
+# A data key encrypts new values for at most this long and this many times.
+data_key_age_max_ms = 3600000
+data_key_uses_max = 100000
+# Unwrapped data keys held in memory.
+cache_entries_max = 1024
 "#;
 
 #[cfg(test)]

@@ -10,6 +10,9 @@ use paygate_core::{AccountId, Currency, DeviceId, Money};
 use paygate_gateway::audit::worm::{LocalWorm, S3Worm};
 use paygate_gateway::audit::{self, archive};
 use paygate_gateway::config::{AuditStoreKind, Settings};
+use paygate_gateway::keys::cipher::FieldCipher;
+use paygate_gateway::keys::provider::KeyProvider;
+use paygate_gateway::profiles;
 use paygate_gateway::store::{AccountKind, Store};
 use paygate_gateway::{demo, gateway, pki};
 use std::path::PathBuf;
@@ -68,6 +71,20 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Wallet holders' personal data (encrypted at rest; shown masked).
+    Wallets {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: WalletsCommand,
+    },
+    /// Envelope-encryption keys.
+    Keys {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// The auditor's tools: verify an exported audit archive, prove a transaction's records,
     /// search and export. They work offline from a copy and the audit public key alone.
     Audit {
@@ -80,6 +97,42 @@ enum Command {
         operator: Option<String>,
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalletsCommand {
+    /// Store (encrypted) the holder's name, phone and UPI address; `--new-totp` also makes a
+    /// TOTP secret and prints it once, for the holder's authenticator.
+    SetProfile {
+        wallet: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        phone: String,
+        #[arg(long)]
+        vpa: String,
+        #[arg(long)]
+        new_totp: bool,
+    },
+    /// The wallet of a holder, found by phone or VPA (blind index).
+    Find {
+        #[arg(long)]
+        phone: Option<String>,
+        #[arg(long)]
+        vpa: Option<String>,
+    },
+    /// A holder's profile, decrypted and shown masked (the access is audited).
+    Show { wallet: String },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Rewrap every data key under a new key-encryption key, without touching the fields:
+    /// local: a new KEK file becomes active; AWS KMS: `--to-kms-key` (then set keys.kms_key_id).
+    Rotate {
+        #[arg(long)]
+        to_kms_key: Option<String>,
     },
 }
 
@@ -399,8 +452,114 @@ async fn main() -> Result<()> {
             operator,
             command,
         } => return run_audit(config, operator, command).await,
+        Command::Wallets { config, command } => {
+            let settings = Settings::load(config.as_deref())?;
+            let (store, cipher) = open_cipher(&settings).await?;
+            match command {
+                WalletsCommand::SetProfile {
+                    wallet,
+                    name,
+                    phone,
+                    vpa,
+                    new_totp,
+                } => {
+                    let wallet = AccountId::parse(&wallet)?;
+                    let secret = new_totp.then(|| rand::random::<[u8; 20]>());
+                    let profile = profiles::WalletProfile { name, phone, vpa };
+                    profiles::save(
+                        &cipher,
+                        store.pool(),
+                        &wallet,
+                        &profile,
+                        secret.as_ref().map(|s| &s[..]),
+                    )
+                    .await?;
+                    println!("profile of {wallet} stored, encrypted");
+                    if let Some(secret) = secret {
+                        // shown once, for the holder's authenticator app; never stored in clear
+                        println!(
+                            "TOTP secret (base32, shown once): {}",
+                            data_encoding::BASE32_NOPAD.encode(&secret)
+                        );
+                    }
+                    admin_event(
+                        &settings,
+                        EventType::AdminAction,
+                        &format!("account:{wallet}"),
+                        "wallet profile stored (encrypted)",
+                    )
+                    .await?;
+                }
+                WalletsCommand::Find { phone, vpa } => {
+                    match profiles::find(&cipher, store.pool(), phone.as_deref(), vpa.as_deref())
+                        .await?
+                    {
+                        Some(wallet) => println!("{wallet}"),
+                        None => bail!("no wallet holder matches"),
+                    }
+                    admin_event(
+                        &settings,
+                        EventType::DataAccessed,
+                        "wallet_profiles",
+                        "lookup by blind index",
+                    )
+                    .await?;
+                }
+                WalletsCommand::Show { wallet } => {
+                    let wallet = AccountId::parse(&wallet)?;
+                    admin_event(
+                        &settings,
+                        EventType::DataAccessed,
+                        &format!("account:{wallet}"),
+                        "wallet profile decrypted and shown masked",
+                    )
+                    .await?;
+                    match profiles::show(&cipher, store.pool(), &wallet).await? {
+                        Some(p) => println!(
+                            "{} name {} phone {} vpa {} totp {}",
+                            p.wallet,
+                            p.name,
+                            p.phone,
+                            p.vpa,
+                            if p.has_totp_secret { "set" } else { "none" }
+                        ),
+                        None => bail!("no profile for {wallet}"),
+                    }
+                }
+            }
+        }
+        Command::Keys {
+            config,
+            command: KeysCommand::Rotate { to_kms_key },
+        } => {
+            let settings = Settings::load(config.as_deref())?;
+            let (_store, cipher) = open_cipher(&settings).await?;
+            if let KeyProvider::Local(keyring) = cipher.provider() {
+                let id = keyring.rotate()?;
+                println!("new local key-encryption key {id} is active");
+            } else if to_kms_key.is_none() {
+                bail!("with keys.provider = \"aws_kms\", name the new key with --to-kms-key");
+            }
+            let count = cipher.rewrap_all(to_kms_key.as_deref()).await?;
+            println!("rewrapped {count} data keys; no field was decrypted");
+            admin_event(
+                &settings,
+                EventType::KeyOperation,
+                "data_keys",
+                &format!("key-encryption key rotated; {count} data keys rewrapped"),
+            )
+            .await?;
+        }
     }
     Ok(())
+}
+
+async fn open_cipher(settings: &Settings) -> Result<(Store, FieldCipher)> {
+    std::fs::create_dir_all(&settings.data_dir)?;
+    let store = Store::open(&settings.database_url(), 2).await?;
+    let provider = KeyProvider::from_settings(&settings.keys, &settings.data_dir).await?;
+    let cipher = FieldCipher::new(provider, store.pool().clone(), settings.keys.clone());
+    Ok((store, cipher))
 }
 
 fn operator_name(operator: Option<String>) -> String {
