@@ -5,6 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{aws_env, start_moto, start_switch};
+
 use aws_sdk_s3::types::{
     BucketVersioningStatus, ObjectLockConfiguration, ObjectLockEnabled, ObjectLockMode,
     VersioningConfiguration,
@@ -16,63 +20,9 @@ use paygate_gateway::audit::{self as audit_log, shipper, AuditLog};
 use paygate_gateway::config::{S3WormSettings, Settings};
 use paygate_gateway::metrics::Metrics;
 use paygate_gateway::store::Store;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-
-/// A moto server on a free loopback port, killed when dropped.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_moto() -> Moto {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let moto = Moto {
-        child: Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 with moto[server] (scripts/test installs it)"),
-        port,
-    };
-    for _ in 0..200 {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return moto;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    drop(moto); // kills and reaps the child
-    panic!("moto_server did not start on port {port}");
-}
-
-fn aws_env() {
-    // moto accepts any credentials; these keep the SDK from looking further
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-    std::env::set_var("AWS_REGION", "us-east-1");
-}
 
 async fn admin_client(endpoint: &str) -> aws_sdk_s3::Client {
     aws_env();
@@ -230,49 +180,6 @@ async fn a_bucket_without_versioning_or_object_lock_is_refused_at_start() {
     assert!(S3Worm::connect(&settings_for(&endpoint, "locked"))
         .await
         .is_ok());
-}
-
-/// A TCP proxy in front of moto that can be switched off (dropping every connection) and on.
-struct Switch {
-    up: Arc<AtomicBool>,
-    address: SocketAddr,
-}
-
-async fn start_switch(target: u16) -> Switch {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let up = Arc::new(AtomicBool::new(true));
-    let flag = up.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            if !flag.load(Ordering::SeqCst) {
-                drop(inbound);
-                continue;
-            }
-            let flag = flag.clone();
-            tokio::spawn(async move {
-                let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
-                    return;
-                };
-                let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                tokio::pin!(copy);
-                loop {
-                    tokio::select! {
-                        _ = &mut copy => return,
-                        _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                            if !flag.load(Ordering::SeqCst) {
-                                return; // the link goes down: both sockets drop
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    Switch { up, address }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

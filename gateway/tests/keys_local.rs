@@ -33,38 +33,67 @@ async fn the_local_kek_wraps_unwraps_rotates_and_refuses_wrong_context_or_tamper
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "bin"))
         .unwrap();
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kek_file).unwrap().permissions());
-    assert_eq!(mode & 0o777, 0o600, "the KEK file is readable by its owner only");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&kek_file).unwrap().permissions(),
+    );
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the KEK file is readable by its owner only"
+    );
 
     let provider = KeyProvider::Local(keyring);
     let phone = KeyContext::new("field-encryption", "wallet_profiles", "phone", "t1");
     let (key, wrapped) = provider.generate(&phone).await.unwrap();
-    assert!(!wrapped.windows(32).any(|w| w == key.bytes()), "the wrap hides the key");
+    assert!(
+        !wrapped.windows(32).any(|w| w == key.bytes()),
+        "the wrap hides the key"
+    );
     let again = provider.unwrap(&wrapped, &phone).await.unwrap();
     assert_eq!(again.bytes(), key.bytes());
     assert_eq!(format!("{again:?}"), "DataKey(***)");
 
     // another field's context, another tenant, a flipped byte: refused
     let name = KeyContext::new("field-encryption", "wallet_profiles", "name", "t1");
-    assert!(matches!(provider.unwrap(&wrapped, &name).await, Err(KeyError::Refused(_))));
+    assert!(matches!(
+        provider.unwrap(&wrapped, &name).await,
+        Err(KeyError::Refused(_))
+    ));
     let other_tenant = KeyContext::new("field-encryption", "wallet_profiles", "phone", "t2");
-    assert!(matches!(provider.unwrap(&wrapped, &other_tenant).await, Err(KeyError::Refused(_))));
+    assert!(matches!(
+        provider.unwrap(&wrapped, &other_tenant).await,
+        Err(KeyError::Refused(_))
+    ));
     let mut tampered = wrapped.clone();
     let last = tampered.len() - 1;
     tampered[last] ^= 1;
-    assert!(matches!(provider.unwrap(&tampered, &phone).await, Err(KeyError::Refused(_))));
-    assert!(matches!(provider.unwrap(b"garbage", &phone).await, Err(KeyError::Refused(_))));
+    assert!(matches!(
+        provider.unwrap(&tampered, &phone).await,
+        Err(KeyError::Refused(_))
+    ));
+    assert!(matches!(
+        provider.unwrap(b"garbage", &phone).await,
+        Err(KeyError::Refused(_))
+    ));
 
     // rotation: a new active KEK; the old wrap still opens, the rewrap opens to the same key
-    let KeyProvider::Local(keyring) = &provider else { unreachable!() };
+    let KeyProvider::Local(keyring) = &provider else {
+        unreachable!()
+    };
     let old_id = keyring.active_id();
     let new_id = keyring.rotate().unwrap();
     assert_ne!(old_id, new_id);
-    assert_eq!(provider.unwrap(&wrapped, &phone).await.unwrap().bytes(), key.bytes());
+    assert_eq!(
+        provider.unwrap(&wrapped, &phone).await.unwrap().bytes(),
+        key.bytes()
+    );
     let rewrapped = provider.rewrap(&wrapped, &phone, None).await.unwrap();
     assert_ne!(rewrapped, wrapped);
     assert!(String::from_utf8_lossy(&rewrapped).contains(&new_id));
-    assert_eq!(provider.unwrap(&rewrapped, &phone).await.unwrap().bytes(), key.bytes());
+    assert_eq!(
+        provider.unwrap(&rewrapped, &phone).await.unwrap().bytes(),
+        key.bytes()
+    );
 }
 
 #[tokio::test]
@@ -83,17 +112,24 @@ async fn fields_are_bound_to_their_field_and_record_and_found_by_blind_index() {
     assert_eq!(&plain[..], b"+919876543210");
     // moved to another record or another field: refused
     assert!(matches!(
-        cipher.decrypt("wallet_profiles", "phone", "wallet-2", &sealed).await,
+        cipher
+            .decrypt("wallet_profiles", "phone", "wallet-2", &sealed)
+            .await,
         Err(KeyError::Refused(_))
     ));
     assert!(matches!(
-        cipher.decrypt("wallet_profiles", "name", "wallet-1", &sealed).await,
+        cipher
+            .decrypt("wallet_profiles", "name", "wallet-1", &sealed)
+            .await,
         Err(KeyError::Refused(_))
     ));
     let mut tampered = sealed.clone();
     let last = tampered.len() - 1;
     tampered[last] ^= 0x40;
-    assert!(cipher.decrypt("wallet_profiles", "phone", "wallet-1", &tampered).await.is_err());
+    assert!(cipher
+        .decrypt("wallet_profiles", "phone", "wallet-1", &tampered)
+        .await
+        .is_err());
 
     // profiles: stored encrypted, found by phone or VPA, shown masked
     for wallet in ["wallet-a", "wallet-b"] {
@@ -122,28 +158,45 @@ async fn fields_are_bound_to_their_field_and_record_and_found_by_blind_index() {
     .await
     .unwrap();
     assert_eq!(
-        profiles::find(&cipher, store.pool(), Some("+919876543210"), None).await.unwrap(),
+        profiles::find(&cipher, store.pool(), Some("+919876543210"), None)
+            .await
+            .unwrap(),
         Some("wallet-a".to_owned())
     );
     assert_eq!(
-        profiles::find(&cipher, store.pool(), None, Some("ramesh.k@OKBANK")).await.unwrap(),
+        profiles::find(&cipher, store.pool(), None, Some("ramesh.k@OKBANK"))
+            .await
+            .unwrap(),
         Some("wallet-a".to_owned())
     );
     assert_eq!(
-        profiles::find(&cipher, store.pool(), Some("+919876543211"), None).await.unwrap(),
+        profiles::find(&cipher, store.pool(), Some("+919876543211"), None)
+            .await
+            .unwrap(),
         None
     );
-    let shown = profiles::show(&cipher, store.pool(), &a).await.unwrap().unwrap();
+    let shown = profiles::show(&cipher, store.pool(), &a)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(shown.phone, "**********10");
     assert_eq!(shown.vpa, "r******k@okbank");
     assert_eq!(shown.name, "R***");
     assert!(shown.has_totp_secret);
     assert_eq!(
-        &profiles::totp_secret(&cipher, store.pool(), &a).await.unwrap().unwrap()[..],
+        &profiles::totp_secret(&cipher, store.pool(), &a)
+            .await
+            .unwrap()
+            .unwrap()[..],
         b"12345678901234567890"
     );
     // look-alike and invisible characters in a VPA are refused, nothing stored
-    for bad in ["rames\u{200b}h@okbank", "rаmesh@okbank", "ramesh@okbаnk", "no-at-sign"] {
+    for bad in [
+        "rames\u{200b}h@okbank",
+        "rаmesh@okbank",
+        "ramesh@okbаnk",
+        "no-at-sign",
+    ] {
         let b = paygate_core::AccountId::parse("wallet-b").unwrap();
         let result = profiles::save(
             &cipher,
@@ -157,8 +210,17 @@ async fn fields_are_bound_to_their_field_and_record_and_found_by_blind_index() {
             None,
         )
         .await;
-        assert!(matches!(result, Err(profiles::ProfileError::Invalid { field: "vpa", .. })), "{bad:?}");
-        assert!(profiles::show(&cipher, store.pool(), &b).await.unwrap().is_none());
+        assert!(
+            matches!(
+                result,
+                Err(profiles::ProfileError::Invalid { field: "vpa", .. })
+            ),
+            "{bad:?}"
+        );
+        assert!(profiles::show(&cipher, store.pool(), &b)
+            .await
+            .unwrap()
+            .is_none());
     }
 }
 
@@ -179,11 +241,19 @@ async fn the_cache_makes_provider_calls_rare_and_respects_its_limits() {
         ));
     }
     let calls = cipher.provider().calls();
-    assert_eq!(calls.generate.load(Ordering::Relaxed), 4, "one data key per 250 uses");
+    assert_eq!(
+        calls.generate.load(Ordering::Relaxed),
+        4,
+        "one data key per 250 uses"
+    );
     for (record, blob) in &sealed {
         cipher.decrypt("t", "f", record, blob).await.unwrap();
     }
-    assert_eq!(calls.unwrap.load(Ordering::Relaxed), 0, "decryption keys came from the cache");
+    assert_eq!(
+        calls.unwrap.load(Ordering::Relaxed),
+        0,
+        "decryption keys came from the cache"
+    );
 
     // a cold cipher (a restart) unwraps each data key once, then serves from the cache
     let (_store, cold) = cipher_in(dir.path(), KeySettings::default()).await;
@@ -207,17 +277,34 @@ async fn the_cache_makes_provider_calls_rare_and_respects_its_limits() {
 async fn rotation_rewraps_every_data_key_and_old_fields_keep_decrypting() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, cipher) = cipher_in(dir.path(), KeySettings::default()).await;
-    let sealed = cipher.encrypt("t", "f", "r", b"before rotation").await.unwrap();
-    cipher.blind_index("t", "phone", "+911234567890").await.unwrap();
-    let KeyProvider::Local(keyring) = cipher.provider() else { unreachable!() };
+    let sealed = cipher
+        .encrypt("t", "f", "r", b"before rotation")
+        .await
+        .unwrap();
+    cipher
+        .blind_index("t", "phone", "+911234567890")
+        .await
+        .unwrap();
+    let KeyProvider::Local(keyring) = cipher.provider() else {
+        unreachable!()
+    };
     keyring.rotate().unwrap();
     assert_eq!(cipher.rewrap_all(None).await.unwrap(), 2);
     // a fresh process with the new KEK active opens the old field and computes the same index
     let (_store, after) = cipher_in(dir.path(), KeySettings::default()).await;
-    assert_eq!(&after.decrypt("t", "f", "r", &sealed).await.unwrap()[..], b"before rotation");
     assert_eq!(
-        after.blind_index("t", "phone", "+911234567890").await.unwrap(),
-        cipher.blind_index("t", "phone", "+911234567890").await.unwrap()
+        &after.decrypt("t", "f", "r", &sealed).await.unwrap()[..],
+        b"before rotation"
+    );
+    assert_eq!(
+        after
+            .blind_index("t", "phone", "+911234567890")
+            .await
+            .unwrap(),
+        cipher
+            .blind_index("t", "phone", "+911234567890")
+            .await
+            .unwrap()
     );
 }
 
@@ -278,6 +365,9 @@ fn wycheproof_aes_gcm_vectors_pass_against_ring() {
             }
         }
     }
-    assert!(checked_256 > 50, "AES-256-GCM vectors checked: {checked_256}");
+    assert!(
+        checked_256 > 50,
+        "AES-256-GCM vectors checked: {checked_256}"
+    );
     eprintln!("wycheproof aes_gcm: {checked} checked ({checked_256} AES-256), {skipped} skipped (sizes ring does not offer)");
 }
