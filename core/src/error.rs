@@ -66,6 +66,7 @@ error_codes! {
     RequestFromFuture => ("REQUEST_FROM_FUTURE", 422, 0, "the request's creation time is ahead of the gateway's clock beyond the allowed skew"),
     CounterReused => ("COUNTER_REUSED", 409, 0, "the device counter was already used by another request"),
     IdempotencyConflict => ("IDEMPOTENCY_CONFLICT", 409, 0, "the idempotency key was used with a different request body"),
+    PayerInvalid => ("PAYER_INVALID", 422, 0, "the payer instrument is invalid: a PAN failing the Luhn check, a VPA with characters outside ASCII, a bad credential block"),
     InsufficientFunds => ("INSUFFICIENT_FUNDS", 422, 0, "the paying account's balance does not cover the amount"),
     AmountOverflow => ("AMOUNT_OVERFLOW", 422, 0, "the posting would overflow a balance"),
     UnknownMerchant => ("UNKNOWN_MERCHANT", 404, 0, "no active merchant has this id"),

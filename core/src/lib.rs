@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod error;
 pub mod ids;
 pub mod money;
+pub mod payer;
 pub mod receipt;
 pub mod request;
 pub mod strict_json;

@@ -45,6 +45,9 @@ pub struct Receipt {
     pub amount: Option<MoneyWire>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merchant_id: Option<String>,
+    /// The payer instrument, masked: `card 411111******1111` or `upi a****r@okbank`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer: Option<String>,
     /// When the gateway decided, in milliseconds since the Unix epoch, UTC.
     pub decided_at_ms: u64,
 }

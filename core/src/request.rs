@@ -7,6 +7,7 @@
 use crate::error::ErrorCode;
 use crate::ids::{AccountId, DeviceId, IdempotencyKey};
 use crate::money::{Currency, Money, AMOUNT_MINOR_MAX};
+use crate::payer::{Payer, PayerWire};
 use crate::strict_json::reject_duplicate_keys;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,9 @@ pub enum OperationWire {
     MerchantPayment {
         merchant_id: String,
         amount: MoneyWire,
+        /// The customer's card or UPI address presented at the terminal, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payer: Option<PayerWire>,
     },
 }
 
@@ -72,6 +76,7 @@ pub enum Operation {
     MerchantPayment {
         merchant_id: AccountId,
         amount: Money,
+        payer: Option<Payer>,
     },
 }
 
@@ -128,9 +133,15 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
         OperationWire::MerchantPayment {
             merchant_id,
             amount,
+            payer,
         } => Operation::MerchantPayment {
             merchant_id: AccountId::parse(&merchant_id).map_err(malformed)?,
             amount: decode_money(&amount)?,
+            payer: payer
+                .as_ref()
+                .map(Payer::decode)
+                .transpose()
+                .map_err(|(code, message)| RequestError::new(code, message))?,
         },
     };
     // counters and times are stored in signed 64-bit columns
@@ -206,9 +217,11 @@ impl Request {
                 Operation::MerchantPayment {
                     merchant_id,
                     amount,
+                    payer,
                 } => OperationWire::MerchantPayment {
                     merchant_id: merchant_id.to_string(),
                     amount: MoneyWire::from(*amount),
+                    payer: payer.as_ref().map(Payer::to_wire),
                 },
             },
         }
@@ -240,7 +253,9 @@ mod tests {
         let Operation::MerchantPayment {
             merchant_id,
             amount,
+            payer,
         } = &request.operation;
+        assert!(payer.is_none());
         assert_eq!(merchant_id.as_str(), "m-1");
         assert_eq!(amount.minor, 1250);
         assert_eq!(decode_request(&request.to_payload()), Ok(request));

@@ -162,6 +162,18 @@ impl Agent {
 
     /// Pays a merchant from the device's wallet; returns the final verified receipt.
     pub async fn pay(&mut self, merchant: &AccountId, amount: Money) -> Result<VerifiedReceipt> {
+        self.pay_with_payer(merchant, amount, None).await
+    }
+
+    /// Pays a merchant, naming the customer's card or UPI address read at the terminal. The
+    /// outbox keeps the signed request (the payer inside it) until the final receipt: on a
+    /// terminal, that directory must be as protected as the signing key.
+    pub async fn pay_with_payer(
+        &mut self,
+        merchant: &AccountId,
+        amount: Money,
+        payer: Option<paygate_core::payer::Payer>,
+    ) -> Result<VerifiedReceipt> {
         let request = Request {
             device_id: self.bundle.device_id.clone(),
             idempotency_key: IdempotencyKey::parse(&hex::encode(rand::random::<[u8; 16]>()))?,
@@ -170,6 +182,7 @@ impl Agent {
             operation: Operation::MerchantPayment {
                 merchant_id: merchant.clone(),
                 amount,
+                payer,
             },
         };
         let envelope = self

@@ -314,6 +314,7 @@ fn notice(front: &Front, device: &DeviceId, code: ErrorCode) -> Bytes {
         tx_id: None,
         amount: None,
         merchant_id: None,
+        payer: None,
         decided_at_ms: now_ms(),
     };
     let sealed = front

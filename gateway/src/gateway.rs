@@ -6,6 +6,8 @@ use crate::audit::{self, AuditLog};
 use crate::broker;
 use crate::config::{AuditStoreKind, Settings};
 use crate::front::{self, Front};
+use crate::keys::cipher::FieldCipher;
+use crate::keys::provider::KeyProvider;
 use crate::metrics::Metrics;
 use crate::pipeline::{Inbound, Pipeline};
 use crate::store::Store;
@@ -33,6 +35,7 @@ pub struct RunningGateway {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub audit: Arc<AuditLog>,
+    pub cipher: Arc<FieldCipher>,
     shutdown: watch::Sender<bool>,
     shipper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -126,12 +129,21 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         settings.mqtt.packet_bytes_max,
     )
     .await?;
+    let key_provider = KeyProvider::from_settings(&settings.keys, &settings.data_dir)
+        .await
+        .context("opening the key provider")?;
+    let cipher = Arc::new(FieldCipher::new(
+        key_provider,
+        store.pool().clone(),
+        settings.keys.clone(),
+    ));
     let pipeline = Pipeline::new(
         store.clone(),
         receipt_key.clone(),
         settings.pipeline.clone(),
         metrics.clone(),
         audit.clone(),
+        cipher.clone(),
     );
     let (link_tx, link_rx) = embedded.pipeline_link;
     let (queue_tx, queue_rx) = mpsc::channel(settings.pipeline.queue_depth_max);
@@ -166,6 +178,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         store,
         metrics,
         audit,
+        cipher,
         shutdown,
         shipper: std::sync::Mutex::new(Some(shipper)),
     })

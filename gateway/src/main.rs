@@ -274,7 +274,9 @@ async fn main() -> Result<()> {
         Command::Demo { .. } => "warn,rumqttd=off",
         _ => "info,rumqttd=warn",
     };
+    // logs go to standard error: standard output is the commands' answer (scripts read it)
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| default_filter.into()),
@@ -464,7 +466,7 @@ async fn main() -> Result<()> {
                     new_totp,
                 } => {
                     let wallet = AccountId::parse(&wallet)?;
-                    let secret = new_totp.then(|| rand::random::<[u8; 20]>());
+                    let secret = new_totp.then(rand::random::<[u8; 20]>);
                     let profile = profiles::WalletProfile { name, phone, vpa };
                     profiles::save(
                         &cipher,

@@ -21,6 +21,7 @@ pub struct Metrics {
     audit_journal_failures: AtomicU64,
     audit_shipping_failures: AtomicU64,
     audit_backlog_bytes: AtomicU64,
+    key_failures: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -39,6 +40,7 @@ pub struct MetricsSnapshot {
     pub audit_journal_failures: u64,
     pub audit_shipping_failures: u64,
     pub audit_backlog_bytes: u64,
+    pub key_failures: u64,
 }
 
 impl MetricsSnapshot {
@@ -96,6 +98,10 @@ impl Metrics {
     pub fn count_audit_shipping_failure(&self) {
         self.audit_shipping_failures.fetch_add(1, Ordering::Relaxed);
     }
+    /// A request needed a key the provider could not give (alert on any increase).
+    pub fn count_key_failure(&self) {
+        self.key_failures.fetch_add(1, Ordering::Relaxed);
+    }
     pub fn set_audit_backlog_bytes(&self, bytes: u64) {
         self.audit_backlog_bytes.store(bytes, Ordering::Relaxed);
     }
@@ -118,6 +124,7 @@ impl Metrics {
             audit_journal_failures: self.audit_journal_failures.load(Ordering::Relaxed),
             audit_shipping_failures: self.audit_shipping_failures.load(Ordering::Relaxed),
             audit_backlog_bytes: self.audit_backlog_bytes.load(Ordering::Relaxed),
+            key_failures: self.key_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -165,6 +172,7 @@ impl Metrics {
                 s.audit_shipping_failures,
             ),
             ("paygate_audit_backlog_bytes", s.audit_backlog_bytes),
+            ("paygate_key_failures_total", s.key_failures),
         ] {
             let _ = writeln!(out, "{name} {value}");
         }

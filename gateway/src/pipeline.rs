@@ -19,11 +19,13 @@
 
 use crate::audit::AuditLog;
 use crate::config::PipelineSettings;
+use crate::keys::cipher::FieldCipher;
 use crate::metrics::Metrics;
-use crate::store::{self, AccountKind, Batch, Store, StoreError};
+use crate::store::{self, AccountKind, Batch, SealedPayer, Store, StoreError};
 use bytes::Bytes;
 use paygate_core::audit::{AuditEvent, AuditOutcome, EventType};
 use paygate_core::envelope::{SigningKey, UnverifiedEnvelope};
+use paygate_core::payer::Payer;
 use paygate_core::receipt::{Outcome, Receipt, RECEIPT_CONTENT_TYPE};
 use paygate_core::request::{
     check_freshness, decode_request, MoneyWire, Operation, Request, REQUEST_CONTENT_TYPE,
@@ -57,6 +59,7 @@ pub struct Pipeline {
     settings: PipelineSettings,
     metrics: Arc<Metrics>,
     audit: Arc<AuditLog>,
+    cipher: Arc<FieldCipher>,
 }
 
 struct Verified {
@@ -65,6 +68,8 @@ struct Verified {
     body_sha256: Vec<u8>,
     /// The sending device's wallet, from its enrolment.
     wallet: AccountId,
+    /// The payer instrument, already encrypted (before the batch's transaction began).
+    payer: Option<SealedPayer>,
 }
 
 /// Milliseconds since the Unix epoch, UTC.
@@ -82,6 +87,7 @@ impl Pipeline {
         settings: PipelineSettings,
         metrics: Arc<Metrics>,
         audit: Arc<AuditLog>,
+        cipher: Arc<FieldCipher>,
     ) -> Pipeline {
         Pipeline {
             store,
@@ -89,6 +95,7 @@ impl Pipeline {
             settings,
             metrics,
             audit,
+            cipher,
         }
     }
 
@@ -195,11 +202,60 @@ impl Pipeline {
             self.settings.request_future_skew_max_ms,
         )
         .map_err(|code| (code, code.description().to_owned(), body.clone()))?;
+        let payer = self
+            .seal_payer(&request)
+            .await
+            .map_err(|(code, message)| (code, message, body.clone()))?;
         Ok(Verified {
             inbound: inbound.clone(),
             request,
             body_sha256: sha256(payload),
             wallet: device.wallet,
+            payer,
+        })
+    }
+
+    /// Encrypts the payer's PAN or VPA and computes its blind index, outside the database
+    /// transaction (a key provider call must never hold the ledger's write lock). Fails closed:
+    /// without a key the request is refused with `KEY_UNAVAILABLE` and nothing is written. The
+    /// UPI credential block is for the UPI switch only; it is not kept.
+    async fn seal_payer(
+        &self,
+        request: &Request,
+    ) -> Result<Option<SealedPayer>, (ErrorCode, String)> {
+        let Operation::MerchantPayment { payer, .. } = &request.operation;
+        let Some(payer) = payer else {
+            return Ok(None);
+        };
+        let (kind, value) = match payer {
+            Payer::Card { pan } => ("card", pan.expose()),
+            Payer::Upi { vpa, .. } => ("upi", vpa.expose()),
+        };
+        let record = format!("{}/{}", request.device_id, request.idempotency_key);
+        let sealed = async {
+            let value_ct = self
+                .cipher
+                .encrypt("payment_instruments", kind, &record, value.as_bytes())
+                .await?;
+            let value_bidx = self
+                .cipher
+                .blind_index("payment_instruments", kind, value)
+                .await?;
+            Ok::<_, crate::keys::KeyError>(SealedPayer {
+                kind,
+                value_ct,
+                value_bidx,
+                masked: payer.masked(),
+            })
+        }
+        .await;
+        sealed.map(Some).map_err(|error| {
+            self.metrics.count_key_failure();
+            tracing::error!(%error, device = %request.device_id, "payer not encrypted; request refused");
+            (
+                error.code(),
+                "the key protecting the payer's data is unavailable; nothing was written; retry later with the same idempotency key".to_owned(),
+            )
         })
     }
 
@@ -282,6 +338,7 @@ impl Pipeline {
         let Operation::MerchantPayment {
             merchant_id,
             amount,
+            ..
         } = &request.operation;
         let wallet = &item.wallet;
         let decision = store::post_transfer(
@@ -324,6 +381,7 @@ impl Pipeline {
             tx_id: code.is_none().then(|| tx_id.to_string()),
             amount: Some(MoneyWire::from(*amount)),
             merchant_id: Some(merchant_id.to_string()),
+            payer: item.payer.as_ref().map(|p| p.masked.clone()),
             decided_at_ms: now,
         };
         let sealed = self
@@ -342,6 +400,9 @@ impl Pipeline {
             now,
         )
         .await?;
+        if let Some(payer) = &item.payer {
+            store::record_payer(batch, device, &request.idempotency_key, payer).await?;
+        }
         let mut event = AuditEvent::new(
             now,
             EventType::PaymentDecided,
@@ -361,7 +422,13 @@ impl Pipeline {
         event.wallet_id = Some(wallet.to_string());
         event.merchant_id = Some(merchant_id.to_string());
         event.amount = Some(format!("{} {}", amount.minor_signed(), amount.currency));
-        event.detail = Some(format!("idempotency_key {}", request.idempotency_key));
+        event.detail = Some(match &item.payer {
+            Some(payer) => format!(
+                "idempotency_key {} payer {}",
+                request.idempotency_key, payer.masked
+            ),
+            None => format!("idempotency_key {}", request.idempotency_key),
+        });
         events.push(event);
         match code {
             None => self.metrics.count_approved(),
@@ -397,6 +464,7 @@ impl Pipeline {
             tx_id: None,
             amount: None,
             merchant_id: None,
+            payer: None,
             decided_at_ms: now,
         };
         Outbound {

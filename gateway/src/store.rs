@@ -521,3 +521,32 @@ impl Store {
         Ok(())
     }
 }
+
+/// The payer instrument of a decided request, sealed by the pipeline before the batch began.
+pub struct SealedPayer {
+    pub kind: &'static str,
+    pub value_ct: Vec<u8>,
+    pub value_bidx: [u8; 32],
+    pub masked: String,
+}
+
+pub async fn record_payer(
+    batch: &mut Batch<'_>,
+    device: &DeviceId,
+    key: &IdempotencyKey,
+    payer: &SealedPayer,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO payment_instruments (device_id, idempotency_key, kind, value_ct, value_bidx, masked)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(device.as_str())
+    .bind(key.as_str())
+    .bind(payer.kind)
+    .bind(&payer.value_ct)
+    .bind(payer.value_bidx.to_vec())
+    .bind(&payer.masked)
+    .execute(&mut **batch)
+    .await?;
+    Ok(())
+}

@@ -17,6 +17,7 @@ fn request(device: &str, key: &str, counter: u64, amount: &str) -> Request {
         operation: Operation::MerchantPayment {
             merchant_id: AccountId::parse(MERCHANT).unwrap(),
             amount: inr(amount),
+            payer: None,
         },
     }
 }
