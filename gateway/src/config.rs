@@ -66,11 +66,66 @@ pub struct PipelineSettings {
     pub request_future_skew_max_ms: u64,
 }
 
+/// A configuration value that may hold a secret (a database password in a URL, an API key).
+/// `Debug` prints `***`. Written as the value itself, `env:NAME` (read from the environment at
+/// load), or `file:/path` (read from a file at load, trailing newline trimmed; a mounted
+/// Kubernetes or Secrets Manager secret).
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("***")
+        }
+    }
+}
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that uses it. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Replaces `env:NAME` and `file:PATH` with what they point at.
+    fn resolve(&mut self, field: &'static str) -> Result<(), ConfigError> {
+        if let Some(name) = self.0.strip_prefix("env:") {
+            let value = std::env::var(name).map_err(|_| {
+                invalid(
+                    field,
+                    format!("names environment variable {name}, which is not set"),
+                )
+            })?;
+            self.0 = value;
+        } else if let Some(path) = self.0.strip_prefix("file:") {
+            let value = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    field,
+                    format!("names file {path}, which cannot be read: {e}"),
+                )
+            })?;
+            self.0 = value.trim_end_matches(['\n', '\r']).to_owned();
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
-    /// Empty: `sqlite://{data_dir}/paygate.db`.
-    pub url: String,
+    /// Empty: `sqlite://{data_dir}/paygate.db`. May carry a password: a [`Secret`].
+    pub url: Secret,
     pub connections_max: u32,
 }
 
@@ -294,7 +349,7 @@ impl Default for PipelineSettings {
 impl Default for DatabaseSettings {
     fn default() -> Self {
         DatabaseSettings {
-            url: String::new(),
+            url: Secret::default(),
             connections_max: 4,
         }
     }
@@ -336,7 +391,8 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment = figment.merge(Env::prefixed("PAYGATE__").split("__"));
-        let settings: Settings = figment.extract().map_err(Box::new)?;
+        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.database.url.resolve("database.url")?;
         settings.validate()?;
         Ok(settings)
     }
@@ -381,7 +437,7 @@ impl Settings {
         if self.database.connections_max == 0 {
             return Err(invalid("database.connections_max", "must be at least 1"));
         }
-        if !self.database.url.is_empty() && !self.database.url.starts_with("sqlite:") {
+        if !self.database.url.is_empty() && !self.database.url.expose().starts_with("sqlite:") {
             return Err(invalid(
                 "database.url",
                 "only sqlite: URLs are supported by this version",
@@ -463,7 +519,7 @@ impl Settings {
         if self.database.url.is_empty() {
             format!("sqlite://{}", self.data_dir.join("paygate.db").display())
         } else {
-            self.database.url.clone()
+            self.database.url.expose().to_owned()
         }
     }
 
@@ -512,7 +568,8 @@ request_age_max_ms = 86400000
 request_future_skew_max_ms = 300000
 
 [database]
-# Empty: sqlite://{data_dir}/paygate.db
+# Empty: sqlite://{data_dir}/paygate.db. A secret: write it here, or "env:NAME" to read an
+# environment variable, or "file:/path" to read a mounted secret file. Never logged.
 url = ""
 connections_max = 4
 
@@ -625,6 +682,43 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
+    fn secrets_come_from_the_environment_or_a_file_and_never_print() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("db-url", "sqlite://from-file.db?password=hunter2\n")?;
+            jail.create_file("a.toml", "[database]\nurl = \"file:db-url\"\n")?;
+            let settings = Settings::load(Some(Path::new("a.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(
+                settings.database_url(),
+                "sqlite://from-file.db?password=hunter2"
+            );
+            let printed = format!("{settings:?}");
+            assert!(!printed.contains("hunter2"), "{printed}");
+            assert!(printed.contains("url: ***"));
+            jail.set_env("PAYGATE_TEST_DB", "sqlite://from-env.db?password=swordfish");
+            jail.create_file("b.toml", "[database]\nurl = \"env:PAYGATE_TEST_DB\"\n")?;
+            let settings = Settings::load(Some(Path::new("b.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(
+                settings.database_url(),
+                "sqlite://from-env.db?password=swordfish"
+            );
+            assert!(!format!("{settings:?}").contains("swordfish"));
+            jail.create_file(
+                "c.toml",
+                "[database]\nurl = \"env:PAYGATE_NOT_SET_ANYWHERE\"\n",
+            )?;
+            assert!(matches!(
+                Settings::load(Some(Path::new("c.toml"))),
+                Err(ConfigError::Invalid {
+                    field: "database.url",
+                    ..
+                })
+            ));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         let unknown: Result<Settings, _> = Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::string("[mqtt]\nlisten_port = 1\n"))
@@ -640,7 +734,7 @@ mod tests {
             })
         ));
         let mut settings = Settings::default();
-        settings.database.url = "postgres://x".into();
+        settings.database.url = Secret::new("postgres://x");
         assert!(settings.validate().is_err());
         // audit retention can be raised, never set below a year (PCI DSS 10.5.1)
         let mut settings = Settings::default();
