@@ -216,6 +216,7 @@ impl Agent {
                         ErrorCode::InternalError
                             | ErrorCode::Overloaded
                             | ErrorCode::AuditUnavailable
+                            | ErrorCode::KeyUnavailable
                     )
                 );
                 if receipt.receipt.outcome != Outcome::Rejected || !retryable {

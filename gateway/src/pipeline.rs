@@ -109,7 +109,28 @@ impl Pipeline {
         let mut verified = Vec::with_capacity(batch.len());
         for inbound in batch {
             match self.verify(&inbound, now).await {
-                Ok(ok) => verified.push(ok),
+                Ok(mut ok) => match self.seal_payer(&ok.request).await {
+                    Ok(payer) => {
+                        ok.payer = payer;
+                        verified.push(ok)
+                    }
+                    Err((code, message)) => {
+                        events.push(rejected_event(
+                            &ok.inbound.device,
+                            Some(&ok.request),
+                            code,
+                            now,
+                        ));
+                        replies.push(self.reject(
+                            &ok.inbound,
+                            Some(&ok.request),
+                            Some(ok.body_sha256.clone()),
+                            code,
+                            message,
+                            now,
+                        ));
+                    }
+                },
                 Err((code, message, body)) => {
                     events.push(rejected_event(&inbound.device, None, code, now));
                     replies.push(self.reject(&inbound, None, body, code, message, now))
@@ -202,16 +223,12 @@ impl Pipeline {
             self.settings.request_future_skew_max_ms,
         )
         .map_err(|code| (code, code.description().to_owned(), body.clone()))?;
-        let payer = self
-            .seal_payer(&request)
-            .await
-            .map_err(|(code, message)| (code, message, body.clone()))?;
         Ok(Verified {
             inbound: inbound.clone(),
             request,
             body_sha256: sha256(payload),
             wallet: device.wallet,
-            payer,
+            payer: None,
         })
     }
 
@@ -451,6 +468,8 @@ impl Pipeline {
         message: String,
         now: u64,
     ) -> Outbound {
+        // a decoder's message can quote the input (serde does for numbers): mask card numbers
+        let message = paygate_core::audit::scrub(&message);
         self.metrics.count_refusal(code);
         tracing::info!(device = %inbound.device, code = %code, %message, "request rejected");
         let receipt = Receipt {

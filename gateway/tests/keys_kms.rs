@@ -249,3 +249,158 @@ async fn throttling_and_an_unreachable_kms_are_retried_then_fail_closed_while_th
         b"+919800000002"
     );
 }
+
+/// End to end with the real gateway on AWS KMS (moto behind a switch): a payment naming a card
+/// is approved; with KMS unreachable, a payment with a new payer field whose key is not cached
+/// is refused with KEY_UNAVAILABLE and nothing is posted, while payments needing no new key
+/// still go through; when KMS is back the refused request's retry is approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_fails_closed_without_kms_and_keeps_paying_what_needs_no_new_key() {
+    use paygate_agent::{Agent, AgentSettings, DeviceBundle};
+    use paygate_core::payer::{Payer, PayerWire};
+    use paygate_core::receipt::Outcome;
+    use paygate_core::{AccountId, Currency, DeviceId, ErrorCode, Money};
+    use paygate_gateway::store::AccountKind;
+    use std::time::Duration;
+
+    let moto = start_moto().await;
+    let switch = start_switch(moto.port).await;
+    let admin = kms_admin(&format!("http://127.0.0.1:{}", moto.port)).await;
+    let key_id = new_key(&admin).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings {
+        data_dir: dir.path().to_path_buf(),
+        ..Settings::default()
+    };
+    settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    settings.keys = kms_settings(&format!("http://{}", switch.address), &key_id);
+    let pki = dir.path().join("pki");
+    paygate_gateway::pki::init(
+        &pki,
+        &["localhost".into(), "127.0.0.1".into()],
+        "paygate-receipts-1",
+    )
+    .unwrap();
+    let device = DeviceId::parse("pos-1").unwrap();
+    let wallet = AccountId::parse("wallet-pos-1").unwrap();
+    paygate_gateway::pki::issue_device(
+        &pki,
+        &device,
+        &wallet,
+        paygate_core::envelope::SigningAlgorithm::Ed25519,
+    )
+    .unwrap();
+    let gateway = paygate_gateway::gateway::start(settings.clone())
+        .await
+        .unwrap();
+    let inr = Currency::parse("INR").unwrap();
+    paygate_gateway::demo::enrol_from_bundle(&gateway.store, &pki, &device, inr)
+        .await
+        .unwrap();
+    gateway
+        .store
+        .open_account(
+            &AccountId::parse("m-1").unwrap(),
+            AccountKind::Merchant,
+            inr,
+            0,
+        )
+        .await
+        .unwrap();
+    gateway
+        .store
+        .fund_wallet(&wallet, Money::parse_decimal("100.00", "INR").unwrap(), 0)
+        .await
+        .unwrap();
+    let bundle_dir = paygate_gateway::pki::device_dir(&pki, &device);
+    let mut agent = Agent::connect(
+        DeviceBundle::load(&bundle_dir).unwrap(),
+        AgentSettings {
+            host: "127.0.0.1".into(),
+            port: gateway.mqtt_address.port(),
+            keep_alive: Duration::from_secs(30),
+            resend_interval: Duration::from_millis(500),
+            receipt_timeout: Duration::from_secs(20),
+            outbox_dir: bundle_dir.join("outbox"),
+        },
+    )
+    .await
+    .unwrap();
+    let merchant = AccountId::parse("m-1").unwrap();
+    let one = || Money::parse_decimal("1.00", "INR").unwrap();
+    let card = || {
+        Payer::decode(&PayerWire::Card {
+            pan: "4111111111111111".into(),
+        })
+        .unwrap()
+    };
+
+    let approved = agent
+        .pay_with_payer(&merchant, one(), Some(card()))
+        .await
+        .unwrap();
+    assert_eq!(approved.receipt.outcome, Outcome::Approved);
+    assert_eq!(
+        approved.receipt.payer.as_deref(),
+        Some("card 411111******1111")
+    );
+
+    switch.up.store(false, Ordering::SeqCst);
+    // no payer: no key needed
+    let plain = agent.pay(&merchant, one()).await.unwrap();
+    assert_eq!(plain.receipt.outcome, Outcome::Approved);
+    // a card again: its data key and index key are cached, so it still goes through
+    let cached = agent
+        .pay_with_payer(&merchant, one(), Some(card()))
+        .await
+        .unwrap();
+    assert_eq!(cached.receipt.outcome, Outcome::Approved);
+    // a UPI payer needs a new data key: refused, nothing posted, and the agent keeps resending
+    let balance = gateway.store.balance(&wallet).await.unwrap().unwrap();
+    let upi = Payer::decode(&PayerWire::Upi {
+        vpa: "asha@okbank".into(),
+        credential_block: "c2VjcmV0LXBpbi1ibG9jay0xMjM0NTY=".into(),
+    })
+    .unwrap();
+    let pending = tokio::spawn(async move {
+        let receipt = agent.pay_with_payer(&merchant, one(), Some(upi)).await;
+        agent.disconnect().await;
+        receipt
+    });
+    for _ in 0..200 {
+        if gateway
+            .metrics
+            .snapshot()
+            .refusals_of(ErrorCode::KeyUnavailable)
+            > 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gateway
+            .metrics
+            .snapshot()
+            .refusals_of(ErrorCode::KeyUnavailable)
+            > 0
+    );
+    assert!(gateway.metrics.snapshot().key_failures > 0);
+    assert_eq!(
+        gateway.store.balance(&wallet).await.unwrap().unwrap(),
+        balance,
+        "nothing posted"
+    );
+    let rows: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM payment_instruments WHERE kind = 'upi'")
+            .fetch_one(gateway.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows, 0);
+
+    switch.up.store(true, Ordering::SeqCst);
+    let receipt = pending.await.unwrap().unwrap();
+    assert_eq!(receipt.receipt.outcome, Outcome::Approved, "{receipt:?}");
+    assert_eq!(receipt.receipt.payer.as_deref(), Some("upi a**a@okbank"));
+    gateway.shutdown();
+}

@@ -196,6 +196,31 @@ async fn planted_secrets_appear_nowhere_in_clear() {
         .await
         .unwrap();
     assert_eq!(refused.code(), Some(paygate_core::ErrorCode::PayerInvalid));
+    // a PAN sent as a JSON number: serde's message quotes it; the gateway must mask it
+    let as_number = bad
+        .to_string()
+        .replace(&format!("\"{BAD_PAN}\""), PAN)
+        .replace("bad-pan-1", "bad-pan-2")
+        .replace(
+            &format!("\"counter\":{}", bad["counter"]),
+            &format!("\"counter\":{}", bad["counter"].as_u64().unwrap() + 1),
+        );
+    assert!(as_number.contains(&format!("\"pan\":{PAN}")), "{as_number}");
+    let sealed = agent.bundle().signing_key.seal(
+        paygate_core::request::REQUEST_CONTENT_TYPE,
+        as_number.as_bytes(),
+    );
+    agent.publish_raw(sealed).await.unwrap();
+    let refused = agent
+        .next_reply(Duration::from_secs(10), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.code(),
+        Some(paygate_core::ErrorCode::MalformedRequest)
+    );
+    let message = refused.receipt.message.clone().unwrap();
+    assert!(message.contains("400005******5556"), "{message}");
     agent.disconnect().await;
 
     Command::new("kill")
