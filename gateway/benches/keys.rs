@@ -28,8 +28,14 @@ async fn run(dir: &std::path::Path, settings: KeySettings) -> (Duration, u64) {
     for i in 0..TRANSACTIONS {
         let record = format!("pos-1/key-{i}");
         let pan = format!("411111{:010}", i);
-        cipher.encrypt("payment_instruments", "card", &record, pan.as_bytes()).await.unwrap();
-        cipher.blind_index("payment_instruments", "card", &pan).await.unwrap();
+        cipher
+            .encrypt("payment_instruments", "card", &record, pan.as_bytes())
+            .await
+            .unwrap();
+        cipher
+            .blind_index("payment_instruments", "card", &pan)
+            .await
+            .unwrap();
     }
     (start.elapsed(), cipher.provider().calls().total())
 }
@@ -52,7 +58,8 @@ async fn commit_reference(dir: &std::path::Path) -> Duration {
         }
         batch.commit().await.unwrap();
     }
-    start.elapsed() * u32::try_from(TRANSACTIONS).unwrap() / u32::try_from(TRANSACTIONS / 64 * 64).unwrap()
+    start.elapsed() * u32::try_from(TRANSACTIONS).unwrap()
+        / u32::try_from(TRANSACTIONS / 64 * 64).unwrap()
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -69,9 +76,20 @@ async fn main() {
     };
 
     // moto for KMS
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut moto = std::process::Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -81,7 +99,10 @@ async fn main() {
     std::env::set_var("AWS_REGION", "us-east-1");
     let endpoint = format!("http://127.0.0.1:{port}");
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -115,20 +115,7 @@ impl Pipeline {
                         verified.push(ok)
                     }
                     Err((code, message)) => {
-                        events.push(rejected_event(
-                            &ok.inbound.device,
-                            Some(&ok.request),
-                            code,
-                            now,
-                        ));
-                        replies.push(self.reject(
-                            &ok.inbound,
-                            Some(&ok.request),
-                            Some(ok.body_sha256.clone()),
-                            code,
-                            message,
-                            now,
-                        ));
+                        replies.push(self.refuse_verified(&ok, code, message, now, &mut events))
                     }
                 },
                 Err((code, message, body)) => {
@@ -140,20 +127,12 @@ impl Pipeline {
         if self.audit.blocked() {
             // never approve what cannot be audited (PCI DSS 10.7.2)
             for item in verified.drain(..) {
-                let code = ErrorCode::AuditUnavailable;
-                events.push(rejected_event(
-                    &item.inbound.device,
-                    Some(&item.request),
-                    code,
-                    now,
-                ));
-                replies.push(self.reject(
-                    &item.inbound,
-                    Some(&item.request),
-                    Some(item.body_sha256.clone()),
-                    code,
+                replies.push(self.refuse_verified(
+                    &item,
+                    ErrorCode::AuditUnavailable,
                     "the audit trail cannot take records now; retry later with the same idempotency key".into(),
                     now,
+                    &mut events,
                 ));
             }
         }
@@ -456,6 +435,31 @@ impl Pipeline {
             receipt: sealed,
             received_at: item.inbound.received_at,
         })
+    }
+
+    /// Refuses a verified request before its decision, with its audit event.
+    fn refuse_verified(
+        &self,
+        item: &Verified,
+        code: ErrorCode,
+        message: String,
+        now: u64,
+        events: &mut Vec<AuditEvent>,
+    ) -> Outbound {
+        events.push(rejected_event(
+            &item.inbound.device,
+            Some(&item.request),
+            code,
+            now,
+        ));
+        self.reject(
+            &item.inbound,
+            Some(&item.request),
+            Some(item.body_sha256.clone()),
+            code,
+            message,
+            now,
+        )
     }
 
     /// A signed rejection: nothing was recorded.
