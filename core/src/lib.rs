@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod envelope;
 pub mod error;
+pub mod identity;
 pub mod ids;
 pub mod money;
 pub mod payer;
