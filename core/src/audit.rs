@@ -69,6 +69,9 @@ pub enum EventType {
     KeyOperation,
     /// Someone read personal or cardholder data in clear through paygate's tools (10.2.1.1).
     DataAccessed,
+    /// A step-up decision: challenge issued (which mechanisms, which rules), answered right or
+    /// wrong, expired, mechanism locked (10.2.1.4 for failures).
+    IdentityDecision,
 }
 
 impl EventType {
@@ -88,6 +91,7 @@ impl EventType {
             EventType::JournalRepaired => "journal_repaired",
             EventType::KeyOperation => "key_operation",
             EventType::DataAccessed => "data_accessed",
+            EventType::IdentityDecision => "identity_decision",
         }
     }
 

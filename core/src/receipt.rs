@@ -21,6 +21,20 @@ pub enum Outcome {
     /// The message was refused before any decision (bad envelope, signature, schema, topic).
     /// Nothing was recorded; fix the request and send it again.
     Rejected,
+    /// Not final: the payment needs a step-up (`challenge` says which mechanisms). The device
+    /// answers with a `challenge_answer` request; a final receipt follows.
+    Challenged,
+}
+
+/// What a challenged receipt asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengeWire {
+    pub challenge_id: String,
+    /// e.g. `["totp"]`, `["pin", "oob"]`.
+    pub mechanisms: Vec<String>,
+    pub expires_at_ms: u64,
+    pub attempts_left: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +62,9 @@ pub struct Receipt {
     /// The payer instrument, masked: `card 411111******1111` or `upi a****r@okbank`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payer: Option<String>,
+    /// With outcome `challenged`: what to answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<ChallengeWire>,
     /// When the gateway decided, in milliseconds since the Unix epoch, UTC.
     pub decided_at_ms: u64,
 }

@@ -5,6 +5,7 @@
 //! [`decode_request`] turns them into domain types with a precise [`ErrorCode`].
 
 use crate::error::ErrorCode;
+use crate::identity::Mechanism;
 use crate::ids::{AccountId, DeviceId, IdempotencyKey};
 use crate::money::{Currency, Money, AMOUNT_MINOR_MAX};
 use crate::payer::{Payer, PayerWire};
@@ -57,6 +58,15 @@ pub enum OperationWire {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         payer: Option<PayerWire>,
     },
+    /// The answer to a step-up challenge. Restates the amount and payee the holder saw and
+    /// approved (dynamic linking): they must be the challenged payment's.
+    ChallengeAnswer {
+        challenge_id: String,
+        merchant_id: String,
+        amount: MoneyWire,
+        /// Mechanism name -> the code or PIN the holder entered.
+        responses: std::collections::BTreeMap<String, String>,
+    },
 }
 
 /// A decoded, validated request.
@@ -78,6 +88,32 @@ pub enum Operation {
         amount: Money,
         payer: Option<Payer>,
     },
+    ChallengeAnswer {
+        challenge_id: String,
+        merchant_id: AccountId,
+        amount: Money,
+        responses: Vec<(Mechanism, OneTimeCode)>,
+    },
+}
+
+/// A code or PIN the holder typed. Never printed, never stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OneTimeCode(String);
+
+impl OneTimeCode {
+    pub fn new(code: impl Into<String>) -> OneTimeCode {
+        OneTimeCode(code.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for OneTimeCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// Why a payload is not a valid request.
@@ -143,6 +179,52 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
                 .transpose()
                 .map_err(|(code, message)| RequestError::new(code, message))?,
         },
+        OperationWire::ChallengeAnswer {
+            challenge_id,
+            merchant_id,
+            amount,
+            responses,
+        } => {
+            let id_ok = !challenge_id.is_empty()
+                && challenge_id.len() <= 64
+                && challenge_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-');
+            if !id_ok {
+                return Err(RequestError::new(
+                    ErrorCode::MalformedRequest,
+                    "challenge_id must be 1-64 of [A-Za-z0-9-]",
+                ));
+            }
+            if responses.is_empty() || responses.len() > 4 {
+                return Err(RequestError::new(
+                    ErrorCode::MalformedRequest,
+                    "responses must name 1 to 4 mechanisms",
+                ));
+            }
+            let mut decoded = Vec::with_capacity(responses.len());
+            for (name, code) in responses {
+                let mechanism = Mechanism::parse(&name).ok_or_else(|| {
+                    RequestError::new(
+                        ErrorCode::MalformedRequest,
+                        format!("unknown mechanism {name:?}"),
+                    )
+                })?;
+                if code.is_empty() || code.len() > 64 {
+                    return Err(RequestError::new(
+                        ErrorCode::MalformedRequest,
+                        format!("the {name} response must be 1-64 characters"),
+                    ));
+                }
+                decoded.push((mechanism, OneTimeCode(code)));
+            }
+            Operation::ChallengeAnswer {
+                challenge_id,
+                merchant_id: AccountId::parse(&merchant_id).map_err(malformed)?,
+                amount: decode_money(&amount)?,
+                responses: decoded,
+            }
+        }
     };
     // counters and times are stored in signed 64-bit columns
     let signed_max = u64::try_from(i64::MAX).unwrap_or(u64::MAX);
@@ -223,6 +305,20 @@ impl Request {
                     amount: MoneyWire::from(*amount),
                     payer: payer.as_ref().map(Payer::to_wire),
                 },
+                Operation::ChallengeAnswer {
+                    challenge_id,
+                    merchant_id,
+                    amount,
+                    responses,
+                } => OperationWire::ChallengeAnswer {
+                    challenge_id: challenge_id.clone(),
+                    merchant_id: merchant_id.to_string(),
+                    amount: MoneyWire::from(*amount),
+                    responses: responses
+                        .iter()
+                        .map(|(m, code)| (m.as_str().to_owned(), code.0.clone()))
+                        .collect(),
+                },
             },
         }
     }
@@ -254,7 +350,10 @@ mod tests {
             merchant_id,
             amount,
             payer,
-        } = &request.operation;
+        } = &request.operation
+        else {
+            panic!("a payment");
+        };
         assert!(payer.is_none());
         assert_eq!(merchant_id.as_str(), "m-1");
         assert_eq!(amount.minor, 1250);

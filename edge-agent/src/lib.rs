@@ -64,7 +64,26 @@ pub struct Agent {
     outbox: Outbox,
     settings: AgentSettings,
     events: tokio::task::JoinHandle<()>,
+    challenge_handler: Option<ChallengeHandler>,
 }
+
+/// What a challenged payment asks the holder.
+#[derive(Debug, Clone)]
+pub struct ChallengePrompt {
+    pub challenge_id: String,
+    /// e.g. `["totp"]`.
+    pub mechanisms: Vec<String>,
+    pub attempts_left: u32,
+    pub expires_at_ms: u64,
+    /// The payment the holder is asked to confirm (dynamic linking: the answer restates it).
+    pub amount: Money,
+    pub merchant_id: AccountId,
+    pub message: String,
+}
+
+/// The terminal's step-up UI: given the prompt, the holder's answers as (mechanism, code).
+pub type ChallengeHandler =
+    Box<dyn FnMut(&ChallengePrompt) -> Option<Vec<(String, String)>> + Send>;
 
 fn tls_config(bundle: &DeviceBundle) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
@@ -153,6 +172,7 @@ impl Agent {
             outbox,
             settings,
             events,
+            challenge_handler: None,
         })
     }
 
@@ -203,13 +223,106 @@ impl Agent {
         Ok(receipts)
     }
 
-    /// Publishes an outbox entry until a final receipt for its key arrives.
+    /// Sets what the terminal does when a payment is challenged (step-up): show the prompt to
+    /// the holder and return their answers (mechanism name, code), or `None` to let it expire.
+    /// The firmware or wallet app plugs its UI in here; the CLI asks on the terminal.
+    pub fn on_challenge(&mut self, handler: ChallengeHandler) {
+        self.challenge_handler = Some(handler);
+    }
+
+    /// Answers a challenge: a signed `challenge_answer` request restating the amount and payee
+    /// the holder approved. Returns the envelope, resent until the payment's receipt is final.
+    fn answer_challenge(&mut self, receipt: &VerifiedReceipt) -> Result<Option<Vec<u8>>> {
+        let (Some(challenge), Some(amount), Some(merchant)) = (
+            receipt.receipt.challenge.as_ref(),
+            receipt.receipt.amount.as_ref(),
+            receipt.receipt.merchant_id.as_ref(),
+        ) else {
+            return Ok(None);
+        };
+        let Some(handler) = self.challenge_handler.as_mut() else {
+            return Ok(None);
+        };
+        let prompt = ChallengePrompt {
+            challenge_id: challenge.challenge_id.clone(),
+            mechanisms: challenge.mechanisms.clone(),
+            attempts_left: challenge.attempts_left,
+            expires_at_ms: challenge.expires_at_ms,
+            amount: paygate_core::request::decode_money(amount)
+                .map_err(|e| anyhow::anyhow!("challenge amount: {e}"))?,
+            merchant_id: AccountId::parse(merchant)?,
+            message: receipt.receipt.message.clone().unwrap_or_default(),
+        };
+        let Some(responses) = handler(&prompt) else {
+            return Ok(None);
+        };
+        let mut decoded = Vec::new();
+        for (name, code) in responses {
+            let mechanism = paygate_core::identity::Mechanism::parse(&name)
+                .ok_or_else(|| anyhow::anyhow!("unknown mechanism {name}"))?;
+            decoded.push((mechanism, paygate_core::request::OneTimeCode::new(code)));
+        }
+        let request = Request {
+            device_id: self.bundle.device_id.clone(),
+            idempotency_key: IdempotencyKey::parse(&hex::encode(rand::random::<[u8; 16]>()))?,
+            counter: self.outbox.next_counter()?,
+            created_at_ms: now_ms(),
+            operation: Operation::ChallengeAnswer {
+                challenge_id: prompt.challenge_id.clone(),
+                merchant_id: prompt.merchant_id.clone(),
+                amount: prompt.amount,
+                responses: decoded,
+            },
+        };
+        Ok(Some(
+            self.bundle
+                .signing_key
+                .seal(REQUEST_CONTENT_TYPE, &request.to_payload()),
+        ))
+    }
+
+    /// Publishes an outbox entry until a final receipt for its key arrives. A challenged
+    /// payment is answered through the challenge handler; the wait then lasts until the
+    /// challenge's expiry.
     async fn deliver(&mut self, key: &IdempotencyKey, envelope: &[u8]) -> Result<VerifiedReceipt> {
-        let deadline = Instant::now() + self.settings.receipt_timeout;
+        let mut deadline = Instant::now() + self.settings.receipt_timeout;
+        // the answer in flight, and which (challenge, attempts left) it answers
+        let mut answer: Option<(Vec<u8>, String, u32)> = None;
         loop {
-            self.publish_raw(envelope.to_vec()).await?;
+            match &answer {
+                Some((bytes, _, _)) => self.publish_raw(bytes.clone()).await?,
+                None => self.publish_raw(envelope.to_vec()).await?,
+            }
             let round_end = (Instant::now() + self.settings.resend_interval).min(deadline);
             if let Some(receipt) = self.next_reply_until(round_end, Some(key.as_str())).await {
+                if receipt.receipt.outcome == Outcome::Challenged {
+                    if let Some(challenge) = receipt.receipt.challenge.clone() {
+                        let expiry =
+                            Duration::from_millis(challenge.expires_at_ms.saturating_sub(now_ms()));
+                        deadline = deadline
+                            .max(Instant::now() + expiry + self.settings.resend_interval * 2);
+                        let answered = answer.as_ref().is_some_and(|(_, id, left)| {
+                            *id == challenge.challenge_id && *left == challenge.attempts_left
+                        });
+                        if !answered {
+                            answer = self.answer_challenge(&receipt)?.map(|bytes| {
+                                (
+                                    bytes,
+                                    challenge.challenge_id.clone(),
+                                    challenge.attempts_left,
+                                )
+                            });
+                            if answer.is_some() {
+                                continue; // send the answer now
+                            }
+                        }
+                    }
+                    tokio::time::sleep_until(round_end.into()).await;
+                    if Instant::now() >= deadline {
+                        bail!("the challenge for {key} was not completed in time");
+                    }
+                    continue;
+                }
                 let retryable = matches!(
                     receipt.code(),
                     Some(

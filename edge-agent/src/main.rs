@@ -62,6 +62,28 @@ async fn main() -> Result<()> {
         outbox_dir: cli.outbox.unwrap_or_else(|| cli.bundle.join("outbox")),
     };
     let mut agent = Agent::connect(bundle, settings).await?;
+    // step-up: ask the holder at the terminal (a wallet app or firmware shows its own UI)
+    agent.on_challenge(Box::new(|prompt| {
+        use std::io::{BufRead, Write};
+        eprintln!(
+            "step-up needed: {} (attempts left {})",
+            prompt.message, prompt.attempts_left
+        );
+        let mut answers = Vec::new();
+        for mechanism in &prompt.mechanisms {
+            eprint!(
+                "enter your {mechanism} code to pay {} to {}: ",
+                prompt.amount, prompt.merchant_id
+            );
+            let _ = std::io::stderr().flush();
+            let mut line = String::new();
+            if std::io::stdin().lock().read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            answers.push((mechanism.clone(), line.trim().to_owned()));
+        }
+        Some(answers)
+    }));
     let receipts = match cli.command {
         Command::Pay { to, amount } => {
             let merchant = AccountId::parse(&to)?;

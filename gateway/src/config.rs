@@ -21,6 +21,7 @@ pub struct Settings {
     pub receipts: ReceiptSettings,
     pub audit: AuditSettings,
     pub keys: KeySettings,
+    pub identity: IdentitySettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,6 +243,66 @@ impl Default for S3WormSettings {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySettings {
+    /// Which step-up mechanisms a payment needs, as data (docs/identity.md).
+    pub rules: Vec<paygate_core::identity::Rule>,
+    /// How long a passed mechanism spares the holder, per mechanism and risk level.
+    pub pass_windows: Vec<paygate_core::identity::PassWindow>,
+    pub totp: paygate_core::identity::TotpParams,
+    /// A challenge not answered in this time declines the payment.
+    pub challenge_ttl_ms: u64,
+    /// Wrong answers before the challenge fails and its mechanisms lock.
+    pub attempts_max: u32,
+    pub lockout_ms: u64,
+    /// The window of the velocity counters (rules and limits).
+    pub velocity_window_ms: u64,
+    /// Abuse limits: decided payments per window per device and per wallet.
+    pub device_payments_per_window_max: u32,
+    pub wallet_payments_per_window_max: u32,
+    /// Where the development notifier writes out-of-band codes (an SMS or push provider
+    /// replaces it). Relative to data_dir.
+    pub notifier_file: PathBuf,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        use paygate_core::identity::{
+            Condition, Mechanism, OtpAlgorithm, PassWindow, RiskLevel, Rule, TotpParams,
+        };
+        IdentitySettings {
+            rules: vec![Rule {
+                name: "large-payment".into(),
+                risk: RiskLevel::High,
+                require: vec![Mechanism::Totp],
+                when: Condition {
+                    amount_minor_min: Some(200_000),
+                    ..Condition::default()
+                },
+            }],
+            pass_windows: vec![PassWindow {
+                mechanism: Mechanism::Totp,
+                risk: RiskLevel::High,
+                window_ms: 300_000,
+            }],
+            totp: TotpParams {
+                algorithm: OtpAlgorithm::Sha1,
+                digits: 6,
+                step_s: 30,
+                drift_steps: 1,
+            },
+            challenge_ttl_ms: 60_000,
+            attempts_max: 3,
+            lockout_ms: 900_000,
+            velocity_window_ms: 3_600_000,
+            device_payments_per_window_max: 1_000,
+            wallet_payments_per_window_max: 1_000,
+            notifier_file: PathBuf::from("notifier/outbox.jsonl"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyProviderKind {
@@ -305,6 +366,7 @@ impl Default for Settings {
             receipts: ReceiptSettings::default(),
             audit: AuditSettings::default(),
             keys: KeySettings::default(),
+            identity: IdentitySettings::default(),
         }
     }
 }
@@ -481,6 +543,43 @@ impl Settings {
                 "must be at least 365 (PCI DSS 10.5.1)",
             ));
         }
+        let identity = &self.identity;
+        for rule in &identity.rules {
+            if rule.name.is_empty() || rule.require.is_empty() {
+                return Err(invalid(
+                    "identity.rules",
+                    "every rule needs a name and at least one mechanism",
+                ));
+            }
+        }
+        if !(6..=8).contains(&identity.totp.digits)
+            || identity.totp.step_s == 0
+            || identity.totp.drift_steps > 10
+        {
+            return Err(invalid(
+                "identity.totp",
+                "digits 6-8, step_s at least 1, drift_steps at most 10",
+            ));
+        }
+        // within the UPI timers: a pending payment is checked from 45 s; the holder gets at most 2 min
+        if !(1_000..=120_000).contains(&identity.challenge_ttl_ms) {
+            return Err(invalid(
+                "identity.challenge_ttl_ms",
+                "must be 1000 to 120000",
+            ));
+        }
+        if !(1..=10).contains(&identity.attempts_max) {
+            return Err(invalid("identity.attempts_max", "must be 1 to 10"));
+        }
+        if identity.velocity_window_ms == 0
+            || identity.device_payments_per_window_max == 0
+            || identity.wallet_payments_per_window_max == 0
+        {
+            return Err(invalid(
+                "identity.*_max",
+                "velocity limits must be positive",
+            ));
+        }
         let keys = &self.keys;
         if keys.provider == KeyProviderKind::AwsKms && keys.kms_key_id.is_empty() {
             return Err(invalid(
@@ -632,6 +731,41 @@ data_key_age_max_ms = 3600000
 data_key_uses_max = 100000
 # Unwrapped data keys held in memory.
 cache_entries_max = 1024
+
+[identity]
+# A challenge not answered in time declines the payment (at most 120000: within the UPI timers).
+challenge_ttl_ms = 60000
+# Wrong answers before a challenge fails and its mechanisms lock for lockout_ms.
+attempts_max = 3
+lockout_ms = 900000
+# Velocity counters (rules) and abuse limits: decided payments per window.
+velocity_window_ms = 3600000
+device_payments_per_window_max = 1000
+wallet_payments_per_window_max = 1000
+# The development notifier's file for out-of-band codes (an SMS or push provider replaces it).
+notifier_file = "notifier/outbox.jsonl"
+
+[identity.totp]
+algorithm = "sha1"
+digits = 6
+step_s = 30
+drift_steps = 1
+
+# Rules are data: every matching rule's mechanisms are asked, at the highest risk that asks.
+# Conditions: amount_minor_min/max, currency, first_payee, first_device_use,
+# payments_in_window_min, cumulative_minor_since_strong_auth_min, hour_utc_from/to, payee_in.
+# Mechanisms: totp, pin, oob (device_possession is always present).
+[[identity.rules]]
+name = "large-payment"
+risk = "high"
+require = ["totp"]
+when = { amount_minor_min = 200000 }
+
+# A mechanism passed within window_ms at that risk level is not asked again (validate pass).
+[[identity.pass_windows]]
+mechanism = "totp"
+risk = "high"
+window_ms = 300000
 "#;
 
 #[cfg(test)]

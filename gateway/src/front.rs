@@ -315,6 +315,7 @@ fn notice(front: &Front, device: &DeviceId, code: ErrorCode) -> Bytes {
         amount: None,
         merchant_id: None,
         payer: None,
+        challenge: None,
         decided_at_ms: now_ms(),
     };
     let sealed = front

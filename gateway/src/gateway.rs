@@ -144,6 +144,10 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         metrics.clone(),
         audit.clone(),
         cipher.clone(),
+        settings.identity.clone(),
+        crate::identity::DevNotifier {
+            path: settings.resolve(&settings.identity.notifier_file),
+        },
     );
     let (link_tx, link_rx) = embedded.pipeline_link;
     let (queue_tx, queue_rx) = mpsc::channel(settings.pipeline.queue_depth_max);
@@ -233,8 +237,19 @@ async fn run_pipeline(
     batch_size_max: usize,
 ) {
     let mut batch = Vec::with_capacity(batch_size_max);
-    while queue.recv_many(&mut batch, batch_size_max).await > 0 {
-        let replies = pipeline.process_batch(std::mem::take(&mut batch)).await;
+    // challenged payments whose time ran out are declined on this tick
+    let mut expiry = tokio::time::interval(Duration::from_millis(250));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let replies = tokio::select! {
+            received = queue.recv_many(&mut batch, batch_size_max) => {
+                if received == 0 {
+                    return;
+                }
+                pipeline.process_batch(std::mem::take(&mut batch)).await
+            }
+            _ = expiry.tick() => pipeline.expire_challenges().await,
+        };
         for reply in replies {
             publish_reply(&mut link_tx, replies_topic(&reply.device), reply.receipt).await;
         }

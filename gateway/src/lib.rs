@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod front;
 pub mod gateway;
+pub mod identity;
 pub mod keys;
 pub mod metrics;
 pub mod pipeline;

@@ -22,6 +22,7 @@ pub struct Metrics {
     audit_shipping_failures: AtomicU64,
     audit_backlog_bytes: AtomicU64,
     key_failures: AtomicU64,
+    challenges_issued: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -41,6 +42,7 @@ pub struct MetricsSnapshot {
     pub audit_shipping_failures: u64,
     pub audit_backlog_bytes: u64,
     pub key_failures: u64,
+    pub challenges_issued: u64,
 }
 
 impl MetricsSnapshot {
@@ -98,6 +100,9 @@ impl Metrics {
     pub fn count_audit_shipping_failure(&self) {
         self.audit_shipping_failures.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn count_challenged(&self) {
+        self.challenges_issued.fetch_add(1, Ordering::Relaxed);
+    }
     /// A request needed a key the provider could not give (alert on any increase).
     pub fn count_key_failure(&self) {
         self.key_failures.fetch_add(1, Ordering::Relaxed);
@@ -125,6 +130,7 @@ impl Metrics {
             audit_shipping_failures: self.audit_shipping_failures.load(Ordering::Relaxed),
             audit_backlog_bytes: self.audit_backlog_bytes.load(Ordering::Relaxed),
             key_failures: self.key_failures.load(Ordering::Relaxed),
+            challenges_issued: self.challenges_issued.load(Ordering::Relaxed),
         }
     }
 
@@ -173,6 +179,7 @@ impl Metrics {
             ),
             ("paygate_audit_backlog_bytes", s.audit_backlog_bytes),
             ("paygate_key_failures_total", s.key_failures),
+            ("paygate_challenges_issued_total", s.challenges_issued),
         ] {
             let _ = writeln!(out, "{name} {value}");
         }

@@ -18,20 +18,24 @@
 //! Every stage takes the whole batch, so group commit is the normal path, not a later rewrite.
 
 use crate::audit::AuditLog;
-use crate::config::PipelineSettings;
+use crate::config::{IdentitySettings, PipelineSettings};
+use crate::identity;
 use crate::keys::cipher::FieldCipher;
 use crate::metrics::Metrics;
+use crate::profiles;
 use crate::store::{self, AccountKind, Batch, SealedPayer, Store, StoreError};
 use bytes::Bytes;
 use paygate_core::audit::{AuditEvent, AuditOutcome, EventType};
 use paygate_core::envelope::{SigningKey, UnverifiedEnvelope};
+use paygate_core::identity::{required_mechanisms, totp_verify, Mechanism, RiskLevel};
 use paygate_core::payer::Payer;
-use paygate_core::receipt::{Outcome, Receipt, RECEIPT_CONTENT_TYPE};
+use paygate_core::receipt::{ChallengeWire, Outcome, Receipt, RECEIPT_CONTENT_TYPE};
+use paygate_core::request::OneTimeCode;
 use paygate_core::request::{
     check_freshness, decode_request, MoneyWire, Operation, Request, REQUEST_CONTENT_TYPE,
     SCHEMA_VERSION,
 };
-use paygate_core::{AccountId, DeviceId, ErrorCode};
+use paygate_core::{AccountId, DeviceId, ErrorCode, IdempotencyKey, Money};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,6 +64,8 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     audit: Arc<AuditLog>,
     cipher: Arc<FieldCipher>,
+    identity: IdentitySettings,
+    notifier: identity::DevNotifier,
 }
 
 struct Verified {
@@ -70,6 +76,51 @@ struct Verified {
     wallet: AccountId,
     /// The payer instrument, already encrypted (before the batch's transaction began).
     payer: Option<SealedPayer>,
+    /// For a challenge answer: what checking it needs from outside the database transaction.
+    answer: AnswerMaterial,
+}
+
+/// Prepared before the batch's transaction: the holder's TOTP secret (decrypted through the
+/// key provider) and the PIN check (Argon2, slow on purpose).
+#[derive(Default)]
+struct AnswerMaterial {
+    totp_secret: Option<zeroize::Zeroizing<Vec<u8>>>,
+    pin_matches: Option<bool>,
+}
+
+/// A payment being decided: now, or later from its challenge.
+struct HeldPayment {
+    device: DeviceId,
+    wallet: AccountId,
+    key: IdempotencyKey,
+    counter: u64,
+    body_sha256: Vec<u8>,
+    merchant: AccountId,
+    amount: Money,
+    payer: Option<SealedPayer>,
+}
+
+impl From<&identity::Challenge> for HeldPayment {
+    fn from(c: &identity::Challenge) -> HeldPayment {
+        HeldPayment {
+            device: c.device.clone(),
+            wallet: c.wallet.clone(),
+            key: c.idempotency_key.clone(),
+            counter: c.counter,
+            body_sha256: c.body_sha256.clone(),
+            merchant: c.merchant.clone(),
+            amount: c.amount,
+            payer: c.payer.clone(),
+        }
+    }
+}
+
+/// The challenge answer that completed a payment: recorded with the payment's final receipt,
+/// so a retry of the answer gets the same bytes.
+struct AnswerRecord {
+    key: IdempotencyKey,
+    counter: u64,
+    body_sha256: Vec<u8>,
 }
 
 /// Milliseconds since the Unix epoch, UTC.
@@ -88,6 +139,8 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         audit: Arc<AuditLog>,
         cipher: Arc<FieldCipher>,
+        identity: IdentitySettings,
+        notifier: identity::DevNotifier,
     ) -> Pipeline {
         Pipeline {
             store,
@@ -96,6 +149,8 @@ impl Pipeline {
             metrics,
             audit,
             cipher,
+            identity,
+            notifier,
         }
     }
 
@@ -112,7 +167,19 @@ impl Pipeline {
                 Ok(mut ok) => match self.seal_payer(&ok.request).await {
                     Ok(payer) => {
                         ok.payer = payer;
-                        verified.push(ok)
+                        match self.prepare_answer(&ok).await {
+                            Ok(answer) => {
+                                ok.answer = answer;
+                                verified.push(ok)
+                            }
+                            Err((code, message)) => replies.push(self.refuse_verified(
+                                &ok,
+                                code,
+                                message,
+                                now,
+                                &mut events,
+                            )),
+                        }
                     }
                     Err((code, message)) => {
                         replies.push(self.refuse_verified(&ok, code, message, now, &mut events))
@@ -208,6 +275,7 @@ impl Pipeline {
             body_sha256: sha256(payload),
             wallet: device.wallet,
             payer: None,
+            answer: AnswerMaterial::default(),
         })
     }
 
@@ -219,8 +287,10 @@ impl Pipeline {
         &self,
         request: &Request,
     ) -> Result<Option<SealedPayer>, (ErrorCode, String)> {
-        let Operation::MerchantPayment { payer, .. } = &request.operation;
-        let Some(payer) = payer else {
+        let Operation::MerchantPayment {
+            payer: Some(payer), ..
+        } = &request.operation
+        else {
             return Ok(None);
         };
         let (kind, value) = match payer {
@@ -284,81 +354,641 @@ impl Pipeline {
     ) -> Result<Outbound, StoreError> {
         let request = &item.request;
         let device = &request.device_id;
-        // stage 2: deduplicate
-        if let Some(decided) = store::find_decided(batch, device, &request.idempotency_key).await? {
-            if decided.body_sha256 == item.body_sha256 {
+        // stage 2: deduplicate (a decided request, or a payment waiting on its challenge)
+        let known = match store::find_decided(batch, device, &request.idempotency_key).await? {
+            Some(decided) => Some((decided.body_sha256, decided.receipt)),
+            None => identity::challenge_by_request(batch, device, &request.idempotency_key)
+                .await?
+                .map(|c| (c.body_sha256, c.receipt)),
+        };
+        if let Some((body_sha256, receipt)) = known {
+            if body_sha256 == item.body_sha256 {
                 self.metrics.count_replayed();
                 return Ok(Outbound {
                     device: device.clone(),
-                    receipt: decided.receipt,
+                    receipt,
                     received_at: item.inbound.received_at,
                 });
             }
-            events.push(rejected_event(
-                device,
-                Some(request),
-                ErrorCode::IdempotencyConflict,
-                now,
-            ));
-            return Ok(self.reject(
-                &item.inbound,
-                Some(request),
-                Some(item.body_sha256.clone()),
+            return Ok(self.refuse_verified(
+                item,
                 ErrorCode::IdempotencyConflict,
                 "this idempotency key was used with a different request body".into(),
                 now,
+                events,
             ));
         }
-        if store::counter_used(batch, device, request.counter).await? {
-            events.push(rejected_event(
-                device,
-                Some(request),
-                ErrorCode::CounterReused,
-                now,
-            ));
-            return Ok(self.reject(
-                &item.inbound,
-                Some(request),
-                Some(item.body_sha256.clone()),
+        if store::counter_used(batch, device, request.counter).await?
+            || identity::counter_in_challenges(batch, device, request.counter).await?
+        {
+            return Ok(self.refuse_verified(
+                item,
                 ErrorCode::CounterReused,
                 format!(
                     "counter {} was already used by another request",
                     request.counter
                 ),
                 now,
+                events,
             ));
         }
+        match &request.operation {
+            Operation::MerchantPayment {
+                merchant_id,
+                amount,
+                ..
+            } => {
+                self.decide_payment(batch, item, merchant_id, *amount, events, now)
+                    .await
+            }
+            Operation::ChallengeAnswer {
+                challenge_id,
+                merchant_id,
+                amount,
+                responses,
+            } => {
+                self.decide_answer(
+                    batch,
+                    item,
+                    challenge_id,
+                    merchant_id,
+                    *amount,
+                    responses,
+                    events,
+                    now,
+                )
+                .await
+            }
+        }
+    }
 
-        // stage 3: decide and post
-        let tx_id = store::new_tx_id();
-        let Operation::MerchantPayment {
+    /// Stage 3 for a payment: abuse limits, then the rule manager; a payment that needs a
+    /// step-up is held as a durable challenge, the others are posted now.
+    async fn decide_payment(
+        &self,
+        batch: &mut Batch<'_>,
+        item: &Verified,
+        merchant_id: &AccountId,
+        amount: Money,
+        events: &mut Vec<AuditEvent>,
+        now: u64,
+    ) -> Result<Outbound, StoreError> {
+        let request = &item.request;
+        let payment = HeldPayment {
+            device: request.device_id.clone(),
+            wallet: item.wallet.clone(),
+            key: request.idempotency_key.clone(),
+            counter: request.counter,
+            body_sha256: item.body_sha256.clone(),
+            merchant: merchant_id.clone(),
+            amount,
+            payer: item.payer.clone(),
+        };
+        let rules = &self.identity.rules;
+        let window_start = now.saturating_sub(self.identity.velocity_window_ms);
+        let (by_device, by_wallet) =
+            identity::velocity(batch, &payment.device, &payment.wallet, window_start).await?;
+        if by_device >= self.identity.device_payments_per_window_max
+            || by_wallet >= self.identity.wallet_payments_per_window_max
+        {
+            return self
+                .post_and_record(
+                    batch,
+                    &payment,
+                    None,
+                    Some(ErrorCode::LimitExceeded),
+                    item.inbound.received_at,
+                    events,
+                    now,
+                )
+                .await;
+        }
+        let completeness = identity::completeness(
+            batch,
+            &payment.device,
+            &payment.wallet,
             merchant_id,
             amount,
-            ..
-        } = &request.operation;
-        let wallet = &item.wallet;
-        let decision = store::post_transfer(
+            now,
+            self.identity.velocity_window_ms,
+        )
+        .await?;
+        let required = required_mechanisms(rules, &self.identity.pass_windows, &completeness);
+        if required.is_empty() {
+            return self
+                .post_and_record(
+                    batch,
+                    &payment,
+                    None,
+                    None,
+                    item.inbound.received_at,
+                    events,
+                    now,
+                )
+                .await;
+        }
+        let mechanisms: Vec<Mechanism> = required.iter().map(|r| r.mechanism).collect();
+        let risk = required
+            .iter()
+            .map(|r| r.risk)
+            .max()
+            .unwrap_or(RiskLevel::High);
+        let rule_names: Vec<String> = required.iter().flat_map(|r| r.rules.clone()).collect();
+        let mut refusal = None;
+        if let Some(mechanism) = identity::locked(batch, &payment.wallet, &mechanisms, now).await? {
+            refusal = Some((ErrorCode::MechanismLocked, format!("{mechanism} is locked")));
+        } else {
+            for &mechanism in &mechanisms {
+                if !identity::enrolled(batch, &payment.wallet, mechanism).await? {
+                    refusal = Some((
+                        ErrorCode::MechanismNotEnrolled,
+                        format!("{mechanism} is not enrolled"),
+                    ));
+                    break;
+                }
+            }
+        }
+        if let Some((code, why)) = refusal {
+            events.push(self.identity_event(
+                &payment,
+                AuditOutcome::Failure,
+                Some(code),
+                format!("step-up needed by {} but {why}", rule_names.join(",")),
+                now,
+            ));
+            return self
+                .post_and_record(
+                    batch,
+                    &payment,
+                    None,
+                    Some(code),
+                    item.inbound.received_at,
+                    events,
+                    now,
+                )
+                .await;
+        }
+        let challenge_id = uuid::Uuid::new_v4().to_string();
+        let oob_code_sha256 = if mechanisms.contains(&Mechanism::Oob) {
+            let code = format!("{:06}", rand::random::<u32>() % 1_000_000);
+            let text = format!(
+                "paygate: {code} is your code to pay {amount} to {merchant_id}. Never share it."
+            );
+            if let Err(error) = self
+                .notifier
+                .send(&payment.wallet, &challenge_id, &code, &text)
+            {
+                tracing::error!(%error, "out-of-band code not sent");
+            }
+            Some(identity::oob_code_hash(
+                &challenge_id,
+                &code,
+                amount,
+                merchant_id,
+            ))
+        } else {
+            None
+        };
+        let expires_at_ms = now.saturating_add(self.identity.challenge_ttl_ms);
+        let receipt = self.challenge_receipt(
+            &payment,
+            &challenge_id,
+            &mechanisms,
+            expires_at_ms,
+            self.identity.attempts_max,
+            now,
+        );
+        let challenge = identity::Challenge {
+            challenge_id: challenge_id.clone(),
+            device: payment.device.clone(),
+            wallet: payment.wallet.clone(),
+            idempotency_key: payment.key.clone(),
+            counter: payment.counter,
+            body_sha256: payment.body_sha256.clone(),
+            merchant: payment.merchant.clone(),
+            amount,
+            payer: payment.payer.clone(),
+            mechanisms: mechanisms.clone(),
+            risk,
+            oob_code_sha256,
+            attempts: 0,
+            state: "pending".into(),
+            receipt: receipt.clone(),
+            expires_at_ms,
+        };
+        identity::insert_challenge(batch, &challenge, now).await?;
+        let names: Vec<&str> = mechanisms.iter().map(|m| m.as_str()).collect();
+        events.push(self.identity_event(
+            &payment,
+            AuditOutcome::Success,
+            None,
+            format!(
+                "challenge {challenge_id} issued: {} (rules {}, risk {risk:?})",
+                names.join(","),
+                rule_names.join(",")
+            ),
+            now,
+        ));
+        self.metrics.count_challenged();
+        Ok(Outbound {
+            device: payment.device,
+            receipt,
+            received_at: item.inbound.received_at,
+        })
+    }
+
+    /// Stage 3 for a challenge answer: dynamic linking (the amount and payee restated), each
+    /// mechanism checked; right, the held payment is posted; wrong, an attempt is counted and
+    /// at `identity.attempts_max` the payment is declined and the mechanisms lock.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide_answer(
+        &self,
+        batch: &mut Batch<'_>,
+        item: &Verified,
+        challenge_id: &str,
+        merchant_id: &AccountId,
+        amount: Money,
+        responses: &[(Mechanism, OneTimeCode)],
+        events: &mut Vec<AuditEvent>,
+        now: u64,
+    ) -> Result<Outbound, StoreError> {
+        let request = &item.request;
+        let challenge = identity::challenge_by_id(batch, challenge_id)
+            .await?
+            .filter(|c| c.device == request.device_id);
+        let Some(challenge) = challenge else {
+            return Ok(self.refuse_verified(
+                item,
+                ErrorCode::ChallengeUnknown,
+                "no such challenge is open for this device".into(),
+                now,
+                events,
+            ));
+        };
+        let answer = Some(AnswerRecord {
+            key: request.idempotency_key.clone(),
+            counter: request.counter,
+            body_sha256: item.body_sha256.clone(),
+        });
+        let payment = HeldPayment::from(&challenge);
+        if challenge.state != "pending" {
+            // already decided: answer with the payment's final receipt
+            return match store::find_decided(batch, &challenge.device, &challenge.idempotency_key)
+                .await?
+            {
+                Some(decided) => Ok(Outbound {
+                    device: challenge.device.clone(),
+                    receipt: decided.receipt,
+                    received_at: item.inbound.received_at,
+                }),
+                None => Ok(self.refuse_verified(
+                    item,
+                    ErrorCode::ChallengeUnknown,
+                    "the challenge is closed".into(),
+                    now,
+                    events,
+                )),
+            };
+        }
+        if now >= challenge.expires_at_ms {
+            identity::update_challenge(
+                batch,
+                challenge_id,
+                "expired",
+                challenge.attempts,
+                &challenge.receipt,
+            )
+            .await?;
+            events.push(self.identity_event(
+                &payment,
+                AuditOutcome::Failure,
+                Some(ErrorCode::ChallengeExpired),
+                format!("challenge {challenge_id} expired"),
+                now,
+            ));
+            return self
+                .post_and_record(
+                    batch,
+                    &payment,
+                    answer.as_ref(),
+                    Some(ErrorCode::ChallengeExpired),
+                    item.inbound.received_at,
+                    events,
+                    now,
+                )
+                .await;
+        }
+        let linked = *merchant_id == challenge.merchant && amount == challenge.amount;
+        let mut passed = linked;
+        let mut totp_step = None;
+        for &mechanism in &challenge.mechanisms {
+            let response = responses
+                .iter()
+                .find(|(m, _)| *m == mechanism)
+                .map(|(_, c)| c);
+            let ok = match (mechanism, response) {
+                (Mechanism::DevicePossession, _) => true,
+                (_, None) => false,
+                (Mechanism::Totp, Some(code)) => {
+                    let last = identity::totp_last_step(batch, &challenge.wallet).await?;
+                    let step = item.answer.totp_secret.as_ref().and_then(|secret| {
+                        totp_verify(secret, self.identity.totp, now / 1000, code.expose(), last)
+                    });
+                    totp_step = step;
+                    step.is_some()
+                }
+                (Mechanism::Pin, Some(_)) => item.answer.pin_matches == Some(true),
+                (Mechanism::Oob, Some(code)) => {
+                    challenge.oob_code_sha256.as_deref()
+                        == Some(
+                            &identity::oob_code_hash(
+                                challenge_id,
+                                code.expose(),
+                                challenge.amount,
+                                &challenge.merchant,
+                            )[..],
+                        )
+                }
+            };
+            passed &= ok;
+        }
+        if let Some(step) = totp_step {
+            // a matched code is used up even if another mechanism failed: never accepted twice
+            identity::set_totp_step(batch, &challenge.wallet, step).await?;
+        }
+        if passed {
+            identity::update_challenge(
+                batch,
+                challenge_id,
+                "passed",
+                challenge.attempts,
+                &challenge.receipt,
+            )
+            .await?;
+            identity::record_passes(batch, &challenge.wallet, &challenge.mechanisms, now).await?;
+            events.push(self.identity_event(
+                &payment,
+                AuditOutcome::Success,
+                None,
+                format!("challenge {challenge_id} answered"),
+                now,
+            ));
+            return self
+                .post_and_record(
+                    batch,
+                    &payment,
+                    answer.as_ref(),
+                    None,
+                    item.inbound.received_at,
+                    events,
+                    now,
+                )
+                .await;
+        }
+        let attempts = challenge.attempts.saturating_add(1);
+        let why = if linked {
+            "wrong answer"
+        } else {
+            "the answer names another amount or payee"
+        };
+        events.push(self.identity_event(
+            &payment,
+            AuditOutcome::Failure,
+            Some(ErrorCode::ChallengeFailed),
+            format!(
+                "challenge {challenge_id}: {why}, attempt {attempts} of {}",
+                self.identity.attempts_max
+            ),
+            now,
+        ));
+        if attempts >= self.identity.attempts_max {
+            identity::update_challenge(batch, challenge_id, "failed", attempts, &challenge.receipt)
+                .await?;
+            identity::lock(
+                batch,
+                &challenge.wallet,
+                &challenge.mechanisms,
+                now.saturating_add(self.identity.lockout_ms),
+            )
+            .await?;
+            return self
+                .post_and_record(
+                    batch,
+                    &payment,
+                    answer.as_ref(),
+                    Some(ErrorCode::ChallengeFailed),
+                    item.inbound.received_at,
+                    events,
+                    now,
+                )
+                .await;
+        }
+        let receipt = self.challenge_receipt(
+            &payment,
+            challenge_id,
+            &challenge.mechanisms,
+            challenge.expires_at_ms,
+            self.identity.attempts_max - attempts,
+            now,
+        );
+        identity::update_challenge(batch, challenge_id, "pending", attempts, &receipt).await?;
+        store::record_decided(
             batch,
-            &tx_id,
-            "merchant_payment",
-            Some((device, &request.idempotency_key)),
-            wallet,
-            merchant_id,
-            AccountKind::Merchant,
-            *amount,
+            &request.device_id,
+            &request.idempotency_key,
+            request.counter,
+            &item.body_sha256,
+            false,
+            Some(ErrorCode::ChallengeFailed),
+            None,
+            &receipt,
             now,
         )
-        .await;
-        let code = match decision {
-            Ok(()) => None,
-            Err(StoreError::Refused(code)) => Some(code),
-            Err(StoreError::Invariant(broken)) => {
-                // a broken invariant refuses this one request and raises an alert
-                tracing::error!(%broken, device = %device, "ledger invariant broken; request refused");
-                self.metrics.count_invariant_alert();
-                Some(ErrorCode::InternalError)
+        .await?;
+        Ok(Outbound {
+            device: request.device_id.clone(),
+            receipt,
+            received_at: item.inbound.received_at,
+        })
+    }
+
+    /// Declines every challenged payment whose time ran out, and returns their final receipts.
+    pub async fn expire_challenges(&self) -> Vec<Outbound> {
+        let now = now_ms();
+        let result = async {
+            let mut batch = self.store.begin_batch().await?;
+            let mut events = Vec::new();
+            let mut replies = Vec::new();
+            for challenge in identity::expired_challenges(&mut batch, now).await? {
+                identity::update_challenge(
+                    &mut batch,
+                    &challenge.challenge_id,
+                    "expired",
+                    challenge.attempts,
+                    &challenge.receipt,
+                )
+                .await?;
+                let payment = HeldPayment::from(&challenge);
+                events.push(self.identity_event(
+                    &payment,
+                    AuditOutcome::Failure,
+                    Some(ErrorCode::ChallengeExpired),
+                    format!("challenge {} expired unanswered", challenge.challenge_id),
+                    now,
+                ));
+                replies.push(
+                    self.post_and_record(
+                        &mut batch,
+                        &payment,
+                        None,
+                        Some(ErrorCode::ChallengeExpired),
+                        Instant::now(),
+                        &mut events,
+                        now,
+                    )
+                    .await?,
+                );
             }
-            Err(other) => return Err(other),
+            if replies.is_empty() {
+                return Ok::<_, StoreError>(Vec::new());
+            }
+            store::add_audit_events(&mut batch, &events).await?;
+            batch.commit().await?;
+            Ok(replies)
+        }
+        .await;
+        match result {
+            Ok(replies) if replies.is_empty() => replies,
+            Ok(replies) => match self.audit.drain().await {
+                Ok(()) => replies,
+                Err(error) => {
+                    tracing::error!(%error, "expiry receipts held back: the audit journal cannot be written");
+                    Vec::new()
+                }
+            },
+            Err(error) => {
+                tracing::error!(%error, "challenge expiry failed; retried at the next tick");
+                Vec::new()
+            }
+        }
+    }
+
+    fn challenge_receipt(
+        &self,
+        payment: &HeldPayment,
+        challenge_id: &str,
+        mechanisms: &[Mechanism],
+        expires_at_ms: u64,
+        attempts_left: u32,
+        now: u64,
+    ) -> Vec<u8> {
+        let receipt = Receipt {
+            v: SCHEMA_VERSION,
+            outcome: Outcome::Challenged,
+            code: None,
+            message: Some(format!(
+                "confirm {} to {} with: {}",
+                payment.amount,
+                payment.merchant,
+                mechanisms
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            device_id: payment.device.to_string(),
+            idempotency_key: Some(payment.key.to_string()),
+            body_sha256: Some(hex::encode(&payment.body_sha256)),
+            tx_id: None,
+            amount: Some(MoneyWire::from(payment.amount)),
+            merchant_id: Some(payment.merchant.to_string()),
+            payer: payment.payer.as_ref().map(|p| p.masked.clone()),
+            challenge: Some(ChallengeWire {
+                challenge_id: challenge_id.to_owned(),
+                mechanisms: mechanisms.iter().map(|m| m.as_str().to_owned()).collect(),
+                expires_at_ms,
+                attempts_left,
+            }),
+            decided_at_ms: now,
+        };
+        self.receipt_key
+            .seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload())
+    }
+
+    fn identity_event(
+        &self,
+        payment: &HeldPayment,
+        outcome: AuditOutcome,
+        code: Option<ErrorCode>,
+        detail: String,
+        now: u64,
+    ) -> AuditEvent {
+        let mut event = AuditEvent::new(
+            now,
+            EventType::IdentityDecision,
+            format!("device:{}", payment.device),
+            format!("mqtt:{}", payment.device),
+            outcome,
+            "identity",
+            format!("account:{}", payment.wallet),
+        );
+        event.code = code.map(|c| c.as_str().to_owned());
+        event.device_id = Some(payment.device.to_string());
+        event.wallet_id = Some(payment.wallet.to_string());
+        event.merchant_id = Some(payment.merchant.to_string());
+        event.amount = Some(format!(
+            "{} {}",
+            payment.amount.minor_signed(),
+            payment.amount.currency
+        ));
+        event.detail = Some(format!("idempotency_key {} {detail}", payment.key));
+        event
+    }
+
+    /// Stages 3 and 4 for a payment decided now: post it (unless `decline` says why not),
+    /// record the decision with its signed receipt for its own key (and for the challenge
+    /// answer that completed it), the payer, and the audit event.
+    #[allow(clippy::too_many_arguments)]
+    async fn post_and_record(
+        &self,
+        batch: &mut Batch<'_>,
+        payment: &HeldPayment,
+        answer: Option<&AnswerRecord>,
+        decline: Option<ErrorCode>,
+        received_at: Instant,
+        events: &mut Vec<AuditEvent>,
+        now: u64,
+    ) -> Result<Outbound, StoreError> {
+        let device = &payment.device;
+        let wallet = &payment.wallet;
+        let merchant_id = &payment.merchant;
+        let amount = payment.amount;
+        let tx_id = store::new_tx_id();
+        let code = match decline {
+            Some(code) => Some(code),
+            None => match store::post_transfer(
+                batch,
+                &tx_id,
+                "merchant_payment",
+                Some((device, &payment.key)),
+                wallet,
+                merchant_id,
+                AccountKind::Merchant,
+                amount,
+                now,
+            )
+            .await
+            {
+                Ok(()) => None,
+                Err(StoreError::Refused(code)) => Some(code),
+                Err(StoreError::Invariant(broken)) => {
+                    // a broken invariant refuses this one request and raises an alert
+                    tracing::error!(%broken, device = %device, "ledger invariant broken; request refused");
+                    self.metrics.count_invariant_alert();
+                    Some(ErrorCode::InternalError)
+                }
+                Err(other) => return Err(other),
+            },
         };
 
         // stage 4: record the decision with its signed receipt
@@ -372,12 +1002,13 @@ impl Pipeline {
             code: code.map(|c| c.as_str().to_owned()),
             message: code.map(|c| c.description().to_owned()),
             device_id: device.to_string(),
-            idempotency_key: Some(request.idempotency_key.to_string()),
-            body_sha256: Some(hex::encode(&item.body_sha256)),
+            idempotency_key: Some(payment.key.to_string()),
+            body_sha256: Some(hex::encode(&payment.body_sha256)),
             tx_id: code.is_none().then(|| tx_id.to_string()),
-            amount: Some(MoneyWire::from(*amount)),
+            amount: Some(MoneyWire::from(amount)),
             merchant_id: Some(merchant_id.to_string()),
-            payer: item.payer.as_ref().map(|p| p.masked.clone()),
+            payer: payment.payer.as_ref().map(|p| p.masked.clone()),
+            challenge: None,
             decided_at_ms: now,
         };
         let sealed = self
@@ -386,9 +1017,9 @@ impl Pipeline {
         store::record_decided(
             batch,
             device,
-            &request.idempotency_key,
-            request.counter,
-            &item.body_sha256,
+            &payment.key,
+            payment.counter,
+            &payment.body_sha256,
             code.is_none(),
             code,
             code.is_none().then_some(&tx_id),
@@ -396,8 +1027,23 @@ impl Pipeline {
             now,
         )
         .await?;
-        if let Some(payer) = &item.payer {
-            store::record_payer(batch, device, &request.idempotency_key, payer).await?;
+        if let Some(answer) = answer {
+            store::record_decided(
+                batch,
+                device,
+                &answer.key,
+                answer.counter,
+                &answer.body_sha256,
+                code.is_none(),
+                code,
+                code.is_none().then_some(&tx_id),
+                &sealed,
+                now,
+            )
+            .await?;
+        }
+        if let Some(payer) = &payment.payer {
+            store::record_payer(batch, device, &payment.key, payer).await?;
         }
         let mut event = AuditEvent::new(
             now,
@@ -418,12 +1064,9 @@ impl Pipeline {
         event.wallet_id = Some(wallet.to_string());
         event.merchant_id = Some(merchant_id.to_string());
         event.amount = Some(format!("{} {}", amount.minor_signed(), amount.currency));
-        event.detail = Some(match &item.payer {
-            Some(payer) => format!(
-                "idempotency_key {} payer {}",
-                request.idempotency_key, payer.masked
-            ),
-            None => format!("idempotency_key {}", request.idempotency_key),
+        event.detail = Some(match &payment.payer {
+            Some(payer) => format!("idempotency_key {} payer {}", payment.key, payer.masked),
+            None => format!("idempotency_key {}", payment.key),
         });
         events.push(event);
         match code {
@@ -433,8 +1076,41 @@ impl Pipeline {
         Ok(Outbound {
             device: device.clone(),
             receipt: sealed,
-            received_at: item.inbound.received_at,
+            received_at,
         })
+    }
+
+    /// For a challenge answer, fetches what checking it needs outside the transaction: the
+    /// TOTP secret (decrypted; `KEY_UNAVAILABLE` if the key provider cannot help) and the
+    /// PIN check.
+    async fn prepare_answer(&self, item: &Verified) -> Result<AnswerMaterial, (ErrorCode, String)> {
+        let Operation::ChallengeAnswer { responses, .. } = &item.request.operation else {
+            return Ok(AnswerMaterial::default());
+        };
+        let mut material = AnswerMaterial::default();
+        for (mechanism, code) in responses {
+            match mechanism {
+                Mechanism::Totp => {
+                    material.totp_secret =
+                        profiles::totp_secret(&self.cipher, self.store.pool(), &item.wallet)
+                            .await
+                            .map_err(|error| {
+                                self.metrics.count_key_failure();
+                                tracing::error!(%error, "totp secret unavailable");
+                                (ErrorCode::KeyUnavailable, "the key protecting the holder's TOTP secret is unavailable; retry later".to_owned())
+                            })?;
+                }
+                Mechanism::Pin => {
+                    material.pin_matches = Some(
+                        identity::pin_matches(self.store.pool(), &item.wallet, code.expose())
+                            .await
+                            .map_err(|error| (ErrorCode::InternalError, error.to_string()))?,
+                    );
+                }
+                Mechanism::Oob | Mechanism::DevicePossession => {}
+            }
+        }
+        Ok(material)
     }
 
     /// Refuses a verified request before its decision, with its audit event.
@@ -488,6 +1164,7 @@ impl Pipeline {
             amount: None,
             merchant_id: None,
             payer: None,
+            challenge: None,
             decided_at_ms: now,
         };
         Outbound {

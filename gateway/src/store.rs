@@ -523,6 +523,7 @@ impl Store {
 }
 
 /// The payer instrument of a decided request, sealed by the pipeline before the batch began.
+#[derive(Debug, Clone)]
 pub struct SealedPayer {
     pub kind: &'static str,
     pub value_ct: Vec<u8>,

@@ -1,0 +1,531 @@
+//! Identity validation, the stateful part: the completeness data the rule manager reads, the
+//! durable challenges of step-up, validate-pass records, lockouts, the TOTP replay guard,
+//! customer PINs (Argon2id) and the out-of-band code notifier. The rules themselves are pure
+//! (`paygate_core::identity`); the order of the stages is in `pipeline`.
+
+use crate::store::{Batch, SealedPayer, StoreError};
+use paygate_core::identity::{Completeness, Mechanism, RiskLevel};
+use paygate_core::{AccountId, DeviceId, IdempotencyKey, Money};
+use sqlx::Row;
+use std::path::PathBuf;
+
+fn ms(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn unsigned(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// What the gateway knows about a payment when it decides.
+#[allow(clippy::too_many_arguments)]
+pub async fn completeness(
+    batch: &mut Batch<'_>,
+    device: &DeviceId,
+    wallet: &AccountId,
+    merchant: &AccountId,
+    amount: Money,
+    now_ms: u64,
+    velocity_window_ms: u64,
+) -> Result<Completeness, StoreError> {
+    let paid_before: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM postings pw JOIN postings pm ON pw.tx_id = pm.tx_id
+         WHERE pw.account_id = ? AND pw.amount_minor < 0 AND pm.account_id = ? LIMIT 1",
+    )
+    .bind(wallet.as_str())
+    .bind(merchant.as_str())
+    .fetch_optional(&mut **batch)
+    .await?;
+    let used_before: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM requests WHERE device_id = ? LIMIT 1")
+            .bind(device.as_str())
+            .fetch_optional(&mut **batch)
+            .await?;
+    let since = now_ms.saturating_sub(velocity_window_ms);
+    let in_window: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM requests WHERE device_id = ? AND decided_at_ms >= ?",
+    )
+    .bind(device.as_str())
+    .bind(ms(since))
+    .fetch_one(&mut **batch)
+    .await?;
+    let passes = sqlx::query(
+        "SELECT mechanism, passed_at_ms FROM identity_passes WHERE wallet_account_id = ?",
+    )
+    .bind(wallet.as_str())
+    .fetch_all(&mut **batch)
+    .await?;
+    let mut passed_ms_ago = Vec::new();
+    let mut last_strong = 0u64;
+    for row in passes {
+        let name: String = row.try_get("mechanism")?;
+        let at = unsigned(row.try_get("passed_at_ms")?);
+        last_strong = last_strong.max(at);
+        if let Some(mechanism) = Mechanism::parse(&name) {
+            passed_ms_ago.push((mechanism, now_ms.saturating_sub(at)));
+        }
+    }
+    let paid_since_strong: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(-p.amount_minor), 0) FROM postings p JOIN transfers t ON p.tx_id = t.tx_id
+         WHERE p.account_id = ? AND p.amount_minor < 0 AND t.created_at_ms > ?",
+    )
+    .bind(wallet.as_str())
+    .bind(ms(last_strong))
+    .fetch_one(&mut **batch)
+    .await?;
+    Ok(Completeness {
+        amount_minor: amount.minor_signed(),
+        currency: amount.currency.code().to_owned(),
+        payee: merchant.to_string(),
+        first_payee: paid_before.is_none(),
+        first_device_use: used_before.is_none(),
+        payments_in_window: u32::try_from(in_window).unwrap_or(u32::MAX),
+        cumulative_minor_since_strong_auth: paid_since_strong,
+        hour_utc: u8::try_from((now_ms / 3_600_000) % 24).unwrap_or(0),
+        passed_ms_ago,
+    })
+}
+
+/// Decided payments in the window: by this device, and debited from this wallet.
+pub async fn velocity(
+    batch: &mut Batch<'_>,
+    device: &DeviceId,
+    wallet: &AccountId,
+    since_ms: u64,
+) -> Result<(u32, u32), StoreError> {
+    let by_device: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM requests WHERE device_id = ? AND decided_at_ms >= ?",
+    )
+    .bind(device.as_str())
+    .bind(ms(since_ms))
+    .fetch_one(&mut **batch)
+    .await?;
+    let by_wallet: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM postings p JOIN transfers t ON p.tx_id = t.tx_id
+         WHERE p.account_id = ? AND p.amount_minor < 0 AND t.created_at_ms >= ?",
+    )
+    .bind(wallet.as_str())
+    .bind(ms(since_ms))
+    .fetch_one(&mut **batch)
+    .await?;
+    Ok((
+        u32::try_from(by_device).unwrap_or(u32::MAX),
+        u32::try_from(by_wallet).unwrap_or(u32::MAX),
+    ))
+}
+
+/// The first of `mechanisms` locked for the wallet now, if any.
+pub async fn locked(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+    mechanisms: &[Mechanism],
+    now_ms: u64,
+) -> Result<Option<Mechanism>, StoreError> {
+    for &mechanism in mechanisms {
+        let until: Option<i64> = sqlx::query_scalar(
+            "SELECT locked_until_ms FROM identity_lockouts WHERE wallet_account_id = ? AND mechanism = ?",
+        )
+        .bind(wallet.as_str())
+        .bind(mechanism.as_str())
+        .fetch_optional(&mut **batch)
+        .await?;
+        if until.is_some_and(|until| unsigned(until) > now_ms) {
+            return Ok(Some(mechanism));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the holder has what a mechanism needs (a TOTP secret, a PIN, a phone).
+pub async fn enrolled(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+    mechanism: Mechanism,
+) -> Result<bool, StoreError> {
+    let query = match mechanism {
+        Mechanism::DevicePossession => return Ok(true),
+        Mechanism::Totp => {
+            "SELECT 1 FROM wallet_profiles WHERE wallet_account_id = ? AND totp_secret_ct IS NOT NULL"
+        }
+        Mechanism::Pin => "SELECT 1 FROM customer_pins WHERE wallet_account_id = ?",
+        Mechanism::Oob => {
+            "SELECT 1 FROM wallet_profiles WHERE wallet_account_id = ? AND phone_ct IS NOT NULL"
+        }
+    };
+    let found: Option<i64> = sqlx::query_scalar(query)
+        .bind(wallet.as_str())
+        .fetch_optional(&mut **batch)
+        .await?;
+    Ok(found.is_some())
+}
+
+/// A challenged payment, held until answered, failed or expired.
+#[derive(Debug, Clone)]
+pub struct Challenge {
+    pub challenge_id: String,
+    pub device: DeviceId,
+    pub wallet: AccountId,
+    pub idempotency_key: IdempotencyKey,
+    pub counter: u64,
+    pub body_sha256: Vec<u8>,
+    pub merchant: AccountId,
+    pub amount: Money,
+    pub payer: Option<SealedPayer>,
+    pub mechanisms: Vec<Mechanism>,
+    pub risk: RiskLevel,
+    pub oob_code_sha256: Option<Vec<u8>>,
+    pub attempts: u32,
+    pub state: String,
+    pub receipt: Vec<u8>,
+    pub expires_at_ms: u64,
+}
+
+fn risk_name(risk: RiskLevel) -> &'static str {
+    match risk {
+        RiskLevel::Low => "low",
+        RiskLevel::Medium => "medium",
+        RiskLevel::High => "high",
+    }
+}
+
+pub async fn insert_challenge(
+    batch: &mut Batch<'_>,
+    challenge: &Challenge,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let mechanisms: Vec<&str> = challenge.mechanisms.iter().map(|m| m.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO identity_challenges (challenge_id, device_id, wallet_account_id, idempotency_key,
+           counter, body_sha256, merchant_id, amount_minor, currency, payer_kind, payer_ct, payer_bidx,
+           payer_masked, mechanisms, risk, oob_code_sha256, attempts, state, receipt, created_at_ms,
+           expires_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'pending', ?, ?, ?)",
+    )
+    .bind(&challenge.challenge_id)
+    .bind(challenge.device.as_str())
+    .bind(challenge.wallet.as_str())
+    .bind(challenge.idempotency_key.as_str())
+    .bind(ms(challenge.counter))
+    .bind(&challenge.body_sha256)
+    .bind(challenge.merchant.as_str())
+    .bind(challenge.amount.minor_signed())
+    .bind(challenge.amount.currency.code())
+    .bind(challenge.payer.as_ref().map(|p| p.kind))
+    .bind(challenge.payer.as_ref().map(|p| p.value_ct.clone()))
+    .bind(challenge.payer.as_ref().map(|p| p.value_bidx.to_vec()))
+    .bind(challenge.payer.as_ref().map(|p| p.masked.clone()))
+    .bind(mechanisms.join(","))
+    .bind(risk_name(challenge.risk))
+    .bind(&challenge.oob_code_sha256)
+    .bind(&challenge.receipt)
+    .bind(ms(now_ms))
+    .bind(ms(challenge.expires_at_ms))
+    .execute(&mut **batch)
+    .await?;
+    Ok(())
+}
+
+const CHALLENGE_COLUMNS: &str = "challenge_id, device_id, wallet_account_id, idempotency_key, counter,
+    body_sha256, merchant_id, amount_minor, currency, payer_kind, payer_ct, payer_bidx, payer_masked,
+    mechanisms, risk, oob_code_sha256, attempts, state, receipt, expires_at_ms";
+
+fn challenge_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Challenge, StoreError> {
+    let bad = |what: &str| StoreError::Invariant(format!("identity_challenges row: bad {what}"));
+    let amount_minor: i64 = row.try_get("amount_minor")?;
+    let currency: String = row.try_get("currency")?;
+    let amount = Money::new(
+        u64::try_from(amount_minor).map_err(|_| bad("amount"))?,
+        paygate_core::Currency::parse(&currency).ok_or_else(|| bad("currency"))?,
+    )
+    .map_err(|_| bad("amount"))?;
+    let payer = match row.try_get::<Option<String>, _>("payer_kind")? {
+        Some(kind) => Some(SealedPayer {
+            kind: if kind == "card" { "card" } else { "upi" },
+            value_ct: row.try_get("payer_ct")?,
+            value_bidx: row
+                .try_get::<Vec<u8>, _>("payer_bidx")?
+                .try_into()
+                .map_err(|_| bad("payer index"))?,
+            masked: row.try_get("payer_masked")?,
+        }),
+        None => None,
+    };
+    let mechanisms: String = row.try_get("mechanisms")?;
+    let risk: String = row.try_get("risk")?;
+    Ok(Challenge {
+        challenge_id: row.try_get("challenge_id")?,
+        device: DeviceId::parse(&row.try_get::<String, _>("device_id")?)
+            .map_err(|_| bad("device"))?,
+        wallet: AccountId::parse(&row.try_get::<String, _>("wallet_account_id")?)
+            .map_err(|_| bad("wallet"))?,
+        idempotency_key: IdempotencyKey::parse(&row.try_get::<String, _>("idempotency_key")?)
+            .map_err(|_| bad("idempotency key"))?,
+        counter: unsigned(row.try_get("counter")?),
+        body_sha256: row.try_get("body_sha256")?,
+        merchant: AccountId::parse(&row.try_get::<String, _>("merchant_id")?)
+            .map_err(|_| bad("merchant"))?,
+        amount,
+        payer,
+        mechanisms: mechanisms.split(',').filter_map(Mechanism::parse).collect(),
+        risk: match risk.as_str() {
+            "low" => RiskLevel::Low,
+            "medium" => RiskLevel::Medium,
+            _ => RiskLevel::High,
+        },
+        oob_code_sha256: row.try_get("oob_code_sha256")?,
+        attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+        state: row.try_get("state")?,
+        receipt: row.try_get("receipt")?,
+        expires_at_ms: unsigned(row.try_get("expires_at_ms")?),
+    })
+}
+
+pub async fn challenge_by_id(
+    batch: &mut Batch<'_>,
+    challenge_id: &str,
+) -> Result<Option<Challenge>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {CHALLENGE_COLUMNS} FROM identity_challenges WHERE challenge_id = ?"
+    ))
+    .bind(challenge_id)
+    .fetch_optional(&mut **batch)
+    .await?;
+    row.as_ref().map(challenge_from_row).transpose()
+}
+
+pub async fn challenge_by_request(
+    batch: &mut Batch<'_>,
+    device: &DeviceId,
+    key: &IdempotencyKey,
+) -> Result<Option<Challenge>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {CHALLENGE_COLUMNS} FROM identity_challenges WHERE device_id = ? AND idempotency_key = ?"
+    ))
+    .bind(device.as_str())
+    .bind(key.as_str())
+    .fetch_optional(&mut **batch)
+    .await?;
+    row.as_ref().map(challenge_from_row).transpose()
+}
+
+/// Whether a challenged request already took this counter.
+pub async fn counter_in_challenges(
+    batch: &mut Batch<'_>,
+    device: &DeviceId,
+    counter: u64,
+) -> Result<bool, StoreError> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM identity_challenges WHERE device_id = ? AND counter = ?")
+            .bind(device.as_str())
+            .bind(ms(counter))
+            .fetch_optional(&mut **batch)
+            .await?;
+    Ok(found.is_some())
+}
+
+pub async fn expired_challenges(
+    batch: &mut Batch<'_>,
+    now_ms: u64,
+) -> Result<Vec<Challenge>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {CHALLENGE_COLUMNS} FROM identity_challenges
+         WHERE state = 'pending' AND expires_at_ms <= ? ORDER BY expires_at_ms LIMIT 256"
+    ))
+    .bind(ms(now_ms))
+    .fetch_all(&mut **batch)
+    .await?;
+    rows.iter().map(challenge_from_row).collect()
+}
+
+/// Moves a challenge on: a new state, attempts and (for a retry of the original request) the
+/// receipt it answers with.
+pub async fn update_challenge(
+    batch: &mut Batch<'_>,
+    challenge_id: &str,
+    state: &str,
+    attempts: u32,
+    receipt: &[u8],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE identity_challenges SET state = ?, attempts = ?, receipt = ? WHERE challenge_id = ?",
+    )
+    .bind(state)
+    .bind(i64::from(attempts))
+    .bind(receipt)
+    .bind(challenge_id)
+    .execute(&mut **batch)
+    .await?;
+    Ok(())
+}
+
+pub async fn record_passes(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+    mechanisms: &[Mechanism],
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    for mechanism in mechanisms {
+        sqlx::query(
+            "INSERT INTO identity_passes (wallet_account_id, mechanism, passed_at_ms) VALUES (?, ?, ?)
+             ON CONFLICT (wallet_account_id, mechanism) DO UPDATE SET passed_at_ms = excluded.passed_at_ms",
+        )
+        .bind(wallet.as_str())
+        .bind(mechanism.as_str())
+        .bind(ms(now_ms))
+        .execute(&mut **batch)
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn lock(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+    mechanisms: &[Mechanism],
+    until_ms: u64,
+) -> Result<(), StoreError> {
+    for mechanism in mechanisms {
+        sqlx::query(
+            "INSERT INTO identity_lockouts (wallet_account_id, mechanism, locked_until_ms) VALUES (?, ?, ?)
+             ON CONFLICT (wallet_account_id, mechanism) DO UPDATE SET locked_until_ms = excluded.locked_until_ms",
+        )
+        .bind(wallet.as_str())
+        .bind(mechanism.as_str())
+        .bind(ms(until_ms))
+        .execute(&mut **batch)
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn totp_last_step(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+) -> Result<Option<u64>, StoreError> {
+    let step: Option<i64> =
+        sqlx::query_scalar("SELECT last_step FROM totp_used_steps WHERE wallet_account_id = ?")
+            .bind(wallet.as_str())
+            .fetch_optional(&mut **batch)
+            .await?;
+    Ok(step.map(unsigned))
+}
+
+pub async fn set_totp_step(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+    step: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO totp_used_steps (wallet_account_id, last_step) VALUES (?, ?)
+         ON CONFLICT (wallet_account_id) DO UPDATE SET last_step = excluded.last_step",
+    )
+    .bind(wallet.as_str())
+    .bind(ms(step))
+    .execute(&mut **batch)
+    .await?;
+    Ok(())
+}
+
+/// The hash an out-of-band code is kept as: bound to its challenge, amount and payee, so the
+/// code proves the holder saw this payment (dynamic linking).
+pub fn oob_code_hash(
+    challenge_id: &str,
+    code: &str,
+    amount: Money,
+    merchant: &AccountId,
+) -> Vec<u8> {
+    paygate_core::audit::sha256(
+        format!(
+            "paygate-oob-v1|{challenge_id}|{code}|{}|{}|{merchant}",
+            amount.minor_signed(),
+            amount.currency.code()
+        )
+        .as_bytes(),
+    )
+    .to_vec()
+}
+
+/// Sets a holder's PIN (Argon2id with a random salt); the PIN itself is not kept.
+pub async fn set_pin(
+    pool: &sqlx::SqlitePool,
+    wallet: &AccountId,
+    pin: &str,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    if !(4..=12).contains(&pin.len()) || !pin.chars().all(|c| c.is_ascii_digit()) {
+        return Err(StoreError::Invariant("a PIN is 4 to 12 digits".into()));
+    }
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    let phc = argon2::Argon2::default()
+        .hash_password(pin.as_bytes(), &salt)
+        .map_err(|e| StoreError::Invariant(format!("pin hashing: {e}")))?
+        .to_string();
+    sqlx::query(
+        "INSERT INTO customer_pins (wallet_account_id, pin_phc, set_at_ms) VALUES (?, ?, ?)
+         ON CONFLICT (wallet_account_id) DO UPDATE SET pin_phc = excluded.pin_phc, set_at_ms = excluded.set_at_ms",
+    )
+    .bind(wallet.as_str())
+    .bind(phc)
+    .bind(ms(now_ms))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Checks a PIN against the stored hash, off the async threads (Argon2 is slow on purpose).
+pub async fn pin_matches(
+    pool: &sqlx::SqlitePool,
+    wallet: &AccountId,
+    pin: &str,
+) -> Result<bool, StoreError> {
+    let phc: Option<String> =
+        sqlx::query_scalar("SELECT pin_phc FROM customer_pins WHERE wallet_account_id = ?")
+            .bind(wallet.as_str())
+            .fetch_optional(pool)
+            .await?;
+    let Some(phc) = phc else { return Ok(false) };
+    let pin = zeroize::Zeroizing::new(pin.to_owned());
+    tokio::task::spawn_blocking(move || {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        PasswordHash::new(&phc)
+            .map(|hash| {
+                argon2::Argon2::default()
+                    .verify_password(pin.as_bytes(), &hash)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .map_err(|e| StoreError::Invariant(format!("pin check: {e}")))
+}
+
+/// Delivers out-of-band codes. The development notifier appends a JSON line to a file (one
+/// place to read codes while developing); an SMS or push provider replaces it. It is not the
+/// audit log: codes never go into the audit trail.
+pub struct DevNotifier {
+    pub path: PathBuf,
+}
+
+impl DevNotifier {
+    pub fn send(
+        &self,
+        wallet: &AccountId,
+        challenge_id: &str,
+        code: &str,
+        text: &str,
+    ) -> std::io::Result<()> {
+        use std::io::Write;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let line = serde_json::json!({
+            "wallet": wallet.as_str(), "challenge_id": challenge_id, "code": code, "text": text,
+        });
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        writeln!(file, "{line}")
+    }
+}
