@@ -83,7 +83,7 @@ pub struct ChallengePrompt {
 
 /// The terminal's step-up UI: given the prompt, the holder's answers as (mechanism, code).
 pub type ChallengeHandler =
-    Box<dyn FnMut(&ChallengePrompt) -> Option<Vec<(String, String)>> + Send>;
+    Box<dyn FnMut(&ChallengePrompt) -> Option<Vec<(String, String)>> + Send + Sync>;
 
 fn tls_config(bundle: &DeviceBundle) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();

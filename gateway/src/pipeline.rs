@@ -132,6 +132,8 @@ pub fn now_ms() -> u64 {
 }
 
 impl Pipeline {
+    // the wiring of the gateway's parts, called once from `gateway::start`
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         receipt_key: Arc<SigningKey>,

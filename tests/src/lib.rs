@@ -86,6 +86,8 @@ impl TestGateway {
     /// a revocation, since CRLs are read at start.
     pub async fn restart(self) -> TestGateway {
         self.running.shutdown();
+        // the old front lets go of its listener when its task sees the shutdown
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let running = gateway::start(self.settings.clone()).await.unwrap();
         TestGateway { running, ..self }
     }
