@@ -124,6 +124,8 @@ enum WalletsCommand {
     },
     /// A holder's profile, decrypted and shown masked (the access is audited).
     Show { wallet: String },
+    /// Set the holder's PIN for step-up, read from standard input (stored as an Argon2id hash).
+    SetPin { wallet: String },
 }
 
 #[derive(Subcommand)]
@@ -504,6 +506,26 @@ async fn main() -> Result<()> {
                         EventType::DataAccessed,
                         "wallet_profiles",
                         "lookup by blind index",
+                    )
+                    .await?;
+                }
+                WalletsCommand::SetPin { wallet } => {
+                    let wallet = AccountId::parse(&wallet)?;
+                    let mut pin = zeroize::Zeroizing::new(String::new());
+                    std::io::stdin().read_line(&mut pin)?;
+                    paygate_gateway::identity::set_pin(
+                        store.pool(),
+                        &wallet,
+                        pin.trim(),
+                        paygate_gateway::pipeline::now_ms(),
+                    )
+                    .await?;
+                    println!("PIN of {wallet} set (Argon2id hash)");
+                    admin_event(
+                        &settings,
+                        EventType::CredentialChanged,
+                        &format!("account:{wallet}"),
+                        "customer PIN set",
                     )
                     .await?;
                 }

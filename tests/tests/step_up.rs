@@ -137,6 +137,36 @@ async fn a_large_payment_is_challenged_and_approved_with_a_correct_totp_and_a_us
     assert_eq!(gateway.balance(MERCHANT).await, 2 * 250_000 + 1_000);
     assert_eq!(gateway.running.metrics.snapshot().challenges_issued, 2);
     gateway.assert_ledger_balanced().await;
+    // every identification decision is in the audit trail
+    gateway.running.audit.seal_if_due(true).await.unwrap();
+    let mut trail = String::new();
+    for sub in ["audit/journal/segments", "audit/worm/segments"] {
+        if let Ok(entries) = std::fs::read_dir(gateway.dir.path().join(sub)) {
+            for entry in entries {
+                trail.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+            }
+        }
+    }
+    let decisions: Vec<&str> = trail
+        .lines()
+        .filter(|l| l.contains("\"identity_decision\""))
+        .collect();
+    assert!(
+        decisions
+            .iter()
+            .filter(|l| l.contains("issued: totp"))
+            .count()
+            == 2,
+        "{trail}"
+    );
+    assert!(
+        decisions.iter().any(|l| l.contains("attempt 1 of 3")),
+        "{trail}"
+    );
+    assert!(
+        decisions.iter().filter(|l| l.contains("answered")).count() == 2,
+        "{trail}"
+    );
     agent.disconnect().await;
 }
 
