@@ -1,6 +1,6 @@
 //! The leak test: the real `paygate serve` with debug logging, payments carrying a planted PAN
-//! and UPI PIN credential block, a wallet profile with a planted name, phone, UPI address and
-//! TOTP secret; then every byte the gateway wrote (database and WAL, logs, audit journal and
+//! and UPI PIN credential block, a step-up answered with a one-time code and a PIN, a wallet
+//! profile with a planted name, phone, UPI address and TOTP secret; then every byte the gateway wrote (database and WAL, logs, audit journal and
 //! write-once store) is scanned: none of the planted values appears in clear. Positive
 //! controls show the scan looks in the right places (masked forms are there, and the
 //! encrypted PAN decrypts back).
@@ -25,6 +25,51 @@ const PIN_BLOCK: &[u8] = b"PLANTED-UPI-PIN-BLOCK-0123456789";
 const NAME: &str = "Zyxwvut Plantedname";
 const PHONE_DIGITS: &str = "9876501234";
 const PROFILE_VPA: &str = "planted.holder@okbank";
+/// Long enough that finding it by chance in hex or timestamps is out of the question.
+const PIN: &str = "804527193620";
+
+/// Large payments need an 8-digit TOTP code and the PIN: both travel through the gateway.
+const STEP_UP: &str = r#"
+[identity.totp]
+algorithm = "sha1"
+digits = 8
+step_s = 30
+drift_steps = 1
+
+[[identity.rules]]
+name = "large"
+risk = "high"
+require = ["totp", "pin"]
+when = { amount_minor_min = 200000 }
+"#;
+
+fn paygate_with_input(config: &Path, args: &[&str], input: &str) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_paygate"))
+        .arg(args[0])
+        .arg("--config")
+        .arg(config)
+        .args(&args[1..])
+        .env("RUST_LOG", "debug")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "paygate {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::write(config.with_file_name("cli-set-pin.log"), &output.stderr).unwrap();
+}
 
 fn paygate(config: &Path, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_paygate"))
@@ -76,7 +121,7 @@ async fn planted_secrets_appear_nowhere_in_clear() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\n[audit]\nrecords_per_segment_max = 4\nseal_check_interval_ms = 50\nship_interval_ms = 50\n",
+            "data_dir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\n[audit]\nrecords_per_segment_max = 4\nseal_check_interval_ms = 50\nship_interval_ms = 50\n{STEP_UP}",
             data.display()
         ),
     )
@@ -87,7 +132,7 @@ async fn planted_secrets_appear_nowhere_in_clear() {
     paygate(&config, &["devices", "enrol", "pos-0"]);
     paygate(
         &config,
-        &["ledger", "fund", "wallet-pos-0", "1000.00", "INR"],
+        &["ledger", "fund", "wallet-pos-0", "10000.00", "INR"],
     );
     let printed = paygate(
         &config,
@@ -115,6 +160,11 @@ async fn planted_secrets_appear_nowhere_in_clear() {
     assert_eq!(
         paygate(&config, &["wallets", "find", "--phone", "+919876501234"]).trim(),
         "wallet-pos-0"
+    );
+    paygate_with_input(
+        &config,
+        &["wallets", "set-pin", "wallet-pos-0"],
+        &format!("{PIN}\n"),
     );
     let shown = paygate(&config, &["wallets", "show", "wallet-pos-0"]);
     assert!(shown.contains("phone **********34"), "{shown}");
@@ -155,6 +205,33 @@ async fn planted_secrets_appear_nowhere_in_clear() {
     .unwrap();
     let merchant = AccountId::parse("m-1").unwrap();
     let amount = || paygate_core::Money::parse_decimal("10.00", "INR").unwrap();
+    // a large payment: challenged for TOTP and PIN, answered through the agent
+    let otps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = otps.clone();
+    let secret = totp_raw.clone();
+    agent.on_challenge(Box::new(move |prompt| {
+        let now = paygate_agent::now_ms() / 1000;
+        let code = paygate_core::identity::totp(
+            &secret,
+            paygate_core::identity::OtpAlgorithm::Sha1,
+            8,
+            30,
+            now,
+        );
+        seen.lock().unwrap().push(code.clone());
+        assert_eq!(prompt.mechanisms, vec!["totp".to_owned(), "pin".to_owned()]);
+        Some(vec![("totp".into(), code), ("pin".into(), PIN.into())])
+    }));
+    let large = agent
+        .pay(
+            &merchant,
+            paygate_core::Money::parse_decimal("2500.00", "INR").unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(large.receipt.outcome, Outcome::Approved, "{large:?}");
+    let otp = otps.lock().unwrap()[0].clone();
+    assert_eq!(otp.len(), 8);
     let card = Payer::decode(&PayerWire::Card { pan: PAN.into() }).unwrap();
     let by_card = agent
         .pay_with_payer(&merchant, amount(), Some(card))
@@ -291,6 +368,8 @@ async fn planted_secrets_appear_nowhere_in_clear() {
         ("holder VPA", PROFILE_VPA.as_bytes().to_vec()),
         ("TOTP secret, base32", totp_base32.as_bytes().to_vec()),
         ("TOTP secret, raw", totp_raw.clone()),
+        ("one-time code (TOTP answer)", otp.as_bytes().to_vec()),
+        ("PIN", PIN.as_bytes().to_vec()),
     ];
     let mut masked_seen = false;
     for path in &scanned {
