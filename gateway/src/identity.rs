@@ -86,20 +86,13 @@ pub async fn completeness(
     })
 }
 
-/// Decided payments in the window: by this device, and debited from this wallet.
-pub async fn velocity(
+/// Payments debited from this wallet in the window (the device's count is in
+/// [`completeness`]).
+pub async fn wallet_velocity(
     batch: &mut Batch<'_>,
-    device: &DeviceId,
     wallet: &AccountId,
     since_ms: u64,
-) -> Result<(u32, u32), StoreError> {
-    let by_device: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM requests WHERE device_id = ? AND decided_at_ms >= ?",
-    )
-    .bind(device.as_str())
-    .bind(ms(since_ms))
-    .fetch_one(&mut **batch)
-    .await?;
+) -> Result<u32, StoreError> {
     let by_wallet: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM postings p JOIN transfers t ON p.tx_id = t.tx_id
          WHERE p.account_id = ? AND p.amount_minor < 0 AND t.created_at_ms >= ?",
@@ -108,10 +101,7 @@ pub async fn velocity(
     .bind(ms(since_ms))
     .fetch_one(&mut **batch)
     .await?;
-    Ok((
-        u32::try_from(by_device).unwrap_or(u32::MAX),
-        u32::try_from(by_wallet).unwrap_or(u32::MAX),
-    ))
+    Ok(u32::try_from(by_wallet).unwrap_or(u32::MAX))
 }
 
 /// The first of `mechanisms` locked for the wallet now, if any.

@@ -447,10 +447,20 @@ impl Pipeline {
             payer: item.payer.clone(),
         };
         let rules = &self.identity.rules;
+        let completeness = identity::completeness(
+            batch,
+            &payment.device,
+            &payment.wallet,
+            merchant_id,
+            amount,
+            now,
+            self.identity.velocity_window_ms,
+        )
+        .await?;
+        // abuse limits: the device's count is the completeness data's own velocity counter
         let window_start = now.saturating_sub(self.identity.velocity_window_ms);
-        let (by_device, by_wallet) =
-            identity::velocity(batch, &payment.device, &payment.wallet, window_start).await?;
-        if by_device >= self.identity.device_payments_per_window_max
+        let by_wallet = identity::wallet_velocity(batch, &payment.wallet, window_start).await?;
+        if completeness.payments_in_window >= self.identity.device_payments_per_window_max
             || by_wallet >= self.identity.wallet_payments_per_window_max
         {
             return self
@@ -465,16 +475,6 @@ impl Pipeline {
                 )
                 .await;
         }
-        let completeness = identity::completeness(
-            batch,
-            &payment.device,
-            &payment.wallet,
-            merchant_id,
-            amount,
-            now,
-            self.identity.velocity_window_ms,
-        )
-        .await?;
         let required = required_mechanisms(rules, &self.identity.pass_windows, &completeness);
         if required.is_empty() {
             return self
