@@ -59,6 +59,9 @@ pub struct Receipt {
     pub amount: Option<MoneyWire>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merchant_id: Option<String>,
+    /// For wallet products: who the money went to or came from (`wallet w-2`, `agent a-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counterparty: Option<String>,
     /// The payer instrument, masked: `card 411111******1111` or `upi a****r@okbank`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payer: Option<String>,

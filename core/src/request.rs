@@ -67,6 +67,80 @@ pub enum OperationWire {
         /// Mechanism name -> the code or PIN the holder entered.
         responses: std::collections::BTreeMap<String, String>,
     },
+    /// The device's wallet sends money to another wallet (P2P).
+    P2pTransfer { to: PartyWire, amount: MoneyWire },
+    /// An agent's terminal sells e-money for cash: the agent's float pays the customer's
+    /// wallet.
+    CashIn {
+        customer: PartyWire,
+        amount: MoneyWire,
+    },
+    /// The customer's device buys cash from an agent: the wallet pays the agent's float, and
+    /// the agent hands over the cash on seeing the receipt.
+    CashOut { agent_id: String, amount: MoneyWire },
+    /// A merchant's terminal gives back all or part of one of its payments.
+    Refund { tx_id: String, amount: MoneyWire },
+}
+
+/// A wallet named by exactly one of its id, its phone alias (E.164) or its VPA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PartyWire {
+    WalletId(String),
+    Phone(String),
+    Vpa(String),
+}
+
+/// A wallet named by id, phone alias or VPA (resolved through the encrypted profiles).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Party {
+    Wallet(AccountId),
+    Phone(String),
+    Vpa(crate::payer::Vpa),
+}
+
+impl Party {
+    fn decode(wire: &PartyWire) -> Result<Party, RequestError> {
+        let malformed = |m: String| RequestError::new(ErrorCode::MalformedRequest, m);
+        Ok(match wire {
+            PartyWire::WalletId(id) => {
+                Party::Wallet(AccountId::parse(id).map_err(|e| malformed(e.to_string()))?)
+            }
+            PartyWire::Phone(phone) => {
+                let digits = phone.strip_prefix('+').unwrap_or("");
+                if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return Err(malformed(
+                        "phone must be E.164: + and 8 to 15 digits".to_owned(),
+                    ));
+                }
+                Party::Phone(phone.clone())
+            }
+            PartyWire::Vpa(vpa) => Party::Vpa(
+                crate::payer::Vpa::parse(vpa)
+                    .map_err(|m| RequestError::new(ErrorCode::PayerInvalid, m))?,
+            ),
+        })
+    }
+
+    fn to_wire(&self) -> PartyWire {
+        match self {
+            Party::Wallet(id) => PartyWire::WalletId(id.to_string()),
+            Party::Phone(phone) => PartyWire::Phone(phone.clone()),
+            Party::Vpa(vpa) => PartyWire::Vpa(vpa.expose().to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for Party {
+    /// Masked: phone and VPA are personal data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Party::Wallet(id) => write!(f, "wallet {id}"),
+            Party::Phone(phone) => write!(f, "phone {}", crate::audit::mask_phone(phone)),
+            Party::Vpa(vpa) => write!(f, "vpa {}", vpa.masked()),
+        }
+    }
 }
 
 /// A decoded, validated request.
@@ -93,6 +167,22 @@ pub enum Operation {
         merchant_id: AccountId,
         amount: Money,
         responses: Vec<(Mechanism, OneTimeCode)>,
+    },
+    P2pTransfer {
+        to: Party,
+        amount: Money,
+    },
+    CashIn {
+        customer: Party,
+        amount: Money,
+    },
+    CashOut {
+        agent_id: AccountId,
+        amount: Money,
+    },
+    Refund {
+        tx_id: crate::ids::TxId,
+        amount: Money,
     },
 }
 
@@ -225,6 +315,22 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
                 responses: decoded,
             }
         }
+        OperationWire::P2pTransfer { to, amount } => Operation::P2pTransfer {
+            to: Party::decode(&to)?,
+            amount: decode_money(&amount)?,
+        },
+        OperationWire::CashIn { customer, amount } => Operation::CashIn {
+            customer: Party::decode(&customer)?,
+            amount: decode_money(&amount)?,
+        },
+        OperationWire::CashOut { agent_id, amount } => Operation::CashOut {
+            agent_id: AccountId::parse(&agent_id).map_err(malformed)?,
+            amount: decode_money(&amount)?,
+        },
+        OperationWire::Refund { tx_id, amount } => Operation::Refund {
+            tx_id: crate::ids::TxId::parse(&tx_id).map_err(malformed)?,
+            amount: decode_money(&amount)?,
+        },
     };
     // counters and times are stored in signed 64-bit columns
     let signed_max = u64::try_from(i64::MAX).unwrap_or(u64::MAX);
@@ -318,6 +424,22 @@ impl Request {
                         .iter()
                         .map(|(m, code)| (m.as_str().to_owned(), code.0.clone()))
                         .collect(),
+                },
+                Operation::P2pTransfer { to, amount } => OperationWire::P2pTransfer {
+                    to: to.to_wire(),
+                    amount: MoneyWire::from(*amount),
+                },
+                Operation::CashIn { customer, amount } => OperationWire::CashIn {
+                    customer: customer.to_wire(),
+                    amount: MoneyWire::from(*amount),
+                },
+                Operation::CashOut { agent_id, amount } => OperationWire::CashOut {
+                    agent_id: agent_id.to_string(),
+                    amount: MoneyWire::from(*amount),
+                },
+                Operation::Refund { tx_id, amount } => OperationWire::Refund {
+                    tx_id: tx_id.to_string(),
+                    amount: MoneyWire::from(*amount),
                 },
             },
         }

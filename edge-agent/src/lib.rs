@@ -194,16 +194,24 @@ impl Agent {
         amount: Money,
         payer: Option<paygate_core::payer::Payer>,
     ) -> Result<VerifiedReceipt> {
+        self.submit(Operation::MerchantPayment {
+            merchant_id: merchant.clone(),
+            amount,
+            payer,
+        })
+        .await
+    }
+
+    /// Signs any operation (P2P transfer, cash-in, cash-out, refund, payment) under a fresh
+    /// idempotency key and counter, keeps it in the outbox and delivers it until the final
+    /// verified receipt.
+    pub async fn submit(&mut self, operation: Operation) -> Result<VerifiedReceipt> {
         let request = Request {
             device_id: self.bundle.device_id.clone(),
             idempotency_key: IdempotencyKey::parse(&hex::encode(rand::random::<[u8; 16]>()))?,
             counter: self.outbox.next_counter()?,
             created_at_ms: now_ms(),
-            operation: Operation::MerchantPayment {
-                merchant_id: merchant.clone(),
-                amount,
-                payer,
-            },
+            operation,
         };
         let envelope = self
             .bundle

@@ -50,7 +50,7 @@ async fn commit_reference(dir: &std::path::Path) -> Duration {
     for i in 0..TRANSACTIONS / 64 {
         let mut batch = store.begin_batch().await.unwrap();
         for j in 0..64 {
-            sqlx::query("INSERT INTO audit_outbox (event_json) VALUES (?)")
+            sqlx::query("INSERT INTO audit_outbox (event_json) VALUES ($1)")
                 .bind(format!("{{\"bench\":{}}}", i * 64 + j))
                 .execute(&mut *batch)
                 .await

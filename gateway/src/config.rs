@@ -22,6 +22,77 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub keys: KeySettings,
     pub identity: IdentitySettings,
+    pub wallet: WalletSettings,
+}
+
+/// Wallet limits by KYC tier (RBI prepaid payment instruments; ../shared/DOMAIN.md). Amounts
+/// are minor units of `wallet.currency`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalletSettings {
+    /// The currency wallets hold and the limits are stated in.
+    pub currency: String,
+    /// Day and month limits reset at local midnight at this offset east of UTC (India: 330).
+    pub limits_utc_offset_minutes: i32,
+    /// Minimum-KYC ("small") wallets.
+    pub min_kyc: TierLimits,
+    /// Full-KYC wallets.
+    pub full_kyc: TierLimits,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierLimits {
+    /// The balance a wallet may not exceed (credits past it are refused).
+    pub balance_max_minor: i64,
+    /// Any one debit: payment, P2P or cash-out.
+    pub per_transaction_max_minor: i64,
+    /// All debits in a local day, and in a calendar month.
+    pub daily_debit_max_minor: i64,
+    pub monthly_debit_max_minor: i64,
+    pub p2p_allowed: bool,
+    pub cash_out_allowed: bool,
+    pub cash_out_per_transaction_max_minor: i64,
+    pub cash_out_monthly_max_minor: i64,
+}
+
+impl Default for WalletSettings {
+    fn default() -> Self {
+        const RUPEE: i64 = 100;
+        WalletSettings {
+            currency: "INR".into(),
+            limits_utc_offset_minutes: 330,
+            min_kyc: TierLimits {
+                balance_max_minor: 10_000 * RUPEE,
+                per_transaction_max_minor: 10_000 * RUPEE,
+                daily_debit_max_minor: 10_000 * RUPEE,
+                monthly_debit_max_minor: 10_000 * RUPEE,
+                p2p_allowed: false,
+                cash_out_allowed: false,
+                cash_out_per_transaction_max_minor: 0,
+                cash_out_monthly_max_minor: 0,
+            },
+            full_kyc: TierLimits {
+                balance_max_minor: 200_000 * RUPEE,
+                per_transaction_max_minor: 100_000 * RUPEE,
+                daily_debit_max_minor: 100_000 * RUPEE,
+                monthly_debit_max_minor: 200_000 * RUPEE,
+                p2p_allowed: true,
+                cash_out_allowed: true,
+                cash_out_per_transaction_max_minor: 2_000 * RUPEE,
+                cash_out_monthly_max_minor: 10_000 * RUPEE,
+            },
+        }
+    }
+}
+
+impl WalletSettings {
+    pub fn tier(&self, tier: crate::ledger::KycTier) -> &TierLimits {
+        match tier {
+            crate::ledger::KycTier::Min => &self.min_kyc,
+            crate::ledger::KycTier::Full => &self.full_kyc,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -363,6 +434,7 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             pipeline: PipelineSettings::default(),
             database: DatabaseSettings::default(),
+            wallet: WalletSettings::default(),
             receipts: ReceiptSettings::default(),
             audit: AuditSettings::default(),
             keys: KeySettings::default(),
@@ -496,13 +568,46 @@ impl Settings {
                 "must be at least pipeline.batch_size_max",
             ));
         }
+        if paygate_core::Currency::parse(&self.wallet.currency).is_none() {
+            return Err(invalid(
+                "wallet.currency",
+                "must be an active ISO 4217 code",
+            ));
+        }
+        if self.wallet.limits_utc_offset_minutes.abs() > 14 * 60 {
+            return Err(invalid(
+                "wallet.limits_utc_offset_minutes",
+                "must be within -840 to 840",
+            ));
+        }
+        for (field, limits) in [
+            ("wallet.min_kyc", &self.wallet.min_kyc),
+            ("wallet.full_kyc", &self.wallet.full_kyc),
+        ] {
+            let amounts = [
+                limits.balance_max_minor,
+                limits.per_transaction_max_minor,
+                limits.daily_debit_max_minor,
+                limits.monthly_debit_max_minor,
+                limits.cash_out_per_transaction_max_minor,
+                limits.cash_out_monthly_max_minor,
+            ];
+            if amounts
+                .iter()
+                .any(|a| *a < 0 || *a > crate::ledger::SHARD_BALANCE_LIMIT)
+            {
+                return Err(invalid(field, "limits must be 0 to the ledger's limit"));
+            }
+        }
         if self.database.connections_max == 0 {
             return Err(invalid("database.connections_max", "must be at least 1"));
         }
-        if !self.database.url.is_empty() && !self.database.url.expose().starts_with("sqlite:") {
+        if !self.database.url.is_empty()
+            && crate::store::Backend::of_url(self.database.url.expose()).is_none()
+        {
             return Err(invalid(
                 "database.url",
-                "only sqlite: URLs are supported by this version",
+                "must be a sqlite: or postgres:// URL",
             ));
         }
         if paygate_core::DeviceId::parse(&self.receipts.key_id).is_err() {
@@ -732,6 +837,32 @@ data_key_uses_max = 100000
 # Unwrapped data keys held in memory.
 cache_entries_max = 1024
 
+# Wallet limits by KYC tier, in minor units of `currency` (RBI prepaid instruments). Debits are
+# payments, P2P transfers and cash-outs; day and month reset at local midnight.
+[wallet]
+currency = "INR"
+limits_utc_offset_minutes = 330
+
+[wallet.min_kyc]
+balance_max_minor = 1000000
+per_transaction_max_minor = 1000000
+daily_debit_max_minor = 1000000
+monthly_debit_max_minor = 1000000
+p2p_allowed = false
+cash_out_allowed = false
+cash_out_per_transaction_max_minor = 0
+cash_out_monthly_max_minor = 0
+
+[wallet.full_kyc]
+balance_max_minor = 20000000
+per_transaction_max_minor = 10000000
+daily_debit_max_minor = 10000000
+monthly_debit_max_minor = 20000000
+p2p_allowed = true
+cash_out_allowed = true
+cash_out_per_transaction_max_minor = 200000
+cash_out_monthly_max_minor = 1000000
+
 [identity]
 # A challenge not answered in time declines the payment (at most 120000: within the UPI timers).
 challenge_ttl_ms = 60000
@@ -868,8 +999,10 @@ mod tests {
             })
         ));
         let mut settings = Settings::default();
-        settings.database.url = Secret::new("postgres://x");
+        settings.database.url = Secret::new("mysql://x");
         assert!(settings.validate().is_err());
+        settings.database.url = Secret::new("postgres://paygate@127.0.0.1/paygate");
+        assert!(settings.validate().is_ok());
         // audit retention can be raised, never set below a year (PCI DSS 10.5.1)
         let mut settings = Settings::default();
         settings.audit.s3.retention_days = 364;

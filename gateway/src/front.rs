@@ -314,6 +314,7 @@ fn notice(front: &Front, device: &DeviceId, code: ErrorCode) -> Bytes {
         tx_id: None,
         amount: None,
         merchant_id: None,
+        counterparty: None,
         payer: None,
         challenge: None,
         decided_at_ms: now_ms(),

@@ -148,6 +148,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         crate::identity::DevNotifier {
             path: settings.resolve(&settings.identity.notifier_file),
         },
+        settings.wallet.clone(),
     );
     let (link_tx, link_rx) = embedded.pipeline_link;
     let (queue_tx, queue_rx) = mpsc::channel(settings.pipeline.queue_depth_max);

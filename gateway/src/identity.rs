@@ -30,27 +30,27 @@ pub async fn completeness(
 ) -> Result<Completeness, StoreError> {
     let paid_before: Option<i64> = sqlx::query_scalar(
         "SELECT 1 FROM postings pw JOIN postings pm ON pw.tx_id = pm.tx_id
-         WHERE pw.account_id = ? AND pw.amount_minor < 0 AND pm.account_id = ? LIMIT 1",
+         WHERE pw.account_id = $1 AND pw.amount_minor < 0 AND pm.account_id = $2 LIMIT 1",
     )
     .bind(wallet.as_str())
     .bind(merchant.as_str())
     .fetch_optional(&mut **batch)
     .await?;
     let used_before: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM requests WHERE device_id = ? LIMIT 1")
+        sqlx::query_scalar("SELECT 1 FROM requests WHERE device_id = $1 LIMIT 1")
             .bind(device.as_str())
             .fetch_optional(&mut **batch)
             .await?;
     let since = now_ms.saturating_sub(velocity_window_ms);
     let in_window: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM requests WHERE device_id = ? AND decided_at_ms >= ?",
+        "SELECT COUNT(*) FROM requests WHERE device_id = $1 AND decided_at_ms >= $2",
     )
     .bind(device.as_str())
     .bind(ms(since))
     .fetch_one(&mut **batch)
     .await?;
     let passes = sqlx::query(
-        "SELECT mechanism, passed_at_ms FROM identity_passes WHERE wallet_account_id = ?",
+        "SELECT mechanism, passed_at_ms FROM identity_passes WHERE wallet_account_id = $1",
     )
     .bind(wallet.as_str())
     .fetch_all(&mut **batch)
@@ -67,7 +67,7 @@ pub async fn completeness(
     }
     let paid_since_strong: i64 = sqlx::query_scalar(
         "SELECT COALESCE(SUM(-p.amount_minor), 0) FROM postings p JOIN transfers t ON p.tx_id = t.tx_id
-         WHERE p.account_id = ? AND p.amount_minor < 0 AND t.created_at_ms > ?",
+         WHERE p.account_id = $1 AND p.amount_minor < 0 AND t.created_at_ms > $2",
     )
     .bind(wallet.as_str())
     .bind(ms(last_strong))
@@ -95,7 +95,7 @@ pub async fn wallet_velocity(
 ) -> Result<u32, StoreError> {
     let by_wallet: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM postings p JOIN transfers t ON p.tx_id = t.tx_id
-         WHERE p.account_id = ? AND p.amount_minor < 0 AND t.created_at_ms >= ?",
+         WHERE p.account_id = $1 AND p.amount_minor < 0 AND t.created_at_ms >= $2",
     )
     .bind(wallet.as_str())
     .bind(ms(since_ms))
@@ -113,7 +113,7 @@ pub async fn locked(
 ) -> Result<Option<Mechanism>, StoreError> {
     for &mechanism in mechanisms {
         let until: Option<i64> = sqlx::query_scalar(
-            "SELECT locked_until_ms FROM identity_lockouts WHERE wallet_account_id = ? AND mechanism = ?",
+            "SELECT locked_until_ms FROM identity_lockouts WHERE wallet_account_id = $1 AND mechanism = $2",
         )
         .bind(wallet.as_str())
         .bind(mechanism.as_str())
@@ -135,11 +135,11 @@ pub async fn enrolled(
     let query = match mechanism {
         Mechanism::DevicePossession => return Ok(true),
         Mechanism::Totp => {
-            "SELECT 1 FROM wallet_profiles WHERE wallet_account_id = ? AND totp_secret_ct IS NOT NULL"
+            "SELECT 1 FROM wallet_profiles WHERE wallet_account_id = $1 AND totp_secret_ct IS NOT NULL"
         }
-        Mechanism::Pin => "SELECT 1 FROM customer_pins WHERE wallet_account_id = ?",
+        Mechanism::Pin => "SELECT 1 FROM customer_pins WHERE wallet_account_id = $1",
         Mechanism::Oob => {
-            "SELECT 1 FROM wallet_profiles WHERE wallet_account_id = ? AND phone_ct IS NOT NULL"
+            "SELECT 1 FROM wallet_profiles WHERE wallet_account_id = $1 AND phone_ct IS NOT NULL"
         }
     };
     let found: Option<i64> = sqlx::query_scalar(query)
@@ -189,7 +189,7 @@ pub async fn insert_challenge(
            counter, body_sha256, merchant_id, amount_minor, currency, payer_kind, payer_ct, payer_bidx,
            payer_masked, mechanisms, risk, oob_code_sha256, attempts, state, receipt, created_at_ms,
            expires_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'pending', ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0, 'pending', $17, $18, $19)",
     )
     .bind(&challenge.challenge_id)
     .bind(challenge.device.as_str())
@@ -219,7 +219,7 @@ const CHALLENGE_COLUMNS: &str = "challenge_id, device_id, wallet_account_id, ide
     body_sha256, merchant_id, amount_minor, currency, payer_kind, payer_ct, payer_bidx, payer_masked,
     mechanisms, risk, oob_code_sha256, attempts, state, receipt, expires_at_ms";
 
-fn challenge_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Challenge, StoreError> {
+fn challenge_from_row(row: &sqlx::any::AnyRow) -> Result<Challenge, StoreError> {
     let bad = |what: &str| StoreError::Invariant(format!("identity_challenges row: bad {what}"));
     let amount_minor: i64 = row.try_get("amount_minor")?;
     let currency: String = row.try_get("currency")?;
@@ -275,7 +275,7 @@ pub async fn challenge_by_id(
     challenge_id: &str,
 ) -> Result<Option<Challenge>, StoreError> {
     let row = sqlx::query(&format!(
-        "SELECT {CHALLENGE_COLUMNS} FROM identity_challenges WHERE challenge_id = ?"
+        "SELECT {CHALLENGE_COLUMNS} FROM identity_challenges WHERE challenge_id = $1"
     ))
     .bind(challenge_id)
     .fetch_optional(&mut **batch)
@@ -289,7 +289,7 @@ pub async fn challenge_by_request(
     key: &IdempotencyKey,
 ) -> Result<Option<Challenge>, StoreError> {
     let row = sqlx::query(&format!(
-        "SELECT {CHALLENGE_COLUMNS} FROM identity_challenges WHERE device_id = ? AND idempotency_key = ?"
+        "SELECT {CHALLENGE_COLUMNS} FROM identity_challenges WHERE device_id = $1 AND idempotency_key = $2"
     ))
     .bind(device.as_str())
     .bind(key.as_str())
@@ -304,12 +304,13 @@ pub async fn counter_in_challenges(
     device: &DeviceId,
     counter: u64,
 ) -> Result<bool, StoreError> {
-    let found: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM identity_challenges WHERE device_id = ? AND counter = ?")
-            .bind(device.as_str())
-            .bind(ms(counter))
-            .fetch_optional(&mut **batch)
-            .await?;
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM identity_challenges WHERE device_id = $1 AND counter = $2",
+    )
+    .bind(device.as_str())
+    .bind(ms(counter))
+    .fetch_optional(&mut **batch)
+    .await?;
     Ok(found.is_some())
 }
 
@@ -319,7 +320,7 @@ pub async fn expired_challenges(
 ) -> Result<Vec<Challenge>, StoreError> {
     let rows = sqlx::query(&format!(
         "SELECT {CHALLENGE_COLUMNS} FROM identity_challenges
-         WHERE state = 'pending' AND expires_at_ms <= ? ORDER BY expires_at_ms LIMIT 256"
+         WHERE state = 'pending' AND expires_at_ms <= $1 ORDER BY expires_at_ms LIMIT 256"
     ))
     .bind(ms(now_ms))
     .fetch_all(&mut **batch)
@@ -337,7 +338,7 @@ pub async fn update_challenge(
     receipt: &[u8],
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE identity_challenges SET state = ?, attempts = ?, receipt = ? WHERE challenge_id = ?",
+        "UPDATE identity_challenges SET state = $1, attempts = $2, receipt = $3 WHERE challenge_id = $4",
     )
     .bind(state)
     .bind(i64::from(attempts))
@@ -356,7 +357,7 @@ pub async fn record_passes(
 ) -> Result<(), StoreError> {
     for mechanism in mechanisms {
         sqlx::query(
-            "INSERT INTO identity_passes (wallet_account_id, mechanism, passed_at_ms) VALUES (?, ?, ?)
+            "INSERT INTO identity_passes (wallet_account_id, mechanism, passed_at_ms) VALUES ($1, $2, $3)
              ON CONFLICT (wallet_account_id, mechanism) DO UPDATE SET passed_at_ms = excluded.passed_at_ms",
         )
         .bind(wallet.as_str())
@@ -376,7 +377,7 @@ pub async fn lock(
 ) -> Result<(), StoreError> {
     for mechanism in mechanisms {
         sqlx::query(
-            "INSERT INTO identity_lockouts (wallet_account_id, mechanism, locked_until_ms) VALUES (?, ?, ?)
+            "INSERT INTO identity_lockouts (wallet_account_id, mechanism, locked_until_ms) VALUES ($1, $2, $3)
              ON CONFLICT (wallet_account_id, mechanism) DO UPDATE SET locked_until_ms = excluded.locked_until_ms",
         )
         .bind(wallet.as_str())
@@ -393,7 +394,7 @@ pub async fn totp_last_step(
     wallet: &AccountId,
 ) -> Result<Option<u64>, StoreError> {
     let step: Option<i64> =
-        sqlx::query_scalar("SELECT last_step FROM totp_used_steps WHERE wallet_account_id = ?")
+        sqlx::query_scalar("SELECT last_step FROM totp_used_steps WHERE wallet_account_id = $1")
             .bind(wallet.as_str())
             .fetch_optional(&mut **batch)
             .await?;
@@ -406,7 +407,7 @@ pub async fn set_totp_step(
     step: u64,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO totp_used_steps (wallet_account_id, last_step) VALUES (?, ?)
+        "INSERT INTO totp_used_steps (wallet_account_id, last_step) VALUES ($1, $2)
          ON CONFLICT (wallet_account_id) DO UPDATE SET last_step = excluded.last_step",
     )
     .bind(wallet.as_str())
@@ -437,7 +438,7 @@ pub fn oob_code_hash(
 
 /// Sets a holder's PIN (Argon2id with a random salt); the PIN itself is not kept.
 pub async fn set_pin(
-    pool: &sqlx::SqlitePool,
+    pool: &sqlx::AnyPool,
     wallet: &AccountId,
     pin: &str,
     now_ms: u64,
@@ -452,7 +453,7 @@ pub async fn set_pin(
         .map_err(|e| StoreError::Invariant(format!("pin hashing: {e}")))?
         .to_string();
     sqlx::query(
-        "INSERT INTO customer_pins (wallet_account_id, pin_phc, set_at_ms) VALUES (?, ?, ?)
+        "INSERT INTO customer_pins (wallet_account_id, pin_phc, set_at_ms) VALUES ($1, $2, $3)
          ON CONFLICT (wallet_account_id) DO UPDATE SET pin_phc = excluded.pin_phc, set_at_ms = excluded.set_at_ms",
     )
     .bind(wallet.as_str())
@@ -465,12 +466,12 @@ pub async fn set_pin(
 
 /// Checks a PIN against the stored hash, off the async threads (Argon2 is slow on purpose).
 pub async fn pin_matches(
-    pool: &sqlx::SqlitePool,
+    pool: &sqlx::AnyPool,
     wallet: &AccountId,
     pin: &str,
 ) -> Result<bool, StoreError> {
     let phc: Option<String> =
-        sqlx::query_scalar("SELECT pin_phc FROM customer_pins WHERE wallet_account_id = ?")
+        sqlx::query_scalar("SELECT pin_phc FROM customer_pins WHERE wallet_account_id = $1")
             .bind(wallet.as_str())
             .fetch_optional(pool)
             .await?;

@@ -18,12 +18,14 @@
 //! Every stage takes the whole batch, so group commit is the normal path, not a later rewrite.
 
 use crate::audit::AuditLog;
-use crate::config::{IdentitySettings, PipelineSettings};
+use crate::config::{IdentitySettings, PipelineSettings, WalletSettings};
 use crate::identity;
 use crate::keys::cipher::FieldCipher;
+use crate::ledger::{self, AccountKind, Leg};
 use crate::metrics::Metrics;
+use crate::products;
 use crate::profiles;
-use crate::store::{self, AccountKind, Batch, SealedPayer, Store, StoreError};
+use crate::store::{self, Batch, SealedPayer, Store, StoreError};
 use bytes::Bytes;
 use paygate_core::audit::{AuditEvent, AuditOutcome, EventType};
 use paygate_core::envelope::{SigningKey, UnverifiedEnvelope};
@@ -32,7 +34,7 @@ use paygate_core::payer::Payer;
 use paygate_core::receipt::{ChallengeWire, Outcome, Receipt, RECEIPT_CONTENT_TYPE};
 use paygate_core::request::OneTimeCode;
 use paygate_core::request::{
-    check_freshness, decode_request, MoneyWire, Operation, Request, REQUEST_CONTENT_TYPE,
+    check_freshness, decode_request, MoneyWire, Operation, Party, Request, REQUEST_CONTENT_TYPE,
     SCHEMA_VERSION,
 };
 use paygate_core::{AccountId, DeviceId, ErrorCode, IdempotencyKey, Money};
@@ -66,6 +68,7 @@ pub struct Pipeline {
     cipher: Arc<FieldCipher>,
     identity: IdentitySettings,
     notifier: identity::DevNotifier,
+    wallet: WalletSettings,
 }
 
 struct Verified {
@@ -78,6 +81,9 @@ struct Verified {
     payer: Option<SealedPayer>,
     /// For a challenge answer: what checking it needs from outside the database transaction.
     answer: AnswerMaterial,
+    /// For P2P and cash-in: the wallet the request names, looked up by phone or VPA through
+    /// the blind indexes before the transaction (`None`: no such wallet).
+    party: Option<AccountId>,
 }
 
 /// Prepared before the batch's transaction: the holder's TOTP secret (decrypted through the
@@ -98,6 +104,8 @@ struct HeldPayment {
     merchant: AccountId,
     amount: Money,
     payer: Option<SealedPayer>,
+    /// Why it is declined, where a code's own description does not say enough (which limit).
+    decline_reason: Option<String>,
 }
 
 impl From<&identity::Challenge> for HeldPayment {
@@ -111,6 +119,7 @@ impl From<&identity::Challenge> for HeldPayment {
             merchant: c.merchant.clone(),
             amount: c.amount,
             payer: c.payer.clone(),
+            decline_reason: None,
         }
     }
 }
@@ -143,6 +152,7 @@ impl Pipeline {
         cipher: Arc<FieldCipher>,
         identity: IdentitySettings,
         notifier: identity::DevNotifier,
+        wallet: WalletSettings,
     ) -> Pipeline {
         Pipeline {
             store,
@@ -153,6 +163,7 @@ impl Pipeline {
             cipher,
             identity,
             notifier,
+            wallet,
         }
     }
 
@@ -172,7 +183,19 @@ impl Pipeline {
                         match self.prepare_answer(&ok).await {
                             Ok(answer) => {
                                 ok.answer = answer;
-                                verified.push(ok)
+                                match self.resolve_party(&ok.request).await {
+                                    Ok(party) => {
+                                        ok.party = party;
+                                        verified.push(ok)
+                                    }
+                                    Err((code, message)) => replies.push(self.refuse_verified(
+                                        &ok,
+                                        code,
+                                        message,
+                                        now,
+                                        &mut events,
+                                    )),
+                                }
                             }
                             Err((code, message)) => replies.push(self.refuse_verified(
                                 &ok,
@@ -278,6 +301,7 @@ impl Pipeline {
             wallet: device.wallet,
             payer: None,
             answer: AnswerMaterial::default(),
+            party: None,
         })
     }
 
@@ -325,6 +349,40 @@ impl Pipeline {
                 "the key protecting the payer's data is unavailable; nothing was written; retry later with the same idempotency key".to_owned(),
             )
         })
+    }
+
+    /// The wallet a P2P transfer or cash-in names by phone or VPA, through the profiles'
+    /// blind indexes (a key provider call, so outside the transaction; fails closed with
+    /// `KEY_UNAVAILABLE`). A wallet named by id is taken as it is.
+    async fn resolve_party(
+        &self,
+        request: &Request,
+    ) -> Result<Option<AccountId>, (ErrorCode, String)> {
+        let party = match &request.operation {
+            Operation::P2pTransfer { to, .. } => to,
+            Operation::CashIn { customer, .. } => customer,
+            _ => return Ok(None),
+        };
+        let (phone, vpa) = match party {
+            Party::Wallet(id) => return Ok(Some(id.clone())),
+            Party::Phone(phone) => (Some(phone.as_str()), None),
+            Party::Vpa(vpa) => (None, Some(vpa.expose())),
+        };
+        match profiles::find(&self.cipher, self.store.pool(), phone, vpa).await {
+            Ok(found) => Ok(found.and_then(|id| AccountId::parse(&id).ok())),
+            Err(profiles::ProfileError::Invalid { .. }) => Ok(None),
+            Err(profiles::ProfileError::Key(error)) => {
+                self.metrics.count_key_failure();
+                tracing::error!(%error, device = %request.device_id, "wallet alias not resolved; request refused");
+                Err((
+                    error.code(),
+                    "the key protecting wallet aliases is unavailable; nothing was written; retry later with the same idempotency key".into(),
+                ))
+            }
+            Err(profiles::ProfileError::Database(error)) => {
+                Err((ErrorCode::InternalError, error.to_string()))
+            }
+        }
     }
 
     /// Stages 2 to 5 for the verified part of a batch, in one database transaction.
@@ -421,7 +479,153 @@ impl Pipeline {
                 )
                 .await
             }
+            Operation::P2pTransfer { amount, .. }
+            | Operation::CashIn { amount, .. }
+            | Operation::CashOut { amount, .. }
+            | Operation::Refund { amount, .. } => {
+                let origin = products::Origin {
+                    device,
+                    key: &request.idempotency_key,
+                    now_ms: now,
+                };
+                let account = &item.wallet;
+                let wallet = &self.wallet;
+                let (kind, decided) = match &request.operation {
+                    Operation::P2pTransfer { .. } => (
+                        "p2p",
+                        products::p2p(
+                            batch,
+                            wallet,
+                            &origin,
+                            account,
+                            item.party.as_ref(),
+                            *amount,
+                        )
+                        .await?,
+                    ),
+                    Operation::CashIn { .. } => (
+                        "cash_in",
+                        products::cash_in(
+                            batch,
+                            wallet,
+                            &origin,
+                            account,
+                            item.party.as_ref(),
+                            *amount,
+                        )
+                        .await?,
+                    ),
+                    Operation::CashOut { agent_id, .. } => (
+                        "cash_out",
+                        products::cash_out(batch, wallet, &origin, account, agent_id, *amount)
+                            .await?,
+                    ),
+                    Operation::Refund { tx_id, .. } => (
+                        "refund",
+                        products::refund(batch, &origin, account, tx_id, *amount).await?,
+                    ),
+                    _ => unreachable_operation()?,
+                };
+                self.record_product(batch, item, kind, *amount, decided, events, now)
+                    .await
+            }
         }
+    }
+
+    /// Stage 4 for a wallet product: the decision recorded with its signed receipt and an
+    /// audit event.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_product(
+        &self,
+        batch: &mut Batch<'_>,
+        item: &Verified,
+        kind: &str,
+        amount: Money,
+        decided: products::Decided,
+        events: &mut Vec<AuditEvent>,
+        now: u64,
+    ) -> Result<Outbound, StoreError> {
+        let request = &item.request;
+        let device = &request.device_id;
+        let (tx_id, counterparty, code, message) = match decided {
+            products::Decided::Posted {
+                tx_id,
+                counterparty,
+            } => (Some(tx_id), Some(counterparty), None, None),
+            products::Decided::Declined { code, reason } => (None, None, Some(code), Some(reason)),
+        };
+        let receipt = Receipt {
+            v: SCHEMA_VERSION,
+            outcome: if code.is_none() {
+                Outcome::Approved
+            } else {
+                Outcome::Declined
+            },
+            code: code.map(|c| c.as_str().to_owned()),
+            message: message.clone(),
+            device_id: device.to_string(),
+            idempotency_key: Some(request.idempotency_key.to_string()),
+            body_sha256: Some(hex::encode(&item.body_sha256)),
+            tx_id: tx_id.as_ref().map(|t| t.to_string()),
+            amount: Some(MoneyWire::from(amount)),
+            merchant_id: None,
+            counterparty: counterparty.clone(),
+            payer: None,
+            challenge: None,
+            decided_at_ms: now,
+        };
+        let sealed = self
+            .receipt_key
+            .seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload());
+        store::record_decided(
+            batch,
+            device,
+            &request.idempotency_key,
+            request.counter,
+            &item.body_sha256,
+            code.is_none(),
+            code,
+            tx_id.as_ref(),
+            &sealed,
+            now,
+        )
+        .await?;
+        let mut event = AuditEvent::new(
+            now,
+            EventType::PaymentDecided,
+            format!("device:{device}"),
+            format!("mqtt:{device}"),
+            if code.is_none() {
+                AuditOutcome::Success
+            } else {
+                AuditOutcome::Failure
+            },
+            "pipeline",
+            format!("account:{}", item.wallet),
+        );
+        event.code = code.map(|c| c.as_str().to_owned());
+        event.tx_id = tx_id.as_ref().map(|t| t.to_string());
+        event.device_id = Some(device.to_string());
+        event.wallet_id = Some(item.wallet.to_string());
+        event.amount = Some(format!("{} {}", amount.minor_signed(), amount.currency));
+        let mut detail = format!("{kind} idempotency_key {}", request.idempotency_key);
+        if let Some(counterparty) = &counterparty {
+            detail.push_str(&format!(" counterparty {counterparty}"));
+        }
+        if let Some(message) = &message {
+            detail.push_str(&format!(" reason {message}"));
+        }
+        event.detail = Some(detail);
+        events.push(event);
+        match code {
+            None => self.metrics.count_approved(),
+            Some(code) => self.metrics.count_declined(code),
+        }
+        Ok(Outbound {
+            device: device.clone(),
+            receipt: sealed,
+            received_at: item.inbound.received_at,
+        })
     }
 
     /// Stage 3 for a payment: abuse limits, then the rule manager; a payment that needs a
@@ -436,7 +640,7 @@ impl Pipeline {
         now: u64,
     ) -> Result<Outbound, StoreError> {
         let request = &item.request;
-        let payment = HeldPayment {
+        let mut payment = HeldPayment {
             device: request.device_id.clone(),
             wallet: item.wallet.clone(),
             key: request.idempotency_key.clone(),
@@ -445,7 +649,36 @@ impl Pipeline {
             merchant: merchant_id.clone(),
             amount,
             payer: item.payer.clone(),
+            decline_reason: None,
         };
+        // the wallet's KYC limits (per transaction, day, month) before any step-up
+        if let Some(account) = ledger::account(batch, &payment.wallet).await? {
+            if account.kind == AccountKind::Wallet {
+                if let Some((code, reason)) = products::check_debit(
+                    batch,
+                    &self.wallet,
+                    &account,
+                    "merchant_payment",
+                    amount,
+                    now,
+                )
+                .await?
+                {
+                    payment.decline_reason = Some(reason);
+                    return self
+                        .post_and_record(
+                            batch,
+                            &payment,
+                            None,
+                            Some(code),
+                            item.inbound.received_at,
+                            events,
+                            now,
+                        )
+                        .await;
+                }
+            }
+        }
         let rules = &self.identity.rules;
         let completeness = identity::completeness(
             batch,
@@ -904,6 +1137,7 @@ impl Pipeline {
             tx_id: None,
             amount: Some(MoneyWire::from(payment.amount)),
             merchant_id: Some(payment.merchant.to_string()),
+            counterparty: None,
             payer: payment.payer.as_ref().map(|p| p.masked.clone()),
             challenge: Some(ChallengeWire {
                 challenge_id: challenge_id.to_owned(),
@@ -968,16 +1202,29 @@ impl Pipeline {
         let tx_id = store::new_tx_id();
         let code = match decline {
             Some(code) => Some(code),
-            None => match store::post_transfer(
+            None => match ledger::post(
                 batch,
-                &tx_id,
-                "merchant_payment",
-                Some((device, &payment.key)),
-                wallet,
-                merchant_id,
-                AccountKind::Merchant,
-                amount,
-                now,
+                &ledger::NewTransfer {
+                    tx_id: &tx_id,
+                    kind: "merchant_payment",
+                    origin: Some((device, &payment.key)),
+                    related: None,
+                    legs: vec![
+                        Leg::debit(
+                            wallet,
+                            AccountKind::Wallet,
+                            amount.currency.code(),
+                            amount.minor_signed(),
+                        ),
+                        Leg::credit(
+                            merchant_id,
+                            AccountKind::Merchant,
+                            amount.currency.code(),
+                            amount.minor_signed(),
+                        ),
+                    ],
+                    now_ms: now,
+                },
             )
             .await
             {
@@ -1002,13 +1249,19 @@ impl Pipeline {
                 Outcome::Declined
             },
             code: code.map(|c| c.as_str().to_owned()),
-            message: code.map(|c| c.description().to_owned()),
+            message: code.map(|c| {
+                payment
+                    .decline_reason
+                    .clone()
+                    .unwrap_or_else(|| c.description().to_owned())
+            }),
             device_id: device.to_string(),
             idempotency_key: Some(payment.key.to_string()),
             body_sha256: Some(hex::encode(&payment.body_sha256)),
             tx_id: code.is_none().then(|| tx_id.to_string()),
             amount: Some(MoneyWire::from(amount)),
             merchant_id: Some(merchant_id.to_string()),
+            counterparty: None,
             payer: payment.payer.as_ref().map(|p| p.masked.clone()),
             challenge: None,
             decided_at_ms: now,
@@ -1165,6 +1418,7 @@ impl Pipeline {
             tx_id: None,
             amount: None,
             merchant_id: None,
+            counterparty: None,
             payer: None,
             challenge: None,
             decided_at_ms: now,
@@ -1200,6 +1454,13 @@ fn rejected_event(
     event.device_id = Some(device.to_string());
     event.detail = request.map(|r| format!("idempotency_key {}", r.idempotency_key));
     event
+}
+
+#[allow(clippy::panic)]
+fn unreachable_operation() -> Result<(&'static str, products::Decided), StoreError> {
+    Err(StoreError::Invariant(
+        "a wallet product arm got another operation".into(),
+    ))
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {

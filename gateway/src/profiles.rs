@@ -88,7 +88,7 @@ pub fn normalise_vpa(vpa: &str) -> Result<String, ProfileError> {
 /// Encrypts and stores a profile (and a TOTP secret when given), replacing any before.
 pub async fn save(
     cipher: &FieldCipher,
-    pool: &sqlx::SqlitePool,
+    pool: &sqlx::AnyPool,
     wallet: &AccountId,
     profile: &WalletProfile,
     totp_secret: Option<&[u8]>,
@@ -118,7 +118,7 @@ pub async fn save(
     };
     sqlx::query(
         "INSERT INTO wallet_profiles (wallet_account_id, name_ct, phone_ct, phone_bidx, vpa_ct, vpa_bidx, totp_secret_ct, updated_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (wallet_account_id) DO UPDATE SET name_ct = excluded.name_ct,
            phone_ct = excluded.phone_ct, phone_bidx = excluded.phone_bidx, vpa_ct = excluded.vpa_ct,
            vpa_bidx = excluded.vpa_bidx,
@@ -141,7 +141,7 @@ pub async fn save(
 /// The wallet whose holder has this phone or VPA (looked up by blind index).
 pub async fn find(
     cipher: &FieldCipher,
-    pool: &sqlx::SqlitePool,
+    pool: &sqlx::AnyPool,
     phone: Option<&str>,
     vpa: Option<&str>,
 ) -> Result<Option<String>, ProfileError> {
@@ -152,7 +152,7 @@ pub async fn find(
     };
     let index = cipher.blind_index(TABLE, field, &value).await?;
     let row = sqlx::query(&format!(
-        "SELECT wallet_account_id FROM wallet_profiles WHERE {column} = ?"
+        "SELECT wallet_account_id FROM wallet_profiles WHERE {column} = $1"
     ))
     .bind(index.to_vec())
     .fetch_optional(pool)
@@ -163,11 +163,11 @@ pub async fn find(
 /// Decrypts a profile and returns it masked.
 pub async fn show(
     cipher: &FieldCipher,
-    pool: &sqlx::SqlitePool,
+    pool: &sqlx::AnyPool,
     wallet: &AccountId,
 ) -> Result<Option<MaskedProfile>, ProfileError> {
     let Some(row) = sqlx::query(
-        "SELECT name_ct, phone_ct, vpa_ct, totp_secret_ct FROM wallet_profiles WHERE wallet_account_id = ?",
+        "SELECT name_ct, phone_ct, vpa_ct, totp_secret_ct FROM wallet_profiles WHERE wallet_account_id = $1",
     )
     .bind(wallet.as_str())
     .fetch_optional(pool)
@@ -205,13 +205,14 @@ pub async fn show(
 /// The TOTP secret, decrypted, for the identity validator (never printed or logged).
 pub async fn totp_secret(
     cipher: &FieldCipher,
-    pool: &sqlx::SqlitePool,
+    pool: &sqlx::AnyPool,
     wallet: &AccountId,
 ) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, ProfileError> {
-    let row = sqlx::query("SELECT totp_secret_ct FROM wallet_profiles WHERE wallet_account_id = ?")
-        .bind(wallet.as_str())
-        .fetch_optional(pool)
-        .await?;
+    let row =
+        sqlx::query("SELECT totp_secret_ct FROM wallet_profiles WHERE wallet_account_id = $1")
+            .bind(wallet.as_str())
+            .fetch_optional(pool)
+            .await?;
     let Some(sealed) = row.and_then(|r| r.get::<Option<Vec<u8>>, _>("totp_secret_ct")) else {
         return Ok(None);
     };

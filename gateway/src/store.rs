@@ -1,17 +1,18 @@
-//! The ledger and request store on SQLite (sqlx, WAL, synchronous=FULL).
+//! The ledger and request store, on SQLite (embedded default: WAL, synchronous=FULL) or
+//! PostgreSQL (production), through sqlx's `Any` driver: one set of queries (`$N` parameters,
+//! portable SQL) and one migration set per backend. Where the dialects differ (row locks,
+//! how a write transaction begins) the code asks [`Store::backend`].
 //!
 //! Writes happen in [`Store::begin_batch`] transactions owned by the pipeline: one database
 //! transaction per batch of requests (group commit), one savepoint per request so a failure
-//! rolls back that request alone. PostgreSQL joins behind the same operations in the ledger
-//! issue; until there are two backends there is no trait.
+//! rolls back that request alone.
 
+use crate::ledger;
 use paygate_core::audit::AuditEvent;
 use paygate_core::envelope::{SigningAlgorithm, VerifyingKey};
 use paygate_core::{AccountId, Currency, DeviceId, ErrorCode, IdempotencyKey, Money, TxId};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Acquire, Row, SqlitePool};
-use std::str::FromStr;
-use std::time::Duration;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -23,6 +24,9 @@ pub enum StoreError {
     Refused(ErrorCode),
     #[error("ledger invariant broken: {0}")]
     Invariant(String),
+    /// A transfer for this device and idempotency key is already posted.
+    #[error("already posted")]
+    AlreadyPosted,
 }
 
 /// An enrolled device.
@@ -41,57 +45,80 @@ pub struct DecidedRequest {
     pub receipt: Vec<u8>,
 }
 
+pub use crate::ledger::{AccountKind, KycTier, TrialBalance};
+
+/// Which SQL database holds the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccountKind {
-    Wallet,
-    Merchant,
-    /// The issuer's e-money liability: the counterpart of funding, may go negative.
-    Issuance,
+pub enum Backend {
+    Sqlite,
+    Postgres,
 }
 
-impl AccountKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            AccountKind::Wallet => "wallet",
-            AccountKind::Merchant => "merchant",
-            AccountKind::Issuance => "issuance",
+impl Backend {
+    /// The backend a database URL names, if it is one paygate supports.
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
         }
     }
 }
 
-/// A balance per currency and the total of all balances in it (zero when the books balance).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrialBalance {
-    pub currency: String,
-    pub balance_sum_minor: i64,
-    pub posting_sum_minor: i64,
-    pub unbalanced_transfers: i64,
-}
-
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
-pub type Batch<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
+pub type Batch<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+/// SQLite settings every connection gets: a write-ahead log fsync'd on every commit, foreign
+/// keys enforced, and writers that queue for the lock instead of failing.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
 
 impl Store {
-    /// Opens (creating if missing) and migrates the database.
+    /// Opens (creating a SQLite file if missing) and migrates the database.
     pub async fn open(url: &str, connections_max: u32) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url).ok_or_else(|| {
+            StoreError::Invariant("database URL must start with sqlite: or postgres://".into())
+        })?;
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{separator}mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        let pool = AnyPoolOptions::new()
             .max_connections(connections_max)
-            .connect_with(options)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute(SQLITE_PRAGMAS).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Store { pool })
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        Ok(Store { pool, backend })
     }
 
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Opens an account with the defaults of its kind (a wallet is full-KYC); see
+    /// [`ledger::open_account`] for the rest.
     pub async fn open_account(
         &self,
         account: &AccountId,
@@ -99,17 +126,28 @@ impl Store {
         currency: Currency,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO accounts (account_id, kind, currency, negative_allowed, created_at_ms)
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id) DO NOTHING",
+        self.open_with(
+            &ledger::NewAccount {
+                account_id: account.clone(),
+                kind,
+                unit: currency.code().to_owned(),
+                kyc_tier: None,
+                category: None,
+                owner: None,
+            },
+            now_ms,
         )
-        .bind(account.as_str())
-        .bind(kind.as_str())
-        .bind(currency.code())
-        .bind(i64::from(kind == AccountKind::Issuance))
-        .bind(ms(now_ms))
-        .execute(&self.pool)
-        .await?;
+        .await
+    }
+
+    pub async fn open_with(
+        &self,
+        account: &ledger::NewAccount,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut batch = self.begin_batch().await?;
+        ledger::open_account(&mut batch, account, now_ms).await?;
+        batch.commit().await?;
         Ok(())
     }
 
@@ -117,7 +155,7 @@ impl Store {
     pub async fn enrol_device(&self, device: &Device, now_ms: u64) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO devices (device_id, algorithm, public_key, wallet_account_id, status, enrolled_at_ms)
-             VALUES (?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (device_id) DO UPDATE SET algorithm = excluded.algorithm,
                public_key = excluded.public_key, wallet_account_id = excluded.wallet_account_id,
                status = excluded.status",
@@ -134,7 +172,7 @@ impl Store {
     }
 
     pub async fn device(&self, device: &DeviceId) -> Result<Option<Device>, StoreError> {
-        let row = sqlx::query("SELECT algorithm, public_key, wallet_account_id, status FROM devices WHERE device_id = ?")
+        let row = sqlx::query("SELECT algorithm, public_key, wallet_account_id, status FROM devices WHERE device_id = $1")
             .bind(device.as_str())
             .fetch_optional(&self.pool)
             .await?;
@@ -156,15 +194,14 @@ impl Store {
     }
 
     pub async fn balance(&self, account: &AccountId) -> Result<Option<i64>, StoreError> {
-        let balance = sqlx::query_scalar("SELECT balance_minor FROM accounts WHERE account_id = ?")
-            .bind(account.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let mut conn = self.pool.begin().await?;
+        let balance = ledger::balance(&mut conn, account).await?;
+        conn.rollback().await?;
         Ok(balance)
     }
 
-    /// Funds a wallet from the issuance account (operator action for development and the demo;
-    /// cash-in at an agent terminal comes with the ledger issue).
+    /// Funds a wallet from the issuance account (operator action for development and the
+    /// demo; terminals fund wallets by cash-in).
     pub async fn fund_wallet(
         &self,
         wallet: &AccountId,
@@ -178,18 +215,23 @@ impl Store {
         .map_err(|e| StoreError::Invariant(e.to_string()))?;
         self.open_account(&issuance, AccountKind::Issuance, amount.currency, now_ms)
             .await?;
-        let mut batch = self.begin_batch().await?;
+        let unit = amount.currency.code();
+        let minor = amount.minor_signed();
         let tx_id = new_tx_id();
-        post_transfer(
+        let mut batch = self.begin_batch().await?;
+        ledger::post(
             &mut batch,
-            &tx_id,
-            "funding",
-            None,
-            &issuance,
-            wallet,
-            AccountKind::Wallet,
-            amount,
-            now_ms,
+            &ledger::NewTransfer {
+                tx_id: &tx_id,
+                kind: "funding",
+                origin: None,
+                related: None,
+                legs: vec![
+                    ledger::Leg::debit(&issuance, AccountKind::Issuance, unit, minor),
+                    ledger::Leg::credit(wallet, AccountKind::Wallet, unit, minor),
+                ],
+                now_ms,
+            },
         )
         .await?;
         batch.commit().await?;
@@ -200,55 +242,39 @@ impl Store {
     /// writers queue on the busy timeout instead of one failing with "database is locked" when
     /// its read transaction tries to become a write.
     pub async fn begin_batch(&self) -> Result<Batch<'static>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
-    /// Per currency: sum of balances, sum of postings, and transfers whose legs do not sum to
+    /// Per unit: sum of balances, sum of postings, and transfers whose legs do not sum to
     /// zero. Books balance when the first two are zero and equal and the third is zero.
     pub async fn trial_balance(&self) -> Result<Vec<TrialBalance>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT a.currency AS currency,
-                    (SELECT COALESCE(SUM(balance_minor), 0) FROM accounts b WHERE b.currency = a.currency) AS balances,
-                    (SELECT COALESCE(SUM(amount_minor), 0) FROM postings p WHERE p.currency = a.currency) AS postings,
-                    (SELECT COUNT(*) FROM (SELECT tx_id FROM postings p WHERE p.currency = a.currency
-                        GROUP BY tx_id HAVING SUM(amount_minor) <> 0)) AS unbalanced
-             FROM accounts a GROUP BY a.currency ORDER BY a.currency",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(TrialBalance {
-                    currency: row.try_get("currency")?,
-                    balance_sum_minor: row.try_get("balances")?,
-                    posting_sum_minor: row.try_get("postings")?,
-                    unbalanced_transfers: row.try_get("unbalanced")?,
-                })
-            })
-            .collect()
+        let mut conn = self.pool.begin().await?;
+        let trial = ledger::trial_balance(&mut conn).await?;
+        conn.rollback().await?;
+        Ok(trial)
     }
 
     /// Every balance equals the sum of its account's postings (no lost update).
     pub async fn balances_match_postings(&self) -> Result<bool, StoreError> {
-        let mismatched: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM accounts a
-             WHERE a.balance_minor <> (SELECT COALESCE(SUM(amount_minor), 0) FROM postings p WHERE p.account_id = a.account_id)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(mismatched == 0)
+        let mut conn = self.pool.begin().await?;
+        let off = ledger::accounts_off_their_postings(&mut conn).await?;
+        conn.rollback().await?;
+        Ok(off.is_empty())
     }
 
     pub async fn count_transfers(&self, kind: &str) -> Result<i64, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM transfers WHERE kind = ?")
+            sqlx::query_scalar("SELECT COUNT(*) FROM transfers WHERE kind = $1")
                 .bind(kind)
                 .fetch_one(&self.pool)
                 .await?,
         )
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 }
@@ -276,7 +302,7 @@ pub async fn find_decided(
     key: &IdempotencyKey,
 ) -> Result<Option<DecidedRequest>, StoreError> {
     let row = sqlx::query(
-        "SELECT body_sha256, receipt FROM requests WHERE device_id = ? AND idempotency_key = ?",
+        "SELECT body_sha256, receipt FROM requests WHERE device_id = $1 AND idempotency_key = $2",
     )
     .bind(device.as_str())
     .bind(key.as_str())
@@ -297,128 +323,12 @@ pub async fn counter_used(
     counter: u64,
 ) -> Result<bool, StoreError> {
     let found: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM requests WHERE device_id = ? AND counter = ?")
+        sqlx::query_scalar("SELECT 1 FROM requests WHERE device_id = $1 AND counter = $2")
             .bind(device.as_str())
             .bind(ms(counter))
             .fetch_optional(&mut **batch)
             .await?;
     Ok(found.is_some())
-}
-
-/// Posts a two-leg transfer `from` -> `to` inside a batch, with checked arithmetic and the
-/// ledger invariants asserted before and after the write. `to` must be an active account of
-/// kind `to_kind` (else `UNKNOWN_MERCHANT` or `UNKNOWN_WALLET`). Refusals leave nothing written
-/// (the caller rolls back its savepoint).
-#[allow(clippy::too_many_arguments)]
-pub async fn post_transfer(
-    batch: &mut Batch<'_>,
-    tx_id: &TxId,
-    kind: &str,
-    origin: Option<(&DeviceId, &IdempotencyKey)>,
-    from: &AccountId,
-    to: &AccountId,
-    to_kind: AccountKind,
-    amount: Money,
-    now_ms: u64,
-) -> Result<(), StoreError> {
-    let currency = amount.currency.code();
-    let minor = amount.minor_signed();
-    let mut savepoint = batch.begin().await?;
-    let from_row = sqlx::query("SELECT currency, balance_minor, negative_allowed FROM accounts WHERE account_id = ? AND status = 'active'")
-        .bind(from.as_str())
-        .fetch_optional(&mut *savepoint)
-        .await?
-        .ok_or(StoreError::Refused(ErrorCode::UnknownWallet))?;
-    let unknown_payee = StoreError::Refused(match to_kind {
-        AccountKind::Merchant => ErrorCode::UnknownMerchant,
-        _ => ErrorCode::UnknownWallet,
-    });
-    let to_row = sqlx::query(
-        "SELECT currency, balance_minor FROM accounts WHERE account_id = ? AND kind = ? AND status = 'active'",
-    )
-    .bind(to.as_str())
-    .bind(to_kind.as_str())
-    .fetch_optional(&mut *savepoint)
-    .await?
-    .ok_or(unknown_payee)?;
-    let from_currency: String = from_row.try_get("currency")?;
-    let to_currency: String = to_row.try_get("currency")?;
-    if from_currency != currency || to_currency != currency {
-        return Err(StoreError::Refused(ErrorCode::CurrencyMismatch));
-    }
-    let from_balance: i64 = from_row.try_get("balance_minor")?;
-    let negative_allowed: i64 = from_row.try_get("negative_allowed")?;
-    let to_balance: i64 = to_row.try_get("balance_minor")?;
-    let from_after = from_balance
-        .checked_sub(minor)
-        .ok_or(StoreError::Refused(ErrorCode::AmountOverflow))?;
-    let to_after = to_balance
-        .checked_add(minor)
-        .ok_or(StoreError::Refused(ErrorCode::AmountOverflow))?;
-    if from_after < 0 && negative_allowed == 0 {
-        return Err(StoreError::Refused(ErrorCode::InsufficientFunds));
-    }
-    if from == to {
-        return Err(StoreError::Invariant("transfer to the same account".into()));
-    }
-
-    let (device, key) = match origin {
-        Some((device, key)) => (Some(device.as_str()), Some(key.as_str())),
-        None => (None, None),
-    };
-    sqlx::query(
-        "INSERT INTO transfers (tx_id, kind, device_id, idempotency_key, currency, amount_minor, created_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(tx_id.as_str())
-    .bind(kind)
-    .bind(device)
-    .bind(key)
-    .bind(currency)
-    .bind(minor)
-    .bind(ms(now_ms))
-    .execute(&mut *savepoint)
-    .await?;
-    for (account, leg) in [(from, -minor), (to, minor)] {
-        sqlx::query(
-            "INSERT INTO postings (tx_id, account_id, currency, amount_minor) VALUES (?, ?, ?, ?)",
-        )
-        .bind(tx_id.as_str())
-        .bind(account.as_str())
-        .bind(currency)
-        .bind(leg)
-        .execute(&mut *savepoint)
-        .await?;
-        sqlx::query("UPDATE accounts SET balance_minor = balance_minor + ? WHERE account_id = ?")
-            .bind(leg)
-            .bind(account.as_str())
-            .execute(&mut *savepoint)
-            .await?;
-    }
-
-    // read back: the legs sum to zero and the balances are what we computed
-    let leg_sum: i64 =
-        sqlx::query_scalar("SELECT COALESCE(SUM(amount_minor), 0) FROM postings WHERE tx_id = ?")
-            .bind(tx_id.as_str())
-            .fetch_one(&mut *savepoint)
-            .await?;
-    let from_read: i64 =
-        sqlx::query_scalar("SELECT balance_minor FROM accounts WHERE account_id = ?")
-            .bind(from.as_str())
-            .fetch_one(&mut *savepoint)
-            .await?;
-    let to_read: i64 =
-        sqlx::query_scalar("SELECT balance_minor FROM accounts WHERE account_id = ?")
-            .bind(to.as_str())
-            .fetch_one(&mut *savepoint)
-            .await?;
-    if leg_sum != 0 || from_read != from_after || to_read != to_after {
-        return Err(StoreError::Invariant(format!(
-            "transfer {tx_id}: legs sum to {leg_sum}, balances {from_read}/{to_read} expected {from_after}/{to_after}"
-        )));
-    }
-    savepoint.commit().await?;
-    Ok(())
 }
 
 /// Records a decided request and its signed receipt.
@@ -437,7 +347,7 @@ pub async fn record_decided(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO requests (device_id, idempotency_key, counter, body_sha256, outcome, code, tx_id, receipt, decided_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(device.as_str())
     .bind(key.as_str())
@@ -459,9 +369,30 @@ pub async fn add_audit_events(
     batch: &mut Batch<'_>,
     events: &[AuditEvent],
 ) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    lock_audit_outbox(batch).await?;
     for event in events {
-        sqlx::query("INSERT INTO audit_outbox (event_json) VALUES (?)")
+        sqlx::query("INSERT INTO audit_outbox (event_json) VALUES ($1)")
             .bind(audit_event_json(event))
+            .execute(&mut **batch)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The advisory lock key that orders audit outbox inserts on PostgreSQL.
+const AUDIT_OUTBOX_LOCK: i64 = 0x7061_7967_6174_6501; // "paygate\x01"
+
+/// On PostgreSQL, sequence values are handed out at insert and become visible at commit, so
+/// a later id can be visible before an earlier one and a reader of "ids after N" would skip
+/// the earlier one for good. A transaction-scoped advisory lock taken before the insert makes
+/// outbox writers commit in id order. SQLite's write transactions are serial already.
+async fn lock_audit_outbox(batch: &mut Batch<'_>) -> Result<(), StoreError> {
+    if batch.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT CAST(pg_advisory_xact_lock($1) AS TEXT)")
+            .bind(AUDIT_OUTBOX_LOCK)
             .execute(&mut **batch)
             .await?;
     }
@@ -477,10 +408,9 @@ impl Store {
     /// Adds one audit event to the outbox in its own transaction (front refusals, operator
     /// commands). The journal writer picks it up within `audit.seal_check_interval_ms`.
     pub async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO audit_outbox (event_json) VALUES (?)")
-            .bind(audit_event_json(event))
-            .execute(&self.pool)
-            .await?;
+        let mut batch = self.begin_batch().await?;
+        add_audit_events(&mut batch, std::slice::from_ref(event)).await?;
+        batch.commit().await?;
         Ok(())
     }
 
@@ -491,7 +421,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<(u64, AuditEvent)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT outbox_id, event_json FROM audit_outbox WHERE outbox_id > ? ORDER BY outbox_id LIMIT ?",
+            "SELECT outbox_id, event_json FROM audit_outbox WHERE outbox_id > $1 ORDER BY outbox_id LIMIT $2",
         )
         .bind(ms(outbox_id))
         .bind(i64::from(limit))
@@ -514,7 +444,7 @@ impl Store {
 
     /// Forgets outbox rows the journal holds in sealed segments.
     pub async fn prune_audit_outbox(&self, up_to_outbox_id: u64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM audit_outbox WHERE outbox_id <= ?")
+        sqlx::query("DELETE FROM audit_outbox WHERE outbox_id <= $1")
             .bind(ms(up_to_outbox_id))
             .execute(&self.pool)
             .await?;
@@ -539,7 +469,7 @@ pub async fn record_payer(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO payment_instruments (device_id, idempotency_key, kind, value_ct, value_bidx, masked)
-         VALUES (?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(device.as_str())
     .bind(key.as_str())

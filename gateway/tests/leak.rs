@@ -308,9 +308,11 @@ async fn planted_secrets_appear_nowhere_in_clear() {
 
     // positive controls: the PAN is stored, encrypted, and decrypts back for its record
     let settings = Settings::load(Some(&config)).unwrap();
-    let pool = sqlx::SqlitePool::connect(&settings.database_url())
+    let pool = paygate_gateway::store::Store::open(&settings.database_url(), 2)
         .await
-        .unwrap();
+        .unwrap()
+        .pool()
+        .clone();
     let (ct,): (Vec<u8>,) =
         sqlx::query_as("SELECT value_ct FROM payment_instruments WHERE kind = 'card'")
             .fetch_one(&pool)

@@ -133,6 +133,88 @@ impl TestGateway {
         DeviceBundle::load(&pki::device_dir(&self.pki_dir(), &device)).unwrap()
     }
 
+    /// A terminal whose account is not a wallet: an agent's float or a merchant's till. The
+    /// account is opened with `kind` and funded with `float` from the issuance account.
+    pub async fn terminal(
+        &self,
+        id: &str,
+        account: &str,
+        kind: AccountKind,
+        float: &str,
+    ) -> DeviceBundle {
+        use paygate_gateway::ledger::{self, Leg, NewAccount, NewTransfer};
+        let device = DeviceId::parse(id).unwrap();
+        let account_id = AccountId::parse(account).unwrap();
+        self.store()
+            .open_with(
+                &NewAccount {
+                    account_id: account_id.clone(),
+                    kind,
+                    unit: "INR".into(),
+                    kyc_tier: None,
+                    category: None,
+                    owner: None,
+                },
+                0,
+            )
+            .await
+            .unwrap();
+        pki::issue_device(
+            &self.pki_dir(),
+            &device,
+            &account_id,
+            SigningAlgorithm::Ed25519,
+        )
+        .unwrap();
+        paygate_gateway::demo::enrol_from_bundle(
+            self.store(),
+            &self.pki_dir(),
+            &device,
+            Currency::parse("INR").unwrap(),
+        )
+        .await
+        .unwrap();
+        let minor = inr(float).minor_signed();
+        let issuance = AccountId::parse("issuance-inr").unwrap();
+        self.store()
+            .open_account(
+                &issuance,
+                AccountKind::Issuance,
+                Currency::parse("INR").unwrap(),
+                0,
+            )
+            .await
+            .unwrap();
+        let mut batch = self.store().begin_batch().await.unwrap();
+        ledger::post(
+            &mut batch,
+            &NewTransfer {
+                tx_id: &paygate_gateway::store::new_tx_id(),
+                kind: "funding",
+                origin: None,
+                related: None,
+                legs: vec![
+                    Leg::debit(&issuance, AccountKind::Issuance, "INR", minor),
+                    Leg::credit(&account_id, kind, "INR", minor),
+                ],
+                now_ms: 0,
+            },
+        )
+        .await
+        .unwrap();
+        batch.commit().await.unwrap();
+        DeviceBundle::load(&pki::device_dir(&self.pki_dir(), &device)).unwrap()
+    }
+
+    /// Sets a wallet's KYC tier.
+    pub async fn set_tier(&self, wallet: &str, tier: paygate_gateway::ledger::KycTier) {
+        let mut batch = self.store().begin_batch().await.unwrap();
+        paygate_gateway::ledger::set_kyc_tier(&mut batch, &AccountId::parse(wallet).unwrap(), tier)
+            .await
+            .unwrap();
+        batch.commit().await.unwrap();
+    }
+
     pub fn bundle_dir(&self, id: &str) -> PathBuf {
         pki::device_dir(&self.pki_dir(), &DeviceId::parse(id).unwrap())
     }
@@ -167,11 +249,12 @@ impl TestGateway {
     /// (A decline is a recorded decision, so the decided-requests table may grow.)
     pub async fn ledger_fingerprint(&self) -> String {
         let pool = self.store().pool();
-        let balances: Vec<(String, i64)> =
-            sqlx::query_as("SELECT account_id, balance_minor FROM accounts ORDER BY account_id")
-                .fetch_all(pool)
-                .await
-                .unwrap();
+        let balances: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT account_id, balance_minor FROM balance_shards ORDER BY account_id, shard",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
         let counts: (i64, i64) = sqlx::query_as(
             "SELECT (SELECT COUNT(*) FROM transfers), (SELECT COUNT(*) FROM postings)",
         )
@@ -323,3 +406,66 @@ impl RawClient {
 pub fn broker_address_of(gateway: &TestGateway) -> std::net::SocketAddr {
     gateway.running.broker_address
 }
+
+/// Which database a contract test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty, migrated store on `db`: a SQLite file in a temporary directory, or a new
+/// database on the PostgreSQL server `scripts/with-postgres` started (`PAYGATE_TEST_PG_URL`).
+pub struct TestDb {
+    pub store: Store,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(db: Db, connections: u32) -> TestDb {
+        match db {
+            Db::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+                TestDb {
+                    store: Store::open(&url, connections).await.unwrap(),
+                    url,
+                    _dir: Some(dir),
+                }
+            }
+            Db::Postgres => {
+                let url = fresh_postgres_database().await;
+                TestDb {
+                    store: Store::open(&url, connections).await.unwrap(),
+                    url,
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
+
+/// Creates a database with a unique name on the test PostgreSQL server and returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let admin = std::env::var("PAYGATE_TEST_PG_URL").expect(
+        "PAYGATE_TEST_PG_URL is not set: run the tests with ./scripts/test, which starts PostgreSQL",
+    );
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&admin).await.unwrap();
+    let name = format!(
+        "paygate_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let base = admin.rsplit_once('/').unwrap().0;
+    format!("{base}/{name}")
+}
+
+static NEXT_DB: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

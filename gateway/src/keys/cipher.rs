@@ -19,7 +19,7 @@ use crate::config::KeySettings;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyPool, Row};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,7 +45,7 @@ struct CachedKey {
 
 pub struct FieldCipher {
     provider: KeyProvider,
-    pool: SqlitePool,
+    pool: AnyPool,
     settings: KeySettings,
     encrypting: Mutex<HashMap<KeyContext, EncryptionKey>>,
     decrypting: Mutex<HashMap<String, CachedKey>>,
@@ -68,7 +68,7 @@ fn store_error(error: sqlx::Error) -> KeyError {
 }
 
 impl FieldCipher {
-    pub fn new(provider: KeyProvider, pool: SqlitePool, settings: KeySettings) -> FieldCipher {
+    pub fn new(provider: KeyProvider, pool: AnyPool, settings: KeySettings) -> FieldCipher {
         FieldCipher {
             provider,
             pool,
@@ -94,7 +94,7 @@ impl FieldCipher {
         let id = uuid::Uuid::new_v4().to_string();
         sqlx::query(
             "INSERT INTO data_keys (data_key_id, purpose, context_json, wrapped, kek_id, created_at_ms)
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&id)
         .bind(&context.purpose)
@@ -237,7 +237,7 @@ impl FieldCipher {
                 }
             }
         }
-        let row = sqlx::query("SELECT context_json, wrapped FROM data_keys WHERE data_key_id = ?")
+        let row = sqlx::query("SELECT context_json, wrapped FROM data_keys WHERE data_key_id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -269,7 +269,7 @@ impl FieldCipher {
         let mut cache = self.indexing.lock().await;
         if !cache.contains_key(&context) {
             let row = sqlx::query(
-                "SELECT wrapped FROM data_keys WHERE purpose = ? AND context_json = ?
+                "SELECT wrapped FROM data_keys WHERE purpose = $1 AND context_json = $2
                  ORDER BY created_at_ms LIMIT 1",
             )
             .bind(PURPOSE_INDEX)
@@ -318,7 +318,7 @@ impl FieldCipher {
                 .ok_or_else(|| KeyError::Store(format!("data key {id} has a bad context")))?;
             let rewrapped = self.provider.rewrap(&wrapped, &context, to_key_id).await?;
             sqlx::query(
-                "UPDATE data_keys SET wrapped = ?, kek_id = ?, rewrapped_at_ms = ? WHERE data_key_id = ?",
+                "UPDATE data_keys SET wrapped = $1, kek_id = $2, rewrapped_at_ms = $3 WHERE data_key_id = $4",
             )
             .bind(&rewrapped)
             .bind(&kek_id)
