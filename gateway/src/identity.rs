@@ -66,7 +66,7 @@ pub async fn completeness(
         }
     }
     let paid_since_strong: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(SUM(-p.amount_minor), 0) FROM postings p JOIN transfers t ON p.tx_id = t.tx_id
+        "SELECT CAST(COALESCE(SUM(-p.amount_minor), 0) AS BIGINT) FROM postings p JOIN transfers t ON p.tx_id = t.tx_id
          WHERE p.account_id = $1 AND p.amount_minor < 0 AND t.created_at_ms > $2",
     )
     .bind(wallet.as_str())

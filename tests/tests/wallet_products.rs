@@ -476,3 +476,59 @@ async fn bad_inputs_are_refused_and_post_nothing() {
     gateway.assert_ledger_balanced().await;
     a.disconnect().await;
 }
+
+/// The whole gateway on PostgreSQL (the server `scripts/with-postgres` started): payments,
+/// a P2P transfer by phone alias (encrypted profiles, blind index), a decline, the audit
+/// trail's outbox, and the books.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_runs_on_postgresql() {
+    let url = paygate_tests::fresh_postgres_database().await;
+    let gateway = TestGateway::start_with(|s| {
+        s.database.url = paygate_gateway::config::Secret::new(url.clone());
+    })
+    .await;
+    assert_eq!(
+        gateway.store().backend(),
+        paygate_gateway::store::Backend::Postgres
+    );
+    gateway.device("pos-a", "100.00").await;
+    gateway.device("pos-b", "1.00").await;
+    profiles::save(
+        &gateway.running.cipher,
+        gateway.store().pool(),
+        &AccountId::parse("wallet-pos-b").unwrap(),
+        &WalletProfile {
+            name: "Bala S".into(),
+            phone: "+919800000002".into(),
+            vpa: "bala@okbank".into(),
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let mut a = gateway.agent("pos-a").await;
+    let shop = AccountId::parse(paygate_tests::MERCHANT).unwrap();
+    approved(&a.pay(&shop, inr("40.00")).await.unwrap());
+    approved(&p2p(&mut a, Party::Phone("+919800000002".into()), "10.00").await);
+    assert_declined(
+        &gateway,
+        &mut a,
+        Operation::MerchantPayment {
+            merchant_id: shop.clone(),
+            amount: inr("50.01"),
+            payer: None,
+        },
+        ErrorCode::InsufficientFunds,
+        "balance",
+    )
+    .await;
+    assert_eq!(gateway.balance("wallet-pos-a").await, 5_000);
+    assert_eq!(gateway.balance("wallet-pos-b").await, 1_100);
+    let decided: Vec<(String,)> = sqlx::query_as("SELECT outcome FROM requests ORDER BY outcome")
+        .fetch_all(gateway.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(decided.len(), 3);
+    gateway.assert_ledger_balanced().await;
+    a.disconnect().await;
+}
