@@ -1,15 +1,20 @@
-//! Crash safety of the audit trail: the real `paygate serve` process is killed with SIGKILL at
-//! random moments while terminals pay and the shipper moves segments to write-once storage,
-//! then restarted. Afterwards the archive verifies, every decision is in it exactly once, and
-//! nothing else is. The number of kills and payments is bounded; the test stops by itself.
+//! Crash safety of the ledger and the audit trail: the real `paygate serve` process is killed
+//! with SIGKILL at random moments while terminals pay merchants and send each other P2P
+//! transfers (some too large, so declined) and the shipper moves segments to write-once
+//! storage, then restarted; the terminals' retries complete. Afterwards every request a
+//! terminal saw approved is posted exactly once and nothing else is, each wallet holds what the
+//! approved requests say, the ledger balances, the archive verifies, and every decision is in it
+//! exactly once. The number of kills and requests is bounded; the test stops by itself.
 
 #![allow(clippy::unwrap_used)]
 
 use paygate_agent::{Agent, AgentSettings, DeviceBundle};
 use paygate_core::audit::EventType;
 use paygate_core::receipt::Outcome;
+use paygate_core::request::{Operation, Party};
 use paygate_core::AccountId;
 use paygate_gateway::audit::archive;
+use paygate_gateway::store::Store;
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -66,7 +71,7 @@ fn free_port() -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_payments_and_shipping_loses_and_duplicates_no_audit_record() {
+async fn sigkill_under_load_posts_each_approved_request_once_and_loses_no_audit_record() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let port = free_port();
@@ -97,7 +102,7 @@ async fn sigkill_during_payments_and_shipping_loses_and_duplicates_no_audit_reco
     let mut terminals = Vec::new();
     for n in 0..DEVICES {
         let bundle_dir = data.join(format!("pki/devices/pos-{n}"));
-        terminals.push(tokio::spawn(run_terminal(bundle_dir, port)));
+        terminals.push(tokio::spawn(run_terminal(bundle_dir, port, n)));
     }
 
     let mut rng = rand::thread_rng();
@@ -110,19 +115,30 @@ async fn sigkill_during_payments_and_shipping_loses_and_duplicates_no_audit_reco
     }
     let mut approved_by_terminals = BTreeSet::new();
     let mut receipts = 0;
+    // every wallet starts with 1000.00; apply what the terminals saw approved
+    let mut expected: BTreeMap<String, i64> = (0..DEVICES)
+        .map(|n| (format!("wallet-pos-{n}"), 100_000))
+        .collect();
+    expected.insert("m-1".into(), 0);
     for terminal in terminals {
-        for receipt in terminal.await.unwrap() {
+        for seen in terminal.await.unwrap() {
             receipts += 1;
-            if receipt.0 == Outcome::Approved {
-                approved_by_terminals.insert(receipt.1.unwrap());
+            if seen.outcome == Outcome::Approved {
+                assert!(
+                    approved_by_terminals.insert(seen.tx_id.unwrap()),
+                    "one transfer id for two requests"
+                );
+                *expected.get_mut(&seen.from).unwrap() -= seen.minor;
+                *expected.get_mut(&seen.to).unwrap() += seen.minor;
             }
         }
     }
     assert_eq!(
         receipts,
         DEVICES * PAYMENTS_PER_DEVICE,
-        "every payment got a final receipt"
+        "every request got a final receipt"
     );
+    assert!(approved_by_terminals.len() > DEVICES * PAYMENTS_PER_DEVICE / 3);
 
     // a clean stop seals and ships the rest
     Command::new("kill")
@@ -181,20 +197,62 @@ async fn sigkill_during_payments_and_shipping_loses_and_duplicates_no_audit_reco
         "exactly the approved payments, each once"
     );
 
-    // and exactly the decisions the ledger holds
-    let pool =
-        sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("paygate.db").display()))
+    // the ledger: exactly the approved requests, each posted once, and the books balance
+    let store = Store::open(
+        &format!("sqlite://{}", data.join("paygate.db").display()),
+        1,
+    )
+    .await
+    .unwrap();
+    let posted: Vec<(String,)> =
+        sqlx::query_as("SELECT tx_id FROM transfers WHERE device_id IS NOT NULL")
+            .fetch_all(store.pool())
             .await
             .unwrap();
+    let posted_set: BTreeSet<String> = posted.iter().map(|(t,)| t.clone()).collect();
+    assert_eq!(posted.len(), posted_set.len());
+    assert_eq!(
+        posted_set, approved_by_terminals,
+        "posted = what the terminals saw approved"
+    );
+    for (account, minor) in &expected {
+        let balance = store
+            .balance(&AccountId::parse(account).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(balance, *minor, "{account}");
+    }
+    for unit in store.trial_balance().await.unwrap() {
+        assert_eq!(unit.balance_sum_minor, 0, "{unit:?}");
+        assert_eq!(unit.posting_sum_minor, 0, "{unit:?}");
+        assert_eq!(unit.unbalanced_transfers, 0, "{unit:?}");
+    }
+    assert!(store.balances_match_postings().await.unwrap());
+
+    // and exactly the decisions the ledger holds
+    let pool = store.pool();
     let rows: Vec<(String,)> = sqlx::query_as("SELECT idempotency_key FROM requests")
-        .fetch_all(&pool)
+        .fetch_all(pool)
         .await
         .unwrap();
     let in_db: BTreeSet<String> = rows
         .into_iter()
         .map(|(k,)| format!("idempotency_key {k}"))
         .collect();
-    let in_trail: BTreeSet<String> = decided.keys().cloned().collect();
+    // payment_decided details read "[kind ]idempotency_key K[ ...]"
+    let in_trail: BTreeSet<String> = decided
+        .keys()
+        .map(|detail| {
+            let key = detail
+                .split("idempotency_key ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .unwrap();
+            format!("idempotency_key {key}")
+        })
+        .collect();
+    assert_eq!(in_trail.len(), decided.len());
     let only_trail: Vec<_> = in_trail.difference(&in_db).collect();
     let only_db: Vec<_> = in_db.difference(&in_trail).collect();
     assert!(
@@ -203,8 +261,19 @@ async fn sigkill_during_payments_and_shipping_loses_and_duplicates_no_audit_reco
     );
 }
 
-/// Pays until done, riding through gateway restarts (the agent resends from its outbox).
-async fn run_terminal(bundle_dir: PathBuf, port: u16) -> Vec<(Outcome, Option<String>)> {
+/// What a terminal saw for one request.
+struct Seen {
+    outcome: Outcome,
+    tx_id: Option<String>,
+    from: String,
+    to: String,
+    minor: i64,
+}
+
+/// Pays the merchant and sends P2P transfers to the next terminal's wallet until done, riding
+/// through gateway restarts (the agent resends from its outbox). Every fifth request asks for
+/// more than any wallet holds, so it is declined.
+async fn run_terminal(bundle_dir: PathBuf, port: u16, n: usize) -> Vec<Seen> {
     let settings = AgentSettings {
         host: "127.0.0.1".into(),
         port,
@@ -215,11 +284,39 @@ async fn run_terminal(bundle_dir: PathBuf, port: u16) -> Vec<(Outcome, Option<St
     };
     let bundle = DeviceBundle::load(&bundle_dir).unwrap();
     let mut agent = Agent::connect(bundle, settings).await.unwrap();
-    let merchant = AccountId::parse("m-1").unwrap();
+    let me = format!("wallet-pos-{n}");
+    let next = format!("wallet-pos-{}", (n + 1) % DEVICES);
     let mut out = Vec::new();
-    for _ in 0..PAYMENTS_PER_DEVICE {
-        let amount = paygate_core::Money::parse_decimal("1.00", "INR").unwrap();
-        let receipt = match agent.pay(&merchant, amount).await {
+    for i in 0..PAYMENTS_PER_DEVICE {
+        let minor = if i % 5 == 4 {
+            5_000_000
+        } else {
+            rand::thread_rng().gen_range(100..900)
+        };
+        let amount = paygate_core::Money::new(
+            u64::try_from(minor).unwrap(),
+            paygate_core::Currency::parse("INR").unwrap(),
+        )
+        .unwrap();
+        let (to, operation) = if i % 2 == 0 {
+            (
+                "m-1".to_owned(),
+                Operation::MerchantPayment {
+                    merchant_id: AccountId::parse("m-1").unwrap(),
+                    amount,
+                    payer: None,
+                },
+            )
+        } else {
+            (
+                next.clone(),
+                Operation::P2pTransfer {
+                    to: Party::Wallet(AccountId::parse(&next).unwrap()),
+                    amount,
+                },
+            )
+        };
+        let receipt = match agent.submit(operation).await {
             Ok(receipt) => receipt,
             Err(_) => {
                 // still in the outbox: the next drain delivers it
@@ -227,7 +324,13 @@ async fn run_terminal(bundle_dir: PathBuf, port: u16) -> Vec<(Outcome, Option<St
                 drained.pop().unwrap()
             }
         };
-        out.push((receipt.receipt.outcome, receipt.receipt.tx_id.clone()));
+        out.push(Seen {
+            outcome: receipt.receipt.outcome,
+            tx_id: receipt.receipt.tx_id.clone(),
+            from: me.clone(),
+            to,
+            minor,
+        });
     }
     agent.disconnect().await;
     out
