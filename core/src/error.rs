@@ -80,6 +80,7 @@ error_codes! {
     OriginalUnknown => ("ORIGINAL_UNKNOWN", 404, 0, "the transfer to refund is not one of this merchant's payments"),
     RefundExceedsOriginal => ("REFUND_EXCEEDS_ORIGINAL", 422, 0, "the refund, with earlier refunds, would exceed the original payment"),
     OperationNotAllowed => ("OPERATION_NOT_ALLOWED", 403, 0, "this device's account may not make this kind of request"),
+    PointsInsufficient => ("POINTS_INSUFFICIENT", 422, 0, "the wallet's active (unexpired, no longer pending) points do not cover the redemption"),
     TransferToSelf => ("TRANSFER_TO_SELF", 422, 0, "the paying and the receiving account are the same"),
     TopicNotAuthorized => ("TOPIC_NOT_AUTHORIZED", 403, 5, "the device may not publish or subscribe to this topic"),
     ClientIdMismatch => ("CLIENT_ID_MISMATCH", 403, 2, "the MQTT client id is not the device id in the client certificate"),

@@ -67,6 +67,12 @@ pub enum OperationWire {
         /// Mechanism name -> the code or PIN the holder entered.
         responses: std::collections::BTreeMap<String, String>,
     },
+    /// The device's wallet pays a merchant with part (or all) of the amount in reward points.
+    PointsPayment {
+        merchant_id: String,
+        amount: MoneyWire,
+        points: i64,
+    },
     /// The device's wallet sends money to another wallet (P2P).
     P2pTransfer { to: PartyWire, amount: MoneyWire },
     /// An agent's terminal sells e-money for cash: the agent's float pays the customer's
@@ -167,6 +173,11 @@ pub enum Operation {
         merchant_id: AccountId,
         amount: Money,
         responses: Vec<(Mechanism, OneTimeCode)>,
+    },
+    PointsPayment {
+        merchant_id: AccountId,
+        amount: Money,
+        points: i64,
     },
     P2pTransfer {
         to: Party,
@@ -315,6 +326,23 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
                 responses: decoded,
             }
         }
+        OperationWire::PointsPayment {
+            merchant_id,
+            amount,
+            points,
+        } => {
+            if !(1..=1_000_000_000_000).contains(&points) {
+                return Err(RequestError::new(
+                    ErrorCode::AmountInvalid,
+                    format!("points must be 1 to 10^12, got {points}"),
+                ));
+            }
+            Operation::PointsPayment {
+                merchant_id: AccountId::parse(&merchant_id).map_err(malformed)?,
+                amount: decode_money(&amount)?,
+                points,
+            }
+        }
         OperationWire::P2pTransfer { to, amount } => Operation::P2pTransfer {
             to: Party::decode(&to)?,
             amount: decode_money(&amount)?,
@@ -424,6 +452,15 @@ impl Request {
                         .iter()
                         .map(|(m, code)| (m.as_str().to_owned(), code.0.clone()))
                         .collect(),
+                },
+                Operation::PointsPayment {
+                    merchant_id,
+                    amount,
+                    points,
+                } => OperationWire::PointsPayment {
+                    merchant_id: merchant_id.to_string(),
+                    amount: MoneyWire::from(*amount),
+                    points: *points,
                 },
                 Operation::P2pTransfer { to, amount } => OperationWire::P2pTransfer {
                     to: to.to_wire(),

@@ -23,6 +23,66 @@ pub struct Settings {
     pub keys: KeySettings,
     pub identity: IdentitySettings,
     pub wallet: WalletSettings,
+    pub rewards: RewardsSettings,
+}
+
+/// Reward points (../shared/DOMAIN.md): earned on qualifying purchases, pending then active,
+/// expiring first-in-first-out by lot, redeemable as tender.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardsSettings {
+    pub enabled: bool,
+    /// The first rule whose categories include the merchant's (or that names none) applies.
+    pub rules: Vec<EarnRule>,
+    /// Earned points wait this long before they can be redeemed (the return window).
+    pub pending_ms: u64,
+    /// Points expire this long after they were earned.
+    pub expiry_ms: u64,
+    /// What one point is worth as tender, in minor units of `currency`.
+    pub point_value_minor: i64,
+    pub currency: String,
+    /// How often the activation and expiry job runs in `paygate serve`.
+    pub job_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarnRule {
+    pub name: String,
+    /// Merchant categories the rule covers; empty: every merchant.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// Points per whole currency unit paid in money (points tendered earn nothing).
+    pub points_per_unit: i64,
+    /// At most this many points per purchase.
+    pub cap_per_transaction: i64,
+}
+
+impl Default for RewardsSettings {
+    fn default() -> Self {
+        RewardsSettings {
+            enabled: true,
+            rules: vec![
+                EarnRule {
+                    name: "groceries".into(),
+                    categories: vec!["grocery".into()],
+                    points_per_unit: 2,
+                    cap_per_transaction: 1_000,
+                },
+                EarnRule {
+                    name: "everything-else".into(),
+                    categories: Vec::new(),
+                    points_per_unit: 1,
+                    cap_per_transaction: 500,
+                },
+            ],
+            pending_ms: 7 * 86_400_000,
+            expiry_ms: 365 * 86_400_000,
+            point_value_minor: 25,
+            currency: "INR".into(),
+            job_interval_ms: 60_000,
+        }
+    }
 }
 
 /// Wallet limits by KYC tier (RBI prepaid payment instruments; ../shared/DOMAIN.md). Amounts
@@ -435,6 +495,7 @@ impl Default for Settings {
             pipeline: PipelineSettings::default(),
             database: DatabaseSettings::default(),
             wallet: WalletSettings::default(),
+            rewards: RewardsSettings::default(),
             receipts: ReceiptSettings::default(),
             audit: AuditSettings::default(),
             keys: KeySettings::default(),
@@ -598,6 +659,30 @@ impl Settings {
             {
                 return Err(invalid(field, "limits must be 0 to the ledger's limit"));
             }
+        }
+        let rewards = &self.rewards;
+        if paygate_core::Currency::parse(&rewards.currency).is_none() {
+            return Err(invalid(
+                "rewards.currency",
+                "must be an active ISO 4217 code",
+            ));
+        }
+        if rewards.point_value_minor <= 0 || rewards.point_value_minor > 1_000_000 {
+            return Err(invalid("rewards.point_value_minor", "must be 1 to 1000000"));
+        }
+        if rewards.expiry_ms <= rewards.pending_ms || rewards.job_interval_ms == 0 {
+            return Err(invalid(
+                "rewards.expiry_ms",
+                "must be longer than rewards.pending_ms (and job_interval_ms above 0)",
+            ));
+        }
+        if rewards.rules.iter().any(|r| {
+            r.points_per_unit < 0 || r.points_per_unit > 1_000 || r.cap_per_transaction < 0
+        }) {
+            return Err(invalid(
+                "rewards.rules",
+                "points_per_unit must be 0 to 1000 and cap_per_transaction at least 0",
+            ));
         }
         if self.database.connections_max == 0 {
             return Err(invalid("database.connections_max", "must be at least 1"));
@@ -862,6 +947,29 @@ p2p_allowed = true
 cash_out_allowed = true
 cash_out_per_transaction_max_minor = 200000
 cash_out_monthly_max_minor = 1000000
+
+# Reward points: earned on purchases paid in money by the first rule matching the merchant's
+# category, pending for pending_ms, then redeemable at point_value_minor each until they expire
+# (first in, first out by earning lot).
+[rewards]
+enabled = true
+pending_ms = 604800000
+expiry_ms = 31536000000
+point_value_minor = 25
+currency = "INR"
+job_interval_ms = 60000
+
+[[rewards.rules]]
+name = "groceries"
+categories = ["grocery"]
+points_per_unit = 2
+cap_per_transaction = 1000
+
+[[rewards.rules]]
+name = "everything-else"
+categories = []
+points_per_unit = 1
+cap_per_transaction = 500
 
 [identity]
 # A challenge not answered in time declines the payment (at most 120000: within the UPI timers).

@@ -149,10 +149,18 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
             path: settings.resolve(&settings.identity.notifier_file),
         },
         settings.wallet.clone(),
+        settings.rewards.clone(),
     );
     let (link_tx, link_rx) = embedded.pipeline_link;
     let (queue_tx, queue_rx) = mpsc::channel(settings.pipeline.queue_depth_max);
     tokio::spawn(consume_link(link_rx, queue_tx, shutdown_rx.clone()));
+    if settings.rewards.enabled {
+        tokio::spawn(run_rewards_jobs(
+            store.clone(),
+            settings.rewards.job_interval_ms,
+            shutdown_rx.clone(),
+        ));
+    }
     tokio::spawn(run_pipeline(
         pipeline,
         queue_rx,
@@ -267,4 +275,25 @@ async fn publish_reply(link_tx: &mut LinkTx, topic: String, payload: Vec<u8>) {
     }
     // the decision is durable; the device's resend gets the stored receipt
     tracing::warn!(%topic, "reply dropped: broker link full");
+}
+
+/// Activates pending reward points and expires old ones every `interval_ms` until shutdown.
+/// A failed run is logged and tried again at the next tick (each lot expires once).
+async fn run_rewards_jobs(store: Store, interval_ms: u64, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                match crate::rewards::run_jobs(&store, crate::pipeline::now_ms()).await {
+                    Ok(run) if run.lots_activated + run.lots_expired > 0 => {
+                        tracing::info!(?run, "reward points activated and expired");
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::error!(%error, "reward points job failed; retried next tick"),
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
 }

@@ -164,6 +164,8 @@ pub struct Challenge {
     pub mechanisms: Vec<Mechanism>,
     pub risk: RiskLevel,
     pub oob_code_sha256: Option<Vec<u8>>,
+    /// Reward points the held payment redeems as tender (0: none).
+    pub redeem_points: i64,
     pub attempts: u32,
     pub state: String,
     pub receipt: Vec<u8>,
@@ -188,8 +190,8 @@ pub async fn insert_challenge(
         "INSERT INTO identity_challenges (challenge_id, device_id, wallet_account_id, idempotency_key,
            counter, body_sha256, merchant_id, amount_minor, currency, payer_kind, payer_ct, payer_bidx,
            payer_masked, mechanisms, risk, oob_code_sha256, attempts, state, receipt, created_at_ms,
-           expires_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0, 'pending', $17, $18, $19)",
+           expires_at_ms, redeem_points)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0, 'pending', $17, $18, $19, $20)",
     )
     .bind(&challenge.challenge_id)
     .bind(challenge.device.as_str())
@@ -210,6 +212,7 @@ pub async fn insert_challenge(
     .bind(&challenge.receipt)
     .bind(ms(now_ms))
     .bind(ms(challenge.expires_at_ms))
+    .bind(challenge.redeem_points)
     .execute(&mut **batch)
     .await?;
     Ok(())
@@ -217,7 +220,7 @@ pub async fn insert_challenge(
 
 const CHALLENGE_COLUMNS: &str = "challenge_id, device_id, wallet_account_id, idempotency_key, counter,
     body_sha256, merchant_id, amount_minor, currency, payer_kind, payer_ct, payer_bidx, payer_masked,
-    mechanisms, risk, oob_code_sha256, attempts, state, receipt, expires_at_ms";
+    mechanisms, risk, oob_code_sha256, attempts, state, receipt, expires_at_ms, redeem_points";
 
 fn challenge_from_row(row: &sqlx::any::AnyRow) -> Result<Challenge, StoreError> {
     let bad = |what: &str| StoreError::Invariant(format!("identity_challenges row: bad {what}"));
@@ -263,6 +266,7 @@ fn challenge_from_row(row: &sqlx::any::AnyRow) -> Result<Challenge, StoreError> 
             _ => RiskLevel::High,
         },
         oob_code_sha256: row.try_get("oob_code_sha256")?,
+        redeem_points: row.try_get("redeem_points")?,
         attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
         state: row.try_get("state")?,
         receipt: row.try_get("receipt")?,

@@ -15,5 +15,6 @@ pub mod pipeline;
 pub mod pki;
 pub mod products;
 pub mod profiles;
+pub mod rewards;
 pub mod store;
 pub mod tls;

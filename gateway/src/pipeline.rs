@@ -18,13 +18,14 @@
 //! Every stage takes the whole batch, so group commit is the normal path, not a later rewrite.
 
 use crate::audit::AuditLog;
-use crate::config::{IdentitySettings, PipelineSettings, WalletSettings};
+use crate::config::{IdentitySettings, PipelineSettings, RewardsSettings, WalletSettings};
 use crate::identity;
 use crate::keys::cipher::FieldCipher;
 use crate::ledger::{self, AccountKind, Leg};
 use crate::metrics::Metrics;
 use crate::products;
 use crate::profiles;
+use crate::rewards;
 use crate::store::{self, Batch, SealedPayer, Store, StoreError};
 use bytes::Bytes;
 use paygate_core::audit::{AuditEvent, AuditOutcome, EventType};
@@ -69,6 +70,7 @@ pub struct Pipeline {
     identity: IdentitySettings,
     notifier: identity::DevNotifier,
     wallet: WalletSettings,
+    rewards: RewardsSettings,
 }
 
 struct Verified {
@@ -106,6 +108,8 @@ struct HeldPayment {
     payer: Option<SealedPayer>,
     /// Why it is declined, where a code's own description does not say enough (which limit).
     decline_reason: Option<String>,
+    /// Reward points redeemed as part of the tender (0: none).
+    points: i64,
 }
 
 impl From<&identity::Challenge> for HeldPayment {
@@ -120,6 +124,7 @@ impl From<&identity::Challenge> for HeldPayment {
             amount: c.amount,
             payer: c.payer.clone(),
             decline_reason: None,
+            points: c.redeem_points,
         }
     }
 }
@@ -153,6 +158,7 @@ impl Pipeline {
         identity: IdentitySettings,
         notifier: identity::DevNotifier,
         wallet: WalletSettings,
+        rewards: RewardsSettings,
     ) -> Pipeline {
         Pipeline {
             store,
@@ -164,6 +170,7 @@ impl Pipeline {
             identity,
             notifier,
             wallet,
+            rewards,
         }
     }
 
@@ -458,7 +465,15 @@ impl Pipeline {
                 amount,
                 ..
             } => {
-                self.decide_payment(batch, item, merchant_id, *amount, events, now)
+                self.decide_payment(batch, item, merchant_id, *amount, 0, events, now)
+                    .await
+            }
+            Operation::PointsPayment {
+                merchant_id,
+                amount,
+                points,
+            } => {
+                self.decide_payment(batch, item, merchant_id, *amount, *points, events, now)
                     .await
             }
             Operation::ChallengeAnswer {
@@ -630,12 +645,14 @@ impl Pipeline {
 
     /// Stage 3 for a payment: abuse limits, then the rule manager; a payment that needs a
     /// step-up is held as a durable challenge, the others are posted now.
+    #[allow(clippy::too_many_arguments)]
     async fn decide_payment(
         &self,
         batch: &mut Batch<'_>,
         item: &Verified,
         merchant_id: &AccountId,
         amount: Money,
+        points: i64,
         events: &mut Vec<AuditEvent>,
         now: u64,
     ) -> Result<Outbound, StoreError> {
@@ -650,6 +667,7 @@ impl Pipeline {
             amount,
             payer: item.payer.clone(),
             decline_reason: None,
+            points,
         };
         // the wallet's KYC limits (per transaction, day, month) before any step-up
         if let Some(account) = ledger::account(batch, &payment.wallet).await? {
@@ -806,6 +824,7 @@ impl Pipeline {
             mechanisms: mechanisms.clone(),
             risk,
             oob_code_sha256,
+            redeem_points: payment.points,
             attempts: 0,
             state: "pending".into(),
             receipt: receipt.clone(),
@@ -1200,6 +1219,45 @@ impl Pipeline {
         let merchant_id = &payment.merchant;
         let amount = payment.amount;
         let tx_id = store::new_tx_id();
+        let unit = amount.currency.code();
+        let mut decline_reason = payment.decline_reason.clone();
+        let mut decline = decline;
+        let mut money_paid = amount.minor_signed();
+        let legs = if decline.is_some() {
+            Vec::new()
+        } else if payment.points > 0 {
+            match rewards::tender_legs(
+                batch,
+                &self.rewards,
+                wallet,
+                merchant_id,
+                amount,
+                payment.points,
+                now,
+            )
+            .await?
+            {
+                Ok((legs, money)) => {
+                    money_paid = money;
+                    legs
+                }
+                Err((code, reason)) => {
+                    decline = Some(code);
+                    decline_reason = Some(reason);
+                    Vec::new()
+                }
+            }
+        } else {
+            vec![
+                Leg::debit(wallet, AccountKind::Wallet, unit, amount.minor_signed()),
+                Leg::credit(
+                    merchant_id,
+                    AccountKind::Merchant,
+                    unit,
+                    amount.minor_signed(),
+                ),
+            ]
+        };
         let code = match decline {
             Some(code) => Some(code),
             None => match ledger::post(
@@ -1209,20 +1267,7 @@ impl Pipeline {
                     kind: "merchant_payment",
                     origin: Some((device, &payment.key)),
                     related: None,
-                    legs: vec![
-                        Leg::debit(
-                            wallet,
-                            AccountKind::Wallet,
-                            amount.currency.code(),
-                            amount.minor_signed(),
-                        ),
-                        Leg::credit(
-                            merchant_id,
-                            AccountKind::Merchant,
-                            amount.currency.code(),
-                            amount.minor_signed(),
-                        ),
-                    ],
+                    legs,
                     now_ms: now,
                 },
             )
@@ -1239,6 +1284,29 @@ impl Pipeline {
                 Err(other) => return Err(other),
             },
         };
+        let mut points_earned = 0;
+        if code.is_none() {
+            if payment.points > 0 {
+                rewards::consume(batch, wallet, payment.points, now).await?;
+            }
+            if money_paid > 0 {
+                let category = ledger::account(batch, merchant_id)
+                    .await?
+                    .and_then(|m| m.category);
+                let paid = Money::new(u64::try_from(money_paid).unwrap_or(0), amount.currency)
+                    .map_err(|e| StoreError::Invariant(e.to_string()))?;
+                points_earned = rewards::earn(
+                    batch,
+                    &self.rewards,
+                    wallet,
+                    category.as_deref(),
+                    &tx_id,
+                    paid,
+                    now,
+                )
+                .await?;
+            }
+        }
 
         // stage 4: record the decision with its signed receipt
         let receipt = Receipt {
@@ -1250,8 +1318,7 @@ impl Pipeline {
             },
             code: code.map(|c| c.as_str().to_owned()),
             message: code.map(|c| {
-                payment
-                    .decline_reason
+                decline_reason
                     .clone()
                     .unwrap_or_else(|| c.description().to_owned())
             }),
@@ -1319,10 +1386,17 @@ impl Pipeline {
         event.wallet_id = Some(wallet.to_string());
         event.merchant_id = Some(merchant_id.to_string());
         event.amount = Some(format!("{} {}", amount.minor_signed(), amount.currency));
-        event.detail = Some(match &payment.payer {
+        let mut detail = match &payment.payer {
             Some(payer) => format!("idempotency_key {} payer {}", payment.key, payer.masked),
             None => format!("idempotency_key {}", payment.key),
-        });
+        };
+        if payment.points > 0 {
+            detail.push_str(&format!(" points_redeemed {}", payment.points));
+        }
+        if points_earned > 0 {
+            detail.push_str(&format!(" points_earned {points_earned}"));
+        }
+        event.detail = Some(detail);
         events.push(event);
         match code {
             None => self.metrics.count_approved(),

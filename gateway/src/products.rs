@@ -411,16 +411,29 @@ pub async fn refund(
         .bind(original.as_str())
         .fetch_all(&mut **batch)
         .await?;
+    // the refundable amount is what the wallet paid in money (points tendered stay spent)
+    let mut to_merchant = false;
     let mut paid: Option<i64> = None;
     let mut customer: Option<String> = None;
     for leg in legs {
         let account: String = leg.try_get("account_id")?;
         let minor: i64 = leg.try_get("amount_minor")?;
         if account == merchant.as_str() && minor > 0 {
-            paid = Some(minor);
+            to_merchant = true;
         } else if minor < 0 {
-            customer = Some(account);
+            let id = AccountId::parse(&account)
+                .map_err(|e| StoreError::Invariant(format!("posting account {account}: {e}")))?;
+            let is_wallet = ledger::account(batch, &id)
+                .await?
+                .is_some_and(|a| a.kind == AccountKind::Wallet);
+            if is_wallet {
+                paid = Some(minor.saturating_neg());
+                customer = Some(account);
+            }
         }
+    }
+    if !to_merchant {
+        return unknown();
     }
     let (Some(paid), Some(customer)) = (paid, customer) else {
         return unknown();
@@ -454,7 +467,7 @@ pub async fn refund(
     }
     let customer = AccountId::parse(&customer)
         .map_err(|e| StoreError::Invariant(format!("posting account {customer}: {e}")))?;
-    post(
+    let decided = post(
         batch,
         origin,
         "refund",
@@ -466,7 +479,22 @@ pub async fn refund(
         format!("wallet {customer}"),
         String::new,
     )
-    .await
+    .await?;
+    if let Decided::Posted { tx_id, .. } = &decided {
+        let (clawed, shortfall) = crate::rewards::clawback(
+            batch,
+            original,
+            tx_id,
+            refunded.saturating_add(minor),
+            paid,
+            origin.now_ms,
+        )
+        .await?;
+        if clawed > 0 || shortfall > 0 {
+            tracing::info!(%original, clawed, shortfall, "points clawed back for a refund");
+        }
+    }
+    Ok(decided)
 }
 
 #[cfg(test)]

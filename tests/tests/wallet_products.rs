@@ -524,11 +524,36 @@ async fn the_gateway_runs_on_postgresql() {
     .await;
     assert_eq!(gateway.balance("wallet-pos-a").await, 5_000);
     assert_eq!(gateway.balance("wallet-pos-b").await, 1_100);
+    // reward points: 40 earned on the payment, activated by the job, 20 redeemed
+    let later = paygate_gateway::pipeline::now_ms() + gateway.settings.rewards.pending_ms + 1;
+    let run = paygate_gateway::rewards::run_jobs(gateway.store(), later)
+        .await
+        .unwrap();
+    assert_eq!(run.lots_activated, 1);
+    approved(
+        &a.submit(Operation::PointsPayment {
+            merchant_id: shop.clone(),
+            amount: inr("10.00"),
+            points: 20,
+        })
+        .await
+        .unwrap(),
+    );
+    assert_eq!(gateway.balance("wallet-pos-a").await, 5_000 - 500);
+    let report =
+        paygate_gateway::rewards::liability_report(gateway.store(), &gateway.settings.rewards)
+            .await
+            .unwrap();
+    assert_eq!(
+        report.ledger_points,
+        report.pending_points + report.active_points
+    );
+    assert_eq!(report.active_points, 20);
     let decided: Vec<(String,)> = sqlx::query_as("SELECT outcome FROM requests ORDER BY outcome")
         .fetch_all(gateway.store().pool())
         .await
         .unwrap();
-    assert_eq!(decided.len(), 3);
+    assert_eq!(decided.len(), 4);
     gateway.assert_ledger_balanced().await;
     a.disconnect().await;
 }
