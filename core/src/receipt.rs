@@ -24,6 +24,10 @@ pub enum Outcome {
     /// Not final: the payment needs a step-up (`challenge` says which mechanisms). The device
     /// answers with a `challenge_answer` request; a final receipt follows.
     Challenged,
+    /// Not final: the UPI network has not given its final answer yet. The gateway resolves the
+    /// payment on its own (status checks, reversal) and pushes the final receipt; a resend of
+    /// the same request gets the latest receipt. Never resubmit it under a new key.
+    Pending,
 }
 
 /// What a challenged receipt asks for.

@@ -73,6 +73,13 @@ pub enum OperationWire {
         amount: MoneyWire,
         points: i64,
     },
+    /// A customer pays a merchant's UPI address from their bank account (UPI PIN in the
+    /// encrypted credential block), through the UPI network.
+    UpiPayment {
+        merchant_vpa: String,
+        amount: MoneyWire,
+        payer: PayerWire,
+    },
     /// The device's wallet sends money to another wallet (P2P).
     P2pTransfer { to: PartyWire, amount: MoneyWire },
     /// An agent's terminal sells e-money for cash: the agent's float pays the customer's
@@ -178,6 +185,12 @@ pub enum Operation {
         merchant_id: AccountId,
         amount: Money,
         points: i64,
+    },
+    UpiPayment {
+        merchant_vpa: crate::payer::Vpa,
+        amount: Money,
+        /// Always `Payer::Upi` (a card payer is `PAYER_INVALID`).
+        payer: Payer,
     },
     P2pTransfer {
         to: Party,
@@ -343,6 +356,26 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
                 points,
             }
         }
+        OperationWire::UpiPayment {
+            merchant_vpa,
+            amount,
+            payer,
+        } => {
+            let payer = Payer::decode(&payer)
+                .map_err(|(code, message)| RequestError::new(code, message))?;
+            if !matches!(payer, Payer::Upi { .. }) {
+                return Err(RequestError::new(
+                    ErrorCode::PayerInvalid,
+                    "a UPI payment needs a UPI payer with a credential block",
+                ));
+            }
+            Operation::UpiPayment {
+                merchant_vpa: crate::payer::Vpa::parse(&merchant_vpa)
+                    .map_err(|m| RequestError::new(ErrorCode::PayerInvalid, m))?,
+                amount: decode_money(&amount)?,
+                payer,
+            }
+        }
         OperationWire::P2pTransfer { to, amount } => Operation::P2pTransfer {
             to: Party::decode(&to)?,
             amount: decode_money(&amount)?,
@@ -461,6 +494,15 @@ impl Request {
                     merchant_id: merchant_id.to_string(),
                     amount: MoneyWire::from(*amount),
                     points: *points,
+                },
+                Operation::UpiPayment {
+                    merchant_vpa,
+                    amount,
+                    payer,
+                } => OperationWire::UpiPayment {
+                    merchant_vpa: merchant_vpa.expose().to_owned(),
+                    amount: MoneyWire::from(*amount),
+                    payer: payer.to_wire(),
                 },
                 Operation::P2pTransfer { to, amount } => OperationWire::P2pTransfer {
                     to: to.to_wire(),

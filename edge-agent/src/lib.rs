@@ -331,6 +331,11 @@ impl Agent {
                     }
                     continue;
                 }
+                if receipt.receipt.outcome == Outcome::Pending {
+                    // the network has not answered: the request stays in the outbox (a later
+                    // drain gets the final receipt) and the terminal shows it as pending
+                    return Ok(receipt);
+                }
                 let retryable = matches!(
                     receipt.code(),
                     Some(

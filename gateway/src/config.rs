@@ -24,6 +24,43 @@ pub struct Settings {
     pub identity: IdentitySettings,
     pub wallet: WalletSettings,
     pub rewards: RewardsSettings,
+    pub upi: UpiSettings,
+}
+
+/// UPI through the `UpiSwitch` connector (the sandbox switch ships with paygate). Timers follow
+/// NPCI's (../shared/DOMAIN.md): pay 15 s, status check 10 s; an unanswered pay is PENDING and
+/// resolved by status checks (the first after 45-90 s, at most 3 within 2 h) or a reversal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpiSettings {
+    pub enabled: bool,
+    pub currency: String,
+    /// The UPI limit per transaction (1 lakh INR standard).
+    pub per_transaction_max_minor: i64,
+    pub pay_timeout_ms: u64,
+    pub status_timeout_ms: u64,
+    pub first_status_check_ms: u64,
+    pub status_check_interval_ms: u64,
+    /// Status checks before the gateway gives up, asks for a reversal and declines.
+    pub status_checks_max: u32,
+    /// How long the sandbox switch sits on a payment whose scenario is a timeout.
+    pub sandbox_delay_ms: u64,
+}
+
+impl Default for UpiSettings {
+    fn default() -> Self {
+        UpiSettings {
+            enabled: true,
+            currency: "INR".into(),
+            per_transaction_max_minor: 100_000 * 100,
+            pay_timeout_ms: 15_000,
+            status_timeout_ms: 10_000,
+            first_status_check_ms: 60_000,
+            status_check_interval_ms: 1_800_000,
+            status_checks_max: 3,
+            sandbox_delay_ms: 30_000,
+        }
+    }
 }
 
 /// Reward points (../shared/DOMAIN.md): earned on qualifying purchases, pending then active,
@@ -496,6 +533,7 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             wallet: WalletSettings::default(),
             rewards: RewardsSettings::default(),
+            upi: UpiSettings::default(),
             receipts: ReceiptSettings::default(),
             audit: AuditSettings::default(),
             keys: KeySettings::default(),
@@ -659,6 +697,17 @@ impl Settings {
             {
                 return Err(invalid(field, "limits must be 0 to the ledger's limit"));
             }
+        }
+        let upi = &self.upi;
+        if upi.pay_timeout_ms == 0
+            || upi.status_timeout_ms == 0
+            || upi.status_checks_max == 0
+            || upi.per_transaction_max_minor <= 0
+        {
+            return Err(invalid(
+                "upi",
+                "timeouts, status_checks_max and per_transaction_max_minor must be above 0",
+            ));
         }
         let rewards = &self.rewards;
         if paygate_core::Currency::parse(&rewards.currency).is_none() {
@@ -970,6 +1019,20 @@ name = "everything-else"
 categories = []
 points_per_unit = 1
 cap_per_transaction = 500
+
+# UPI through the sandbox switch (NPCI timers: pay 15 s, status 10 s, first status check after
+# 45-90 s, at most 3 within 2 h, then a reversal). Sandbox scenarios by the amount's paise:
+# docs/protocol.md.
+[upi]
+enabled = true
+currency = "INR"
+per_transaction_max_minor = 10000000
+pay_timeout_ms = 15000
+status_timeout_ms = 10000
+first_status_check_ms = 60000
+status_check_interval_ms = 1800000
+status_checks_max = 3
+sandbox_delay_ms = 30000
 
 [identity]
 # A challenge not answered in time declines the payment (at most 120000: within the UPI timers).

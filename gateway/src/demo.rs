@@ -178,7 +178,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary> {
                         .entry(code.unwrap_or_default())
                         .or_insert(0) += 1
                 }
-                Ok((Outcome::Rejected | Outcome::Challenged, code)) => {
+                Ok((Outcome::Rejected | Outcome::Challenged | Outcome::Pending, code)) => {
                     *summary
                         .rejected
                         .entry(code.unwrap_or_default())

@@ -137,6 +137,17 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         store.pool().clone(),
         settings.keys.clone(),
     ));
+    let (upi_tx, upi_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(crate::upi::run_worker(
+        store.clone(),
+        crate::upi::SandboxSwitch::new(
+            store.clone(),
+            Duration::from_millis(settings.upi.sandbox_delay_ms),
+        ),
+        settings.upi.clone(),
+        upi_rx,
+        shutdown_rx.clone(),
+    ));
     let pipeline = Pipeline::new(
         store.clone(),
         receipt_key.clone(),
@@ -150,6 +161,8 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         },
         settings.wallet.clone(),
         settings.rewards.clone(),
+        settings.upi.clone(),
+        upi_tx,
     );
     let (link_tx, link_rx) = embedded.pipeline_link;
     let (queue_tx, queue_rx) = mpsc::channel(settings.pipeline.queue_depth_max);
@@ -246,7 +259,8 @@ async fn run_pipeline(
     batch_size_max: usize,
 ) {
     let mut batch = Vec::with_capacity(batch_size_max);
-    // challenged payments whose time ran out are declined on this tick
+    // on this tick: challenged payments whose time ran out are declined, and UPI payments the
+    // network has answered are settled
     let mut expiry = tokio::time::interval(Duration::from_millis(250));
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -257,7 +271,7 @@ async fn run_pipeline(
                 }
                 pipeline.process_batch(std::mem::take(&mut batch)).await
             }
-            _ = expiry.tick() => pipeline.expire_challenges().await,
+            _ = expiry.tick() => pipeline.tick().await,
         };
         for reply in replies {
             publish_reply(&mut link_tx, replies_topic(&reply.device), reply.receipt).await;

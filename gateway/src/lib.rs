@@ -18,3 +18,4 @@ pub mod profiles;
 pub mod rewards;
 pub mod store;
 pub mod tls;
+pub mod upi;

@@ -18,7 +18,9 @@
 //! Every stage takes the whole batch, so group commit is the normal path, not a later rewrite.
 
 use crate::audit::AuditLog;
-use crate::config::{IdentitySettings, PipelineSettings, RewardsSettings, WalletSettings};
+use crate::config::{
+    IdentitySettings, PipelineSettings, RewardsSettings, UpiSettings, WalletSettings,
+};
 use crate::identity;
 use crate::keys::cipher::FieldCipher;
 use crate::ledger::{self, AccountKind, Leg};
@@ -27,6 +29,7 @@ use crate::products;
 use crate::profiles;
 use crate::rewards;
 use crate::store::{self, Batch, SealedPayer, Store, StoreError};
+use crate::upi;
 use bytes::Bytes;
 use paygate_core::audit::{AuditEvent, AuditOutcome, EventType};
 use paygate_core::envelope::{SigningKey, UnverifiedEnvelope};
@@ -71,6 +74,10 @@ pub struct Pipeline {
     notifier: identity::DevNotifier,
     wallet: WalletSettings,
     rewards: RewardsSettings,
+    upi: UpiSettings,
+    /// UPI payments decided in the running batch, for the worker once the batch commits.
+    upi_pending: std::sync::Mutex<Vec<upi::Handoff>>,
+    upi_handoffs: tokio::sync::mpsc::UnboundedSender<upi::Handoff>,
 }
 
 struct Verified {
@@ -159,6 +166,8 @@ impl Pipeline {
         notifier: identity::DevNotifier,
         wallet: WalletSettings,
         rewards: RewardsSettings,
+        upi: UpiSettings,
+        upi_handoffs: tokio::sync::mpsc::UnboundedSender<upi::Handoff>,
     ) -> Pipeline {
         Pipeline {
             store,
@@ -171,6 +180,9 @@ impl Pipeline {
             notifier,
             wallet,
             rewards,
+            upi,
+            upi_pending: std::sync::Mutex::new(Vec::new()),
+            upi_handoffs,
         }
     }
 
@@ -235,7 +247,20 @@ impl Pipeline {
                 ));
             }
         }
-        match self.decide_batch(&verified, events, now).await {
+        let decided = self.decide_batch(&verified, events, now).await;
+        let handoffs: Vec<upi::Handoff> = self
+            .upi_pending
+            .lock()
+            .map(|mut pending| pending.drain(..).collect())
+            .unwrap_or_default();
+        if decided.is_ok() {
+            for handoff in handoffs {
+                // the worker outlives the pipeline; if it is gone the gateway is stopping and
+                // the next start declines the payment as never sent
+                let _ = self.upi_handoffs.send(handoff);
+            }
+        }
+        match decided {
             Ok(decided) => replies.extend(decided),
             Err(error) => {
                 tracing::error!(%error, requests = verified.len(), "batch failed and was rolled back");
@@ -320,11 +345,12 @@ impl Pipeline {
         &self,
         request: &Request,
     ) -> Result<Option<SealedPayer>, (ErrorCode, String)> {
-        let Operation::MerchantPayment {
-            payer: Some(payer), ..
-        } = &request.operation
-        else {
-            return Ok(None);
+        let payer = match &request.operation {
+            Operation::MerchantPayment {
+                payer: Some(payer), ..
+            }
+            | Operation::UpiPayment { payer, .. } => payer,
+            _ => return Ok(None),
         };
         let (kind, value) = match payer {
             Payer::Card { pan } => ("card", pan.expose()),
@@ -424,9 +450,12 @@ impl Pipeline {
         // stage 2: deduplicate (a decided request, or a payment waiting on its challenge)
         let known = match store::find_decided(batch, device, &request.idempotency_key).await? {
             Some(decided) => Some((decided.body_sha256, decided.receipt)),
-            None => identity::challenge_by_request(batch, device, &request.idempotency_key)
+            None => match identity::challenge_by_request(batch, device, &request.idempotency_key)
                 .await?
-                .map(|c| (c.body_sha256, c.receipt)),
+            {
+                Some(c) => Some((c.body_sha256, c.receipt)),
+                None => upi_by_request(batch, device, &request.idempotency_key).await?,
+            },
         };
         if let Some((body_sha256, receipt)) = known {
             if body_sha256 == item.body_sha256 {
@@ -447,6 +476,7 @@ impl Pipeline {
         }
         if store::counter_used(batch, device, request.counter).await?
             || identity::counter_in_challenges(batch, device, request.counter).await?
+            || upi_counter_used(batch, device, request.counter).await?
         {
             return Ok(self.refuse_verified(
                 item,
@@ -493,6 +523,14 @@ impl Pipeline {
                     now,
                 )
                 .await
+            }
+            Operation::UpiPayment {
+                merchant_vpa,
+                amount,
+                payer,
+            } => {
+                self.decide_upi(batch, item, merchant_vpa, *amount, payer, events, now)
+                    .await
             }
             Operation::P2pTransfer { amount, .. }
             | Operation::CashIn { amount, .. }
@@ -545,6 +583,383 @@ impl Pipeline {
                     .await
             }
         }
+    }
+
+    /// Stage 3 for a UPI payment: the checks that need no network (UPI enabled, currency, the
+    /// per-transaction limit, the merchant's VPA registered), then the payment is recorded as
+    /// initiated with a signed `pending` receipt, and handed to the UPI worker once the batch
+    /// commits.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide_upi(
+        &self,
+        batch: &mut Batch<'_>,
+        item: &Verified,
+        merchant_vpa: &paygate_core::payer::Vpa,
+        amount: Money,
+        payer: &Payer,
+        events: &mut Vec<AuditEvent>,
+        now: u64,
+    ) -> Result<Outbound, StoreError> {
+        let request = &item.request;
+        let decline =
+            |code: ErrorCode, reason: String| products::Decided::Declined { code, reason };
+        let merchant: Option<String> =
+            sqlx::query_scalar("SELECT merchant_account_id FROM merchant_vpas WHERE vpa = $1")
+                .bind(merchant_vpa.expose())
+                .fetch_optional(&mut **batch)
+                .await?;
+        let refusal = if !self.upi.enabled {
+            Some(decline(
+                ErrorCode::OperationNotAllowed,
+                "UPI is not enabled on this gateway".into(),
+            ))
+        } else if amount.currency.code() != self.upi.currency {
+            Some(decline(
+                ErrorCode::CurrencyMismatch,
+                format!("UPI pays in {}", self.upi.currency),
+            ))
+        } else if amount.minor_signed() > self.upi.per_transaction_max_minor {
+            Some(decline(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the UPI limit per transaction is {} minor units",
+                    self.upi.per_transaction_max_minor
+                ),
+            ))
+        } else if merchant.is_none() {
+            Some(decline(
+                ErrorCode::UnknownMerchant,
+                format!("no merchant has the UPI address {}", merchant_vpa.masked()),
+            ))
+        } else {
+            None
+        };
+        let (
+            Some(merchant),
+            None,
+            Some(sealed),
+            Payer::Upi {
+                vpa,
+                credential_block,
+            },
+        ) = (merchant, refusal.as_ref(), item.payer.as_ref(), payer)
+        else {
+            let decided = refusal.unwrap_or_else(|| {
+                decline(
+                    ErrorCode::PayerInvalid,
+                    "a UPI payment needs a UPI payer".into(),
+                )
+            });
+            return self
+                .record_product(batch, item, "upi_payment", amount, decided, events, now)
+                .await;
+        };
+        let payment_id = format!("upi-{}", uuid::Uuid::new_v4().simple());
+        let receipt = Receipt {
+            v: SCHEMA_VERSION,
+            outcome: Outcome::Pending,
+            code: None,
+            message: Some("sent to the UPI network; the final receipt follows".into()),
+            device_id: request.device_id.to_string(),
+            idempotency_key: Some(request.idempotency_key.to_string()),
+            body_sha256: Some(hex::encode(&item.body_sha256)),
+            tx_id: None,
+            amount: Some(MoneyWire::from(amount)),
+            merchant_id: Some(merchant.clone()),
+            counterparty: Some(format!("upi {}", merchant_vpa.expose())),
+            payer: Some(sealed.masked.clone()),
+            challenge: None,
+            decided_at_ms: now,
+        };
+        let sealed_receipt = self
+            .receipt_key
+            .seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload());
+        sqlx::query(
+            "INSERT INTO upi_payments (payment_id, device_id, idempotency_key, counter, body_sha256,
+                merchant_id, merchant_vpa, amount_minor, currency, payer_ct, payer_bidx, payer_masked,
+                state, receipt, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'initiated', $13, $14)",
+        )
+        .bind(payment_id.as_str())
+        .bind(request.device_id.as_str())
+        .bind(request.idempotency_key.as_str())
+        .bind(i64::try_from(request.counter).unwrap_or(i64::MAX))
+        .bind(&item.body_sha256)
+        .bind(merchant.as_str())
+        .bind(merchant_vpa.expose())
+        .bind(amount.minor_signed())
+        .bind(amount.currency.code())
+        .bind(&sealed.value_ct)
+        .bind(sealed.value_bidx.to_vec())
+        .bind(sealed.masked.as_str())
+        .bind(&sealed_receipt)
+        .bind(i64::try_from(now).unwrap_or(i64::MAX))
+        .execute(&mut **batch)
+        .await?;
+        let mut event = AuditEvent::new(
+            now,
+            EventType::PaymentDecided,
+            format!("device:{}", request.device_id),
+            format!("mqtt:{}", request.device_id),
+            AuditOutcome::Success,
+            "pipeline",
+            format!("account:{merchant}"),
+        );
+        event.device_id = Some(request.device_id.to_string());
+        event.merchant_id = Some(merchant.clone());
+        event.amount = Some(format!("{} {}", amount.minor_signed(), amount.currency));
+        event.detail = Some(format!(
+            "upi_initiated idempotency_key {} payment {payment_id} payer {}",
+            request.idempotency_key, sealed.masked
+        ));
+        events.push(event);
+        if let Ok(mut pending) = self.upi_pending.lock() {
+            pending.push(upi::Handoff {
+                payment_id,
+                payer_vpa: vpa.expose().to_owned(),
+                credential_block: credential_block.clone(),
+            });
+        }
+        Ok(Outbound {
+            device: request.device_id.clone(),
+            receipt: sealed_receipt,
+            received_at: item.inbound.received_at,
+        })
+    }
+
+    /// The pipeline's tick: expired challenges declined, answered UPI payments settled.
+    pub async fn tick(&self) -> Vec<Outbound> {
+        let mut replies = self.expire_challenges().await;
+        replies.extend(self.settle_upi().await);
+        replies
+    }
+
+    /// Settles UPI payments the network has answered: a success (or deemed success) is posted
+    /// from the UPI settlement account to the merchant; the others are declined with their
+    /// code. The final receipt is recorded for the request and pushed to the terminal.
+    pub async fn settle_upi(&self) -> Vec<Outbound> {
+        let now = now_ms();
+        let result = async {
+            let mut batch = self.store.begin_batch().await?;
+            let rows = sqlx::query(
+                "SELECT payment_id, device_id, idempotency_key, counter, body_sha256, merchant_id,
+                        merchant_vpa, amount_minor, currency, payer_masked, result, npci_code
+                 FROM upi_payments WHERE state = 'answered' ORDER BY created_at_ms LIMIT 256",
+            )
+            .fetch_all(&mut *batch)
+            .await?;
+            let mut events = Vec::new();
+            let mut replies = Vec::new();
+            for row in rows {
+                replies.push(self.settle_one(&mut batch, &row, &mut events, now).await?);
+            }
+            if replies.is_empty() {
+                return Ok::<_, StoreError>(Vec::new());
+            }
+            store::add_audit_events(&mut batch, &events).await?;
+            batch.commit().await?;
+            Ok(replies)
+        }
+        .await;
+        match result {
+            Ok(replies) if replies.is_empty() => replies,
+            Ok(replies) => match self.audit.drain().await {
+                Ok(()) => replies,
+                Err(error) => {
+                    tracing::error!(%error, "UPI receipts held back: the audit journal cannot be written");
+                    Vec::new()
+                }
+            },
+            Err(error) => {
+                tracing::error!(%error, "UPI settlement failed; retried at the next tick");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn settle_one(
+        &self,
+        batch: &mut Batch<'_>,
+        row: &sqlx::any::AnyRow,
+        events: &mut Vec<AuditEvent>,
+        now: u64,
+    ) -> Result<Outbound, StoreError> {
+        use sqlx::Row;
+        let bad = |what: &str| StoreError::Invariant(format!("upi_payments row: bad {what}"));
+        let payment_id: String = row.try_get("payment_id")?;
+        let device =
+            DeviceId::parse(&row.try_get::<String, _>("device_id")?).map_err(|_| bad("device"))?;
+        let key = IdempotencyKey::parse(&row.try_get::<String, _>("idempotency_key")?)
+            .map_err(|_| bad("key"))?;
+        let counter =
+            u64::try_from(row.try_get::<i64, _>("counter")?).map_err(|_| bad("counter"))?;
+        let body_sha256: Vec<u8> = row.try_get("body_sha256")?;
+        let merchant = AccountId::parse(&row.try_get::<String, _>("merchant_id")?)
+            .map_err(|_| bad("merchant"))?;
+        let merchant_vpa: String = row.try_get("merchant_vpa")?;
+        let currency = paygate_core::Currency::parse(&row.try_get::<String, _>("currency")?)
+            .ok_or_else(|| bad("currency"))?;
+        let minor: i64 = row.try_get("amount_minor")?;
+        let amount = Money::new(u64::try_from(minor).map_err(|_| bad("amount"))?, currency)
+            .map_err(|_| bad("amount"))?;
+        let payer_masked: String = row.try_get("payer_masked")?;
+        let result: String = row.try_get("result")?;
+        let npci: Option<String> = row.try_get("npci_code")?;
+        let npci_text = |code: &Option<String>| {
+            let code = code.clone().unwrap_or_else(|| "?".into());
+            format!("NPCI {code} ({})", upi::code_class(&code))
+        };
+        let (code, message) = match result.as_str() {
+            "success" => (None, None),
+            "deemed" => (
+                None,
+                Some("deemed successful by the UPI network".to_owned()),
+            ),
+            "failure" => (
+                Some(ErrorCode::UpiDeclined),
+                Some(format!("declined: {}", npci_text(&npci))),
+            ),
+            "reversed" => (
+                Some(ErrorCode::UpiDeclined),
+                Some(format!(
+                    "declined after the debit: {}; the debit was reversed",
+                    npci_text(&npci)
+                )),
+            ),
+            "timed_out" => (
+                Some(ErrorCode::UpiTimedOut),
+                Some(
+                    "no final answer after the status checks; the debit, if any, was reversed"
+                        .to_owned(),
+                ),
+            ),
+            _ => (
+                Some(ErrorCode::UpiNotSent),
+                Some(ErrorCode::UpiNotSent.description().to_owned()),
+            ),
+        };
+        let tx_id = store::new_tx_id();
+        let mut code = code;
+        if code.is_none() {
+            let unit = currency.code();
+            let settlement = AccountId::parse(&format!("upi-settlement-{}", unit.to_lowercase()))
+                .map_err(|_| bad("settlement"))?;
+            ledger::open_account(
+                batch,
+                &ledger::NewAccount {
+                    account_id: settlement.clone(),
+                    kind: AccountKind::Settlement,
+                    unit: unit.to_owned(),
+                    kyc_tier: None,
+                    category: None,
+                    owner: None,
+                },
+                now,
+            )
+            .await?;
+            let posted = ledger::post(
+                batch,
+                &ledger::NewTransfer {
+                    tx_id: &tx_id,
+                    kind: "upi_payment",
+                    origin: Some((&device, &key)),
+                    related: None,
+                    legs: vec![
+                        Leg::debit(&settlement, AccountKind::Settlement, unit, minor),
+                        Leg::credit(&merchant, AccountKind::Merchant, unit, minor),
+                    ],
+                    now_ms: now,
+                },
+            )
+            .await;
+            match posted {
+                Ok(()) => {}
+                Err(StoreError::Refused(refused)) => {
+                    // the network took the money but the merchant cannot be credited: an alert
+                    tracing::error!(%payment_id, code = %refused, "UPI success not postable; needs an operator");
+                    self.metrics.count_invariant_alert();
+                    code = Some(refused);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        let receipt = Receipt {
+            v: SCHEMA_VERSION,
+            outcome: if code.is_none() {
+                Outcome::Approved
+            } else {
+                Outcome::Declined
+            },
+            code: code.map(|c| c.as_str().to_owned()),
+            message: message
+                .clone()
+                .or_else(|| code.map(|c| c.description().to_owned())),
+            device_id: device.to_string(),
+            idempotency_key: Some(key.to_string()),
+            body_sha256: Some(hex::encode(&body_sha256)),
+            tx_id: code.is_none().then(|| tx_id.to_string()),
+            amount: Some(MoneyWire::from(amount)),
+            merchant_id: Some(merchant.to_string()),
+            counterparty: Some(format!("upi {merchant_vpa}")),
+            payer: Some(payer_masked.clone()),
+            challenge: None,
+            decided_at_ms: now,
+        };
+        let sealed = self
+            .receipt_key
+            .seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload());
+        store::record_decided(
+            batch,
+            &device,
+            &key,
+            counter,
+            &body_sha256,
+            code.is_none(),
+            code,
+            code.is_none().then_some(&tx_id),
+            &sealed,
+            now,
+        )
+        .await?;
+        sqlx::query(
+            "UPDATE upi_payments SET state = 'settled', receipt = $1 WHERE payment_id = $2",
+        )
+        .bind(&sealed)
+        .bind(payment_id.as_str())
+        .execute(&mut **batch)
+        .await?;
+        let mut event = AuditEvent::new(
+            now,
+            EventType::PaymentDecided,
+            format!("device:{device}"),
+            "upi-switch".to_owned(),
+            if code.is_none() {
+                AuditOutcome::Success
+            } else {
+                AuditOutcome::Failure
+            },
+            "upi",
+            format!("account:{merchant}"),
+        );
+        event.code = code.map(|c| c.as_str().to_owned());
+        event.tx_id = code.is_none().then(|| tx_id.to_string());
+        event.device_id = Some(device.to_string());
+        event.merchant_id = Some(merchant.to_string());
+        event.amount = Some(format!("{minor} {currency}"));
+        event.detail = Some(format!(
+            "upi_{result} idempotency_key {key} payment {payment_id} payer {payer_masked}{}",
+            npci.map(|c| format!(" npci {c}")).unwrap_or_default()
+        ));
+        events.push(event);
+        match code {
+            None => self.metrics.count_approved(),
+            Some(code) => self.metrics.count_declined(code),
+        }
+        Ok(Outbound {
+            device,
+            receipt: sealed,
+            received_at: Instant::now(),
+        })
     }
 
     /// Stage 4 for a wallet product: the decision recorded with its signed receipt and an
@@ -1528,6 +1943,39 @@ fn rejected_event(
     event.device_id = Some(device.to_string());
     event.detail = request.map(|r| format!("idempotency_key {}", r.idempotency_key));
     event
+}
+
+/// A UPI payment's latest receipt (pending, or final once settled), for deduplication.
+async fn upi_by_request(
+    batch: &mut Batch<'_>,
+    device: &DeviceId,
+    key: &IdempotencyKey,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    use sqlx::Row;
+    let row = sqlx::query(
+        "SELECT body_sha256, receipt FROM upi_payments WHERE device_id = $1 AND idempotency_key = $2",
+    )
+    .bind(device.as_str())
+    .bind(key.as_str())
+    .fetch_optional(&mut **batch)
+    .await?;
+    row.map(|r| Ok((r.try_get("body_sha256")?, r.try_get("receipt")?)))
+        .transpose()
+}
+
+async fn upi_counter_used(
+    batch: &mut Batch<'_>,
+    device: &DeviceId,
+    counter: u64,
+) -> Result<bool, StoreError> {
+    let found: Option<String> = sqlx::query_scalar(
+        "SELECT payment_id FROM upi_payments WHERE device_id = $1 AND counter = $2",
+    )
+    .bind(device.as_str())
+    .bind(i64::try_from(counter).unwrap_or(i64::MAX))
+    .fetch_optional(&mut **batch)
+    .await?;
+    Ok(found.is_some())
 }
 
 #[allow(clippy::panic)]

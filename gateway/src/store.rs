@@ -265,6 +265,23 @@ impl Store {
         Ok(off.is_empty())
     }
 
+    /// Registers a merchant's public UPI address (payments to it credit the merchant).
+    pub async fn register_merchant_vpa(
+        &self,
+        vpa: &paygate_core::payer::Vpa,
+        merchant: &AccountId,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO merchant_vpas (vpa, merchant_account_id) VALUES ($1, $2)
+             ON CONFLICT (vpa) DO UPDATE SET merchant_account_id = excluded.merchant_account_id",
+        )
+        .bind(vpa.expose())
+        .bind(merchant.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn count_transfers(&self, kind: &str) -> Result<i64, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT COUNT(*) FROM transfers WHERE kind = $1")

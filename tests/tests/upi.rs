@@ -1,0 +1,217 @@
+//! UPI through the sandbox switch, end to end over MQTT: approval, a decline of each NPCI code
+//! class, timeout -> pending -> resolved by a status check, timeout -> reversal, deemed, no
+//! answer -> reversal after the last check, and a pending payment that survives a gateway
+//! restart and is resolved afterwards. Timers are shortened; the scenario is the amount's paise.
+
+#![allow(clippy::unwrap_used)]
+
+use paygate_agent::{Agent, VerifiedReceipt};
+use paygate_core::payer::{CredentialBlock, Payer, Vpa};
+use paygate_core::receipt::Outcome;
+use paygate_core::request::Operation;
+use paygate_core::{AccountId, ErrorCode};
+use paygate_tests::{inr, TestGateway};
+use std::time::Duration;
+
+async fn gateway(first_check_ms: u64) -> TestGateway {
+    let gateway = TestGateway::start_with(|s| {
+        s.upi.pay_timeout_ms = 300;
+        s.upi.sandbox_delay_ms = 1_000;
+        s.upi.first_status_check_ms = first_check_ms;
+        s.upi.status_check_interval_ms = 150;
+        s.upi.status_checks_max = 3;
+    })
+    .await;
+    gateway.device("pos-1", "1.00").await;
+    gateway
+        .store()
+        .register_merchant_vpa(
+            &Vpa::parse("shop@okaxis").unwrap(),
+            &AccountId::parse(paygate_tests::MERCHANT).unwrap(),
+        )
+        .await
+        .unwrap();
+    gateway
+}
+
+fn upi_payment(amount: &str) -> Operation {
+    use base64::Engine;
+    let block = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    Operation::UpiPayment {
+        merchant_vpa: Vpa::parse("shop@okaxis").unwrap(),
+        amount: inr(amount),
+        payer: Payer::Upi {
+            vpa: Vpa::parse("asha@okbank").unwrap(),
+            credential_block: CredentialBlock::parse(&block).unwrap(),
+        },
+    }
+}
+
+/// Resends what is left in the outbox until the final receipt comes back.
+async fn final_receipt(agent: &mut Agent) -> VerifiedReceipt {
+    for _ in 0..100 {
+        let mut receipts = agent.drain_outbox().await.unwrap();
+        if let Some(last) = receipts.pop() {
+            if last.receipt.outcome != Outcome::Pending {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no final receipt");
+}
+
+async fn pay(agent: &mut Agent, amount: &str) -> (VerifiedReceipt, VerifiedReceipt) {
+    let first = agent.submit(upi_payment(amount)).await.unwrap();
+    assert_eq!(
+        first.receipt.outcome,
+        Outcome::Pending,
+        "{:?}",
+        first.receipt
+    );
+    assert_eq!(first.receipt.payer.as_deref(), Some("upi a**a@okbank"));
+    let last = final_receipt(agent).await;
+    assert_eq!(last.receipt.idempotency_key, first.receipt.idempotency_key);
+    (first, last)
+}
+
+async fn sandbox(gateway: &TestGateway, column: &str) -> Vec<i64> {
+    sqlx::query_scalar(&format!(
+        "SELECT {column} FROM upi_sandbox ORDER BY created_at_ms"
+    ))
+    .fetch_all(gateway.store().pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_declines_timeouts_reversals_and_deemed() {
+    let gateway = gateway(150).await;
+    let mut agent = gateway.agent("pos-1").await;
+
+    // approved at once: the merchant is credited from the UPI settlement account, once
+    let (_, approved) = pay(&mut agent, "100.00").await;
+    assert_eq!(approved.receipt.outcome, Outcome::Approved);
+    assert!(approved.receipt.tx_id.is_some());
+    assert_eq!(gateway.balance("m-1").await, 10_000);
+    assert_eq!(gateway.balance("upi-settlement-inr").await, -10_000);
+    assert_eq!(
+        gateway
+            .store()
+            .count_transfers("upi_payment")
+            .await
+            .unwrap(),
+        1
+    );
+
+    // a decline of each NPCI code class, nothing posted
+    for (amount, code, class) in [
+        ("1.51", "ZM", "customer"),
+        ("1.52", "Z9", "customer"),
+        ("1.53", "U30", "remitter bank"),
+        ("1.54", "U16", "risk"),
+        ("1.55", "XH", "beneficiary"),
+        ("1.56", "U17", "technical"),
+    ] {
+        let before = gateway.ledger_fingerprint().await;
+        let (_, last) = pay(&mut agent, amount).await;
+        assert_eq!(last.code(), Some(ErrorCode::UpiDeclined), "{amount}");
+        let message = last.receipt.message.clone().unwrap();
+        assert!(
+            message.contains(&format!("NPCI {code} ({class})")),
+            "{message}"
+        );
+        assert_eq!(gateway.ledger_fingerprint().await, before, "{amount}");
+    }
+
+    // timeout -> pending -> a status check finds it succeeded
+    let (_, late) = pay(&mut agent, "2.61").await;
+    assert_eq!(
+        late.receipt.outcome,
+        Outcome::Approved,
+        "{:?}",
+        late.receipt
+    );
+    assert_eq!(gateway.balance("m-1").await, 10_000 + 261);
+
+    // timeout -> the status check finds the debit failed -> reversed
+    let before = gateway.ledger_fingerprint().await;
+    let (_, reversed) = pay(&mut agent, "2.62").await;
+    assert_eq!(reversed.code(), Some(ErrorCode::UpiDeclined));
+    assert!(reversed
+        .receipt
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("reversed"));
+    assert_eq!(gateway.ledger_fingerprint().await, before);
+
+    // timeout -> deemed by the network: approved
+    let (_, deemed) = pay(&mut agent, "2.63").await;
+    assert_eq!(deemed.receipt.outcome, Outcome::Approved);
+    assert!(deemed
+        .receipt
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("deemed"));
+
+    // no answer at all: three status checks, then a reversal and UPI_TIMED_OUT
+    let before = gateway.ledger_fingerprint().await;
+    let (_, silent) = pay(&mut agent, "2.64").await;
+    assert_eq!(silent.code(), Some(ErrorCode::UpiTimedOut));
+    assert_eq!(gateway.ledger_fingerprint().await, before);
+
+    let calls = sandbox(&gateway, "status_calls").await;
+    let reversed_flags = sandbox(&gateway, "reversed").await;
+    // rows: success, six declines, late-success, late-failure, deemed, silent
+    assert_eq!(calls.len(), 11);
+    assert_eq!(calls[..7], [0; 7], "no status check for answered payments");
+    assert!(calls[7] >= 1 && calls[9] >= 1);
+    assert_eq!(calls[10], 3, "at most three status checks");
+    assert_eq!(reversed_flags, [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1]);
+    // the credential block was passed on, never written down
+    let stored: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT payer_ct FROM upi_payments")
+        .fetch_all(gateway.store().pool())
+        .await
+        .unwrap();
+    assert!(stored
+        .iter()
+        .all(|(ct,)| !ct.windows(8).any(|w| w == [7u8; 8])));
+    gateway.assert_ledger_balanced().await;
+    agent.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_payment_survives_a_restart_and_is_resolved_after() {
+    let gateway = gateway(1_500).await;
+    let mut agent = gateway.agent("pos-1").await;
+    let first = agent.submit(upi_payment("3.61")).await.unwrap();
+    assert_eq!(first.receipt.outcome, Outcome::Pending);
+    // wait for the pay call to time out: the payment is pending, its first check not yet due
+    for _ in 0..50 {
+        let state: String = sqlx::query_scalar("SELECT state FROM upi_payments")
+            .fetch_one(gateway.store().pool())
+            .await
+            .unwrap();
+        if state == "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.disconnect().await;
+    let gateway = gateway.restart().await;
+    let mut agent = gateway.agent("pos-1").await;
+    let last = final_receipt(&mut agent).await;
+    assert_eq!(
+        last.receipt.outcome,
+        Outcome::Approved,
+        "{:?}",
+        last.receipt
+    );
+    assert_eq!(last.receipt.idempotency_key, first.receipt.idempotency_key);
+    assert_eq!(gateway.balance("m-1").await, 361);
+    assert_eq!(sandbox(&gateway, "status_calls").await, [1]);
+    gateway.assert_ledger_balanced().await;
+    agent.disconnect().await;
+}
