@@ -252,8 +252,22 @@ enum DevicesCommand {
 
 #[derive(Subcommand)]
 enum LedgerCommand {
-    /// Open a merchant account.
-    OpenMerchant { id: String, currency: String },
+    /// Open a merchant account, with the category reward rules match on and its public UPI
+    /// address.
+    OpenMerchant {
+        id: String,
+        currency: String,
+        #[arg(long)]
+        category: Option<String>,
+        #[arg(long)]
+        vpa: Option<String>,
+    },
+    /// Open a cash-in/cash-out agent's float account (enrol the agent's terminal on it).
+    OpenAgent { id: String, currency: String },
+    /// Set a wallet's KYC tier: `min` or `full`.
+    SetTier { wallet: String, tier: String },
+    /// The outstanding reward points liability, as JSON.
+    RewardsReport,
     /// Fund a wallet from the issuance account, e.g. `fund wallet-1 500.00 INR`.
     Fund {
         wallet: String,
@@ -401,23 +415,81 @@ async fn main() -> Result<()> {
             let store = Store::open(&settings.database_url(), 1).await?;
             let now = paygate_gateway::pipeline::now_ms();
             match command {
-                LedgerCommand::OpenMerchant { id, currency } => {
+                LedgerCommand::OpenMerchant {
+                    id,
+                    currency,
+                    category,
+                    vpa,
+                } => {
                     let currency = Currency::parse(&currency).context("unknown currency")?;
+                    let account = AccountId::parse(&id)?;
                     store
-                        .open_account(
-                            &AccountId::parse(&id)?,
-                            AccountKind::Merchant,
-                            currency,
+                        .open_with(
+                            &paygate_gateway::ledger::NewAccount {
+                                account_id: account.clone(),
+                                kind: AccountKind::Merchant,
+                                unit: currency.code().to_owned(),
+                                kyc_tier: None,
+                                category: category.clone(),
+                                owner: None,
+                            },
                             now,
                         )
+                        .await?;
+                    if let Some(vpa) = &vpa {
+                        let vpa = paygate_core::payer::Vpa::parse(vpa)
+                            .map_err(|e| anyhow::anyhow!("--vpa: {e}"))?;
+                        store.register_merchant_vpa(&vpa, &account).await?;
+                    }
+                    admin_event(
+                        &settings,
+                        EventType::AdminAction,
+                        &format!("account:{id}"),
+                        &format!(
+                            "merchant account opened in {currency}, category {}, vpa {}",
+                            category.as_deref().unwrap_or("-"),
+                            vpa.as_deref().unwrap_or("-")
+                        ),
+                    )
+                    .await?;
+                }
+                LedgerCommand::OpenAgent { id, currency } => {
+                    let currency = Currency::parse(&currency).context("unknown currency")?;
+                    store
+                        .open_account(&AccountId::parse(&id)?, AccountKind::Agent, currency, now)
                         .await?;
                     admin_event(
                         &settings,
                         EventType::AdminAction,
                         &format!("account:{id}"),
-                        &format!("merchant account opened in {currency}"),
+                        &format!("agent float account opened in {currency}"),
                     )
                     .await?;
+                }
+                LedgerCommand::SetTier { wallet, tier } => {
+                    let tier = paygate_gateway::ledger::KycTier::parse(&tier)
+                        .context("tier must be min or full")?;
+                    let mut batch = store.begin_batch().await?;
+                    paygate_gateway::ledger::set_kyc_tier(
+                        &mut batch,
+                        &AccountId::parse(&wallet)?,
+                        tier,
+                    )
+                    .await?;
+                    batch.commit().await?;
+                    admin_event(
+                        &settings,
+                        EventType::AdminAction,
+                        &format!("account:{wallet}"),
+                        &format!("KYC tier set to {}", tier.as_str()),
+                    )
+                    .await?;
+                }
+                LedgerCommand::RewardsReport => {
+                    let report =
+                        paygate_gateway::rewards::liability_report(&store, &settings.rewards)
+                            .await?;
+                    println!("{}", serde_json::to_string_pretty(&report)?);
                 }
                 LedgerCommand::Fund {
                     wallet,

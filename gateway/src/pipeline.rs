@@ -740,6 +740,15 @@ impl Pipeline {
     pub async fn settle_upi(&self) -> Vec<Outbound> {
         let now = now_ms();
         let result = async {
+            // a read first: most ticks have nothing to settle and need no write lock
+            let answered: Option<String> = sqlx::query_scalar(
+                "SELECT payment_id FROM upi_payments WHERE state = 'answered' LIMIT 1",
+            )
+            .fetch_optional(self.store.pool())
+            .await?;
+            if answered.is_none() {
+                return Ok::<_, StoreError>(Vec::new());
+            }
             let mut batch = self.store.begin_batch().await?;
             let rows = sqlx::query(
                 "SELECT payment_id, device_id, idempotency_key, counter, body_sha256, merchant_id,
@@ -754,6 +763,7 @@ impl Pipeline {
                 replies.push(self.settle_one(&mut batch, &row, &mut events, now).await?);
             }
             if replies.is_empty() {
+                batch.rollback().await?;
                 return Ok::<_, StoreError>(Vec::new());
             }
             store::add_audit_events(&mut batch, &events).await?;
@@ -1519,6 +1529,7 @@ impl Pipeline {
                 );
             }
             if replies.is_empty() {
+                batch.rollback().await?;
                 return Ok::<_, StoreError>(Vec::new());
             }
             store::add_audit_events(&mut batch, &events).await?;

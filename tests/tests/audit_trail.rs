@@ -72,7 +72,11 @@ async fn decisions_are_journaled_before_their_receipts_and_the_archive_verifies(
             .iter()
             .find(|r| {
                 r.event == EventType::PaymentDecided
-                    && r.detail.as_deref() == Some(&format!("idempotency_key {key}"))
+                    && r.detail.as_deref().is_some_and(|d| {
+                        // "idempotency_key K", then what else the decision did (points earned)
+                        let wanted = format!("idempotency_key {key}");
+                        d == wanted || d.starts_with(&format!("{wanted} "))
+                    })
             })
             .unwrap_or_else(|| panic!("no record of {key} when its receipt arrived"));
         match reply.receipt.outcome {
