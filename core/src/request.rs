@@ -80,6 +80,12 @@ pub enum OperationWire {
         amount: MoneyWire,
         payer: PayerWire,
     },
+    /// A merchant's terminal asks a customer's UPI address for a payment (collect); the
+    /// customer approves it in their own UPI app with their PIN.
+    UpiCollect {
+        payer_vpa: String,
+        amount: MoneyWire,
+    },
     /// The device's wallet sends money to another wallet (P2P).
     P2pTransfer { to: PartyWire, amount: MoneyWire },
     /// An agent's terminal sells e-money for cash: the agent's float pays the customer's
@@ -191,6 +197,10 @@ pub enum Operation {
         amount: Money,
         /// Always `Payer::Upi` (a card payer is `PAYER_INVALID`).
         payer: Payer,
+    },
+    UpiCollect {
+        payer_vpa: crate::payer::Vpa,
+        amount: Money,
     },
     P2pTransfer {
         to: Party,
@@ -376,6 +386,11 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
                 payer,
             }
         }
+        OperationWire::UpiCollect { payer_vpa, amount } => Operation::UpiCollect {
+            payer_vpa: crate::payer::Vpa::parse(&payer_vpa)
+                .map_err(|m| RequestError::new(ErrorCode::PayerInvalid, m))?,
+            amount: decode_money(&amount)?,
+        },
         OperationWire::P2pTransfer { to, amount } => Operation::P2pTransfer {
             to: Party::decode(&to)?,
             amount: decode_money(&amount)?,
@@ -503,6 +518,10 @@ impl Request {
                     merchant_vpa: merchant_vpa.expose().to_owned(),
                     amount: MoneyWire::from(*amount),
                     payer: payer.to_wire(),
+                },
+                Operation::UpiCollect { payer_vpa, amount } => OperationWire::UpiCollect {
+                    payer_vpa: payer_vpa.expose().to_owned(),
+                    amount: MoneyWire::from(*amount),
                 },
                 Operation::P2pTransfer { to, amount } => OperationWire::P2pTransfer {
                     to: to.to_wire(),

@@ -345,16 +345,20 @@ impl Pipeline {
         &self,
         request: &Request,
     ) -> Result<Option<SealedPayer>, (ErrorCode, String)> {
-        let payer = match &request.operation {
+        let (kind, value, masked) = match &request.operation {
             Operation::MerchantPayment {
                 payer: Some(payer), ..
             }
-            | Operation::UpiPayment { payer, .. } => payer,
+            | Operation::UpiPayment { payer, .. } => match payer {
+                Payer::Card { pan } => ("card", pan.expose(), payer.masked()),
+                Payer::Upi { vpa, .. } => ("upi", vpa.expose(), payer.masked()),
+            },
+            Operation::UpiCollect { payer_vpa, .. } => (
+                "upi",
+                payer_vpa.expose(),
+                format!("upi {}", payer_vpa.masked()),
+            ),
             _ => return Ok(None),
-        };
-        let (kind, value) = match payer {
-            Payer::Card { pan } => ("card", pan.expose()),
-            Payer::Upi { vpa, .. } => ("upi", vpa.expose()),
         };
         let record = format!("{}/{}", request.device_id, request.idempotency_key);
         let sealed = async {
@@ -370,7 +374,7 @@ impl Pipeline {
                 kind,
                 value_ct,
                 value_bidx,
-                masked: payer.masked(),
+                masked,
             })
         }
         .await;
@@ -529,7 +533,29 @@ impl Pipeline {
                 amount,
                 payer,
             } => {
-                self.decide_upi(batch, item, merchant_vpa, *amount, payer, events, now)
+                let Payer::Upi {
+                    vpa,
+                    credential_block,
+                } = payer
+                else {
+                    return Err(StoreError::Invariant(
+                        "a UPI payment with a card payer".into(),
+                    ));
+                };
+                self.decide_upi(
+                    batch,
+                    item,
+                    Some(merchant_vpa),
+                    *amount,
+                    vpa,
+                    Some(credential_block),
+                    events,
+                    now,
+                )
+                .await
+            }
+            Operation::UpiCollect { payer_vpa, amount } => {
+                self.decide_upi(batch, item, None, *amount, payer_vpa, None, events, now)
                     .await
             }
             Operation::P2pTransfer { amount, .. }
@@ -594,20 +620,56 @@ impl Pipeline {
         &self,
         batch: &mut Batch<'_>,
         item: &Verified,
-        merchant_vpa: &paygate_core::payer::Vpa,
+        merchant_vpa: Option<&paygate_core::payer::Vpa>,
         amount: Money,
-        payer: &Payer,
+        payer_vpa: &paygate_core::payer::Vpa,
+        credential_block: Option<&paygate_core::payer::CredentialBlock>,
         events: &mut Vec<AuditEvent>,
         now: u64,
     ) -> Result<Outbound, StoreError> {
         let request = &item.request;
         let decline =
             |code: ErrorCode, reason: String| products::Decided::Declined { code, reason };
-        let merchant: Option<String> =
-            sqlx::query_scalar("SELECT merchant_account_id FROM merchant_vpas WHERE vpa = $1")
-                .bind(merchant_vpa.expose())
-                .fetch_optional(&mut **batch)
-                .await?;
+        let collect = merchant_vpa.is_none();
+        // pay: the merchant behind the address; collect: the terminal's own merchant account
+        // and its registered address (a collect comes only from a merchant's terminal)
+        let (merchant, vpa_text): (Option<String>, String) = match merchant_vpa {
+            Some(vpa) => (
+                sqlx::query_scalar("SELECT merchant_account_id FROM merchant_vpas WHERE vpa = $1")
+                    .bind(vpa.expose())
+                    .fetch_optional(&mut **batch)
+                    .await?,
+                vpa.expose().to_owned(),
+            ),
+            None => {
+                let is_merchant = ledger::account(batch, &item.wallet)
+                    .await?
+                    .is_some_and(|a| a.active && a.kind == AccountKind::Merchant);
+                let vpa: Option<String> = if is_merchant {
+                    sqlx::query_scalar(
+                        "SELECT vpa FROM merchant_vpas WHERE merchant_account_id = $1 ORDER BY vpa LIMIT 1",
+                    )
+                    .bind(item.wallet.as_str())
+                    .fetch_optional(&mut **batch)
+                    .await?
+                } else {
+                    None
+                };
+                if !is_merchant {
+                    let decided = decline(
+                        ErrorCode::OperationNotAllowed,
+                        "a UPI collect request comes only from a merchant's terminal".into(),
+                    );
+                    return self
+                        .record_product(batch, item, "upi_collect", amount, decided, events, now)
+                        .await;
+                }
+                (
+                    vpa.as_ref().map(|_| item.wallet.to_string()),
+                    vpa.unwrap_or_default(),
+                )
+            }
+        };
         let refusal = if !self.upi.enabled {
             Some(decline(
                 ErrorCode::OperationNotAllowed,
@@ -629,20 +691,17 @@ impl Pipeline {
         } else if merchant.is_none() {
             Some(decline(
                 ErrorCode::UnknownMerchant,
-                format!("no merchant has the UPI address {}", merchant_vpa.masked()),
+                if collect {
+                    "this merchant has no registered UPI address".to_owned()
+                } else {
+                    format!("no merchant has the UPI address {vpa_text}")
+                },
             ))
         } else {
             None
         };
-        let (
-            Some(merchant),
-            None,
-            Some(sealed),
-            Payer::Upi {
-                vpa,
-                credential_block,
-            },
-        ) = (merchant, refusal.as_ref(), item.payer.as_ref(), payer)
+        let (Some(merchant), None, Some(sealed)) =
+            (merchant, refusal.as_ref(), item.payer.as_ref())
         else {
             let decided = refusal.unwrap_or_else(|| {
                 decline(
@@ -650,8 +709,13 @@ impl Pipeline {
                     "a UPI payment needs a UPI payer".into(),
                 )
             });
+            let kind = if collect {
+                "upi_collect"
+            } else {
+                "upi_payment"
+            };
             return self
-                .record_product(batch, item, "upi_payment", amount, decided, events, now)
+                .record_product(batch, item, kind, amount, decided, events, now)
                 .await;
         };
         let payment_id = format!("upi-{}", uuid::Uuid::new_v4().simple());
@@ -666,7 +730,7 @@ impl Pipeline {
             tx_id: None,
             amount: Some(MoneyWire::from(amount)),
             merchant_id: Some(merchant.clone()),
-            counterparty: Some(format!("upi {}", merchant_vpa.expose())),
+            counterparty: Some(format!("upi {vpa_text}")),
             payer: Some(sealed.masked.clone()),
             challenge: None,
             decided_at_ms: now,
@@ -677,8 +741,8 @@ impl Pipeline {
         sqlx::query(
             "INSERT INTO upi_payments (payment_id, device_id, idempotency_key, counter, body_sha256,
                 merchant_id, merchant_vpa, amount_minor, currency, payer_ct, payer_bidx, payer_masked,
-                state, receipt, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'initiated', $13, $14)",
+                state, receipt, created_at_ms, direction)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'initiated', $13, $14, $15)",
         )
         .bind(payment_id.as_str())
         .bind(request.device_id.as_str())
@@ -686,7 +750,7 @@ impl Pipeline {
         .bind(i64::try_from(request.counter).unwrap_or(i64::MAX))
         .bind(&item.body_sha256)
         .bind(merchant.as_str())
-        .bind(merchant_vpa.expose())
+        .bind(vpa_text.as_str())
         .bind(amount.minor_signed())
         .bind(amount.currency.code())
         .bind(&sealed.value_ct)
@@ -694,6 +758,7 @@ impl Pipeline {
         .bind(sealed.masked.as_str())
         .bind(&sealed_receipt)
         .bind(i64::try_from(now).unwrap_or(i64::MAX))
+        .bind(if collect { "collect" } else { "pay" })
         .execute(&mut **batch)
         .await?;
         let mut event = AuditEvent::new(
@@ -716,8 +781,8 @@ impl Pipeline {
         if let Ok(mut pending) = self.upi_pending.lock() {
             pending.push(upi::Handoff {
                 payment_id,
-                payer_vpa: vpa.expose().to_owned(),
-                credential_block: credential_block.clone(),
+                payer_vpa: payer_vpa.expose().to_owned(),
+                credential_block: credential_block.cloned(),
             });
         }
         Ok(Outbound {

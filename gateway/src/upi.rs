@@ -50,13 +50,19 @@ pub struct PayRequest<'a> {
     pub payee_vpa: &'a str,
     pub amount_minor: i64,
     pub currency: &'a str,
-    /// The encrypted UPI PIN block, passed through and never kept.
-    pub credential_block: &'a CredentialBlock,
+    /// The encrypted UPI PIN block, passed through and never kept. `None` for a collect
+    /// request: the customer approves it with their PIN in their own UPI app.
+    pub credential_block: Option<&'a CredentialBlock>,
 }
 
 /// A connector to a UPI switch (the sandbox below; a bank's or PSP's API in production).
 pub trait UpiSwitch: Send + Sync + 'static {
     fn pay(
+        &self,
+        request: &PayRequest<'_>,
+    ) -> impl Future<Output = Result<SwitchAnswer, SwitchError>> + Send;
+    /// A merchant's collect request to the customer's address.
+    fn collect(
         &self,
         request: &PayRequest<'_>,
     ) -> impl Future<Output = Result<SwitchAnswer, SwitchError>> + Send;
@@ -140,7 +146,10 @@ impl UpiSwitch for SandboxSwitch {
             64 => ("silent", true),
             _ => ("success", true),
         };
-        if request.credential_block.expose().is_empty() {
+        if request
+            .credential_block
+            .is_none_or(|block| block.expose().is_empty())
+        {
             return Ok(SwitchAnswer::Failure {
                 code: "ZM".into(),
                 debited: false,
@@ -169,6 +178,17 @@ impl UpiSwitch for SandboxSwitch {
                 debited,
             }),
         }
+    }
+
+    async fn collect(&self, request: &PayRequest<'_>) -> Result<SwitchAnswer, SwitchError> {
+        // the sandbox customer approves at once; the outcome follows the same scenarios
+        let approved = CredentialBlock::parse("c2FuZGJveC1jdXN0b21lci1hcHByb3ZhbA==")
+            .map_err(SwitchError::Unavailable)?;
+        self.pay(&PayRequest {
+            credential_block: Some(&approved),
+            ..*request
+        })
+        .await
     }
 
     async fn status(&self, txn_ref: &str) -> Result<SwitchAnswer, SwitchError> {
@@ -212,7 +232,8 @@ impl UpiSwitch for SandboxSwitch {
 pub struct Handoff {
     pub payment_id: String,
     pub payer_vpa: String,
-    pub credential_block: CredentialBlock,
+    /// `None` for a collect request.
+    pub credential_block: Option<CredentialBlock>,
 }
 
 fn ms(value: u64) -> i64 {
@@ -370,7 +391,7 @@ async fn send<S: UpiSwitch>(
     handoff: Handoff,
 ) -> Result<(), StoreError> {
     let row = sqlx::query(
-        "SELECT merchant_vpa, amount_minor, currency FROM upi_payments WHERE payment_id = $1 AND state = 'initiated'",
+        "SELECT merchant_vpa, amount_minor, currency, direction FROM upi_payments WHERE payment_id = $1 AND state = 'initiated'",
     )
     .bind(handoff.payment_id.as_str())
     .fetch_optional(store.pool())
@@ -384,13 +405,17 @@ async fn send<S: UpiSwitch>(
         payee_vpa: &payee,
         amount_minor: row.try_get("amount_minor")?,
         currency: &currency,
-        credential_block: &handoff.credential_block,
+        credential_block: handoff.credential_block.as_ref(),
     };
-    let got = match tokio::time::timeout(
-        Duration::from_millis(settings.pay_timeout_ms),
-        switch.pay(&request),
-    )
-    .await
+    let direction: String = row.try_get("direction")?;
+    let call = async {
+        if direction == "collect" {
+            switch.collect(&request).await
+        } else {
+            switch.pay(&request).await
+        }
+    };
+    let got = match tokio::time::timeout(Duration::from_millis(settings.pay_timeout_ms), call).await
     {
         Ok(answer) => answer,
         Err(_) => Err(SwitchError::Timeout),

@@ -215,3 +215,63 @@ async fn a_pending_payment_survives_a_restart_and_is_resolved_after() {
     gateway.assert_ledger_balanced().await;
     agent.disconnect().await;
 }
+
+/// Collect: only a merchant's terminal may ask a customer's address for money; the customer
+/// approves in their own app (the sandbox approves at once); the outcome follows the same
+/// scenarios and the merchant is credited once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collect_requests_come_only_from_a_merchant() {
+    let gateway = gateway(150).await;
+    gateway
+        .terminal(
+            "till-1",
+            "m-shop",
+            paygate_gateway::ledger::AccountKind::Merchant,
+            "1.00",
+        )
+        .await;
+    gateway
+        .store()
+        .register_merchant_vpa(
+            &Vpa::parse("till@okaxis").unwrap(),
+            &AccountId::parse("m-shop").unwrap(),
+        )
+        .await
+        .unwrap();
+    let collect = |amount: &str| Operation::UpiCollect {
+        payer_vpa: Vpa::parse("asha@okbank").unwrap(),
+        amount: inr(amount),
+    };
+    let mut till = gateway.agent("till-1").await;
+    let first = till.submit(collect("5.00")).await.unwrap();
+    assert_eq!(first.receipt.outcome, Outcome::Pending);
+    let approved = final_receipt(&mut till).await;
+    assert_eq!(
+        approved.receipt.outcome,
+        Outcome::Approved,
+        "{:?}",
+        approved.receipt
+    );
+    assert_eq!(gateway.balance("m-shop").await, 100 + 500);
+    let first = till.submit(collect("5.51")).await.unwrap();
+    assert_eq!(first.receipt.outcome, Outcome::Pending);
+    let declined = final_receipt(&mut till).await;
+    assert_eq!(declined.code(), Some(ErrorCode::UpiDeclined));
+    assert_eq!(gateway.balance("m-shop").await, 600);
+
+    // a wallet's device cannot collect
+    let mut wallet = gateway.agent("pos-1").await;
+    let before = gateway.ledger_fingerprint().await;
+    let refused = wallet.submit(collect("5.00")).await.unwrap();
+    assert_eq!(refused.code(), Some(ErrorCode::OperationNotAllowed));
+    assert!(refused
+        .receipt
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("merchant's terminal"));
+    assert_eq!(gateway.ledger_fingerprint().await, before);
+    gateway.assert_ledger_balanced().await;
+    till.disconnect().await;
+    wallet.disconnect().await;
+}

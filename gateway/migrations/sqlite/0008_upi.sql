@@ -9,6 +9,8 @@ CREATE TABLE merchant_vpas (
 
 CREATE TABLE upi_payments (
     payment_id        TEXT PRIMARY KEY,
+    -- pay: the customer's terminal sent it with the PIN block; collect: the merchant asked
+    direction         TEXT NOT NULL DEFAULT 'pay' CHECK (direction IN ('pay', 'collect')),
     device_id         TEXT NOT NULL,
     idempotency_key   TEXT NOT NULL,
     counter           INTEGER NOT NULL,
