@@ -761,18 +761,17 @@ impl Pipeline {
         .bind(if collect { "collect" } else { "pay" })
         .execute(&mut **batch)
         .await?;
-        let mut event = AuditEvent::new(
+        let mut event = decision_event(
             now,
-            EventType::PaymentDecided,
-            format!("device:{}", request.device_id),
+            &request.device_id,
             format!("mqtt:{}", request.device_id),
-            AuditOutcome::Success,
             "pipeline",
-            format!("account:{merchant}"),
+            &merchant,
+            None,
+            None,
+            amount,
         );
-        event.device_id = Some(request.device_id.to_string());
         event.merchant_id = Some(merchant.clone());
-        event.amount = Some(format!("{} {}", amount.minor_signed(), amount.currency));
         event.detail = Some(format!(
             "upi_initiated idempotency_key {} payment {payment_id} payer {}",
             request.idempotency_key, sealed.masked
@@ -790,6 +789,29 @@ impl Pipeline {
             receipt: sealed_receipt,
             received_at: item.inbound.received_at,
         })
+    }
+
+    /// A tick job's receipts, released only once their audit records are in the journal (as
+    /// for a batch); on failure nothing is published and the job runs again at the next tick.
+    async fn release_tick_replies(
+        &self,
+        job: &str,
+        result: Result<Vec<Outbound>, StoreError>,
+    ) -> Vec<Outbound> {
+        match result {
+            Ok(replies) if replies.is_empty() => replies,
+            Ok(replies) => match self.audit.drain().await {
+                Ok(()) => replies,
+                Err(error) => {
+                    tracing::error!(%error, job, "receipts held back: the audit journal cannot be written");
+                    Vec::new()
+                }
+            },
+            Err(error) => {
+                tracing::error!(%error, job, "failed; retried at the next tick");
+                Vec::new()
+            }
+        }
     }
 
     /// The pipeline's tick: expired challenges declined, answered UPI payments settled.
@@ -836,20 +858,7 @@ impl Pipeline {
             Ok(replies)
         }
         .await;
-        match result {
-            Ok(replies) if replies.is_empty() => replies,
-            Ok(replies) => match self.audit.drain().await {
-                Ok(()) => replies,
-                Err(error) => {
-                    tracing::error!(%error, "UPI receipts held back: the audit journal cannot be written");
-                    Vec::new()
-                }
-            },
-            Err(error) => {
-                tracing::error!(%error, "UPI settlement failed; retried at the next tick");
-                Vec::new()
-            }
-        }
+        self.release_tick_replies("UPI settlement", result).await
     }
 
     async fn settle_one(
@@ -1003,24 +1012,17 @@ impl Pipeline {
         .bind(payment_id.as_str())
         .execute(&mut **batch)
         .await?;
-        let mut event = AuditEvent::new(
+        let mut event = decision_event(
             now,
-            EventType::PaymentDecided,
-            format!("device:{device}"),
+            &device,
             "upi-switch".to_owned(),
-            if code.is_none() {
-                AuditOutcome::Success
-            } else {
-                AuditOutcome::Failure
-            },
             "upi",
-            format!("account:{merchant}"),
+            merchant.as_str(),
+            code,
+            code.is_none().then_some(&tx_id),
+            amount,
         );
-        event.code = code.map(|c| c.as_str().to_owned());
-        event.tx_id = code.is_none().then(|| tx_id.to_string());
-        event.device_id = Some(device.to_string());
         event.merchant_id = Some(merchant.to_string());
-        event.amount = Some(format!("{minor} {currency}"));
         event.detail = Some(format!(
             "upi_{result} idempotency_key {key} payment {payment_id} payer {payer_masked}{}",
             npci.map(|c| format!(" npci {c}")).unwrap_or_default()
@@ -1095,24 +1097,17 @@ impl Pipeline {
             now,
         )
         .await?;
-        let mut event = AuditEvent::new(
+        let mut event = decision_event(
             now,
-            EventType::PaymentDecided,
-            format!("device:{device}"),
+            device,
             format!("mqtt:{device}"),
-            if code.is_none() {
-                AuditOutcome::Success
-            } else {
-                AuditOutcome::Failure
-            },
             "pipeline",
-            format!("account:{}", item.wallet),
+            item.wallet.as_str(),
+            code,
+            tx_id.as_ref(),
+            amount,
         );
-        event.code = code.map(|c| c.as_str().to_owned());
-        event.tx_id = tx_id.as_ref().map(|t| t.to_string());
-        event.device_id = Some(device.to_string());
         event.wallet_id = Some(item.wallet.to_string());
-        event.amount = Some(format!("{} {}", amount.minor_signed(), amount.currency));
         let mut detail = format!("{kind} idempotency_key {}", request.idempotency_key);
         if let Some(counterparty) = &counterparty {
             detail.push_str(&format!(" counterparty {counterparty}"));
@@ -1602,20 +1597,7 @@ impl Pipeline {
             Ok(replies)
         }
         .await;
-        match result {
-            Ok(replies) if replies.is_empty() => replies,
-            Ok(replies) => match self.audit.drain().await {
-                Ok(()) => replies,
-                Err(error) => {
-                    tracing::error!(%error, "expiry receipts held back: the audit journal cannot be written");
-                    Vec::new()
-                }
-            },
-            Err(error) => {
-                tracing::error!(%error, "challenge expiry failed; retried at the next tick");
-                Vec::new()
-            }
-        }
+        self.release_tick_replies("challenge expiry", result).await
     }
 
     fn challenge_receipt(
@@ -1858,25 +1840,18 @@ impl Pipeline {
         if let Some(payer) = &payment.payer {
             store::record_payer(batch, device, &payment.key, payer).await?;
         }
-        let mut event = AuditEvent::new(
+        let mut event = decision_event(
             now,
-            EventType::PaymentDecided,
-            format!("device:{device}"),
+            device,
             format!("mqtt:{device}"),
-            if code.is_none() {
-                AuditOutcome::Success
-            } else {
-                AuditOutcome::Failure
-            },
             "pipeline",
-            format!("account:{wallet}"),
+            wallet.as_str(),
+            code,
+            code.is_none().then_some(&tx_id),
+            amount,
         );
-        event.code = code.map(|c| c.as_str().to_owned());
-        event.tx_id = code.is_none().then(|| tx_id.to_string());
-        event.device_id = Some(device.to_string());
         event.wallet_id = Some(wallet.to_string());
         event.merchant_id = Some(merchant_id.to_string());
-        event.amount = Some(format!("{} {}", amount.minor_signed(), amount.currency));
         let mut detail = match &payment.payer {
             Some(payer) => format!("idempotency_key {} payer {}", payment.key, payer.masked),
             None => format!("idempotency_key {}", payment.key),
@@ -2000,6 +1975,39 @@ impl Pipeline {
 
 /// The audit event of a request refused before any decision (PCI DSS 10.2.1.4 when it is a
 /// bad signature or a foreign identity).
+/// A `payment_decided` audit event with what every decision records: who (device, over
+/// which channel), the account it is about, the outcome and code, the transfer and the amount.
+#[allow(clippy::too_many_arguments)]
+fn decision_event(
+    now: u64,
+    device: &DeviceId,
+    source: String,
+    component: &str,
+    account: &str,
+    code: Option<ErrorCode>,
+    tx_id: Option<&paygate_core::TxId>,
+    amount: Money,
+) -> AuditEvent {
+    let mut event = AuditEvent::new(
+        now,
+        EventType::PaymentDecided,
+        format!("device:{device}"),
+        source,
+        if code.is_none() {
+            AuditOutcome::Success
+        } else {
+            AuditOutcome::Failure
+        },
+        component,
+        format!("account:{account}"),
+    );
+    event.code = code.map(|c| c.as_str().to_owned());
+    event.tx_id = tx_id.map(|t| t.to_string());
+    event.device_id = Some(device.to_string());
+    event.amount = Some(format!("{} {}", amount.minor_signed(), amount.currency));
+    event
+}
+
 fn rejected_event(
     device: &DeviceId,
     request: Option<&Request>,
