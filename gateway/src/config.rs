@@ -45,6 +45,8 @@ pub struct UpiSettings {
     pub status_checks_max: u32,
     /// How long the sandbox switch sits on a payment whose scenario is a timeout.
     pub sandbox_delay_ms: u64,
+    /// Payments waiting between the pipeline and the UPI worker.
+    pub handoff_queue_max: usize,
 }
 
 impl Default for UpiSettings {
@@ -59,6 +61,7 @@ impl Default for UpiSettings {
             status_check_interval_ms: 1_800_000,
             status_checks_max: 3,
             sandbox_delay_ms: 30_000,
+            handoff_queue_max: 1_024,
         }
     }
 }
@@ -233,6 +236,13 @@ pub struct PipelineSettings {
     pub request_age_max_ms: u64,
     /// How far ahead of the gateway's clock a device clock may run.
     pub request_future_skew_max_ms: u64,
+    /// Blocking-pool tasks one batch's signature checks are split across (the cores).
+    pub verify_threads_max: usize,
+    /// How often the tick runs (challenge expiry, UPI settlement).
+    pub tick_interval_ms: u64,
+    /// How long an enrolled device's key is trusted from the cache (0: no cache).
+    pub device_cache_ttl_ms: u64,
+    pub device_cache_entries_max: usize,
 }
 
 /// A configuration value that may hold a secret (a database password in a URL, an API key).
@@ -575,6 +585,10 @@ impl Default for PipelineSettings {
             batch_size_max: 64,
             request_age_max_ms: 24 * 3_600_000,
             request_future_skew_max_ms: 300_000,
+            verify_threads_max: 2,
+            tick_interval_ms: 250,
+            device_cache_ttl_ms: 1_000,
+            device_cache_entries_max: 100_000,
         }
     }
 }
@@ -660,6 +674,18 @@ impl Settings {
         let pipeline = &self.pipeline;
         if pipeline.batch_size_max == 0 || pipeline.batch_size_max > 10_000 {
             return Err(invalid("pipeline.batch_size_max", "must be 1 to 10000"));
+        }
+        if pipeline.verify_threads_max == 0 || pipeline.verify_threads_max > 64 {
+            return Err(invalid("pipeline.verify_threads_max", "must be 1 to 64"));
+        }
+        if pipeline.tick_interval_ms == 0 || pipeline.device_cache_entries_max == 0 {
+            return Err(invalid(
+                "pipeline.tick_interval_ms",
+                "the tick interval and the device cache size must be above zero",
+            ));
+        }
+        if self.upi.handoff_queue_max == 0 {
+            return Err(invalid("upi.handoff_queue_max", "must be above zero"));
         }
         if pipeline.queue_depth_max < pipeline.batch_size_max {
             return Err(invalid(
@@ -904,6 +930,14 @@ batch_size_max = 64
 # Oldest request creation time accepted (an edge outbox may hold requests through an outage).
 request_age_max_ms = 86400000
 request_future_skew_max_ms = 300000
+# Blocking-pool tasks one batch's signature checks are split across (about the cores).
+verify_threads_max = 2
+# How often expired challenges are declined and answered UPI payments settled.
+tick_interval_ms = 250
+# How long an enrolled device's key is used from memory before it is read again (0: never
+# cached); a device suspended or re-keyed by another process counts within this time.
+device_cache_ttl_ms = 1000
+device_cache_entries_max = 100000
 
 [database]
 # Empty: sqlite://{data_dir}/paygate.db. A secret: write it here, or "env:NAME" to read an
@@ -1033,6 +1067,8 @@ first_status_check_ms = 60000
 status_check_interval_ms = 1800000
 status_checks_max = 3
 sandbox_delay_ms = 30000
+# Payments waiting between the pipeline and the UPI worker (the pipeline waits when full).
+handoff_queue_max = 1024
 
 [identity]
 # A challenge not answered in time declines the payment (at most 120000: within the UPI timers).

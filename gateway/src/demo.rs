@@ -4,8 +4,9 @@
 
 use crate::config::Settings;
 use crate::gateway;
+use crate::ledger::AccountKind;
 use crate::pki;
-use crate::store::{AccountKind, Device, Store};
+use crate::store::{Device, Store};
 use anyhow::{Context, Result};
 use paygate_agent::{Agent, AgentSettings, DeviceBundle};
 use paygate_core::envelope::SigningAlgorithm;
@@ -47,7 +48,7 @@ pub async fn enrol_from_bundle(
 ) -> Result<AccountId> {
     let enrolment = pki::read_enrolment(&pki::device_dir(pki_dir, device).join("enrolment.json"))?;
     let wallet = AccountId::parse(&enrolment.wallet_id)?;
-    let now = crate::pipeline::now_ms();
+    let now = crate::clock::now_ms();
     store
         .open_account(&wallet, AccountKind::Wallet, currency, now)
         .await?;
@@ -83,7 +84,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary> {
     let running = gateway::start(settings.clone()).await?;
     let store = running.store.clone();
     let inr = Currency::parse("INR").context("INR")?;
-    let now = crate::pipeline::now_ms();
+    let now = crate::clock::now_ms();
     for merchant in MERCHANTS {
         store
             .open_account(

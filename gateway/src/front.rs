@@ -14,9 +14,9 @@
 //! and the stable code) on its reply topic before closing, so the device learns why.
 
 use crate::broker::BrokerSecret;
+use crate::clock::now_ms;
 use crate::config::MqttSettings;
 use crate::metrics::Metrics;
-use crate::pipeline::now_ms;
 use crate::store::Store;
 use crate::tls::{classify_handshake_error, device_identity};
 use bytes::{Bytes, BytesMut};
@@ -218,7 +218,7 @@ async fn audit_refusal(
         None => "mqtt-listener".to_owned(),
     };
     let mut event = AuditEvent::new(
-        crate::pipeline::now_ms(),
+        crate::clock::now_ms(),
         event_type,
         actor,
         format!("mqtt:{peer}"),

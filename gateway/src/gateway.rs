@@ -9,19 +9,17 @@ use crate::front::{self, Front};
 use crate::keys::cipher::FieldCipher;
 use crate::keys::provider::KeyProvider;
 use crate::metrics::Metrics;
-use crate::pipeline::{Inbound, Pipeline};
+use crate::pipeline::devices::DeviceCache;
+use crate::pipeline::{self, Pipeline};
+use crate::products::Rules;
 use crate::store::Store;
 use crate::tls;
 use anyhow::{Context, Result};
-use bytes::Bytes;
 use paygate_core::audit::{AuditOutcome, EventType};
 use paygate_core::envelope::{SigningAlgorithm, SigningKey};
-use paygate_core::topics::{device_of_requests_topic, replies_topic};
-use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::Notification;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -137,7 +135,8 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         store.pool().clone(),
         settings.keys.clone(),
     ));
-    let (upi_tx, upi_rx) = tokio::sync::mpsc::unbounded_channel();
+    crate::clock::set_business_utc_offset_minutes(settings.wallet.limits_utc_offset_minutes);
+    let (upi_tx, upi_rx) = mpsc::channel(settings.upi.handoff_queue_max);
     tokio::spawn(crate::upi::run_worker(
         store.clone(),
         crate::upi::SandboxSwitch::new(
@@ -148,25 +147,36 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         upi_rx,
         shutdown_rx.clone(),
     ));
-    let pipeline = Pipeline::new(
-        store.clone(),
-        receipt_key.clone(),
-        settings.pipeline.clone(),
-        metrics.clone(),
-        audit.clone(),
-        cipher.clone(),
-        settings.identity.clone(),
-        crate::identity::DevNotifier {
-            path: settings.resolve(&settings.identity.notifier_file),
+    let devices = Arc::new(DeviceCache::new(
+        settings.pipeline.device_cache_ttl_ms,
+        settings.pipeline.device_cache_entries_max,
+    ));
+    let pipeline = Pipeline::new(pipeline::Context {
+        store: store.clone(),
+        receipt_key: receipt_key.clone(),
+        settings: settings.pipeline.clone(),
+        metrics: metrics.clone(),
+        audit: audit.clone(),
+        cipher: cipher.clone(),
+        rules: Rules {
+            wallet: settings.wallet.clone(),
+            identity: settings.identity.clone(),
+            rewards: settings.rewards.clone(),
+            upi: settings.upi.clone(),
+            notifier: crate::identity::DevNotifier {
+                path: settings.resolve(&settings.identity.notifier_file),
+            },
         },
-        settings.wallet.clone(),
-        settings.rewards.clone(),
-        settings.upi.clone(),
-        upi_tx,
-    );
+        devices,
+        upi_handoffs: upi_tx,
+    });
     let (link_tx, link_rx) = embedded.pipeline_link;
     let (queue_tx, queue_rx) = mpsc::channel(settings.pipeline.queue_depth_max);
-    tokio::spawn(consume_link(link_rx, queue_tx, shutdown_rx.clone()));
+    tokio::spawn(pipeline::consume_link(
+        link_rx,
+        queue_tx,
+        shutdown_rx.clone(),
+    ));
     if settings.rewards.enabled {
         tokio::spawn(run_rewards_jobs(
             store.clone(),
@@ -174,12 +184,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
             shutdown_rx.clone(),
         ));
     }
-    tokio::spawn(run_pipeline(
-        pipeline,
-        queue_rx,
-        link_tx,
-        settings.pipeline.batch_size_max,
-    ));
+    tokio::spawn(pipeline::run(pipeline, queue_rx, link_tx));
 
     let listener = TcpListener::bind(settings.mqtt.listen)
         .await
@@ -210,87 +215,6 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
     })
 }
 
-/// Takes device requests off the broker's local link into the bounded pipeline queue. A full
-/// queue holds the link (rumqttd then keeps or drops per its own limits; devices resend).
-async fn consume_link(
-    mut link_rx: LinkRx,
-    queue: mpsc::Sender<Inbound>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let notification = tokio::select! {
-            notification = link_rx.next() => notification,
-            _ = shutdown.changed() => return,
-        };
-        match notification {
-            Ok(Some(Notification::Forward(forward))) => {
-                let topic = String::from_utf8_lossy(&forward.publish.topic);
-                let Some(device) = device_of_requests_topic(&topic) else {
-                    tracing::warn!(%topic, "message on an unexpected topic ignored");
-                    continue;
-                };
-                let inbound = Inbound {
-                    device,
-                    message: forward.publish.payload,
-                    received_at: Instant::now(),
-                };
-                if queue.send(inbound).await.is_err() {
-                    return;
-                }
-            }
-            Ok(Some(Notification::Unschedule)) => {
-                if link_rx.wake().await.is_err() {
-                    return;
-                }
-            }
-            Ok(_) => {}
-            Err(error) => {
-                tracing::error!(%error, "pipeline link closed");
-                return;
-            }
-        }
-    }
-}
-
-async fn run_pipeline(
-    pipeline: Pipeline,
-    mut queue: mpsc::Receiver<Inbound>,
-    mut link_tx: LinkTx,
-    batch_size_max: usize,
-) {
-    let mut batch = Vec::with_capacity(batch_size_max);
-    // on this tick: challenged payments whose time ran out are declined, and UPI payments the
-    // network has answered are settled
-    let mut expiry = tokio::time::interval(Duration::from_millis(250));
-    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let replies = tokio::select! {
-            received = queue.recv_many(&mut batch, batch_size_max) => {
-                if received == 0 {
-                    return;
-                }
-                pipeline.process_batch(std::mem::take(&mut batch)).await
-            }
-            _ = expiry.tick() => pipeline.tick().await,
-        };
-        for reply in replies {
-            publish_reply(&mut link_tx, replies_topic(&reply.device), reply.receipt).await;
-        }
-    }
-}
-
-async fn publish_reply(link_tx: &mut LinkTx, topic: String, payload: Vec<u8>) {
-    let payload = Bytes::from(payload);
-    for _ in 0..100 {
-        match link_tx.try_publish(topic.clone(), payload.clone()) {
-            Ok(_) => return,
-            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-        }
-    }
-    // the decision is durable; the device's resend gets the stored receipt
-    tracing::warn!(%topic, "reply dropped: broker link full");
-}
-
 /// Activates pending reward points and expires old ones every `interval_ms` until shutdown.
 /// A failed run is logged and tried again at the next tick (each lot expires once).
 async fn run_rewards_jobs(store: Store, interval_ms: u64, mut shutdown: watch::Receiver<bool>) {
@@ -299,7 +223,7 @@ async fn run_rewards_jobs(store: Store, interval_ms: u64, mut shutdown: watch::R
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                match crate::rewards::run_jobs(&store, crate::pipeline::now_ms()).await {
+                match crate::rewards::run_jobs(&store, crate::clock::now_ms()).await {
                     Ok(run) if run.lots_activated + run.lots_expired > 0 => {
                         tracing::info!(?run, "reward points activated and expired");
                     }

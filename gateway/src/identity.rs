@@ -3,6 +3,7 @@
 //! customer PINs (Argon2id) and the out-of-band code notifier. The rules themselves are pure
 //! (`paygate_core::identity`); the order of the stages is in `pipeline`.
 
+use crate::ledger;
 use crate::store::{Batch, SealedPayer, StoreError};
 use paygate_core::identity::{Completeness, Mechanism, RiskLevel};
 use paygate_core::{AccountId, DeviceId, IdempotencyKey, Money};
@@ -17,91 +18,66 @@ fn unsigned(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-/// What the gateway knows about a payment when it decides.
-#[allow(clippy::too_many_arguments)]
+/// What completeness data is asked for.
+pub struct CompletenessQuery<'a> {
+    pub device: &'a DeviceId,
+    pub wallet: &'a AccountId,
+    pub merchant: &'a AccountId,
+    pub amount: Money,
+    pub now_ms: u64,
+    pub velocity_window_ms: u64,
+    /// The device's payments in the window are counted up to this (the abuse limit).
+    pub count_max: u32,
+}
+
+/// What the gateway knows about a payment when it decides: every figure from a counter or an
+/// index read bounded by its window, never from the wallet's whole history.
 pub async fn completeness(
     batch: &mut Batch<'_>,
-    device: &DeviceId,
-    wallet: &AccountId,
-    merchant: &AccountId,
-    amount: Money,
-    now_ms: u64,
-    velocity_window_ms: u64,
+    query: &CompletenessQuery<'_>,
 ) -> Result<Completeness, StoreError> {
-    let paid_before: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM postings pw JOIN postings pm ON pw.tx_id = pm.tx_id
-         WHERE pw.account_id = $1 AND pw.amount_minor < 0 AND pm.account_id = $2 LIMIT 1",
-    )
-    .bind(wallet.as_str())
-    .bind(merchant.as_str())
-    .fetch_optional(&mut **batch)
-    .await?;
+    let paid_before = ledger::has_paid(batch, query.wallet, query.merchant).await?;
     let used_before: Option<i64> =
         sqlx::query_scalar("SELECT 1 FROM requests WHERE device_id = $1 LIMIT 1")
-            .bind(device.as_str())
+            .bind(query.device.as_str())
             .fetch_optional(&mut **batch)
             .await?;
-    let since = now_ms.saturating_sub(velocity_window_ms);
+    let since = query.now_ms.saturating_sub(query.velocity_window_ms);
     let in_window: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM requests WHERE device_id = $1 AND decided_at_ms >= $2",
+        "SELECT COUNT(*) FROM (SELECT 1 FROM requests WHERE device_id = $1 AND decided_at_ms >= $2
+          LIMIT $3) AS recent",
     )
-    .bind(device.as_str())
+    .bind(query.device.as_str())
     .bind(ms(since))
+    .bind(i64::from(query.count_max))
     .fetch_one(&mut **batch)
     .await?;
     let passes = sqlx::query(
         "SELECT mechanism, passed_at_ms FROM identity_passes WHERE wallet_account_id = $1",
     )
-    .bind(wallet.as_str())
+    .bind(query.wallet.as_str())
     .fetch_all(&mut **batch)
     .await?;
     let mut passed_ms_ago = Vec::new();
-    let mut last_strong = 0u64;
     for row in passes {
         let name: String = row.try_get("mechanism")?;
         let at = unsigned(row.try_get("passed_at_ms")?);
-        last_strong = last_strong.max(at);
         if let Some(mechanism) = Mechanism::parse(&name) {
-            passed_ms_ago.push((mechanism, now_ms.saturating_sub(at)));
+            passed_ms_ago.push((mechanism, query.now_ms.saturating_sub(at)));
         }
     }
-    let paid_since_strong: i64 = sqlx::query_scalar(
-        "SELECT CAST(COALESCE(SUM(-p.amount_minor), 0) AS BIGINT) FROM postings p JOIN transfers t ON p.tx_id = t.tx_id
-         WHERE p.account_id = $1 AND p.amount_minor < 0 AND t.created_at_ms > $2",
-    )
-    .bind(wallet.as_str())
-    .bind(ms(last_strong))
-    .fetch_one(&mut **batch)
-    .await?;
+    let paid_since_strong = ledger::debited_since_strong_auth(batch, query.wallet).await?;
     Ok(Completeness {
-        amount_minor: amount.minor_signed(),
-        currency: amount.currency.code().to_owned(),
-        payee: merchant.to_string(),
-        first_payee: paid_before.is_none(),
+        amount_minor: query.amount.minor_signed(),
+        currency: query.amount.currency.code().to_owned(),
+        payee: query.merchant.to_string(),
+        first_payee: !paid_before,
         first_device_use: used_before.is_none(),
         payments_in_window: u32::try_from(in_window).unwrap_or(u32::MAX),
         cumulative_minor_since_strong_auth: paid_since_strong,
-        hour_utc: u8::try_from((now_ms / 3_600_000) % 24).unwrap_or(0),
+        hour_utc: u8::try_from((query.now_ms / 3_600_000) % 24).unwrap_or(0),
         passed_ms_ago,
     })
-}
-
-/// Payments debited from this wallet in the window (the device's count is in
-/// [`completeness`]).
-pub async fn wallet_velocity(
-    batch: &mut Batch<'_>,
-    wallet: &AccountId,
-    since_ms: u64,
-) -> Result<u32, StoreError> {
-    let by_wallet: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM postings p JOIN transfers t ON p.tx_id = t.tx_id
-         WHERE p.account_id = $1 AND p.amount_minor < 0 AND t.created_at_ms >= $2",
-    )
-    .bind(wallet.as_str())
-    .bind(ms(since_ms))
-    .fetch_one(&mut **batch)
-    .await?;
-    Ok(u32::try_from(by_wallet).unwrap_or(u32::MAX))
 }
 
 /// The first of `mechanisms` locked for the wallet now, if any.
@@ -353,12 +329,15 @@ pub async fn update_challenge(
     Ok(())
 }
 
+/// Records a strong authentication of the holder: each mechanism passed now (validate-pass
+/// windows), and the spend since the last strong authentication back to zero.
 pub async fn record_passes(
     batch: &mut Batch<'_>,
     wallet: &AccountId,
     mechanisms: &[Mechanism],
     now_ms: u64,
 ) -> Result<(), StoreError> {
+    ledger::reset_since_strong_auth(batch, wallet).await?;
     for mechanism in mechanisms {
         sqlx::query(
             "INSERT INTO identity_passes (wallet_account_id, mechanism, passed_at_ms) VALUES ($1, $2, $3)

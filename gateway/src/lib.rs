@@ -3,8 +3,10 @@
 
 pub mod audit;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod durable;
 pub mod front;
 pub mod gateway;
 pub mod identity;

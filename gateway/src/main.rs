@@ -12,8 +12,9 @@ use paygate_gateway::audit::{self, archive};
 use paygate_gateway::config::{AuditStoreKind, Settings};
 use paygate_gateway::keys::cipher::FieldCipher;
 use paygate_gateway::keys::provider::KeyProvider;
+use paygate_gateway::ledger::AccountKind;
 use paygate_gateway::profiles;
-use paygate_gateway::store::{AccountKind, Store};
+use paygate_gateway::store::Store;
 use paygate_gateway::{demo, gateway, pki};
 use std::path::PathBuf;
 
@@ -413,7 +414,7 @@ async fn main() -> Result<()> {
         Command::Ledger { config, command } => {
             let settings = Settings::load(config.as_deref())?;
             let store = Store::open(&settings.database_url(), 1).await?;
-            let now = paygate_gateway::pipeline::now_ms();
+            let now = paygate_gateway::clock::now_ms();
             match command {
                 LedgerCommand::OpenMerchant {
                     id,
@@ -589,7 +590,7 @@ async fn main() -> Result<()> {
                         store.pool(),
                         &wallet,
                         pin.trim(),
-                        paygate_gateway::pipeline::now_ms(),
+                        paygate_gateway::clock::now_ms(),
                     )
                     .await?;
                     println!("PIN of {wallet} set (Argon2id hash)");
@@ -680,7 +681,7 @@ async fn admin_event(
     std::fs::create_dir_all(&settings.data_dir)?;
     let store = Store::open(&settings.database_url(), 1).await?;
     let mut event = AuditEvent::new(
-        paygate_gateway::pipeline::now_ms(),
+        paygate_gateway::clock::now_ms(),
         event_type,
         format!("operator:{}", operator_name(None)),
         origin(),
@@ -715,7 +716,7 @@ async fn run_audit(
         // 10.2.1.3: every access to the audit log is itself logged, before it happens
         let store = Store::open(&settings.database_url(), 1).await?;
         let mut event = AuditEvent::new(
-            paygate_gateway::pipeline::now_ms(),
+            paygate_gateway::clock::now_ms(),
             EventType::AuditLogRead,
             format!("operator:{}", operator_name(operator)),
             origin(),

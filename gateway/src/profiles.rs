@@ -132,7 +132,7 @@ pub async fn save(
     .bind(vpa_ct)
     .bind(vpa_bidx.to_vec())
     .bind(totp_ct)
-    .bind(i64::try_from(crate::pipeline::now_ms()).unwrap_or(i64::MAX))
+    .bind(i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX))
     .execute(pool)
     .await?;
     Ok(())

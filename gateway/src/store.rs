@@ -7,10 +7,9 @@
 //! transaction per batch of requests (group commit), one savepoint per request so a failure
 //! rolls back that request alone.
 
-use crate::ledger;
 use paygate_core::audit::AuditEvent;
 use paygate_core::envelope::{SigningAlgorithm, VerifyingKey};
-use paygate_core::{AccountId, Currency, DeviceId, ErrorCode, IdempotencyKey, Money, TxId};
+use paygate_core::{AccountId, DeviceId, ErrorCode, IdempotencyKey, TxId};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, Row};
 
@@ -44,8 +43,6 @@ pub struct DecidedRequest {
     pub body_sha256: Vec<u8>,
     pub receipt: Vec<u8>,
 }
-
-pub use crate::ledger::{AccountKind, KycTier, TrialBalance};
 
 /// Which SQL database holds the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,40 +114,6 @@ impl Store {
         self.backend
     }
 
-    /// Opens an account with the defaults of its kind (a wallet is full-KYC); see
-    /// [`ledger::open_account`] for the rest.
-    pub async fn open_account(
-        &self,
-        account: &AccountId,
-        kind: AccountKind,
-        currency: Currency,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.open_with(
-            &ledger::NewAccount {
-                account_id: account.clone(),
-                kind,
-                unit: currency.code().to_owned(),
-                kyc_tier: None,
-                category: None,
-                owner: None,
-            },
-            now_ms,
-        )
-        .await
-    }
-
-    pub async fn open_with(
-        &self,
-        account: &ledger::NewAccount,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
-        let mut batch = self.begin_batch().await?;
-        ledger::open_account(&mut batch, account, now_ms).await?;
-        batch.commit().await?;
-        Ok(())
-    }
-
     /// Enrols (or re-keys) a device; its wallet account must exist.
     pub async fn enrol_device(&self, device: &Device, now_ms: u64) -> Result<(), StoreError> {
         sqlx::query(
@@ -193,51 +156,6 @@ impl Store {
         }))
     }
 
-    pub async fn balance(&self, account: &AccountId) -> Result<Option<i64>, StoreError> {
-        let mut conn = self.pool.begin().await?;
-        let balance = ledger::balance(&mut conn, account).await?;
-        conn.rollback().await?;
-        Ok(balance)
-    }
-
-    /// Funds a wallet from the issuance account (operator action for development and the
-    /// demo; terminals fund wallets by cash-in).
-    pub async fn fund_wallet(
-        &self,
-        wallet: &AccountId,
-        amount: Money,
-        now_ms: u64,
-    ) -> Result<TxId, StoreError> {
-        let issuance = AccountId::parse(&format!(
-            "issuance-{}",
-            amount.currency.code().to_lowercase()
-        ))
-        .map_err(|e| StoreError::Invariant(e.to_string()))?;
-        self.open_account(&issuance, AccountKind::Issuance, amount.currency, now_ms)
-            .await?;
-        let unit = amount.currency.code();
-        let minor = amount.minor_signed();
-        let tx_id = new_tx_id();
-        let mut batch = self.begin_batch().await?;
-        ledger::post(
-            &mut batch,
-            &ledger::NewTransfer {
-                tx_id: &tx_id,
-                kind: "funding",
-                origin: None,
-                related: None,
-                legs: vec![
-                    ledger::Leg::debit(&issuance, AccountKind::Issuance, unit, minor),
-                    ledger::Leg::credit(wallet, AccountKind::Wallet, unit, minor),
-                ],
-                now_ms,
-            },
-        )
-        .await?;
-        batch.commit().await?;
-        Ok(tx_id)
-    }
-
     /// A write transaction. `BEGIN IMMEDIATE` takes SQLite's write lock up front, so two
     /// writers queue on the busy timeout instead of one failing with "database is locked" when
     /// its read transaction tries to become a write.
@@ -246,23 +164,6 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         })
-    }
-
-    /// Per unit: sum of balances, sum of postings, and transfers whose legs do not sum to
-    /// zero. Books balance when the first two are zero and equal and the third is zero.
-    pub async fn trial_balance(&self) -> Result<Vec<TrialBalance>, StoreError> {
-        let mut conn = self.pool.begin().await?;
-        let trial = ledger::trial_balance(&mut conn).await?;
-        conn.rollback().await?;
-        Ok(trial)
-    }
-
-    /// Every balance equals the sum of its account's postings (no lost update).
-    pub async fn balances_match_postings(&self) -> Result<bool, StoreError> {
-        let mut conn = self.pool.begin().await?;
-        let off = ledger::accounts_off_their_postings(&mut conn).await?;
-        conn.rollback().await?;
-        Ok(off.is_empty())
     }
 
     /// Registers a merchant's public UPI address (payments to it credit the merchant).
@@ -348,33 +249,35 @@ pub async fn counter_used(
     Ok(found.is_some())
 }
 
+/// A decided request as stored: what it was, how it was decided, and the exact signed
+/// receipt it answered.
+pub struct DecidedRow<'a> {
+    pub device: &'a DeviceId,
+    pub key: &'a IdempotencyKey,
+    pub counter: u64,
+    pub body_sha256: &'a [u8],
+    /// `None`: approved.
+    pub code: Option<ErrorCode>,
+    pub tx_id: Option<&'a TxId>,
+    pub receipt: &'a [u8],
+    pub now_ms: u64,
+}
+
 /// Records a decided request and its signed receipt.
-#[allow(clippy::too_many_arguments)]
-pub async fn record_decided(
-    batch: &mut Batch<'_>,
-    device: &DeviceId,
-    key: &IdempotencyKey,
-    counter: u64,
-    body_sha256: &[u8],
-    approved: bool,
-    code: Option<ErrorCode>,
-    tx_id: Option<&TxId>,
-    receipt: &[u8],
-    now_ms: u64,
-) -> Result<(), StoreError> {
+pub async fn record_decided(batch: &mut Batch<'_>, row: &DecidedRow<'_>) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO requests (device_id, idempotency_key, counter, body_sha256, outcome, code, tx_id, receipt, decided_at_ms)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
-    .bind(device.as_str())
-    .bind(key.as_str())
-    .bind(ms(counter))
-    .bind(body_sha256)
-    .bind(if approved { "approved" } else { "declined" })
-    .bind(code.map(ErrorCode::as_str))
-    .bind(tx_id.map(TxId::as_str))
-    .bind(receipt)
-    .bind(ms(now_ms))
+    .bind(row.device.as_str())
+    .bind(row.key.as_str())
+    .bind(ms(row.counter))
+    .bind(row.body_sha256)
+    .bind(if row.code.is_none() { "approved" } else { "declined" })
+    .bind(row.code.map(ErrorCode::as_str))
+    .bind(row.tx_id.map(TxId::as_str))
+    .bind(row.receipt)
+    .bind(ms(row.now_ms))
     .execute(&mut **batch)
     .await?;
     Ok(())

@@ -324,7 +324,7 @@ async fn the_local_store_refuses_overwrites_and_early_deletes_and_puts_once() {
         Err(WormError::Conflict { .. })
     ));
     assert!(matches!(
-        worm.delete("segments/a.jsonl", paygate_gateway::pipeline::now_ms()),
+        worm.delete("segments/a.jsonl", paygate_gateway::clock::now_ms()),
         Err(WormError::Retained { .. })
     ));
     assert_eq!(
@@ -338,7 +338,7 @@ async fn the_local_store_refuses_overwrites_and_early_deletes_and_puts_once() {
     );
     assert_eq!(mode & 0o222, 0, "stored objects are read-only");
     // 366 days later the retention has passed
-    let later = paygate_gateway::pipeline::now_ms() + 366 * 86_400_000;
+    let later = paygate_gateway::clock::now_ms() + 366 * 86_400_000;
     worm.delete("segments/a.jsonl", later).unwrap();
     assert!(worm.put_once("../escape", b"x").await.is_err());
 }

@@ -97,7 +97,7 @@ async fn segments_land_with_compliance_retention_and_checksums_and_cannot_be_del
         .unwrap();
     assert_eq!(head.object_lock_mode(), Some(&ObjectLockMode::Compliance));
     let until = head.object_lock_retain_until_date().unwrap().secs();
-    let now = i64::try_from(paygate_gateway::pipeline::now_ms() / 1000).unwrap();
+    let now = i64::try_from(paygate_gateway::clock::now_ms() / 1000).unwrap();
     assert!(
         until >= now + 365 * 86_400 - 60,
         "retained until {until}, now {now}"
@@ -212,7 +212,7 @@ async fn the_shipper_resumes_after_the_endpoint_is_down_with_nothing_lost_or_dup
 
     let event = |i: u64| {
         let mut e = AuditEvent::new(
-            paygate_gateway::pipeline::now_ms(),
+            paygate_gateway::clock::now_ms(),
             EventType::PaymentDecided,
             "device:pos-1",
             "mqtt:pos-1",

@@ -260,7 +260,7 @@ async fn the_gateway_fails_closed_without_kms_and_keeps_paying_what_needs_no_new
     use paygate_core::payer::{Payer, PayerWire};
     use paygate_core::receipt::Outcome;
     use paygate_core::{AccountId, Currency, DeviceId, ErrorCode, Money};
-    use paygate_gateway::store::AccountKind;
+    use paygate_gateway::ledger::AccountKind;
     use std::time::Duration;
 
     let moto = start_moto().await;

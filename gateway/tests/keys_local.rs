@@ -9,8 +9,9 @@ use paygate_gateway::config::{KeySettings, Settings};
 use paygate_gateway::keys::cipher::FieldCipher;
 use paygate_gateway::keys::provider::{KeyProvider, LocalKeyring};
 use paygate_gateway::keys::{KeyContext, KeyError};
+use paygate_gateway::ledger::AccountKind;
 use paygate_gateway::profiles::{self, WalletProfile};
-use paygate_gateway::store::{AccountKind, Store};
+use paygate_gateway::store::Store;
 use std::sync::atomic::Ordering;
 
 async fn cipher_in(dir: &std::path::Path, settings: KeySettings) -> (Store, FieldCipher) {

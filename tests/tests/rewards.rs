@@ -137,7 +137,7 @@ async fn earn_redeem_expire_claw_back_and_report() {
     .await;
 
     // the job activates them once the pending time has passed
-    let run = rewards::run_jobs(store, paygate_gateway::pipeline::now_ms() + PENDING_MS + 1)
+    let run = rewards::run_jobs(store, paygate_gateway::clock::now_ms() + PENDING_MS + 1)
         .await
         .unwrap();
     assert_eq!(run.lots_activated, 3);

@@ -525,7 +525,7 @@ async fn the_gateway_runs_on_postgresql() {
     assert_eq!(gateway.balance("wallet-pos-a").await, 5_000);
     assert_eq!(gateway.balance("wallet-pos-b").await, 1_100);
     // reward points: 40 earned on the payment, activated by the job, 20 redeemed
-    let later = paygate_gateway::pipeline::now_ms() + gateway.settings.rewards.pending_ms + 1;
+    let later = paygate_gateway::clock::now_ms() + gateway.settings.rewards.pending_ms + 1;
     let run = paygate_gateway::rewards::run_jobs(gateway.store(), later)
         .await
         .unwrap();

@@ -13,6 +13,7 @@ pub mod shipper;
 pub mod worm;
 
 use crate::config::{AuditSettings, Settings};
+use crate::durable::{sync_dir, write_durably};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use paygate_core::audit::{
@@ -75,7 +76,7 @@ pub struct AuditLog {
 
 /// Milliseconds since the Unix epoch, UTC.
 fn now_ms() -> u64 {
-    crate::pipeline::now_ms()
+    crate::clock::now_ms()
 }
 
 impl AuditLog {
@@ -510,25 +511,6 @@ pub fn public_jwk(key: &SigningKey) -> String {
         "x": x,
     })
     .to_string()
-}
-
-/// Writes a new file via a temporary name, fsyncs it and its directory.
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut file, bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        sync_dir(parent)?;
-    }
-    Ok(())
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Seals on age and picks up events other processes left in the outbox.

@@ -8,7 +8,8 @@
 //! event is recorded once, and past `audit.backlog_bytes_max` payments are refused.
 
 use super::worm::{PutOutcome, WormError, WormStore};
-use super::{sealed_unshipped, sync_dir, AuditLog};
+use super::{sealed_unshipped, AuditLog};
+use crate::durable::sync_dir;
 use paygate_core::audit::{checkpoint_name, segment_name, AuditOutcome, EventType};
 use rand::Rng;
 use std::sync::Arc;

@@ -132,7 +132,7 @@ fn put_local(
         "retain_until": paygate_core::audit::rfc3339_ms(retain_until_ms),
         "sha256": hex::encode(sha256(bytes)),
     });
-    super::write_durably(retention_path, retention.to_string().as_bytes())?;
+    crate::durable::write_durably(retention_path, retention.to_string().as_bytes())?;
     let tmp = path.with_extension("part");
     {
         let mut file = std::fs::File::create(&tmp)?;
@@ -154,7 +154,7 @@ impl WormStore for LocalWorm {
         let retention_path = self.retention_path(key)?;
         let bytes = bytes.to_vec();
         let until =
-            crate::pipeline::now_ms().saturating_add(u64::from(self.retention_days) * 86_400_000);
+            crate::clock::now_ms().saturating_add(u64::from(self.retention_days) * 86_400_000);
         tokio::task::spawn_blocking(move || put_local(&path, &retention_path, &bytes, until))
             .await
             .map_err(|e| WormError::Unavailable(e.to_string()))?
@@ -326,10 +326,9 @@ impl WormStore for S3Worm {
                 }
             }
         }
-        let retain_until_secs = i64::try_from(
-            crate::pipeline::now_ms() / 1000 + u64::from(self.retention_days) * 86_400,
-        )
-        .unwrap_or(i64::MAX);
+        let retain_until_secs =
+            i64::try_from(crate::clock::now_ms() / 1000 + u64::from(self.retention_days) * 86_400)
+                .unwrap_or(i64::MAX);
         self.client
             .put_object()
             .bucket(&self.bucket)

@@ -101,7 +101,7 @@ impl FieldCipher {
         .bind(context.to_json())
         .bind(&wrapped)
         .bind(self.provider.active_kek_id())
-        .bind(i64::try_from(crate::pipeline::now_ms()).unwrap_or(i64::MAX))
+        .bind(i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX))
         .execute(&self.pool)
         .await
         .map_err(store_error)?;
@@ -322,7 +322,7 @@ impl FieldCipher {
             )
             .bind(&rewrapped)
             .bind(&kek_id)
-            .bind(i64::try_from(crate::pipeline::now_ms()).unwrap_or(i64::MAX))
+            .bind(i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX))
             .bind(&id)
             .execute(&self.pool)
             .await

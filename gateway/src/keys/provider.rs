@@ -227,7 +227,7 @@ impl LocalKeyring {
         std::io::Write::write_all(&mut file, bytes.as_ref())?;
         file.sync_all()?;
         self.insert(bytes.as_ref())?;
-        crate::audit::write_durably(&self.dir.join("active"), id.as_bytes())?;
+        crate::durable::write_durably(&self.dir.join("active"), id.as_bytes())?;
         *self.active.write().unwrap_or_else(|p| p.into_inner()) = id.clone();
         Ok(id)
     }

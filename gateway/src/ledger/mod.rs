@@ -15,7 +15,17 @@
 //! shards and draws from them largest first, so no shard goes below zero either.
 
 use crate::store::{Batch, StoreError};
+
+mod counters;
+mod report;
+pub use counters::{
+    debited_since_strong_auth, debits_in_days, has_paid, reset_since_strong_auth,
+    wallet_debits_since, DebitTotals,
+};
 use paygate_core::{AccountId, DeviceId, ErrorCode, IdempotencyKey, TxId};
+pub use report::{
+    accounts_off_their_postings, forbidden_negative_shards, trial_balance, TrialBalance,
+};
 use sqlx::{Acquire, Row};
 
 /// The largest balance one shard may hold, in either direction: the sum of up to 256 shards,
@@ -408,8 +418,58 @@ pub async fn post(batch: &mut Batch<'_>, transfer: &NewTransfer<'_>) -> Result<(
         .bind(leg.amount)
         .execute(&mut *savepoint)
         .await?;
+        if account.kind == AccountKind::Wallet && leg.amount < 0 {
+            let credited: Vec<&AccountId> = legs
+                .iter()
+                .filter(|other| other.amount > 0)
+                .map(|other| &other.account)
+                .collect();
+            counters::count_wallet_debit(
+                &mut savepoint,
+                &account.account_id,
+                transfer.kind,
+                leg.amount.saturating_neg(),
+                transfer.tx_id,
+                &credited,
+                transfer.now_ms,
+            )
+            .await?;
+        }
     }
+    read_back(&mut savepoint, transfer.tx_id, &legs).await?;
     savepoint.commit().await?;
+    Ok(())
+}
+
+/// The assertion after the write: the postings read back are the legs checked before it,
+/// each unit summing to zero. A mismatch is a broken invariant: the savepoint is dropped
+/// (nothing of this transfer stays) and the caller refuses the one request with an alert.
+async fn read_back(batch: &mut Batch<'_>, tx_id: &TxId, legs: &[Leg]) -> Result<(), StoreError> {
+    let rows = sqlx::query(
+        "SELECT account_id, currency, amount_minor FROM postings WHERE tx_id = $1 ORDER BY account_id",
+    )
+    .bind(tx_id.as_str())
+    .fetch_all(&mut **batch)
+    .await?;
+    let mut read = Vec::with_capacity(rows.len());
+    for row in rows {
+        read.push((
+            row.try_get::<String, _>("account_id")?,
+            row.try_get::<String, _>("currency")?,
+            row.try_get::<i64, _>("amount_minor")?,
+        ));
+    }
+    let expected: Vec<(String, String, i64)> = legs
+        .iter()
+        .map(|leg| (leg.account.to_string(), leg.unit.clone(), leg.amount))
+        .collect();
+    if read != expected {
+        return Err(StoreError::Invariant(format!(
+            "{tx_id}: postings read back ({}) are not the legs posted ({})",
+            read.len(),
+            expected.len()
+        )));
+    }
     Ok(())
 }
 
@@ -584,141 +644,10 @@ pub async fn lock_account(batch: &mut Batch<'_>, account_id: &AccountId) -> Resu
     Ok(())
 }
 
-/// What one account's debits of some transfer kinds add up to since a moment (limits per
-/// day and month).
-pub async fn debited_since(
-    batch: &mut Batch<'_>,
-    account_id: &AccountId,
-    kinds: &[&str],
-    since_ms: u64,
-) -> Result<i64, StoreError> {
-    let mut total: i64 = 0;
-    for kind in kinds {
-        let rows = sqlx::query(
-            "SELECT p.amount_minor FROM postings p JOIN transfers t ON p.tx_id = t.tx_id
-             WHERE p.account_id = $1 AND p.amount_minor < 0 AND t.kind = $2 AND t.created_at_ms >= $3",
-        )
-        .bind(account_id.as_str())
-        .bind(*kind)
-        .bind(ms(since_ms))
-        .fetch_all(&mut **batch)
-        .await?;
-        for row in rows {
-            let amount: i64 = row.try_get("amount_minor")?;
-            total = total.saturating_add(amount.saturating_neg());
-        }
-    }
-    Ok(total)
-}
-
-/// The ledger's health per unit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrialBalance {
-    pub currency: String,
-    /// Sum of all balances (zero when the books balance).
-    pub balance_sum_minor: i128,
-    /// Sum of all postings (equal to the balances when no update was lost).
-    pub posting_sum_minor: i128,
-    /// Transfers whose legs in this unit do not sum to zero.
-    pub unbalanced_transfers: i64,
-}
-
-/// Per unit: the sum of balances, the sum of postings, and transfers that do not balance.
-/// Sums are taken in `i128`, so the check itself cannot overflow.
-pub async fn trial_balance(batch: &mut Batch<'_>) -> Result<Vec<TrialBalance>, StoreError> {
-    let mut out: Vec<TrialBalance> = Vec::new();
-    let entry = |out: &mut Vec<TrialBalance>, currency: String| -> usize {
-        match out.iter().position(|t| t.currency == currency) {
-            Some(i) => i,
-            None => {
-                out.push(TrialBalance {
-                    currency,
-                    balance_sum_minor: 0,
-                    posting_sum_minor: 0,
-                    unbalanced_transfers: 0,
-                });
-                out.len() - 1
-            }
-        }
-    };
-    let shards = sqlx::query(
-        "SELECT a.currency AS currency, s.balance_minor AS amount FROM balance_shards s
-         JOIN accounts a ON a.account_id = s.account_id",
-    )
-    .fetch_all(&mut **batch)
-    .await?;
-    for row in shards {
-        let i = entry(&mut out, row.try_get("currency")?);
-        out[i].balance_sum_minor += i128::from(row.try_get::<i64, _>("amount")?);
-    }
-    let postings = sqlx::query("SELECT tx_id, currency, amount_minor FROM postings ORDER BY tx_id")
-        .fetch_all(&mut **batch)
-        .await?;
-    let mut per_tx: Vec<(String, String, i128)> = Vec::new();
-    for row in postings {
-        let tx: String = row.try_get("tx_id")?;
-        let currency: String = row.try_get("currency")?;
-        let amount = i128::from(row.try_get::<i64, _>("amount_minor")?);
-        let i = entry(&mut out, currency.clone());
-        out[i].posting_sum_minor += amount;
-        match per_tx
-            .iter_mut()
-            .rev()
-            .find(|(t, c, _)| *t == tx && *c == currency)
-        {
-            Some((_, _, sum)) => *sum += amount,
-            None => per_tx.push((tx, currency, amount)),
-        }
-    }
-    for (_, currency, sum) in per_tx {
-        if sum != 0 {
-            let i = entry(&mut out, currency);
-            out[i].unbalanced_transfers += 1;
-        }
-    }
-    out.sort_by(|a, b| a.currency.cmp(&b.currency));
-    Ok(out)
-}
-
-/// Accounts whose balance is not the sum of their postings (a lost or doubled update).
-pub async fn accounts_off_their_postings(batch: &mut Batch<'_>) -> Result<Vec<String>, StoreError> {
-    let rows = sqlx::query("SELECT account_id FROM accounts ORDER BY account_id")
-        .fetch_all(&mut **batch)
-        .await?;
-    let mut off = Vec::new();
-    for row in rows {
-        let id: String = row.try_get("account_id")?;
-        let account_id = parse_account(&id)?;
-        let balance = balance(batch, &account_id).await?.unwrap_or(0);
-        let postings = sqlx::query("SELECT amount_minor FROM postings WHERE account_id = $1")
-            .bind(id.as_str())
-            .fetch_all(&mut **batch)
-            .await?;
-        let mut sum: i128 = 0;
-        for p in postings {
-            sum += i128::from(p.try_get::<i64, _>("amount_minor")?);
-        }
-        if sum != i128::from(balance) {
-            off.push(id);
-        }
-    }
-    Ok(off)
-}
-
-/// Shards below zero in accounts that forbid it (the schema's CHECK makes this empty; the
-/// test suites ask anyway).
-pub async fn forbidden_negative_shards(batch: &mut Batch<'_>) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT COUNT(*) FROM balance_shards WHERE negative_allowed = 0 AND balance_minor < 0",
-    )
-    .fetch_one(&mut **batch)
-    .await?)
-}
-
-fn parse_account(id: &str) -> Result<AccountId, StoreError> {
+pub(crate) fn parse_account(id: &str) -> Result<AccountId, StoreError> {
     AccountId::parse(id).map_err(|e| StoreError::Invariant(format!("account id {id}: {e}")))
 }
 
-fn ms(value: u64) -> i64 {
+pub(crate) fn ms(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }

@@ -1,0 +1,175 @@
+//! Counters kept as postings are made, so that limits, velocity and the step-up completeness
+//! data never scan an account's history: per wallet and local day, what each transfer kind
+//! debited; a log of wallet debit times (velocity, read by an index bounded by its window);
+//! the accounts a wallet has paid; and what a wallet has spent since its last strong
+//! authentication.
+//!
+//! Invariant: every wallet debit posted by [`super::post`] updates all four in the same
+//! savepoint, so a counter never disagrees with the postings it summarises.
+
+use super::ms;
+use crate::clock::business_calendar;
+use crate::store::{Batch, StoreError};
+use paygate_core::{AccountId, TxId};
+use sqlx::Row;
+
+/// Counts one wallet debit in every counter.
+pub(super) async fn count_wallet_debit(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+    kind: &str,
+    amount_minor: i64,
+    tx_id: &TxId,
+    credited: &[&AccountId],
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let day = business_calendar().day_number(now_ms);
+    sqlx::query(
+        "INSERT INTO debit_days (account_id, local_day, kind, total_minor, debit_count)
+         VALUES ($1, $2, $3, $4, 1)
+         ON CONFLICT (account_id, local_day, kind) DO UPDATE
+         SET total_minor = debit_days.total_minor + excluded.total_minor,
+             debit_count = debit_days.debit_count + 1",
+    )
+    .bind(wallet.as_str())
+    .bind(day)
+    .bind(kind)
+    .bind(amount_minor)
+    .execute(&mut **batch)
+    .await?;
+    sqlx::query(
+        "INSERT INTO wallet_debit_log (account_id, created_at_ms, tx_id) VALUES ($1, $2, $3)",
+    )
+    .bind(wallet.as_str())
+    .bind(ms(now_ms))
+    .bind(tx_id.as_str())
+    .execute(&mut **batch)
+    .await?;
+    sqlx::query(
+        "INSERT INTO wallet_counters (account_id, debited_since_strong_auth_minor) VALUES ($1, $2)
+         ON CONFLICT (account_id) DO UPDATE
+         SET debited_since_strong_auth_minor =
+             wallet_counters.debited_since_strong_auth_minor + excluded.debited_since_strong_auth_minor",
+    )
+    .bind(wallet.as_str())
+    .bind(amount_minor)
+    .execute(&mut **batch)
+    .await?;
+    for payee in credited {
+        sqlx::query(
+            "INSERT INTO wallet_payees (wallet_account_id, payee_account_id) VALUES ($1, $2)
+             ON CONFLICT (wallet_account_id, payee_account_id) DO NOTHING",
+        )
+        .bind(wallet.as_str())
+        .bind(payee.as_str())
+        .execute(&mut **batch)
+        .await?;
+    }
+    Ok(())
+}
+
+/// A wallet's debits of some kinds, from the per-day counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DebitTotals {
+    pub today_minor: i64,
+    pub this_month_minor: i64,
+}
+
+/// What `kinds` debited from the wallet today and this month (business calendar): at most
+/// 31 counter rows per kind, whatever the wallet's history.
+pub async fn debits_in_days(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+    kinds: &[&str],
+    now_ms: u64,
+) -> Result<DebitTotals, StoreError> {
+    let calendar = business_calendar();
+    let today = calendar.day_number(now_ms);
+    let month_first = calendar.month_first_day_number(now_ms);
+    let mut totals = DebitTotals::default();
+    for kind in kinds {
+        let rows = sqlx::query(
+            "SELECT local_day, total_minor FROM debit_days
+             WHERE account_id = $1 AND kind = $2 AND local_day >= $3 AND local_day <= $4",
+        )
+        .bind(wallet.as_str())
+        .bind(*kind)
+        .bind(month_first)
+        .bind(today)
+        .fetch_all(&mut **batch)
+        .await?;
+        for row in rows {
+            let day: i64 = row.try_get("local_day")?;
+            let total: i64 = row.try_get("total_minor")?;
+            totals.this_month_minor = totals.this_month_minor.saturating_add(total);
+            if day == today {
+                totals.today_minor = totals.today_minor.saturating_add(total);
+            }
+        }
+    }
+    Ok(totals)
+}
+
+/// Debits from the wallet since `since_ms`, counted up to `count_max` (an index range read
+/// that stops at the limit it is compared with).
+pub async fn wallet_debits_since(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+    since_ms: u64,
+    count_max: u32,
+) -> Result<u32, StoreError> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM wallet_debit_log
+          WHERE account_id = $1 AND created_at_ms >= $2 LIMIT $3) AS recent",
+    )
+    .bind(wallet.as_str())
+    .bind(ms(since_ms))
+    .bind(i64::from(count_max))
+    .fetch_one(&mut **batch)
+    .await?;
+    Ok(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
+/// Whether the wallet has paid `payee` before.
+pub async fn has_paid(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+    payee: &AccountId,
+) -> Result<bool, StoreError> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM wallet_payees WHERE wallet_account_id = $1 AND payee_account_id = $2",
+    )
+    .bind(wallet.as_str())
+    .bind(payee.as_str())
+    .fetch_optional(&mut **batch)
+    .await?;
+    Ok(found.is_some())
+}
+
+/// What the wallet has spent since its last strong authentication.
+pub async fn debited_since_strong_auth(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+) -> Result<i64, StoreError> {
+    let total: Option<i64> = sqlx::query_scalar(
+        "SELECT debited_since_strong_auth_minor FROM wallet_counters WHERE account_id = $1",
+    )
+    .bind(wallet.as_str())
+    .fetch_optional(&mut **batch)
+    .await?;
+    Ok(total.unwrap_or(0))
+}
+
+/// A strong authentication passed: the spend since it starts again from zero.
+pub async fn reset_since_strong_auth(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE wallet_counters SET debited_since_strong_auth_minor = 0 WHERE account_id = $1",
+    )
+    .bind(wallet.as_str())
+    .execute(&mut **batch)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! Stage 3, deduplicate: what the store already holds for the batch's idempotency keys and
+//! counters, read in one query per table for the whole batch (decided requests, challenged
+//! payments, UPI payments), then kept up to date as the batch decides, so two requests with
+//! one key in the same batch are answered as if they came one after the other.
+//!
+//! A known key with the same body answers the stored receipt; with another body
+//! `IDEMPOTENCY_CONFLICT`; a new key on a used counter `COUNTER_REUSED`.
+
+use crate::store::{Batch as Tx, StoreError};
+use paygate_core::{DeviceId, ErrorCode, IdempotencyKey};
+use sqlx::Row;
+use std::collections::{HashMap, HashSet};
+
+/// What a request is, given what is already decided.
+pub enum Seen {
+    New,
+    Replay(Vec<u8>),
+    Refused(ErrorCode, String),
+}
+
+#[derive(Default)]
+pub struct Known {
+    by_key: HashMap<(String, String), (Vec<u8>, Vec<u8>)>,
+    counters: HashSet<(String, i64)>,
+}
+
+/// A request's identity for deduplication.
+pub struct Probe<'a> {
+    pub device: &'a DeviceId,
+    pub key: &'a IdempotencyKey,
+    pub counter: u64,
+}
+
+fn counter_value(counter: u64) -> i64 {
+    i64::try_from(counter).unwrap_or(i64::MAX)
+}
+
+/// Tables that hold a request's first answer, latest last: a request decided for good
+/// answers with its `requests` row over its challenge or UPI payment row.
+const TABLES: [&str; 3] = ["identity_challenges", "upi_payments", "requests"];
+
+/// The same requests per query at most (SQLite allows 32,766 parameters).
+const PROBES_PER_QUERY_MAX: usize = 256;
+
+impl Known {
+    pub async fn load(tx: &mut Tx<'_>, probes: &[Probe<'_>]) -> Result<Known, StoreError> {
+        let mut known = Known::default();
+        for chunk in probes.chunks(PROBES_PER_QUERY_MAX) {
+            for table in TABLES {
+                known.load_keys(tx, table, chunk).await?;
+                known.load_counters(tx, table, chunk).await?;
+            }
+        }
+        Ok(known)
+    }
+
+    async fn load_keys(
+        &mut self,
+        tx: &mut Tx<'_>,
+        table: &str,
+        probes: &[Probe<'_>],
+    ) -> Result<(), StoreError> {
+        let terms: Vec<String> = (0..probes.len())
+            .map(|i| {
+                format!(
+                    "(device_id = ${} AND idempotency_key = ${})",
+                    2 * i + 1,
+                    2 * i + 2
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT device_id, idempotency_key, body_sha256, receipt FROM {table} WHERE {}",
+            terms.join(" OR ")
+        );
+        let mut query = sqlx::query(&sql);
+        for probe in probes {
+            query = query.bind(probe.device.as_str()).bind(probe.key.as_str());
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            self.by_key.insert(
+                (row.try_get("device_id")?, row.try_get("idempotency_key")?),
+                (row.try_get("body_sha256")?, row.try_get("receipt")?),
+            );
+        }
+        Ok(())
+    }
+
+    async fn load_counters(
+        &mut self,
+        tx: &mut Tx<'_>,
+        table: &str,
+        probes: &[Probe<'_>],
+    ) -> Result<(), StoreError> {
+        let terms: Vec<String> = (0..probes.len())
+            .map(|i| format!("(device_id = ${} AND counter = ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let sql = format!(
+            "SELECT device_id, counter FROM {table} WHERE {}",
+            terms.join(" OR ")
+        );
+        let mut query = sqlx::query(&sql);
+        for probe in probes {
+            query = query
+                .bind(probe.device.as_str())
+                .bind(counter_value(probe.counter));
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            self.counters
+                .insert((row.try_get("device_id")?, row.try_get("counter")?));
+        }
+        Ok(())
+    }
+
+    pub fn check(&self, probe: &Probe<'_>, body_sha256: &[u8]) -> Seen {
+        let id = (probe.device.to_string(), probe.key.to_string());
+        if let Some((body, receipt)) = self.by_key.get(&id) {
+            if body == body_sha256 {
+                return Seen::Replay(receipt.clone());
+            }
+            return Seen::Refused(
+                ErrorCode::IdempotencyConflict,
+                "this idempotency key was used with a different request body".into(),
+            );
+        }
+        let counter = (probe.device.to_string(), counter_value(probe.counter));
+        if self.counters.contains(&counter) {
+            return Seen::Refused(
+                ErrorCode::CounterReused,
+                format!(
+                    "counter {} was already used by another request",
+                    probe.counter
+                ),
+            );
+        }
+        Seen::New
+    }
+
+    /// A request decided in this batch: later ones with its key or counter see it.
+    pub fn remember(&mut self, probe: &Probe<'_>, body_sha256: &[u8], receipt: &[u8]) {
+        self.by_key.insert(
+            (probe.device.to_string(), probe.key.to_string()),
+            (body_sha256.to_vec(), receipt.to_vec()),
+        );
+        self.counters
+            .insert((probe.device.to_string(), counter_value(probe.counter)));
+    }
+}

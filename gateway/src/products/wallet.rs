@@ -1,0 +1,290 @@
+//! The wallet products: P2P transfers, and cash-in and cash-out at an agent. Each posts one
+//! transfer or declines with a stable code and a reason a person can read; a decline writes
+//! nothing to the ledger.
+
+use super::limits::{check_debit, show, tier_of, wallet};
+use super::{declined, AuditFacts, Decided, Decision, Final, Origin, Prepared, RequestRef, Rules};
+use crate::config::WalletSettings;
+use crate::ledger::{self, Account, AccountKind, Leg, NewTransfer};
+use crate::store::{Batch, StoreError};
+use paygate_core::request::Operation;
+use paygate_core::{AccountId, ErrorCode, Money, TxId};
+
+/// P2P, cash-in, cash-out and refund requests: decided, then described for the record.
+pub async fn decide(
+    tx: &mut Batch<'_>,
+    rules: &Rules,
+    item: &Prepared,
+    now_ms: u64,
+) -> Result<Decision, StoreError> {
+    let request = &item.request;
+    let origin = Origin {
+        device: &request.device_id,
+        key: &request.idempotency_key,
+        now_ms,
+    };
+    let account = &item.wallet;
+    let settings = &rules.wallet;
+    let party = item.party.as_ref();
+    let (kind, amount, decided) = match &request.operation {
+        Operation::P2pTransfer { amount, .. } => (
+            "p2p",
+            *amount,
+            p2p(tx, settings, &origin, account, party, *amount).await?,
+        ),
+        Operation::CashIn { amount, .. } => (
+            "cash_in",
+            *amount,
+            cash_in(tx, settings, &origin, account, party, *amount).await?,
+        ),
+        Operation::CashOut { agent_id, amount } => (
+            "cash_out",
+            *amount,
+            cash_out(tx, settings, &origin, account, agent_id, *amount).await?,
+        ),
+        Operation::Refund { tx_id, amount } => (
+            "refund",
+            *amount,
+            super::refund::refund(tx, &origin, account, tx_id, *amount).await?,
+        ),
+        _ => {
+            return Err(StoreError::Invariant(
+                "a wallet product handler got another operation".into(),
+            ))
+        }
+    };
+    Ok(Decision::final_(described(item, kind, amount, decided)))
+}
+
+/// A wallet product's outcome as the record stage needs it.
+fn described(item: &Prepared, kind: &str, amount: Money, decided: Decided) -> Final {
+    let (tx_id, counterparty, code, message) = match decided {
+        Decided::Posted {
+            tx_id,
+            counterparty,
+        } => (Some(tx_id), Some(counterparty), None, None),
+        Decided::Declined { code, reason } => (None, None, Some(code), Some(reason)),
+    };
+    let mut detail = format!("{kind} idempotency_key {}", item.request.idempotency_key);
+    if let Some(counterparty) = &counterparty {
+        detail.push_str(&format!(" counterparty {counterparty}"));
+    }
+    if let Some(message) = &message {
+        detail.push_str(&format!(" reason {message}"));
+    }
+    Final {
+        request: RequestRef::of(item),
+        answer: None,
+        tx_id,
+        code,
+        message,
+        amount,
+        merchant: None,
+        counterparty,
+        payer: None,
+        stored_payer: None,
+        audit: AuditFacts {
+            account: item.wallet.to_string(),
+            wallet: Some(item.wallet.clone()),
+            merchant: None,
+            detail,
+            by_upi_switch: false,
+        },
+        settles_upi_payment: None,
+        alert: false,
+    }
+}
+
+/// Posts `legs`, turning the ledger's refusals into declines with reasons.
+pub(super) async fn post(
+    batch: &mut Batch<'_>,
+    origin: &Origin<'_>,
+    kind: &str,
+    related: Option<&TxId>,
+    legs: Vec<Leg>,
+    counterparty: String,
+    cap_reason: impl FnOnce() -> String,
+) -> Result<Decided, StoreError> {
+    let tx_id = crate::store::new_tx_id();
+    let posted = ledger::post(
+        batch,
+        &NewTransfer {
+            tx_id: &tx_id,
+            kind,
+            origin: Some((origin.device, origin.key)),
+            related,
+            legs,
+            now_ms: origin.now_ms,
+        },
+    )
+    .await;
+    match posted {
+        Ok(()) => Ok(Decided::Posted {
+            tx_id,
+            counterparty,
+        }),
+        Err(StoreError::Refused(ErrorCode::LimitExceeded)) => {
+            declined(ErrorCode::LimitExceeded, cap_reason())
+        }
+        Err(StoreError::Refused(code)) => declined(code, code.description()),
+        Err(other) => Err(other),
+    }
+}
+
+fn cap_text(settings: &WalletSettings, account: &Account, unit: &str) -> String {
+    format!(
+        "the receiving wallet's balance would exceed its KYC cap of {}",
+        show(settings.tier(tier_of(account)).balance_max_minor, unit)
+    )
+}
+
+/// P2P: the device's wallet pays another wallet.
+async fn p2p(
+    batch: &mut Batch<'_>,
+    settings: &WalletSettings,
+    origin: &Origin<'_>,
+    payer: &AccountId,
+    payee: Option<&AccountId>,
+    amount: Money,
+) -> Result<Decided, StoreError> {
+    let Some(from) = wallet(batch, payer).await? else {
+        return declined(
+            ErrorCode::OperationNotAllowed,
+            "only a wallet's device can send a P2P transfer",
+        );
+    };
+    let Some(payee) = payee else {
+        return declined(ErrorCode::UnknownWallet, "no wallet has this phone or VPA");
+    };
+    let Some(to) = wallet(batch, payee).await? else {
+        return declined(
+            ErrorCode::UnknownWallet,
+            format!("no active wallet {payee}"),
+        );
+    };
+    if from.account_id == to.account_id {
+        return declined(ErrorCode::TransferToSelf, "a wallet cannot pay itself");
+    }
+    if let Some((code, reason)) =
+        check_debit(batch, settings, &from, "p2p", amount, origin.now_ms).await?
+    {
+        return declined(code, reason);
+    }
+    let unit = amount.currency.code();
+    let minor = amount.minor_signed();
+    let cap = settings.tier(tier_of(&to)).balance_max_minor;
+    post(
+        batch,
+        origin,
+        "p2p",
+        None,
+        vec![
+            Leg::debit(&from.account_id, AccountKind::Wallet, unit, minor),
+            Leg::credit(&to.account_id, AccountKind::Wallet, unit, minor).capped(Some(cap)),
+        ],
+        format!("wallet {}", to.account_id),
+        || cap_text(settings, &to, unit),
+    )
+    .await
+}
+
+/// Cash-in: the agent's terminal sells e-money; its float pays the customer's wallet.
+async fn cash_in(
+    batch: &mut Batch<'_>,
+    settings: &WalletSettings,
+    origin: &Origin<'_>,
+    agent: &AccountId,
+    customer: Option<&AccountId>,
+    amount: Money,
+) -> Result<Decided, StoreError> {
+    let is_agent = ledger::account(batch, agent)
+        .await?
+        .is_some_and(|a| a.active && a.kind == AccountKind::Agent);
+    if !is_agent {
+        return declined(
+            ErrorCode::OperationNotAllowed,
+            "only an agent's terminal can take cash in",
+        );
+    }
+    let Some(customer) = customer else {
+        return declined(ErrorCode::UnknownWallet, "no wallet has this phone or VPA");
+    };
+    let Some(to) = wallet(batch, customer).await? else {
+        return declined(
+            ErrorCode::UnknownWallet,
+            format!("no active wallet {customer}"),
+        );
+    };
+    let unit = amount.currency.code();
+    let minor = amount.minor_signed();
+    let cap = settings.tier(tier_of(&to)).balance_max_minor;
+    let decided = post(
+        batch,
+        origin,
+        "cash_in",
+        None,
+        vec![
+            Leg::debit(agent, AccountKind::Agent, unit, minor),
+            Leg::credit(&to.account_id, AccountKind::Wallet, unit, minor).capped(Some(cap)),
+        ],
+        format!("wallet {}", to.account_id),
+        || cap_text(settings, &to, unit),
+    )
+    .await?;
+    Ok(match decided {
+        Decided::Declined {
+            code: ErrorCode::InsufficientFunds,
+            ..
+        } => Decided::Declined {
+            code: ErrorCode::InsufficientFunds,
+            reason: "the agent's float does not cover the amount".into(),
+        },
+        other => other,
+    })
+}
+
+/// Cash-out: the customer's device pays an agent's float; the agent hands over the cash.
+async fn cash_out(
+    batch: &mut Batch<'_>,
+    settings: &WalletSettings,
+    origin: &Origin<'_>,
+    payer: &AccountId,
+    agent: &AccountId,
+    amount: Money,
+) -> Result<Decided, StoreError> {
+    let Some(from) = wallet(batch, payer).await? else {
+        return declined(
+            ErrorCode::OperationNotAllowed,
+            "only a wallet's device can withdraw cash",
+        );
+    };
+    let is_agent = ledger::account(batch, agent)
+        .await?
+        .is_some_and(|a| a.active && a.kind == AccountKind::Agent);
+    if !is_agent {
+        return declined(
+            ErrorCode::UnknownMerchant,
+            format!("no active agent {agent}"),
+        );
+    }
+    if let Some((code, reason)) =
+        check_debit(batch, settings, &from, "cash_out", amount, origin.now_ms).await?
+    {
+        return declined(code, reason);
+    }
+    let unit = amount.currency.code();
+    let minor = amount.minor_signed();
+    post(
+        batch,
+        origin,
+        "cash_out",
+        None,
+        vec![
+            Leg::debit(&from.account_id, AccountKind::Wallet, unit, minor),
+            Leg::credit(agent, AccountKind::Agent, unit, minor),
+        ],
+        format!("agent {agent}"),
+        String::new,
+    )
+    .await
+}

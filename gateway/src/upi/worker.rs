@@ -1,0 +1,233 @@
+//! The UPI worker: sends handed-off payments within `upi.pay_timeout_ms`, runs due status
+//! checks, reverses failed debits, and writes each final answer to the payment as `answered`
+//! for the pipeline's tick to settle.
+
+use super::{Handoff, PayRequest, SwitchAnswer, SwitchError, UpiSwitch};
+use crate::config::UpiSettings;
+use crate::store::{Store, StoreError};
+use sqlx::Row;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+fn ms(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+async fn answer(
+    store: &Store,
+    payment_id: &str,
+    from_states: &[&str],
+    result: &str,
+    code: Option<&str>,
+) -> Result<(), StoreError> {
+    for state in from_states {
+        sqlx::query(
+            "UPDATE upi_payments SET state = 'answered', result = $1, npci_code = $2
+             WHERE payment_id = $3 AND state = $4",
+        )
+        .bind(result)
+        .bind(code)
+        .bind(payment_id)
+        .bind(*state)
+        .execute(store.pool())
+        .await?;
+    }
+    Ok(())
+}
+
+async fn schedule_check(
+    store: &Store,
+    payment_id: &str,
+    at_ms: u64,
+    checks: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE upi_payments SET state = 'pending', next_check_at_ms = $1, status_checks = $2
+         WHERE payment_id = $3 AND state IN ('initiated', 'pending')",
+    )
+    .bind(ms(at_ms))
+    .bind(checks)
+    .bind(payment_id)
+    .execute(store.pool())
+    .await?;
+    Ok(())
+}
+
+/// Applies a final or pending answer to a payment.
+async fn apply<S: UpiSwitch>(
+    store: &Store,
+    switch: &S,
+    settings: &UpiSettings,
+    payment_id: &str,
+    got: Result<SwitchAnswer, SwitchError>,
+    checks_done: i64,
+) -> Result<(), StoreError> {
+    let now = crate::clock::now_ms();
+    let states = ["initiated", "pending"];
+    match got {
+        Ok(SwitchAnswer::Success) => answer(store, payment_id, &states, "success", None).await,
+        Ok(SwitchAnswer::Deemed) => answer(store, payment_id, &states, "deemed", None).await,
+        Ok(SwitchAnswer::Failure { code, debited }) => {
+            if debited {
+                // a failed payment that debited the payer is reversed (RBI: by T+1)
+                match switch.reverse(payment_id).await {
+                    Ok(()) => answer(store, payment_id, &states, "reversed", Some(&code)).await,
+                    Err(error) => {
+                        tracing::warn!(%error, payment_id, "reversal failed; retried at the next check");
+                        schedule_check(
+                            store,
+                            payment_id,
+                            now + settings.status_check_interval_ms,
+                            checks_done,
+                        )
+                        .await
+                    }
+                }
+            } else {
+                answer(store, payment_id, &states, "failure", Some(&code)).await
+            }
+        }
+        Ok(SwitchAnswer::Pending) | Err(_) => {
+            if checks_done >= i64::from(settings.status_checks_max) {
+                match switch.reverse(payment_id).await {
+                    Ok(()) => answer(store, payment_id, &states, "timed_out", None).await,
+                    Err(error) => {
+                        tracing::warn!(%error, payment_id, "reversal failed; retried later");
+                        schedule_check(
+                            store,
+                            payment_id,
+                            now + settings.status_check_interval_ms,
+                            checks_done,
+                        )
+                        .await
+                    }
+                }
+            } else {
+                let wait = if checks_done == 0 {
+                    settings.first_status_check_ms
+                } else {
+                    settings.status_check_interval_ms
+                };
+                schedule_check(store, payment_id, now + wait, checks_done).await
+            }
+        }
+    }
+}
+
+/// The worker: sends handed-off payments, runs due status checks every `tick`, and at start
+/// declines payments the previous process committed but never sent.
+pub async fn run_worker<S: UpiSwitch + Clone>(
+    store: Store,
+    switch: S,
+    settings: UpiSettings,
+    mut handoffs: mpsc::Receiver<Handoff>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // the credential blocks of these died with the previous process
+    if let Err(error) = sqlx::query(
+        "UPDATE upi_payments SET state = 'answered', result = 'not_sent' WHERE state = 'initiated'",
+    )
+    .execute(store.pool())
+    .await
+    {
+        tracing::error!(%error, "UPI startup sweep failed");
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            handoff = handoffs.recv() => {
+                let Some(handoff) = handoff else { return };
+                let store = store.clone();
+                let switch = switch.clone();
+                let settings = settings.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = send(&store, &switch, &settings, handoff).await {
+                        tracing::error!(%error, "UPI pay failed; the status checks take over");
+                    }
+                });
+            }
+            _ = tick.tick() => {
+                if let Err(error) = check_due(&store, &switch, &settings).await {
+                    tracing::error!(%error, "UPI status checks failed; retried at the next tick");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn send<S: UpiSwitch>(
+    store: &Store,
+    switch: &S,
+    settings: &UpiSettings,
+    handoff: Handoff,
+) -> Result<(), StoreError> {
+    let row = sqlx::query(
+        "SELECT merchant_vpa, amount_minor, currency, direction FROM upi_payments WHERE payment_id = $1 AND state = 'initiated'",
+    )
+    .bind(handoff.payment_id.as_str())
+    .fetch_optional(store.pool())
+    .await?;
+    let Some(row) = row else { return Ok(()) };
+    let payee: String = row.try_get("merchant_vpa")?;
+    let currency: String = row.try_get("currency")?;
+    let request = PayRequest {
+        txn_ref: &handoff.payment_id,
+        payer_vpa: &handoff.payer_vpa,
+        payee_vpa: &payee,
+        amount_minor: row.try_get("amount_minor")?,
+        currency: &currency,
+        credential_block: handoff.credential_block.as_ref(),
+    };
+    let direction: String = row.try_get("direction")?;
+    let call = async {
+        if direction == "collect" {
+            switch.collect(&request).await
+        } else {
+            switch.pay(&request).await
+        }
+    };
+    let got = match tokio::time::timeout(Duration::from_millis(settings.pay_timeout_ms), call).await
+    {
+        Ok(answer) => answer,
+        Err(_) => Err(SwitchError::Timeout),
+    };
+    let Handoff {
+        payment_id,
+        credential_block,
+        ..
+    } = handoff;
+    drop(credential_block); // gone from here on
+    apply(store, switch, settings, &payment_id, got, 0).await
+}
+
+async fn check_due<S: UpiSwitch>(
+    store: &Store,
+    switch: &S,
+    settings: &UpiSettings,
+) -> Result<(), StoreError> {
+    let now = crate::clock::now_ms();
+    let due = sqlx::query(
+        "SELECT payment_id, status_checks FROM upi_payments
+         WHERE state = 'pending' AND next_check_at_ms <= $1 ORDER BY next_check_at_ms LIMIT 64",
+    )
+    .bind(ms(now))
+    .fetch_all(store.pool())
+    .await?;
+    for row in due {
+        let payment_id: String = row.try_get("payment_id")?;
+        let checks: i64 = row.try_get("status_checks")?;
+        let got = match tokio::time::timeout(
+            Duration::from_millis(settings.status_timeout_ms),
+            switch.status(&payment_id),
+        )
+        .await
+        {
+            Ok(answer) => answer,
+            Err(_) => Err(SwitchError::Timeout),
+        };
+        apply(store, switch, settings, &payment_id, got, checks + 1).await?;
+    }
+    Ok(())
+}
