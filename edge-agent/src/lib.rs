@@ -85,7 +85,9 @@ pub struct ChallengePrompt {
 pub type ChallengeHandler =
     Box<dyn FnMut(&ChallengePrompt) -> Option<Vec<(String, String)>> + Send + Sync>;
 
-fn tls_config(bundle: &DeviceBundle) -> Result<Arc<rustls::ClientConfig>> {
+/// The mutual-TLS client configuration of a device bundle: its CA as the only root, its
+/// certificate and key as the client identity, TLS 1.3 or 1.2.
+pub fn tls_config(bundle: &DeviceBundle) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in bundle.ca_certs()? {
         roots.add(ca)?;

@@ -2,6 +2,7 @@
 //! request pipeline, the store, the development PKI, configuration and the demo.
 
 pub mod audit;
+pub mod bench;
 pub mod broker;
 pub mod clock;
 pub mod config;

@@ -46,6 +46,40 @@ enum Command {
         #[arg(long, default_value_t = 25)]
         payments: usize,
     },
+    /// Measure throughput and latency on 127.0.0.1 against the references of the same run
+    /// (mosquitto, pgbench); prints one table (docs/benchmarks.md).
+    Bench {
+        /// Where the bench makes its data directories (afresh each run).
+        #[arg(long, default_value = "paygate-bench")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        terminals: usize,
+        /// Requests each terminal keeps in flight (closed loop).
+        #[arg(long, default_value_t = 4)]
+        inflight: usize,
+        /// Offer a fixed rate instead (open loop), requests per second over all terminals.
+        #[arg(long)]
+        rate: Option<u64>,
+        #[arg(long, default_value_t = 3)]
+        warmup_s: u64,
+        #[arg(long, default_value_t = 10)]
+        duration_s: u64,
+        /// Historical payments put on the ledger before a second run.
+        #[arg(long, default_value_t = 0)]
+        preload: u64,
+        /// An admin URL of a PostgreSQL server (default: $PAYGATE_TEST_PG_URL when set).
+        #[arg(long)]
+        postgres_url: Option<String>,
+        /// Skip the mosquitto reference.
+        #[arg(long)]
+        no_mosquitto: bool,
+        /// Idle connections held after the load to report memory per connection.
+        #[arg(long, default_value_t = 0)]
+        idle_connections: usize,
+        /// A short run for CI: 8 terminals, 1 s warm-up, 2 s measured, 1,000 preloaded.
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -288,7 +322,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     // rumqttd logs ordinary disconnects at ERROR; the front logs what matters about devices
     let default_filter = match cli.command {
-        Command::Demo { .. } => "warn,rumqttd=off",
+        Command::Demo { .. } | Command::Bench { .. } => "warn,rumqttd=off",
         _ => "info,rumqttd=warn",
     };
     // logs go to standard error: standard output is the commands' answer (scripts read it)
@@ -328,6 +362,52 @@ async fn main() -> Result<()> {
             println!("{summary}");
             if !summary.ledger_balanced {
                 bail!("the ledger does not balance");
+            }
+        }
+        Command::Bench {
+            dir,
+            terminals,
+            inflight,
+            rate,
+            warmup_s,
+            duration_s,
+            preload,
+            postgres_url,
+            no_mosquitto,
+            idle_connections,
+            smoke,
+        } => {
+            let mut options = paygate_gateway::bench::BenchOptions {
+                dir,
+                terminals,
+                mode: match rate {
+                    Some(rate_per_s) => paygate_gateway::bench::LoadMode::Open { rate_per_s },
+                    None => paygate_gateway::bench::LoadMode::Closed { inflight },
+                },
+                warmup: std::time::Duration::from_secs(warmup_s),
+                duration: std::time::Duration::from_secs(duration_s),
+                preload,
+                postgres_url: postgres_url.or_else(|| std::env::var("PAYGATE_TEST_PG_URL").ok()),
+                mosquitto: !no_mosquitto,
+                idle_connections,
+            };
+            if smoke {
+                options.terminals = 8;
+                options.warmup = std::time::Duration::from_secs(1);
+                options.duration = std::time::Duration::from_secs(2);
+                options.preload = 1_000;
+                options.idle_connections = 8;
+            }
+            let rows = paygate_gateway::bench::run(options.clone()).await?;
+            println!("{}", paygate_gateway::bench::table(&rows, &options));
+            let approved: u64 = rows
+                .iter()
+                .filter(|r| r.name.starts_with("paygate"))
+                .filter_map(|r| r.outcomes.as_ref())
+                .map(|o| o.approved)
+                .sum();
+            if approved == 0 {
+                bail!("no payment was approved in the bench");
             }
         }
         Command::Config {

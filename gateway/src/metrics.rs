@@ -23,6 +23,8 @@ pub struct Metrics {
     audit_backlog_bytes: AtomicU64,
     key_failures: AtomicU64,
     challenges_issued: AtomicU64,
+    pipeline_batches: AtomicU64,
+    pipeline_batch_size_max: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -43,6 +45,9 @@ pub struct MetricsSnapshot {
     pub audit_backlog_bytes: u64,
     pub key_failures: u64,
     pub challenges_issued: u64,
+    /// Batches the pipeline has run, and the largest (requests taken off the queue together).
+    pub pipeline_batches: u64,
+    pub pipeline_batch_size_max: u64,
 }
 
 impl MetricsSnapshot {
@@ -107,6 +112,12 @@ impl Metrics {
     pub fn count_key_failure(&self) {
         self.key_failures.fetch_add(1, Ordering::Relaxed);
     }
+    /// A batch of `size` requests entered the pipeline.
+    pub fn count_batch(&self, size: usize) {
+        self.pipeline_batches.fetch_add(1, Ordering::Relaxed);
+        self.pipeline_batch_size_max
+            .fetch_max(u64::try_from(size).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
     pub fn set_audit_backlog_bytes(&self, bytes: u64) {
         self.audit_backlog_bytes.store(bytes, Ordering::Relaxed);
     }
@@ -131,6 +142,8 @@ impl Metrics {
             audit_backlog_bytes: self.audit_backlog_bytes.load(Ordering::Relaxed),
             key_failures: self.key_failures.load(Ordering::Relaxed),
             challenges_issued: self.challenges_issued.load(Ordering::Relaxed),
+            pipeline_batches: self.pipeline_batches.load(Ordering::Relaxed),
+            pipeline_batch_size_max: self.pipeline_batch_size_max.load(Ordering::Relaxed),
         }
     }
 
@@ -180,6 +193,8 @@ impl Metrics {
             ("paygate_audit_backlog_bytes", s.audit_backlog_bytes),
             ("paygate_key_failures_total", s.key_failures),
             ("paygate_challenges_issued_total", s.challenges_issued),
+            ("paygate_pipeline_batches_total", s.pipeline_batches),
+            ("paygate_pipeline_batch_size_max", s.pipeline_batch_size_max),
         ] {
             let _ = writeln!(out, "{name} {value}");
         }

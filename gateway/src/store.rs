@@ -293,14 +293,24 @@ pub async fn add_audit_events(
         return Ok(());
     }
     lock_audit_outbox(batch).await?;
-    for event in events {
-        sqlx::query("INSERT INTO audit_outbox (event_json) VALUES ($1)")
-            .bind(audit_event_json(event))
-            .execute(&mut **batch)
-            .await?;
+    // multi-row inserts, in order: the outbox ids follow the events' order
+    for chunk in events.chunks(AUDIT_ROWS_PER_INSERT_MAX) {
+        let values: Vec<String> = (1..=chunk.len()).map(|i| format!("(${i})")).collect();
+        let sql = format!(
+            "INSERT INTO audit_outbox (event_json) VALUES {}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for event in chunk {
+            query = query.bind(audit_event_json(event));
+        }
+        query.execute(&mut **batch).await?;
     }
     Ok(())
 }
+
+/// Audit events written by one INSERT at most.
+const AUDIT_ROWS_PER_INSERT_MAX: usize = 256;
 
 /// The advisory lock key that orders audit outbox inserts on PostgreSQL.
 const AUDIT_OUTBOX_LOCK: i64 = 0x7061_7967_6174_6501; // "paygate\x01"

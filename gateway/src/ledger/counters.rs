@@ -87,24 +87,25 @@ pub async fn debits_in_days(
     let today = calendar.day_number(now_ms);
     let month_first = calendar.month_first_day_number(now_ms);
     let mut totals = DebitTotals::default();
-    for kind in kinds {
-        let rows = sqlx::query(
-            "SELECT local_day, total_minor FROM debit_days
-             WHERE account_id = $1 AND kind = $2 AND local_day >= $3 AND local_day <= $4",
-        )
+    let kinds_in: Vec<String> = (0..kinds.len()).map(|i| format!("${}", i + 4)).collect();
+    let sql = format!(
+        "SELECT local_day, total_minor FROM debit_days
+         WHERE account_id = $1 AND local_day >= $2 AND local_day <= $3 AND kind IN ({})",
+        kinds_in.join(", ")
+    );
+    let mut query = sqlx::query(&sql)
         .bind(wallet.as_str())
-        .bind(*kind)
         .bind(month_first)
-        .bind(today)
-        .fetch_all(&mut **batch)
-        .await?;
-        for row in rows {
-            let day: i64 = row.try_get("local_day")?;
-            let total: i64 = row.try_get("total_minor")?;
-            totals.this_month_minor = totals.this_month_minor.saturating_add(total);
-            if day == today {
-                totals.today_minor = totals.today_minor.saturating_add(total);
-            }
+        .bind(today);
+    for kind in kinds {
+        query = query.bind(*kind);
+    }
+    for row in query.fetch_all(&mut **batch).await? {
+        let day: i64 = row.try_get("local_day")?;
+        let total: i64 = row.try_get("total_minor")?;
+        totals.this_month_minor = totals.this_month_minor.saturating_add(total);
+        if day == today {
+            totals.today_minor = totals.today_minor.saturating_add(total);
         }
     }
     Ok(totals)

@@ -72,6 +72,7 @@ impl Pipeline {
     /// the devices resend and get the stored receipts once it can.
     pub async fn process_batch(&self, inbound: Vec<Inbound>) -> Vec<Outbound> {
         let ctx = &self.ctx;
+        ctx.metrics.count_batch(inbound.len());
         let mut batch = Batch::new(inbound, crate::clock::now_ms());
         verify::run(ctx, &mut batch).await;
         prepare::run(ctx, &mut batch).await;

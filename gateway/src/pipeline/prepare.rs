@@ -190,21 +190,18 @@ async fn prepare_answer(
     for (mechanism, code) in responses {
         match mechanism {
             Mechanism::Totp => {
-                material.totp_secret = profiles::totp_secret(
-                    &ctx.cipher,
-                    ctx.store.pool(),
-                    &item.wallet,
-                )
-                .await
-                .map_err(|error| {
-                    ctx.metrics.count_key_failure();
-                    tracing::error!(%error, "totp secret unavailable");
-                    (
+                material.totp_secret =
+                    profiles::totp_secret(&ctx.cipher, ctx.store.pool(), &item.wallet)
+                        .await
+                        .map_err(|error| {
+                            ctx.metrics.count_key_failure();
+                            tracing::error!(%error, "totp secret unavailable");
+                            (
                         ErrorCode::KeyUnavailable,
                         "the key protecting the holder's TOTP secret is unavailable; retry later"
                             .to_owned(),
                     )
-                })?;
+                        })?;
             }
             Mechanism::Pin => {
                 material.pin_matches = Some(

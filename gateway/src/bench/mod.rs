@@ -1,0 +1,357 @@
+//! `paygate bench`: starts what it needs on 127.0.0.1 (a gateway as a child process on
+//! SQLite, and on PostgreSQL when given a server; Debian's mosquitto as the reference broker)
+//! and prints one table: approved payments per second, publish-to-verified-receipt latency,
+//! the gateway's CPU and memory, for each ledger, and in the same run the references (the
+//! same load against mosquitto with an echoing responder, pgbench's simple-update rate).
+//! Figures are meant to be read as ratios against the references of the same run.
+
+mod loadgen;
+mod reference;
+mod setup;
+
+use anyhow::{Context, Result};
+use loadgen::{Load, Mode, Outcomes, Replies};
+use paygate_core::{AccountId, Money};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use loadgen::Mode as LoadMode;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Where the bench keeps its data directories (made afresh each run).
+    pub dir: PathBuf,
+    pub terminals: usize,
+    pub mode: Mode,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// Historical payments put on the ledger before the second run (0: no second run).
+    pub preload: u64,
+    /// An admin URL of a PostgreSQL server: the bench makes its own database there, and runs
+    /// pgbench against it.
+    pub postgres_url: Option<String>,
+    /// Measure the mosquitto reference (skipped, and said so, when mosquitto is missing).
+    pub mosquitto: bool,
+    /// Idle mutual-TLS connections to hold open after the load (at most one per terminal), to
+    /// report the gateway's memory per connection.
+    pub idle_connections: usize,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub name: String,
+    pub outcomes: Option<Outcomes>,
+    /// Gateway CPU in cores (CPU seconds per second) over the measured window.
+    pub cpu_cores: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub note: String,
+}
+
+pub async fn run(options: BenchOptions) -> Result<Vec<Row>> {
+    std::fs::create_dir_all(&options.dir)?;
+    let mut rows = Vec::new();
+    let sqlite_dir = setup::fresh_dir(&options.dir, "sqlite")?;
+    let (mut sqlite_rows, bundles) =
+        ledger_runs("paygate sqlite", &sqlite_dir, None, &options).await?;
+    rows.append(&mut sqlite_rows);
+    if let Some(admin) = &options.postgres_url {
+        let url = fresh_database(admin).await?;
+        let dir = setup::fresh_dir(&options.dir, "postgres")?;
+        let (mut pg_rows, _) = ledger_runs("paygate postgres", &dir, Some(&url), &options).await?;
+        rows.append(&mut pg_rows);
+        let tps = reference::pgbench(&url, options.duration.as_secs().max(5)).await;
+        rows.push(Row {
+            name: "pgbench simple-update".into(),
+            outcomes: None,
+            cpu_cores: None,
+            rss_bytes: None,
+            note: match tps {
+                Ok(tps) => format!("{tps:.0} tps (8 clients)"),
+                Err(error) => format!("not measured: {error}"),
+            },
+        });
+    }
+    if options.mosquitto {
+        rows.push(mosquitto_row(&sqlite_dir, bundles, &options).await?);
+    }
+    Ok(rows)
+}
+
+/// The paygate rows for one ledger: an empty ledger, then (with `preload`) the same load on a
+/// ledger holding that much history.
+async fn ledger_runs(
+    name: &str,
+    dir: &std::path::Path,
+    database_url: Option<&str>,
+    options: &BenchOptions,
+) -> Result<(Vec<Row>, Vec<paygate_agent::DeviceBundle>)> {
+    let port = setup::free_port()?;
+    let settings = setup::gateway_settings(dir, database_url, port);
+    eprintln!("bench: {name}: making {} terminals", options.terminals);
+    let bundles = setup::terminals(&settings, options.terminals, "bench-pos").await?;
+    let mut rows = vec![
+        paygate_row(
+            format!("{name}, empty ledger"),
+            &settings,
+            &bundles,
+            options,
+            0,
+            0,
+        )
+        .await?,
+    ];
+    if options.preload > 0 {
+        eprintln!("bench: {name}: preloading {} payments", options.preload);
+        let wallets: Vec<AccountId> = bundles
+            .iter()
+            .map(|b| AccountId::parse(&format!("wallet-{}", b.device_id)))
+            .collect::<Result<_, _>>()?;
+        setup::preload(&settings, &wallets, options.preload).await?;
+        let label = format!("{name}, {} payments on the ledger", options.preload);
+        rows.push(
+            paygate_row(
+                label,
+                &settings,
+                &bundles,
+                options,
+                1_000_000_000,
+                options.idle_connections,
+            )
+            .await?,
+        );
+    } else if options.idle_connections > 0 {
+        let label = format!("{name}, again");
+        rows.push(
+            paygate_row(
+                label,
+                &settings,
+                &bundles,
+                options,
+                1_000_000_000,
+                options.idle_connections,
+            )
+            .await?,
+        );
+    }
+    Ok((rows, bundles))
+}
+
+async fn paygate_row(
+    name: String,
+    settings: &crate::config::Settings,
+    bundles: &[paygate_agent::DeviceBundle],
+    options: &BenchOptions,
+    counter_base: u64,
+    idle_connections: usize,
+) -> Result<Row> {
+    eprintln!(
+        "bench: {name}: {} terminals, {:?}",
+        bundles.len(),
+        options.mode
+    );
+    let gateway = setup::GatewayProcess::start(settings).await?;
+    let load = Load {
+        host: "127.0.0.1".into(),
+        port: gateway.port,
+        bundles: bundles.iter().map(clone_bundle).collect::<Result<_>>()?,
+        merchant: AccountId::parse(setup::MERCHANT)?,
+        amount: Money::parse_decimal("1.00", "INR")?,
+        mode: options.mode,
+        replies: Replies::Receipts,
+        warmup: options.warmup,
+        duration: options.duration,
+        counter_base,
+    };
+    // CPU is sampled across the measured window only, after the load's warm-up
+    let load_task = tokio::spawn(loadgen::run(load));
+    tokio::time::sleep(options.warmup).await;
+    let cpu_at_start = gateway.cpu()?;
+    tokio::time::sleep(options.duration).await;
+    let cpu_after = gateway.cpu()?;
+    let outcomes = load_task.await.context("load task")??;
+    let cpu = cpu_after.saturating_sub(cpu_at_start).as_secs_f64() / options.duration.as_secs_f64();
+    let (rss, _) = gateway.rss()?;
+    let mut note = format!(
+        "{} unanswered, {} not approved",
+        outcomes.unanswered, outcomes.other
+    );
+    if idle_connections > 0 {
+        let per = idle_memory(&gateway, settings, idle_connections).await?;
+        let _ = write!(note, "; {per}");
+    }
+    gateway.stop().await;
+    Ok(Row {
+        name,
+        outcomes: Some(outcomes),
+        cpu_cores: Some(cpu),
+        rss_bytes: Some(rss),
+        note,
+    })
+}
+
+/// Holds `count` idle terminals connected and reports the gateway's memory per connection.
+async fn idle_memory(
+    gateway: &setup::GatewayProcess,
+    settings: &crate::config::Settings,
+    count: usize,
+) -> Result<String> {
+    let pki_dir = settings.data_dir.join("pki");
+    let bundle_dir = pki_dir.join("devices");
+    let mut bundles = Vec::new();
+    for entry in std::fs::read_dir(&bundle_dir)?.flatten().take(count) {
+        bundles.push(paygate_agent::DeviceBundle::load(&entry.path())?);
+    }
+    let (before, _) = gateway.rss()?;
+    let mut clients = Vec::new();
+    for bundle in &bundles {
+        // the front binds the client id to the certificate: one connection per terminal
+        let mut options =
+            rumqttc::MqttOptions::new(bundle.device_id.as_str(), "127.0.0.1", gateway.port);
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(paygate_agent::tls_config(bundle)?),
+        ));
+        options.set_keep_alive(Duration::from_secs(60));
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+        clients.push((
+            client,
+            tokio::spawn(async move { while eventloop.poll().await.is_ok() {} }),
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (after, _) = gateway.rss()?;
+    let open = clients
+        .iter()
+        .filter(|(_, task)| !task.is_finished())
+        .count();
+    for (_, task) in clients {
+        task.abort();
+    }
+    let per = after.saturating_sub(before) / u64::try_from(open.max(1))?;
+    Ok(format!(
+        "{open} idle mTLS connections held, {:.1} KiB each",
+        per as f64 / 1024.0
+    ))
+}
+
+async fn mosquitto_row(
+    dir: &std::path::Path,
+    bundles: Vec<paygate_agent::DeviceBundle>,
+    options: &BenchOptions,
+) -> Result<Row> {
+    let name = "mosquitto + echo responder".to_owned();
+    if reference::mosquitto_binary().is_none() {
+        return Ok(Row {
+            name,
+            outcomes: None,
+            cpu_cores: None,
+            rss_bytes: None,
+            note: "not measured: mosquitto is not installed (apt-get install mosquitto)".into(),
+        });
+    }
+    let pki_dir = dir.join("pki");
+    let responder_id = paygate_core::DeviceId::parse("bench-responder")?;
+    let wallet = AccountId::parse("wallet-bench-responder")?;
+    crate::pki::issue_device(
+        &pki_dir,
+        &responder_id,
+        &wallet,
+        paygate_core::envelope::SigningAlgorithm::Ed25519,
+    )?;
+    let responder =
+        paygate_agent::DeviceBundle::load(&crate::pki::device_dir(&pki_dir, &responder_id))?;
+    eprintln!("bench: {name}: {} terminals", bundles.len());
+    let outcomes = reference::mosquitto(
+        &pki_dir,
+        bundles,
+        responder,
+        options.mode,
+        options.warmup,
+        options.duration,
+    )
+    .await?;
+    Ok(Row {
+        name,
+        note: format!("{} unanswered", outcomes.unanswered),
+        outcomes: Some(outcomes),
+        cpu_cores: None,
+        rss_bytes: None,
+    })
+}
+
+fn clone_bundle(bundle: &paygate_agent::DeviceBundle) -> Result<paygate_agent::DeviceBundle> {
+    paygate_agent::DeviceBundle::load(&bundle.dir)
+}
+
+/// Makes a database for this run on the server an admin URL names; returns its URL.
+async fn fresh_database(admin: &str) -> Result<String> {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let name = format!("paygate_bench_{}", hex::encode(rand::random::<[u8; 4]>()));
+    let mut conn = sqlx::AnyConnection::connect(admin).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    let (base, _) = admin
+        .rsplit_once('/')
+        .context("a PostgreSQL URL ends in /database")?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// The table, with each paygate row's rate as a ratio of the mosquitto reference's.
+pub fn table(rows: &[Row], options: &BenchOptions) -> String {
+    let reference = rows
+        .iter()
+        .find(|r| r.name.starts_with("mosquitto"))
+        .and_then(|r| r.outcomes.as_ref())
+        .map(Outcomes::approved_per_s);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "== paygate bench: {} terminals, {}, {} s measured after {} s warm-up ==",
+        options.terminals,
+        match options.mode {
+            Mode::Closed { inflight } => format!("closed loop, {inflight} in flight each"),
+            Mode::Open { rate_per_s } => format!("open loop at {rate_per_s}/s"),
+        },
+        options.duration.as_secs(),
+        options.warmup.as_secs()
+    );
+    let _ = writeln!(
+        out,
+        "| run | answered/s ok | x mosquitto | p50 ms | p90 ms | p99 ms | max ms | gateway CPU (cores) | gateway RSS MiB | notes |"
+    );
+    let _ = writeln!(
+        out,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
+    for row in rows {
+        let cells = match &row.outcomes {
+            Some(o) => format!(
+                "{:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1}",
+                o.approved_per_s(),
+                reference.map_or("-".into(), |r| format!(
+                    "{:.3}",
+                    o.approved_per_s() / r.max(1e-9)
+                )),
+                o.percentile_ms(500),
+                o.percentile_ms(900),
+                o.percentile_ms(990),
+                o.percentile_ms(1000),
+            ),
+            None => "- | - | - | - | - | -".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {cells} | {} | {} | {} |",
+            row.name,
+            row.cpu_cores.map_or("-".into(), |c| format!("{c:.2}")),
+            row.rss_bytes
+                .map_or("-".into(), |b| format!("{:.0}", b as f64 / 1_048_576.0)),
+            row.note
+        );
+    }
+    out
+}

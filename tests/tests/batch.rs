@@ -1,0 +1,121 @@
+//! One bad request in a full batch fails alone: the pipeline decides each request in its own
+//! savepoint, so a request whose decision breaks an invariant (here, a wallet row corrupted
+//! behind the gateway's back) is refused with `INTERNAL_ERROR` and an alert, and every other
+//! request of the same batch is approved, posted once and receipted.
+
+#![allow(clippy::unwrap_used)]
+
+use paygate_core::receipt::Outcome;
+use paygate_core::{AccountId, ErrorCode};
+use paygate_tests::{inr, TestGateway, MERCHANT};
+use std::time::Duration;
+
+const GOOD_TERMINALS: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_request_in_a_full_batch_fails_alone() {
+    let gateway = TestGateway::start_with(|s| s.pipeline.batch_size_max = 48).await;
+    for n in 0..GOOD_TERMINALS {
+        gateway.device(&format!("pos-{n}"), "100.00").await;
+    }
+    gateway.device("pos-bad", "100.00").await;
+    gateway.device("pos-primer", "100.00").await;
+    // corrupt the bad terminal's wallet row: reading it breaks an invariant
+    sqlx::query(
+        "UPDATE accounts SET owner_account_id = 'not an id!' WHERE account_id = 'wallet-pos-bad'",
+    )
+    .execute(gateway.store().pool())
+    .await
+    .unwrap();
+    let mut agents = Vec::new();
+    for n in 0..GOOD_TERMINALS {
+        agents.push(gateway.agent(&format!("pos-{n}")).await);
+    }
+    let mut bad_settings = gateway.agent_settings("pos-bad");
+    bad_settings.receipt_timeout = Duration::from_secs(8);
+    let bad_bundle = paygate_agent::DeviceBundle::load(&gateway.bundle_dir("pos-bad")).unwrap();
+    let mut bad = paygate_agent::Agent::connect(bad_bundle, bad_settings)
+        .await
+        .unwrap();
+
+    // hold the ledger's write lock: a first payment takes the pipeline into a batch that
+    // waits for it, and every request sent meanwhile queues up for the next batch
+    let lock = gateway.store().begin_batch().await.unwrap();
+    let merchant = AccountId::parse(MERCHANT).unwrap();
+    let mut primer = gateway.agent("pos-primer").await;
+    let primer_payment = {
+        let merchant = merchant.clone();
+        tokio::spawn(async move { primer.pay(&merchant, inr("10.00")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut payments = Vec::new();
+    for mut agent in agents {
+        let merchant = merchant.clone();
+        payments.push(tokio::spawn(async move {
+            let receipt = agent.pay(&merchant, inr("10.00")).await;
+            agent.disconnect().await;
+            receipt
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bad_payment = {
+        let merchant = merchant.clone();
+        tokio::spawn(async move {
+            let receipt = bad.pay(&merchant, inr("10.00")).await;
+            (bad, receipt)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.rollback().await.unwrap();
+
+    let primed = primer_payment.await.unwrap().unwrap();
+    assert_eq!(primed.receipt.outcome, Outcome::Approved, "{primed:?}");
+    for payment in payments {
+        let receipt = payment.await.unwrap().unwrap();
+        assert_eq!(receipt.receipt.outcome, Outcome::Approved, "{receipt:?}");
+    }
+    let (mut bad, outcome) = bad_payment.await.unwrap();
+    assert!(
+        outcome.is_err(),
+        "the bad request got a final receipt: {outcome:?}"
+    );
+    let metrics = gateway.running.metrics.snapshot();
+    assert!(
+        metrics.pipeline_batch_size_max > GOOD_TERMINALS as u64,
+        "the requests were not decided together: largest batch {}",
+        metrics.pipeline_batch_size_max
+    );
+    assert!(metrics.refusals_of(ErrorCode::InternalError) >= 1);
+    assert!(metrics.ledger_invariant_alerts >= 1);
+    let approved = GOOD_TERMINALS as u64 + 1;
+    assert_eq!(metrics.requests_approved, approved);
+    assert_eq!(
+        gateway
+            .store()
+            .count_transfers("merchant_payment")
+            .await
+            .unwrap(),
+        approved as i64
+    );
+    // nothing of the bad request stayed: its wallet is untouched
+    assert_eq!(gateway.balance("wallet-pos-bad").await, 10_000);
+    assert_eq!(gateway.balance(MERCHANT).await, 1_000 * approved as i64);
+    gateway.assert_ledger_balanced().await;
+
+    // repaired, the same request (still in the terminal's outbox) is approved once
+    sqlx::query("UPDATE accounts SET owner_account_id = NULL WHERE account_id = 'wallet-pos-bad'")
+        .execute(gateway.store().pool())
+        .await
+        .unwrap();
+    let receipts = bad.drain_outbox().await.unwrap();
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(
+        receipts[0].receipt.outcome,
+        Outcome::Approved,
+        "{:?}",
+        receipts[0]
+    );
+    assert_eq!(gateway.balance("wallet-pos-bad").await, 10_000 - 1_000);
+    gateway.assert_ledger_balanced().await;
+    bad.disconnect().await;
+}
