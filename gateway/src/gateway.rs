@@ -136,6 +136,9 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         settings.keys.clone(),
     ));
     crate::clock::set_business_utc_offset_minutes(settings.wallet.limits_utc_offset_minutes);
+    crate::upi::sweep_unsent(&store)
+        .await
+        .context("declining UPI payments a previous process never sent")?;
     let (upi_tx, upi_rx) = mpsc::channel(settings.upi.handoff_queue_max);
     tokio::spawn(crate::upi::run_worker(
         store.clone(),

@@ -26,32 +26,54 @@ pub struct CompletenessQuery<'a> {
     pub amount: Money,
     pub now_ms: u64,
     pub velocity_window_ms: u64,
-    /// The device's payments in the window are counted up to this (the abuse limit).
-    pub count_max: u32,
+    /// The device's payments in the window are counted up to this (its abuse limit).
+    pub device_count_max: u32,
+    /// The wallet's debits in the window are counted up to this (its abuse limit).
+    pub wallet_count_max: u32,
+}
+
+/// The completeness data, and the wallet's debits in the velocity window (its abuse limit).
+pub struct Known {
+    pub completeness: Completeness,
+    pub wallet_debits_in_window: u32,
 }
 
 /// What the gateway knows about a payment when it decides: every figure from a counter or an
-/// index read bounded by its window, never from the wallet's whole history.
+/// index read bounded by its window (or by the limit it is compared with), never from the
+/// wallet's whole history; one statement for the figures, one for the validate passes.
 pub async fn completeness(
     batch: &mut Batch<'_>,
     query: &CompletenessQuery<'_>,
-) -> Result<Completeness, StoreError> {
-    let paid_before = ledger::has_paid(batch, query.wallet, query.merchant).await?;
-    let used_before: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM requests WHERE device_id = $1 LIMIT 1")
-            .bind(query.device.as_str())
-            .fetch_optional(&mut **batch)
-            .await?;
-    let since = query.now_ms.saturating_sub(query.velocity_window_ms);
-    let in_window: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM requests WHERE device_id = $1 AND decided_at_ms >= $2
-          LIMIT $3) AS recent",
+) -> Result<Known, StoreError> {
+    let since = ms(query.now_ms.saturating_sub(query.velocity_window_ms));
+    let row = sqlx::query(
+        "SELECT
+           (SELECT COUNT(*) FROM wallet_payees
+             WHERE wallet_account_id = $1 AND payee_account_id = $2) AS paid_before,
+           (SELECT COUNT(*) FROM (SELECT 1 FROM requests WHERE device_id = $3 LIMIT 1) AS d)
+             AS used_before,
+           (SELECT COUNT(*) FROM (SELECT 1 FROM requests
+             WHERE device_id = $4 AND decided_at_ms >= $5 LIMIT $6) AS r) AS device_in_window,
+           (SELECT COUNT(*) FROM (SELECT 1 FROM wallet_debit_log
+             WHERE account_id = $7 AND created_at_ms >= $8 LIMIT $9) AS w) AS wallet_in_window,
+           (SELECT COALESCE(MAX(debited_since_strong_auth_minor), 0) FROM wallet_counters
+             WHERE account_id = $10) AS since_strong",
     )
+    .bind(query.wallet.as_str())
+    .bind(query.merchant.as_str())
     .bind(query.device.as_str())
-    .bind(ms(since))
-    .bind(i64::from(query.count_max))
+    .bind(query.device.as_str())
+    .bind(since)
+    .bind(i64::from(query.device_count_max))
+    .bind(query.wallet.as_str())
+    .bind(since)
+    .bind(i64::from(query.wallet_count_max))
+    .bind(query.wallet.as_str())
     .fetch_one(&mut **batch)
     .await?;
+    let count = |name: &str| -> Result<u32, StoreError> {
+        Ok(u32::try_from(row.try_get::<i64, _>(name)?).unwrap_or(u32::MAX))
+    };
     let passes = sqlx::query(
         "SELECT mechanism, passed_at_ms FROM identity_passes WHERE wallet_account_id = $1",
     )
@@ -66,17 +88,19 @@ pub async fn completeness(
             passed_ms_ago.push((mechanism, query.now_ms.saturating_sub(at)));
         }
     }
-    let paid_since_strong = ledger::debited_since_strong_auth(batch, query.wallet).await?;
-    Ok(Completeness {
-        amount_minor: query.amount.minor_signed(),
-        currency: query.amount.currency.code().to_owned(),
-        payee: query.merchant.to_string(),
-        first_payee: !paid_before,
-        first_device_use: used_before.is_none(),
-        payments_in_window: u32::try_from(in_window).unwrap_or(u32::MAX),
-        cumulative_minor_since_strong_auth: paid_since_strong,
-        hour_utc: u8::try_from((query.now_ms / 3_600_000) % 24).unwrap_or(0),
-        passed_ms_ago,
+    Ok(Known {
+        completeness: Completeness {
+            amount_minor: query.amount.minor_signed(),
+            currency: query.amount.currency.code().to_owned(),
+            payee: query.merchant.to_string(),
+            first_payee: count("paid_before")? == 0,
+            first_device_use: count("used_before")? == 0,
+            payments_in_window: count("device_in_window")?,
+            cumulative_minor_since_strong_auth: row.try_get("since_strong")?,
+            hour_utc: u8::try_from((query.now_ms / 3_600_000) % 24).unwrap_or(0),
+            passed_ms_ago,
+        },
+        wallet_debits_in_window: count("wallet_in_window")?,
     })
 }
 

@@ -2,7 +2,8 @@
 //! data never scan an account's history: per wallet and local day, what each transfer kind
 //! debited; a log of wallet debit times (velocity, read by an index bounded by its window);
 //! the accounts a wallet has paid; and what a wallet has spent since its last strong
-//! authentication.
+//! authentication. The step-up completeness data reads the last three in one statement
+//! (`identity::completeness`); the KYC limits read the first ([`debits_in_days`]).
 //!
 //! Invariant: every wallet debit posted by [`super::post`] updates all four in the same
 //! savepoint, so a counter never disagrees with the postings it summarises.
@@ -109,56 +110,6 @@ pub async fn debits_in_days(
         }
     }
     Ok(totals)
-}
-
-/// Debits from the wallet since `since_ms`, counted up to `count_max` (an index range read
-/// that stops at the limit it is compared with).
-pub async fn wallet_debits_since(
-    batch: &mut Batch<'_>,
-    wallet: &AccountId,
-    since_ms: u64,
-    count_max: u32,
-) -> Result<u32, StoreError> {
-    let count: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM wallet_debit_log
-          WHERE account_id = $1 AND created_at_ms >= $2 LIMIT $3) AS recent",
-    )
-    .bind(wallet.as_str())
-    .bind(ms(since_ms))
-    .bind(i64::from(count_max))
-    .fetch_one(&mut **batch)
-    .await?;
-    Ok(u32::try_from(count).unwrap_or(u32::MAX))
-}
-
-/// Whether the wallet has paid `payee` before.
-pub async fn has_paid(
-    batch: &mut Batch<'_>,
-    wallet: &AccountId,
-    payee: &AccountId,
-) -> Result<bool, StoreError> {
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM wallet_payees WHERE wallet_account_id = $1 AND payee_account_id = $2",
-    )
-    .bind(wallet.as_str())
-    .bind(payee.as_str())
-    .fetch_optional(&mut **batch)
-    .await?;
-    Ok(found.is_some())
-}
-
-/// What the wallet has spent since its last strong authentication.
-pub async fn debited_since_strong_auth(
-    batch: &mut Batch<'_>,
-    wallet: &AccountId,
-) -> Result<i64, StoreError> {
-    let total: Option<i64> = sqlx::query_scalar(
-        "SELECT debited_since_strong_auth_minor FROM wallet_counters WHERE account_id = $1",
-    )
-    .bind(wallet.as_str())
-    .fetch_optional(&mut **batch)
-    .await?;
-    Ok(total.unwrap_or(0))
 }
 
 /// A strong authentication passed: the spend since it starts again from zero.

@@ -18,10 +18,7 @@ use crate::store::{Batch, StoreError};
 
 mod counters;
 mod report;
-pub use counters::{
-    debited_since_strong_auth, debits_in_days, has_paid, reset_since_strong_auth,
-    wallet_debits_since, DebitTotals,
-};
+pub use counters::{debits_in_days, reset_since_strong_auth, DebitTotals};
 use paygate_core::{AccountId, DeviceId, ErrorCode, IdempotencyKey, TxId};
 pub use report::{
     accounts_off_their_postings, forbidden_negative_shards, trial_balance, TrialBalance,

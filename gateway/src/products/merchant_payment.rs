@@ -99,7 +99,7 @@ pub async fn decide(
             post_held(tx, rules, &payment, None, Some(code), now_ms).await?,
         ));
     }
-    let completeness = identity::completeness(
+    let known = identity::completeness(
         tx,
         &identity::CompletenessQuery {
             device: payment.device(),
@@ -108,21 +108,15 @@ pub async fn decide(
             amount,
             now_ms,
             velocity_window_ms: rules.identity.velocity_window_ms,
-            count_max: rules.identity.device_payments_per_window_max,
+            device_count_max: rules.identity.device_payments_per_window_max,
+            wallet_count_max: rules.identity.wallet_payments_per_window_max,
         },
     )
     .await?;
-    // abuse limits: the device's count is the completeness data's own velocity counter
-    let window_start = now_ms.saturating_sub(rules.identity.velocity_window_ms);
-    let by_wallet = ledger::wallet_debits_since(
-        tx,
-        &payment.wallet,
-        window_start,
-        rules.identity.wallet_payments_per_window_max,
-    )
-    .await?;
+    let completeness = known.completeness;
+    // abuse limits, from the same counters the rules read
     if completeness.payments_in_window >= rules.identity.device_payments_per_window_max
-        || by_wallet >= rules.identity.wallet_payments_per_window_max
+        || known.wallet_debits_in_window >= rules.identity.wallet_payments_per_window_max
     {
         let code = Some(ErrorCode::LimitExceeded);
         return Ok(Decision::final_(
@@ -404,7 +398,7 @@ async fn settle_points(
     if payment.points > 0 {
         rewards::consume(tx, &payment.wallet, payment.points, now_ms).await?;
     }
-    if money_paid <= 0 {
+    if money_paid <= 0 || !rules.rewards.enabled {
         return Ok(0);
     }
     let category = ledger::account(tx, &payment.merchant)

@@ -26,74 +26,23 @@ pub async fn refund(
             "only a merchant's terminal can refund",
         );
     }
-    // lock the original on PostgreSQL, so two refunds of it are decided one after the other
-    let lock = if batch.backend_name() == "PostgreSQL" {
-        "SELECT kind, currency FROM transfers WHERE tx_id = $1 FOR UPDATE"
-    } else {
-        "SELECT kind, currency FROM transfers WHERE tx_id = $1"
-    };
-    let row = sqlx::query(lock)
-        .bind(original.as_str())
-        .fetch_optional(&mut **batch)
-        .await?;
-    let unknown = || {
-        declined(
+    let Some(payment) = original_payment(batch, merchant, original).await? else {
+        return declined(
             ErrorCode::OriginalUnknown,
             format!("{original} is not a payment to {merchant}"),
-        )
+        );
     };
-    let Some(row) = row else { return unknown() };
-    let kind: String = row.try_get("kind")?;
-    let currency: String = row.try_get("currency")?;
-    if kind != "merchant_payment" {
-        return unknown();
-    }
-    let legs = sqlx::query("SELECT account_id, amount_minor FROM postings WHERE tx_id = $1")
-        .bind(original.as_str())
-        .fetch_all(&mut **batch)
-        .await?;
-    // the refundable amount is what the wallet paid in money (points tendered stay spent)
-    let mut to_merchant = false;
-    let mut paid: Option<i64> = None;
-    let mut customer: Option<String> = None;
-    for leg in legs {
-        let account: String = leg.try_get("account_id")?;
-        let minor: i64 = leg.try_get("amount_minor")?;
-        if account == merchant.as_str() && minor > 0 {
-            to_merchant = true;
-        } else if minor < 0 {
-            let id = AccountId::parse(&account)
-                .map_err(|e| StoreError::Invariant(format!("posting account {account}: {e}")))?;
-            let is_wallet = ledger::account(batch, &id)
-                .await?
-                .is_some_and(|a| a.kind == AccountKind::Wallet);
-            if is_wallet {
-                paid = Some(minor.saturating_neg());
-                customer = Some(account);
-            }
-        }
-    }
-    if !to_merchant {
-        return unknown();
-    }
-    let (Some(paid), Some(customer)) = (paid, customer) else {
-        return unknown();
-    };
+    let OriginalPayment {
+        currency,
+        paid,
+        customer,
+        refunded,
+    } = payment;
     if currency != amount.currency.code() {
         return declined(
             ErrorCode::CurrencyMismatch,
             format!("the payment was in {currency}"),
         );
-    }
-    let earlier = sqlx::query(
-        "SELECT amount_minor FROM transfers WHERE related_tx_id = $1 AND kind = 'refund'",
-    )
-    .bind(original.as_str())
-    .fetch_all(&mut **batch)
-    .await?;
-    let mut refunded: i64 = 0;
-    for row in earlier {
-        refunded = refunded.saturating_add(row.try_get::<i64, _>("amount_minor")?);
     }
     let minor = amount.minor_signed();
     if refunded.saturating_add(minor) > paid {
@@ -106,8 +55,6 @@ pub async fn refund(
             ),
         );
     }
-    let customer = AccountId::parse(&customer)
-        .map_err(|e| StoreError::Invariant(format!("posting account {customer}: {e}")))?;
     let decided = post(
         batch,
         origin,
@@ -136,4 +83,79 @@ pub async fn refund(
         }
     }
     Ok(decided)
+}
+
+/// A merchant payment as a refund sees it.
+struct OriginalPayment {
+    currency: String,
+    /// What the wallet paid in money (points tendered stay spent).
+    paid: i64,
+    customer: AccountId,
+    /// What earlier refunds of it gave back.
+    refunded: i64,
+}
+
+/// The merchant payment `original` to `merchant`, if it is one (locked on PostgreSQL, so two
+/// refunds of it are decided one after the other).
+async fn original_payment(
+    batch: &mut Batch<'_>,
+    merchant: &AccountId,
+    original: &TxId,
+) -> Result<Option<OriginalPayment>, StoreError> {
+    let lock = if batch.backend_name() == "PostgreSQL" {
+        "SELECT kind, currency FROM transfers WHERE tx_id = $1 FOR UPDATE"
+    } else {
+        "SELECT kind, currency FROM transfers WHERE tx_id = $1"
+    };
+    let row = sqlx::query(lock)
+        .bind(original.as_str())
+        .fetch_optional(&mut **batch)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let kind: String = row.try_get("kind")?;
+    let currency: String = row.try_get("currency")?;
+    if kind != "merchant_payment" {
+        return Ok(None);
+    }
+    let legs = sqlx::query("SELECT account_id, amount_minor FROM postings WHERE tx_id = $1")
+        .bind(original.as_str())
+        .fetch_all(&mut **batch)
+        .await?;
+    let mut to_merchant = false;
+    let mut paid_by: Option<(i64, AccountId)> = None;
+    for leg in legs {
+        let account: String = leg.try_get("account_id")?;
+        let minor: i64 = leg.try_get("amount_minor")?;
+        if account == merchant.as_str() && minor > 0 {
+            to_merchant = true;
+        } else if minor < 0 {
+            let id = AccountId::parse(&account)
+                .map_err(|e| StoreError::Invariant(format!("posting account {account}: {e}")))?;
+            let is_wallet = ledger::account(batch, &id)
+                .await?
+                .is_some_and(|a| a.kind == AccountKind::Wallet);
+            if is_wallet {
+                paid_by = Some((minor.saturating_neg(), id));
+            }
+        }
+    }
+    let (true, Some((paid, customer))) = (to_merchant, paid_by) else {
+        return Ok(None);
+    };
+    let earlier = sqlx::query(
+        "SELECT amount_minor FROM transfers WHERE related_tx_id = $1 AND kind = 'refund'",
+    )
+    .bind(original.as_str())
+    .fetch_all(&mut **batch)
+    .await?;
+    let mut refunded: i64 = 0;
+    for row in earlier {
+        refunded = refunded.saturating_add(row.try_get::<i64, _>("amount_minor")?);
+    }
+    Ok(Some(OriginalPayment {
+        currency,
+        paid,
+        customer,
+        refunded,
+    }))
 }

@@ -114,8 +114,19 @@ async fn apply<S: UpiSwitch>(
     }
 }
 
-/// The worker: sends handed-off payments, runs due status checks every `tick`, and at start
-/// declines payments the previous process committed but never sent.
+/// Declines the payments a previous process committed but never sent (their credential
+/// blocks died with it). Runs at start, before the pipeline takes any request, so it can
+/// never catch a payment of this process.
+pub async fn sweep_unsent(store: &Store) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE upi_payments SET state = 'answered', result = 'not_sent' WHERE state = 'initiated'",
+    )
+    .execute(store.pool())
+    .await?;
+    Ok(())
+}
+
+/// The worker: sends handed-off payments and runs due status checks every `tick`.
 pub async fn run_worker<S: UpiSwitch + Clone>(
     store: Store,
     switch: S,
@@ -123,15 +134,6 @@ pub async fn run_worker<S: UpiSwitch + Clone>(
     mut handoffs: mpsc::Receiver<Handoff>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // the credential blocks of these died with the previous process
-    if let Err(error) = sqlx::query(
-        "UPDATE upi_payments SET state = 'answered', result = 'not_sent' WHERE state = 'initiated'",
-    )
-    .execute(store.pool())
-    .await
-    {
-        tracing::error!(%error, "UPI startup sweep failed");
-    }
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -1,0 +1,312 @@
+//! `paygate audit`: the auditor's commands (verify, prove, search and export, fetch) over an
+//! exported archive or a gateway's write-once store; each read is itself audited.
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use paygate_core::audit::{
+    parse_rfc3339_ms, AuditEvent, AuditOutcome, AuditRecord, EventType, RecordProof,
+};
+use paygate_gateway::audit::archive;
+use paygate_gateway::audit::worm::{LocalWorm, S3Worm};
+use paygate_gateway::config::{AuditStoreKind, Settings};
+use paygate_gateway::store::Store;
+use std::path::PathBuf;
+
+use crate::{operator_name, origin};
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check every signature, hash chain, Merkle root and the continuity of segments and
+    /// checkpoints; report the first break found. Exit status 1 on a break.
+    Verify {
+        #[arg(long)]
+        archive: PathBuf,
+        /// The audit public key (pki/audit-signing.pub.jwk.json).
+        #[arg(long)]
+        public_key: PathBuf,
+        /// A checkpoint kept from an earlier look: the archive must extend it (RFC 9162
+        /// consistency proof), which also shows no segment was removed from the end.
+        #[arg(long)]
+        trusted_checkpoint: Option<PathBuf>,
+    },
+    /// Write inclusion proofs (JSON) for every record of a transaction.
+    Prove {
+        #[arg(long)]
+        archive: PathBuf,
+        #[arg(long)]
+        public_key: PathBuf,
+        #[arg(long)]
+        tx: String,
+    },
+    /// Check inclusion proofs written by `prove`, with the public key alone.
+    VerifyProof {
+        #[arg(long)]
+        proof: PathBuf,
+        #[arg(long)]
+        public_key: PathBuf,
+    },
+    /// Records matching every filter given (none: all), after verifying the archive; as JSON
+    /// Lines or CSV. `export` is the same command.
+    #[command(visible_alias = "export")]
+    Search {
+        #[arg(long)]
+        archive: PathBuf,
+        #[arg(long)]
+        public_key: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// jsonl (the records exactly as stored) or csv.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Copy the configured write-once store (local or S3) into a directory, for offline audit.
+    Fetch {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct FilterArgs {
+    /// From this RFC 3339 time (inclusive).
+    #[arg(long)]
+    from: Option<String>,
+    /// Until this RFC 3339 time (exclusive).
+    #[arg(long)]
+    to: Option<String>,
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    wallet: Option<String>,
+    #[arg(long)]
+    merchant: Option<String>,
+    #[arg(long)]
+    tx: Option<String>,
+    /// An event type, e.g. payment_decided, access_refused.
+    #[arg(long)]
+    event: Option<String>,
+}
+
+pub async fn run_audit(
+    config: Option<PathBuf>,
+    operator: Option<String>,
+    command: AuditCommand,
+) -> Result<()> {
+    let settings = match &config {
+        Some(path) => Some(Settings::load(Some(path))?),
+        None => None,
+    };
+    let (what, target) = match &command {
+        AuditCommand::Verify { archive, .. } => ("verify", archive.display().to_string()),
+        AuditCommand::Prove { archive, tx, .. } => {
+            ("prove", format!("{} tx {tx}", archive.display()))
+        }
+        AuditCommand::VerifyProof { proof, .. } => ("verify-proof", proof.display().to_string()),
+        AuditCommand::Search { archive, .. } => ("search", archive.display().to_string()),
+        AuditCommand::Fetch { out } => ("fetch", out.display().to_string()),
+    };
+    if let Some(settings) = &settings {
+        // 10.2.1.3: every access to the audit log is itself logged, before it happens
+        let store = Store::open(&settings.database_url(), 1).await?;
+        let mut event = AuditEvent::new(
+            paygate_gateway::clock::now_ms(),
+            EventType::AuditLogRead,
+            format!("operator:{}", operator_name(operator)),
+            origin(),
+            AuditOutcome::Success,
+            "cli",
+            "audit-log",
+        );
+        event.detail = Some(format!("audit {what} {target}"));
+        store.record_audit(&event).await?;
+    }
+    match command {
+        AuditCommand::Verify {
+            archive: dir,
+            public_key,
+            trusted_checkpoint,
+        } => {
+            let (key, key_id) =
+                archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
+            let trusted = match trusted_checkpoint {
+                Some(path) => Some(
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => None,
+            };
+            match archive::verify_archive(&dir, key, &key_id, trusted.as_deref(), true, |_| {}) {
+                Ok((_, summary)) => {
+                    println!(
+                        "OK: {} segments, {} records, {} bytes; log root {}",
+                        summary.segments,
+                        summary.records,
+                        summary.bytes,
+                        hex::encode(summary.log_root)
+                    );
+                }
+                Err(found) => {
+                    println!("BROKEN: {found}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        AuditCommand::Prove {
+            archive: dir,
+            public_key,
+            tx,
+        } => {
+            let (key, key_id) =
+                archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
+            match archive::prove_tx(&dir, key, &key_id, &tx) {
+                Ok(proofs) if proofs.is_empty() => bail!("no record of transaction {tx}"),
+                Ok(proofs) => println!("{}", serde_json::to_string_pretty(&proofs)?),
+                Err(found) => {
+                    println!("BROKEN: {found}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        AuditCommand::VerifyProof { proof, public_key } => {
+            let (key, key_id) =
+                archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
+            let proofs: Vec<RecordProof> = serde_json::from_slice(&std::fs::read(&proof)?)
+                .context("the proof file is not a list of record proofs")?;
+            if proofs.is_empty() {
+                bail!("the proof file holds no proof");
+            }
+            for one in &proofs {
+                match one.verify(&key, &key_id) {
+                    Ok((record, checkpoint)) => println!(
+                        "OK: record seq {} ({}) is in the log under checkpoint {} (log size {}, sealed {})",
+                        record.seq,
+                        record.event.as_str(),
+                        checkpoint.segment,
+                        checkpoint.log_size,
+                        checkpoint.sealed_at
+                    ),
+                    Err(problem) => {
+                        println!("INVALID: {problem}");
+                        std::process::exit(1);
+                    }
+                }
+            }
+        }
+        AuditCommand::Search {
+            archive: dir,
+            public_key,
+            filter,
+            format,
+            out,
+        } => {
+            let (key, key_id) =
+                archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
+            let filter = filter.into_filter()?;
+            let sink: Box<dyn std::io::Write> = match &out {
+                Some(path) => Box::new(std::fs::File::create(path)?),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let mut writer = SearchWriter::new(&format, sink)?;
+            let mut write_error = None;
+            let result = archive::verify_archive(&dir, key, &key_id, None, out.is_some(), |at| {
+                if write_error.is_none() && filter.matches(at.record) {
+                    if let Err(e) = writer.write(at.record, at.line) {
+                        write_error = Some(e);
+                    }
+                }
+            });
+            if let Some(error) = write_error {
+                return Err(error);
+            }
+            writer.finish()?;
+            if let Err(found) = result {
+                eprintln!("BROKEN: {found}");
+                std::process::exit(1);
+            }
+        }
+        AuditCommand::Fetch { out } => {
+            let Some(settings) = settings else {
+                bail!("fetch needs --config to know which store to read");
+            };
+            let copied = match settings.audit.store {
+                AuditStoreKind::Local => {
+                    let worm = LocalWorm::new(
+                        settings.resolve(&settings.audit.local.dir),
+                        &settings.audit.local,
+                    )?;
+                    archive::fetch(&worm, &out).await?
+                }
+                AuditStoreKind::S3 => {
+                    let worm = S3Worm::connect(&settings.audit.s3).await?;
+                    archive::fetch(&worm, &out).await?
+                }
+            };
+            println!("copied {copied} objects to {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+impl FilterArgs {
+    fn into_filter(self) -> Result<archive::Filter> {
+        let time = |text: Option<String>| -> Result<Option<u64>> {
+            text.map(|t| {
+                parse_rfc3339_ms(&t).with_context(|| format!("{t:?} is not an RFC 3339 time"))
+            })
+            .transpose()
+        };
+        Ok(archive::Filter {
+            from_ms: time(self.from)?,
+            to_ms: time(self.to)?,
+            device: self.device,
+            wallet: self.wallet,
+            merchant: self.merchant,
+            tx: self.tx,
+            event: self
+                .event
+                .map(|e| EventType::parse(&e).with_context(|| format!("unknown event type {e:?}")))
+                .transpose()?,
+        })
+    }
+}
+
+/// Writes search results as JSON Lines (the stored bytes) or CSV.
+enum SearchWriter {
+    Jsonl(Box<dyn std::io::Write>),
+    Csv(Box<csv::Writer<Box<dyn std::io::Write>>>),
+}
+
+impl SearchWriter {
+    fn new(format: &str, sink: Box<dyn std::io::Write>) -> Result<SearchWriter> {
+        match format {
+            "jsonl" => Ok(SearchWriter::Jsonl(sink)),
+            "csv" => {
+                let mut writer = csv::Writer::from_writer(sink);
+                writer.write_record(archive::CSV_COLUMNS)?;
+                Ok(SearchWriter::Csv(Box::new(writer)))
+            }
+            other => bail!("--format is jsonl or csv, not {other:?}"),
+        }
+    }
+
+    fn write(&mut self, record: &AuditRecord, line: &[u8]) -> Result<()> {
+        match self {
+            SearchWriter::Jsonl(sink) => {
+                sink.write_all(line)?;
+                sink.write_all(b"\n")?;
+            }
+            SearchWriter::Csv(writer) => writer.write_record(archive::csv_row(record))?,
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            SearchWriter::Jsonl(mut sink) => sink.flush()?,
+            SearchWriter::Csv(mut writer) => writer.flush()?,
+        }
+        Ok(())
+    }
+}

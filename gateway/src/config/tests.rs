@@ -1,0 +1,126 @@
+use super::*;
+
+#[test]
+fn the_printed_default_file_is_exactly_the_defaults() {
+    let from_file: Settings = Figment::new()
+        .merge(Toml::string(DEFAULT_FILE))
+        .extract()
+        .expect("default file parses");
+    assert_eq!(from_file, Settings::default());
+    assert!(Settings::default().validate().is_ok());
+}
+
+#[test]
+// figment's Jail closure must return figment's own (large) error type
+#[allow(clippy::result_large_err)]
+fn the_file_overrides_defaults_and_the_environment_overrides_the_file() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "paygate.toml",
+            "data_dir = \"/srv/paygate\"\n[mqtt]\nlisten = \"0.0.0.0:8883\"\npacket_bytes_max = 4096\n",
+        )?;
+        jail.set_env("PAYGATE__MQTT__PACKET_BYTES_MAX", "8192");
+        let settings =
+            Settings::load(Some(Path::new("paygate.toml"))).map_err(|e| e.to_string())?;
+        assert_eq!(settings.data_dir, PathBuf::from("/srv/paygate"));
+        assert_eq!(
+            settings.mqtt.listen,
+            "0.0.0.0:8883"
+                .parse::<SocketAddr>()
+                .map_err(|e| e.to_string())?
+        );
+        assert_eq!(settings.mqtt.packet_bytes_max, 8192);
+        assert_eq!(settings.pipeline, PipelineSettings::default());
+        jail.set_env("PAYGATE__MQTT__PACKET_BYTES_MAX", "1");
+        assert!(matches!(
+            Settings::load(Some(Path::new("paygate.toml"))),
+            Err(ConfigError::Invalid {
+                field: "mqtt.packet_bytes_max",
+                ..
+            })
+        ));
+        Ok(())
+    });
+}
+
+#[test]
+#[allow(clippy::result_large_err)]
+fn secrets_come_from_the_environment_or_a_file_and_never_print() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("db-url", "sqlite://from-file.db?password=hunter2\n")?;
+        jail.create_file("a.toml", "[database]\nurl = \"file:db-url\"\n")?;
+        let settings = Settings::load(Some(Path::new("a.toml"))).map_err(|e| e.to_string())?;
+        assert_eq!(
+            settings.database_url(),
+            "sqlite://from-file.db?password=hunter2"
+        );
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("url: ***"));
+        jail.set_env("PAYGATE_TEST_DB", "sqlite://from-env.db?password=swordfish");
+        jail.create_file("b.toml", "[database]\nurl = \"env:PAYGATE_TEST_DB\"\n")?;
+        let settings = Settings::load(Some(Path::new("b.toml"))).map_err(|e| e.to_string())?;
+        assert_eq!(
+            settings.database_url(),
+            "sqlite://from-env.db?password=swordfish"
+        );
+        assert!(!format!("{settings:?}").contains("swordfish"));
+        jail.create_file(
+            "c.toml",
+            "[database]\nurl = \"env:PAYGATE_NOT_SET_ANYWHERE\"\n",
+        )?;
+        assert!(matches!(
+            Settings::load(Some(Path::new("c.toml"))),
+            Err(ConfigError::Invalid {
+                field: "database.url",
+                ..
+            })
+        ));
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_refused() {
+    let unknown: Result<Settings, _> = Figment::from(Serialized::defaults(Settings::default()))
+        .merge(Toml::string("[mqtt]\nlisten_port = 1\n"))
+        .extract();
+    assert!(unknown.is_err());
+    let mut settings = Settings::default();
+    settings.pipeline.batch_size_max = 0;
+    assert!(matches!(
+        settings.validate(),
+        Err(ConfigError::Invalid {
+            field: "pipeline.batch_size_max",
+            ..
+        })
+    ));
+    let mut settings = Settings::default();
+    settings.database.url = Secret::new("mysql://x");
+    assert!(settings.validate().is_err());
+    settings.database.url = Secret::new("postgres://paygate@127.0.0.1/paygate");
+    assert!(settings.validate().is_ok());
+    // audit retention can be raised, never set below a year (PCI DSS 10.5.1)
+    let mut settings = Settings::default();
+    settings.audit.s3.retention_days = 364;
+    assert!(matches!(
+        settings.validate(),
+        Err(ConfigError::Invalid {
+            field: "audit.s3.retention_days",
+            ..
+        })
+    ));
+    settings.audit.s3.retention_days = 3650;
+    assert!(settings.validate().is_ok());
+    settings.audit.local.retention_days = 30;
+    assert!(settings.validate().is_err());
+    let mut settings = Settings::default();
+    settings.audit.store = AuditStoreKind::S3;
+    assert!(matches!(
+        settings.validate(),
+        Err(ConfigError::Invalid {
+            field: "audit.s3.bucket",
+            ..
+        })
+    ));
+}

@@ -1,0 +1,233 @@
+//! Validation: ranges and relations between settings, checked before anything starts.
+
+use super::{
+    invalid, AuditStoreKind, ConfigError, KeyProviderKind, Settings, AUDIT_RETENTION_DAYS_MIN,
+};
+
+impl Settings {
+    /// Checks ranges and relations between settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mqtt = &self.mqtt;
+        if !(128..=1024 * 1024).contains(&mqtt.packet_bytes_max) {
+            return Err(invalid("mqtt.packet_bytes_max", "must be 128 to 1048576"));
+        }
+        if mqtt.connections_max == 0 {
+            return Err(invalid("mqtt.connections_max", "must be at least 1"));
+        }
+        if mqtt.handshake_timeout_ms == 0
+            || mqtt.connect_timeout_ms == 0
+            || mqtt.idle_timeout_max_ms == 0
+        {
+            return Err(invalid("mqtt.*_timeout_ms", "timeouts must be positive"));
+        }
+        if mqtt.outbound_queue_packets_max == 0 {
+            return Err(invalid(
+                "mqtt.outbound_queue_packets_max",
+                "must be at least 1",
+            ));
+        }
+        if self.tls.client_ca_bundles.is_empty() {
+            return Err(invalid(
+                "tls.client_ca_bundles",
+                "needs at least one CA bundle",
+            ));
+        }
+        let pipeline = &self.pipeline;
+        if pipeline.batch_size_max == 0 || pipeline.batch_size_max > 10_000 {
+            return Err(invalid("pipeline.batch_size_max", "must be 1 to 10000"));
+        }
+        if pipeline.verify_threads_max == 0 || pipeline.verify_threads_max > 64 {
+            return Err(invalid("pipeline.verify_threads_max", "must be 1 to 64"));
+        }
+        if pipeline.tick_interval_ms == 0 || pipeline.device_cache_entries_max == 0 {
+            return Err(invalid(
+                "pipeline.tick_interval_ms",
+                "the tick interval and the device cache size must be above zero",
+            ));
+        }
+        if self.upi.handoff_queue_max == 0 {
+            return Err(invalid("upi.handoff_queue_max", "must be above zero"));
+        }
+        if pipeline.queue_depth_max < pipeline.batch_size_max {
+            return Err(invalid(
+                "pipeline.queue_depth_max",
+                "must be at least pipeline.batch_size_max",
+            ));
+        }
+        if paygate_core::Currency::parse(&self.wallet.currency).is_none() {
+            return Err(invalid(
+                "wallet.currency",
+                "must be an active ISO 4217 code",
+            ));
+        }
+        if self.wallet.limits_utc_offset_minutes.abs() > 14 * 60 {
+            return Err(invalid(
+                "wallet.limits_utc_offset_minutes",
+                "must be within -840 to 840",
+            ));
+        }
+        for (field, limits) in [
+            ("wallet.min_kyc", &self.wallet.min_kyc),
+            ("wallet.full_kyc", &self.wallet.full_kyc),
+        ] {
+            let amounts = [
+                limits.balance_max_minor,
+                limits.per_transaction_max_minor,
+                limits.daily_debit_max_minor,
+                limits.monthly_debit_max_minor,
+                limits.cash_out_per_transaction_max_minor,
+                limits.cash_out_monthly_max_minor,
+            ];
+            if amounts
+                .iter()
+                .any(|a| *a < 0 || *a > crate::ledger::SHARD_BALANCE_LIMIT)
+            {
+                return Err(invalid(field, "limits must be 0 to the ledger's limit"));
+            }
+        }
+        let upi = &self.upi;
+        if upi.pay_timeout_ms == 0
+            || upi.status_timeout_ms == 0
+            || upi.status_checks_max == 0
+            || upi.per_transaction_max_minor <= 0
+        {
+            return Err(invalid(
+                "upi",
+                "timeouts, status_checks_max and per_transaction_max_minor must be above 0",
+            ));
+        }
+        let rewards = &self.rewards;
+        if paygate_core::Currency::parse(&rewards.currency).is_none() {
+            return Err(invalid(
+                "rewards.currency",
+                "must be an active ISO 4217 code",
+            ));
+        }
+        if rewards.point_value_minor <= 0 || rewards.point_value_minor > 1_000_000 {
+            return Err(invalid("rewards.point_value_minor", "must be 1 to 1000000"));
+        }
+        if rewards.expiry_ms <= rewards.pending_ms || rewards.job_interval_ms == 0 {
+            return Err(invalid(
+                "rewards.expiry_ms",
+                "must be longer than rewards.pending_ms (and job_interval_ms above 0)",
+            ));
+        }
+        if rewards.rules.iter().any(|r| {
+            r.points_per_unit < 0 || r.points_per_unit > 1_000 || r.cap_per_transaction < 0
+        }) {
+            return Err(invalid(
+                "rewards.rules",
+                "points_per_unit must be 0 to 1000 and cap_per_transaction at least 0",
+            ));
+        }
+        if self.database.connections_max == 0 {
+            return Err(invalid("database.connections_max", "must be at least 1"));
+        }
+        if !self.database.url.is_empty()
+            && crate::store::Backend::of_url(self.database.url.expose()).is_none()
+        {
+            return Err(invalid(
+                "database.url",
+                "must be a sqlite: or postgres:// URL",
+            ));
+        }
+        if paygate_core::DeviceId::parse(&self.receipts.key_id).is_err() {
+            return Err(invalid("receipts.key_id", "must be a plain identifier"));
+        }
+        let audit = &self.audit;
+        if paygate_core::DeviceId::parse(&audit.key_id).is_err() {
+            return Err(invalid("audit.key_id", "must be a plain identifier"));
+        }
+        if audit.records_per_segment_max == 0 || audit.records_per_segment_max > 1_000_000 {
+            return Err(invalid(
+                "audit.records_per_segment_max",
+                "must be 1 to 1000000",
+            ));
+        }
+        if audit.seal_interval_ms == 0
+            || audit.seal_check_interval_ms == 0
+            || audit.ship_interval_ms == 0
+            || audit.ship_retry_delay_max_ms == 0
+        {
+            return Err(invalid("audit.*_ms", "intervals must be positive"));
+        }
+        if audit.outbox_rows_per_write_max == 0 {
+            return Err(invalid(
+                "audit.outbox_rows_per_write_max",
+                "must be at least 1",
+            ));
+        }
+        if audit.local.retention_days < AUDIT_RETENTION_DAYS_MIN {
+            return Err(invalid(
+                "audit.local.retention_days",
+                "must be at least 365 (PCI DSS 10.5.1)",
+            ));
+        }
+        if audit.s3.retention_days < AUDIT_RETENTION_DAYS_MIN {
+            return Err(invalid(
+                "audit.s3.retention_days",
+                "must be at least 365 (PCI DSS 10.5.1)",
+            ));
+        }
+        let identity = &self.identity;
+        for rule in &identity.rules {
+            if rule.name.is_empty() || rule.require.is_empty() {
+                return Err(invalid(
+                    "identity.rules",
+                    "every rule needs a name and at least one mechanism",
+                ));
+            }
+        }
+        if !(6..=8).contains(&identity.totp.digits)
+            || identity.totp.step_s == 0
+            || identity.totp.drift_steps > 10
+        {
+            return Err(invalid(
+                "identity.totp",
+                "digits 6-8, step_s at least 1, drift_steps at most 10",
+            ));
+        }
+        // within the UPI timers: a pending payment is checked from 45 s; the holder gets at most 2 min
+        if !(1_000..=120_000).contains(&identity.challenge_ttl_ms) {
+            return Err(invalid(
+                "identity.challenge_ttl_ms",
+                "must be 1000 to 120000",
+            ));
+        }
+        if !(1..=10).contains(&identity.attempts_max) {
+            return Err(invalid("identity.attempts_max", "must be 1 to 10"));
+        }
+        if identity.velocity_window_ms == 0
+            || identity.device_payments_per_window_max == 0
+            || identity.wallet_payments_per_window_max == 0
+        {
+            return Err(invalid(
+                "identity.*_max",
+                "velocity limits must be positive",
+            ));
+        }
+        let keys = &self.keys;
+        if keys.provider == KeyProviderKind::AwsKms && keys.kms_key_id.is_empty() {
+            return Err(invalid(
+                "keys.kms_key_id",
+                "is needed when keys.provider = \"aws_kms\"",
+            ));
+        }
+        if keys.attempts_max == 0 || keys.attempts_max > 10 {
+            return Err(invalid("keys.attempts_max", "must be 1 to 10"));
+        }
+        if keys.data_key_uses_max == 0
+            || keys.data_key_age_max_ms == 0
+            || keys.cache_entries_max == 0
+        {
+            return Err(invalid("keys.*_max", "cache limits must be positive"));
+        }
+        if audit.store == AuditStoreKind::S3 && audit.s3.bucket.is_empty() {
+            return Err(invalid(
+                "audit.s3.bucket",
+                "is needed when audit.store = \"s3\"",
+            ));
+        }
+        Ok(())
+    }
+}
