@@ -136,6 +136,15 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         settings.keys.clone(),
     ));
     crate::clock::set_business_utc_offset_minutes(settings.wallet.limits_utc_offset_minutes);
+    if crate::ledger::align_calendar(&store, settings.wallet.limits_utc_offset_minutes)
+        .await
+        .context("recounting the per-day limit counters")?
+    {
+        tracing::warn!(
+            offset_minutes = settings.wallet.limits_utc_offset_minutes,
+            "the business time zone changed: per-day limit counters recounted"
+        );
+    }
     crate::upi::sweep_unsent(&store)
         .await
         .context("declining UPI payments a previous process never sent")?;

@@ -43,6 +43,7 @@ contract!(
     transfers_with_points_and_money_balance_per_unit,
     posted_entries_cannot_be_changed,
     concurrent_random_transfers_with_retries_keep_every_invariant,
+    counters_follow_postings_and_the_business_time_zone,
 );
 
 fn id(text: &str) -> AccountId {
@@ -573,4 +574,76 @@ async fn concurrent_random_transfers_with_retries_keep_every_invariant(db: Db) {
         "{db:?}: {accepted_count} of {} transfers accepted",
         TASKS as usize * PER_TASK
     );
+}
+
+/// The counters `ledger::post` keeps (per-day debits, payees, spend since strong
+/// authentication) follow the postings, and a change of business time zone recounts the days.
+async fn counters_follow_postings_and_the_business_time_zone(db: Db) {
+    use sqlx::Row;
+    let test = funded(db).await;
+    let store = &test.store;
+    // 2026-11-23 20:00 UTC: still the 23rd in UTC, already the 24th in India (UTC+05:30)
+    let at: u64 = 1_795_464_000_000;
+    let utc_day = i64::try_from(at / 86_400_000).unwrap();
+    let mut batch = store.begin_batch().await.unwrap();
+    ledger::post(
+        &mut batch,
+        &NewTransfer {
+            tx_id: &new_tx_id(),
+            kind: "merchant_payment",
+            origin: None,
+            related: None,
+            legs: pay("w-a", "m-1", AccountKind::Merchant, 500),
+            now_ms: at,
+        },
+    )
+    .await
+    .unwrap();
+    batch.commit().await.unwrap();
+    let day_rows = |store: &Store| {
+        let pool = store.pool().clone();
+        async move {
+            sqlx::query("SELECT CAST(local_day AS BIGINT) AS day, CAST(total_minor AS BIGINT) AS total FROM debit_days WHERE account_id = 'w-a'")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<i64, _>("day"), r.get::<i64, _>("total")))
+                .collect::<Vec<_>>()
+        }
+    };
+    // counted in IST, the migration's and the process's default zone
+    assert_eq!(day_rows(store).await, vec![(utc_day + 1, 500)]);
+    let mut batch = store.begin_batch().await.unwrap();
+    let totals = ledger::debits_in_days(&mut batch, &id("w-a"), &["merchant_payment"], at)
+        .await
+        .unwrap();
+    batch.rollback().await.unwrap();
+    assert_eq!((totals.today_minor, totals.this_month_minor), (500, 500));
+    let counted: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM wallet_payees WHERE wallet_account_id = 'w-a' AND payee_account_id = 'm-1'),
+                (SELECT CAST(debited_since_strong_auth_minor AS BIGINT) FROM wallet_counters WHERE account_id = 'w-a')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(counted, (1, 500));
+    // a gateway started in UTC recounts the days once
+    assert!(ledger::align_calendar(store, 0).await.unwrap());
+    assert_eq!(day_rows(store).await, vec![(utc_day, 500)]);
+    assert!(!ledger::align_calendar(store, 0).await.unwrap());
+    assert!(ledger::align_calendar(store, 330).await.unwrap());
+    assert_eq!(day_rows(store).await, vec![(utc_day + 1, 500)]);
+    // a strong authentication starts the spend again from zero
+    let mut batch = store.begin_batch().await.unwrap();
+    ledger::reset_since_strong_auth(&mut batch, &id("w-a"))
+        .await
+        .unwrap();
+    batch.commit().await.unwrap();
+    let since: i64 = sqlx::query_scalar("SELECT CAST(debited_since_strong_auth_minor AS BIGINT) FROM wallet_counters WHERE account_id = 'w-a'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(since, 0);
+    assert_books_balance(store).await;
 }

@@ -1,7 +1,7 @@
 -- Counters kept as postings are made (ledger/counters.rs), so that limits, velocity and the
 -- step-up completeness data read a bounded number of rows whatever an account's history.
--- Existing history is counted in once here; days are counted in IST (UTC+05:30, the default
--- business time zone); a gateway configured for another zone counts new debits in its own.
+-- Existing history is counted in once here, in IST (UTC+05:30, the default business time
+-- zone); a gateway configured for another zone recounts the days at its start.
 
 CREATE TABLE debit_days (
     account_id   TEXT NOT NULL,
@@ -52,3 +52,11 @@ WHERE a.kind = 'wallet' AND p.amount_minor < 0
 GROUP BY p.account_id;
 
 CREATE INDEX requests_by_device_time ON requests (device_id, decided_at_ms);
+
+-- The business time zone the day counters are kept in; a gateway started with another one
+-- recounts them (ledger::align_calendar) before it takes a request.
+CREATE TABLE ledger_calendar (
+    id                  INTEGER PRIMARY KEY CHECK (id = 1),
+    utc_offset_minutes  INTEGER NOT NULL
+);
+INSERT INTO ledger_calendar (id, utc_offset_minutes) VALUES (1, 330);

@@ -125,3 +125,47 @@ pub async fn reset_since_strong_auth(
     .await?;
     Ok(())
 }
+
+/// Makes the per-day counters agree with the business time zone in force: when the ledger's
+/// days were counted in another zone (or by the migration, in IST), they are counted again
+/// from the postings, in one transaction, before the gateway takes a request. Returns whether
+/// a recount was made.
+pub async fn align_calendar(
+    store: &crate::store::Store,
+    utc_offset_minutes: i32,
+) -> Result<bool, StoreError> {
+    let mut tx = store.begin_batch().await?;
+    let kept: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(utc_offset_minutes AS BIGINT) FROM ledger_calendar WHERE id = 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let wanted = i64::from(utc_offset_minutes);
+    if kept == Some(wanted) {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    sqlx::query("DELETE FROM debit_days")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO debit_days (account_id, local_day, kind, total_minor, debit_count)
+         SELECT p.account_id, (t.created_at_ms + $1) / 86400000, t.kind, SUM(-p.amount_minor), COUNT(*)
+         FROM postings p JOIN transfers t ON t.tx_id = p.tx_id
+         JOIN accounts a ON a.account_id = p.account_id
+         WHERE a.kind = 'wallet' AND p.amount_minor < 0
+         GROUP BY 1, 2, 3",
+    )
+    .bind(wanted * 60_000)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO ledger_calendar (id, utc_offset_minutes) VALUES (1, $1)
+         ON CONFLICT (id) DO UPDATE SET utc_offset_minutes = excluded.utc_offset_minutes",
+    )
+    .bind(utc_offset_minutes)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}

@@ -18,7 +18,7 @@ use crate::store::{Batch, StoreError};
 
 mod counters;
 mod report;
-pub use counters::{debits_in_days, reset_since_strong_auth, DebitTotals};
+pub use counters::{align_calendar, debits_in_days, reset_since_strong_auth, DebitTotals};
 use paygate_core::{AccountId, DeviceId, ErrorCode, IdempotencyKey, TxId};
 pub use report::{
     accounts_off_their_postings, forbidden_negative_shards, trial_balance, TrialBalance,
@@ -442,12 +442,11 @@ pub async fn post(batch: &mut Batch<'_>, transfer: &NewTransfer<'_>) -> Result<(
 /// each unit summing to zero. A mismatch is a broken invariant: the savepoint is dropped
 /// (nothing of this transfer stays) and the caller refuses the one request with an alert.
 async fn read_back(batch: &mut Batch<'_>, tx_id: &TxId, legs: &[Leg]) -> Result<(), StoreError> {
-    let rows = sqlx::query(
-        "SELECT account_id, currency, amount_minor FROM postings WHERE tx_id = $1 ORDER BY account_id",
-    )
-    .bind(tx_id.as_str())
-    .fetch_all(&mut **batch)
-    .await?;
+    let rows =
+        sqlx::query("SELECT account_id, currency, amount_minor FROM postings WHERE tx_id = $1")
+            .bind(tx_id.as_str())
+            .fetch_all(&mut **batch)
+            .await?;
     let mut read = Vec::with_capacity(rows.len());
     for row in rows {
         read.push((
@@ -456,10 +455,13 @@ async fn read_back(batch: &mut Batch<'_>, tx_id: &TxId, legs: &[Leg]) -> Result<
             row.try_get::<i64, _>("amount_minor")?,
         ));
     }
-    let expected: Vec<(String, String, i64)> = legs
+    // compared in one order chosen here, not the database's collation
+    read.sort();
+    let mut expected: Vec<(String, String, i64)> = legs
         .iter()
         .map(|leg| (leg.account.to_string(), leg.unit.clone(), leg.amount))
         .collect();
+    expected.sort();
     if read != expected {
         return Err(StoreError::Invariant(format!(
             "{tx_id}: postings read back ({}) are not the legs posted ({})",

@@ -1,8 +1,10 @@
 //! Enrolled devices, cached: verification looks a device up once per
-//! `pipeline.device_cache_ttl_ms` instead of once per request. A device enrolled, re-keyed or
-//! suspended through this process is dropped from the cache at once ([`DeviceCache::forget`]);
-//! a change made by another process (the CLI writing the database) takes effect within the
-//! time to live. Bounded by `pipeline.device_cache_entries_max`.
+//! `pipeline.device_cache_ttl_ms` instead of once per request. A change made by another process
+//! (the CLI writing the database) takes effect within the
+//! time to live, whether it suspends, re-activates or re-keys the device (a suspended device
+//! is cached too, so its refusal is as quick as an approval). Today every change of a device
+//! is made by another process (the CLI); the operator API will call [`DeviceCache::forget`].
+//! Bounded by `pipeline.device_cache_entries_max`.
 
 use crate::store::{Device, Store};
 use paygate_core::DeviceId;

@@ -93,9 +93,16 @@ pub async fn write(
             answer,
         } => {
             let receipt = write_retry(tx, ctx, &challenge, attempts, &answer, now_ms).await?;
+            // the held payment's own key now answers with the renewed challenge receipt too
+            let payment = RequestRef {
+                device: challenge.device.clone(),
+                key: challenge.idempotency_key.clone(),
+                counter: challenge.counter,
+                body_sha256: challenge.body_sha256.clone(),
+            };
             Recorded {
                 reply: reply(receipt),
-                decided: vec![answer],
+                decided: vec![answer, payment],
             }
         }
         Effect::UpiInitiated(upi) => {

@@ -49,16 +49,16 @@ async fn expire_challenges(ctx: &Context) -> Result<Vec<Outbound>, StoreError> {
     let mut events = Vec::new();
     let mut replies = Vec::new();
     for challenge in identity::expired_challenges(&mut tx, now).await? {
-        let decision = challenge_answer::expire(
-            &mut tx,
-            &ctx.rules,
-            &challenge,
-            None,
-            "expired unanswered",
-            now,
-        )
-        .await?;
-        replies.push(record_tick(&mut tx, ctx, decision, &mut events, now).await?);
+        let mut item = sqlx::Acquire::begin(&mut *tx).await?;
+        let before = events.len();
+        let decided = async {
+            let how = "expired unanswered";
+            let decision =
+                challenge_answer::expire(&mut item, &ctx.rules, &challenge, None, how, now).await?;
+            record_tick(&mut item, ctx, decision, &mut events, now).await
+        }
+        .await;
+        keep_or_skip(ctx, item, decided, &mut replies, &mut events, before).await?;
     }
     finish(tx, events, replies).await
 }
@@ -74,11 +74,44 @@ async fn settle_upi(ctx: &Context) -> Result<Vec<Outbound>, StoreError> {
     let mut events = Vec::new();
     let mut replies = Vec::new();
     for answered in repo::answered(&mut tx, TICK_ROWS_MAX).await? {
-        let decided = products::upi::settle(&mut tx, &answered, now).await?;
-        let decision = products::Decision::final_(decided);
-        replies.push(record_tick(&mut tx, ctx, decision, &mut events, now).await?);
+        let mut item = sqlx::Acquire::begin(&mut *tx).await?;
+        let before = events.len();
+        let decided = async {
+            let decided = products::upi::settle(&mut item, &answered, now).await?;
+            let decision = products::Decision::final_(decided);
+            record_tick(&mut item, ctx, decision, &mut events, now).await
+        }
+        .await;
+        keep_or_skip(ctx, item, decided, &mut replies, &mut events, before).await?;
     }
     finish(tx, events, replies).await
+}
+
+/// One tick item in its own savepoint: kept, or on a broken invariant rolled back alone (an
+/// alert; the item is tried again at the next tick) while the others go on.
+async fn keep_or_skip(
+    ctx: &Context,
+    item: sqlx::Transaction<'_, sqlx::Any>,
+    decided: Result<Outbound, StoreError>,
+    replies: &mut Vec<Outbound>,
+    events: &mut Vec<paygate_core::audit::AuditEvent>,
+    events_before: usize,
+) -> Result<(), StoreError> {
+    match decided {
+        Ok(reply) => {
+            item.commit().await?;
+            replies.push(reply);
+            Ok(())
+        }
+        Err(StoreError::Invariant(broken)) => {
+            item.rollback().await?;
+            events.truncate(events_before);
+            ctx.metrics.count_invariant_alert();
+            tracing::error!(%broken, "tick item refused; tried again at the next tick");
+            Ok(())
+        }
+        Err(other) => Err(other),
+    }
 }
 
 async fn record_tick(

@@ -47,10 +47,18 @@ pub async fn run(ctx: &Context, batch: &mut Batch) {
             chunk
                 .into_iter()
                 .map(|(index, message, device_id, device)| {
-                    (
-                        index,
-                        check(&message, device_id.as_str(), device, freshness),
-                    )
+                    // a panic in a decoder refuses that one request, never its batch
+                    let checked = std::panic::catch_unwind(|| {
+                        check(&message, device_id.as_str(), device, freshness)
+                    })
+                    .unwrap_or_else(|_| {
+                        Err(Refusal {
+                            code: ErrorCode::InternalError,
+                            message: "the request could not be verified".into(),
+                            body_sha256: None,
+                        })
+                    });
+                    (index, checked)
                 })
                 .collect::<Vec<_>>()
         }));

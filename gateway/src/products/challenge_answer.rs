@@ -54,7 +54,10 @@ pub async fn decide(
         return expire(tx, rules, &challenge, Some(&answer), "expired", now_ms).await;
     }
     let linked = *merchant_id == challenge.merchant && *amount == challenge.amount;
-    let passed = linked && check_responses(tx, rules, item, &challenge, responses, now_ms).await?;
+    // every response is checked even when the answer names another payment, so a matched
+    // TOTP code is used up whatever else is wrong with the answer
+    let answered = check_responses(tx, rules, item, &challenge, responses, now_ms).await?;
+    let passed = linked && answered;
     if passed {
         return pass(tx, rules, &challenge, &answer, now_ms).await;
     }
