@@ -1,7 +1,9 @@
-//! The ledger and request store, on SQLite (embedded default: WAL, synchronous=FULL) or
+//! The database layer, below the ledger: SQLite (embedded default: WAL, synchronous=FULL) or
 //! PostgreSQL (production), through sqlx's `Any` driver: one set of queries (`$N` parameters,
 //! portable SQL) and one migration set per backend. Where the dialects differ (row locks,
-//! how a write transaction begins) the code asks [`Store::backend`].
+//! how a write transaction begins) the code asks [`Store::backend`]. It holds devices, decided
+//! requests and the audit outbox; the ledger (accounts, transfers, balances) is built on it and
+//! this module imports nothing of the crate.
 //!
 //! Writes happen in [`Store::begin_batch`] transactions owned by the pipeline: one database
 //! transaction per batch of requests (group commit), one savepoint per request so a failure

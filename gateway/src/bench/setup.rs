@@ -141,6 +141,13 @@ pub async fn preload(settings: &Settings, wallets: &[AccountId], payments: u64) 
                  ON CONFLICT (account_id, local_day, kind) DO UPDATE
                  SET total_minor = debit_days.total_minor + excluded.total_minor,
                      debit_count = debit_days.debit_count + excluded.debit_count".to_owned(),
+        "INSERT INTO wallet_counters (account_id, debited_since_strong_auth_minor)
+         SELECT l.account_id, 100 * COUNT(*) FROM wallet_debit_log l
+         WHERE l.account_id IN (SELECT account_id FROM bench_wallets) GROUP BY l.account_id
+         ON CONFLICT (account_id) DO UPDATE
+         SET debited_since_strong_auth_minor =
+             wallet_counters.debited_since_strong_auth_minor + excluded.debited_since_strong_auth_minor"
+            .to_owned(),
         "INSERT INTO wallet_payees (wallet_account_id, payee_account_id)
          SELECT account_id, 'm-bench' FROM bench_wallets WHERE 1 = 1 ON CONFLICT DO NOTHING".to_owned(),
         format!("UPDATE balance_shards SET balance_minor = balance_minor + 100 * {count}
