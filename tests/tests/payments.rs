@@ -226,3 +226,52 @@ async fn an_es256_device_pays_too() {
     assert_eq!(gateway.balance(MERCHANT).await, 200);
     agent.disconnect().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_of_a_decided_request_gets_its_first_answer_however_old() {
+    let gateway = TestGateway::start_with(|s| s.pipeline.request_age_max_ms = 1_500).await;
+    let bundle = gateway.device("pos-1", "100.00").await;
+    let mut agent = gateway.agent("pos-1").await;
+    let envelope = bundle.signing_key.seal(
+        REQUEST_CONTENT_TYPE,
+        &request("pos-1", "old-1", 1, "10.00").to_payload(),
+    );
+    agent.publish_raw(envelope.clone()).await.unwrap();
+    let first = agent
+        .next_reply(Duration::from_secs(10), Some("old-1"))
+        .await
+        .unwrap();
+    assert_eq!(first.receipt.outcome, Outcome::Approved, "{first:?}");
+    // the terminal's outbox resends it after the age limit: it must not hear "rejected"
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    agent.publish_raw(envelope).await.unwrap();
+    let again = agent
+        .next_reply(Duration::from_secs(10), Some("old-1"))
+        .await
+        .unwrap();
+    assert_eq!(again.envelope, first.envelope, "{again:?}");
+    // a request never decided, as old, is still refused and changes nothing
+    let before = gateway.ledger_fingerprint().await;
+    let mut stale = request("pos-1", "old-2", 2, "10.00");
+    stale.created_at_ms -= 5_000;
+    agent
+        .publish_raw(
+            bundle
+                .signing_key
+                .seal(REQUEST_CONTENT_TYPE, &stale.to_payload()),
+        )
+        .await
+        .unwrap();
+    let refused = agent
+        .next_reply(Duration::from_secs(10), Some("old-2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::RequestExpired),
+        "{refused:?}"
+    );
+    assert_eq!(gateway.ledger_fingerprint().await, before);
+    assert_eq!(gateway.balance("wallet-pos-1").await, 9_000);
+    agent.disconnect().await;
+}

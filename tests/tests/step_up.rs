@@ -526,3 +526,137 @@ async fn a_wallet_without_the_mechanism_enrolled_is_declined_and_velocity_is_lim
     assert_eq!(limited.code(), Some(ErrorCode::LimitExceeded));
     agent.disconnect().await;
 }
+
+/// Two challenged payments, each within the daily limit alone, answered one after the other:
+/// the second is checked against the limit again when it is answered and declined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_answered_later_passes_the_daily_limit_again() {
+    let gateway = gateway_with(vec![Mechanism::Totp], 0, |s| {
+        s.wallet.full_kyc.daily_debit_max_minor = 400_000;
+    })
+    .await;
+    let counter = paygate_agent::now_ms() * 1000;
+    let mut agent = gateway.agent("pos-1").await;
+    let first = send(&mut agent, &payment("limit-1", counter, LARGE)).await;
+    let second = send(&mut agent, &payment("limit-2", counter + 1, LARGE)).await;
+    assert_eq!(first.receipt.outcome, Outcome::Challenged, "{first:?}");
+    assert_eq!(second.receipt.outcome, Outcome::Challenged, "{second:?}");
+    let first_id = first.receipt.challenge.unwrap().challenge_id;
+    let second_id = second.receipt.challenge.unwrap().challenge_id;
+    let approved = send(
+        &mut agent,
+        &answer(
+            "limit-1-answer",
+            counter + 2,
+            &first_id,
+            MERCHANT,
+            LARGE,
+            Mechanism::Totp,
+            &code_at(0),
+        ),
+    )
+    .await;
+    assert_eq!(approved.receipt.outcome, Outcome::Approved, "{approved:?}");
+    let declined = send(
+        &mut agent,
+        &answer(
+            "limit-2-answer",
+            counter + 3,
+            &second_id,
+            MERCHANT,
+            LARGE,
+            Mechanism::Totp,
+            &code_at(1),
+        ),
+    )
+    .await;
+    assert_eq!(declined.receipt.outcome, Outcome::Declined, "{declined:?}");
+    assert_eq!(
+        declined.code(),
+        Some(ErrorCode::LimitExceeded),
+        "{declined:?}"
+    );
+    assert_eq!(declined.receipt.idempotency_key.as_deref(), Some("limit-2"));
+    assert_eq!(gateway.balance("wallet-pos-1").await, 1_000_000 - 250_000);
+    assert_eq!(gateway.balance(MERCHANT).await, 250_000);
+    gateway.assert_ledger_balanced().await;
+    agent.disconnect().await;
+}
+
+/// An answer that names another amount fails, and the TOTP code it carried is used up: the
+/// same code with the right amount cannot pass afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_sent_with_the_wrong_amount_is_used_up() {
+    let gateway = gateway_with(vec![Mechanism::Totp], 0, |_| {}).await;
+    let counter = paygate_agent::now_ms() * 1000;
+    let mut agent = gateway.agent("pos-1").await;
+    let held = send(&mut agent, &payment("linked-1", counter, LARGE)).await;
+    let challenge_id = held.receipt.challenge.unwrap().challenge_id;
+    let code = code_at(0);
+    let wrong_amount = send(
+        &mut agent,
+        &answer(
+            "linked-1-a",
+            counter + 1,
+            &challenge_id,
+            MERCHANT,
+            "2400.00",
+            Mechanism::Totp,
+            &code,
+        ),
+    )
+    .await;
+    assert_eq!(
+        wrong_amount.receipt.outcome,
+        Outcome::Challenged,
+        "{wrong_amount:?}"
+    );
+    let same_code = send(
+        &mut agent,
+        &answer(
+            "linked-1-b",
+            counter + 2,
+            &challenge_id,
+            MERCHANT,
+            LARGE,
+            Mechanism::Totp,
+            &code,
+        ),
+    )
+    .await;
+    assert_ne!(
+        same_code.receipt.outcome,
+        Outcome::Approved,
+        "{same_code:?}"
+    );
+    assert_eq!(
+        same_code
+            .receipt
+            .challenge
+            .as_ref()
+            .map(|c| c.attempts_left),
+        Some(1)
+    );
+    assert_eq!(gateway.balance(MERCHANT).await, 0);
+    let next_code = send(
+        &mut agent,
+        &answer(
+            "linked-1-c",
+            counter + 3,
+            &challenge_id,
+            MERCHANT,
+            LARGE,
+            Mechanism::Totp,
+            &code_at(1),
+        ),
+    )
+    .await;
+    assert_eq!(
+        next_code.receipt.outcome,
+        Outcome::Approved,
+        "{next_code:?}"
+    );
+    assert_eq!(gateway.balance(MERCHANT).await, 250_000);
+    gateway.assert_ledger_balanced().await;
+    agent.disconnect().await;
+}
