@@ -109,31 +109,16 @@ async fn ledger_runs(
             .map(|b| AccountId::parse(&format!("wallet-{}", b.device_id)))
             .collect::<Result<_, _>>()?;
         setup::preload(&settings, &wallets, options.preload).await?;
-        let label = format!("{name}, {} payments on the ledger", options.preload);
-        rows.push(
-            paygate_row(
-                label,
-                &settings,
-                &bundles,
-                options,
-                1_000_000_000,
-                options.idle_connections,
-            )
-            .await?,
-        );
-    } else if options.idle_connections > 0 {
-        let label = format!("{name}, again");
-        rows.push(
-            paygate_row(
-                label,
-                &settings,
-                &bundles,
-                options,
-                1_000_000_000,
-                options.idle_connections,
-            )
-            .await?,
-        );
+    }
+    if options.preload > 0 || options.idle_connections > 0 {
+        let label = match options.preload {
+            0 => format!("{name}, again"),
+            preload => format!("{name}, {preload} payments on the ledger"),
+        };
+        // counters above the first run's, so the devices' requests stay new
+        let counter_base = 1_000_000_000;
+        let idle = options.idle_connections;
+        rows.push(paygate_row(label, &settings, &bundles, options, counter_base, idle).await?);
     }
     Ok((rows, bundles))
 }
@@ -204,6 +189,7 @@ async fn idle_memory(
         bundles.push(paygate_agent::DeviceBundle::load(&entry.path())?);
     }
     let (before, _) = gateway.rss()?;
+    let connected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut clients = Vec::new();
     for bundle in &bundles {
         // the front binds the client id to the certificate: one connection per terminal
@@ -212,19 +198,38 @@ async fn idle_memory(
         options.set_transport(rumqttc::Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(paygate_agent::tls_config(bundle)?),
         ));
-        options.set_keep_alive(Duration::from_secs(60));
+        options.set_keep_alive(Duration::from_secs(120));
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+        let connected = connected.clone();
         clients.push((
             client,
-            tokio::spawn(async move { while eventloop.poll().await.is_ok() {} }),
+            tokio::spawn(async move {
+                let mut counted = false;
+                loop {
+                    match eventloop.poll().await {
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) if !counted => {
+                            counted = true;
+                            connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        // a refused or timed-out handshake is tried again
+                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+            }),
         ));
+        // a steady stream of handshakes, not a thundering herd
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while connected.load(std::sync::atomic::Ordering::Relaxed) < bundles.len()
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let (after, _) = gateway.rss()?;
-    let open = clients
-        .iter()
-        .filter(|(_, task)| !task.is_finished())
-        .count();
+    let open = connected.load(std::sync::atomic::Ordering::Relaxed);
     for (_, task) in clients {
         task.abort();
     }

@@ -42,6 +42,14 @@ const TABLES: [&str; 3] = ["identity_challenges", "upi_payments", "requests"];
 /// The same requests per query at most (SQLite allows 32,766 parameters).
 const PROBES_PER_QUERY_MAX: usize = 256;
 
+/// `SELECT columns FROM table WHERE (device_id = $1 AND by = $2) OR ...`, `count` pairs.
+fn probe_query(table: &str, columns: &str, by: &str, count: usize) -> String {
+    let terms: Vec<String> = (0..count)
+        .map(|i| format!("(device_id = ${} AND {by} = ${})", 2 * i + 1, 2 * i + 2))
+        .collect();
+    format!("SELECT {columns} FROM {table} WHERE {}", terms.join(" OR "))
+}
+
 impl Known {
     pub async fn load(tx: &mut Tx<'_>, probes: &[Probe<'_>]) -> Result<Known, StoreError> {
         let mut known = Known::default();
@@ -60,19 +68,8 @@ impl Known {
         table: &str,
         probes: &[Probe<'_>],
     ) -> Result<(), StoreError> {
-        let terms: Vec<String> = (0..probes.len())
-            .map(|i| {
-                format!(
-                    "(device_id = ${} AND idempotency_key = ${})",
-                    2 * i + 1,
-                    2 * i + 2
-                )
-            })
-            .collect();
-        let sql = format!(
-            "SELECT device_id, idempotency_key, body_sha256, receipt FROM {table} WHERE {}",
-            terms.join(" OR ")
-        );
+        let columns = "device_id, idempotency_key, body_sha256, receipt";
+        let sql = probe_query(table, columns, "idempotency_key", probes.len());
         let mut query = sqlx::query(&sql);
         for probe in probes {
             query = query.bind(probe.device.as_str()).bind(probe.key.as_str());
@@ -92,13 +89,7 @@ impl Known {
         table: &str,
         probes: &[Probe<'_>],
     ) -> Result<(), StoreError> {
-        let terms: Vec<String> = (0..probes.len())
-            .map(|i| format!("(device_id = ${} AND counter = ${})", 2 * i + 1, 2 * i + 2))
-            .collect();
-        let sql = format!(
-            "SELECT device_id, counter FROM {table} WHERE {}",
-            terms.join(" OR ")
-        );
+        let sql = probe_query(table, "device_id, counter", "counter", probes.len());
         let mut query = sqlx::query(&sql);
         for probe in probes {
             query = query

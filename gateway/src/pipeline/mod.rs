@@ -4,7 +4,8 @@
 //! 2. `prepare`: key-provider and PIN work, outside the transaction (concurrently).
 //! 3. audit gate: while the audit trail cannot take records, requests are refused with
 //!    `AUDIT_UNAVAILABLE` (never approve what cannot be audited, PCI DSS 10.7.2).
-//! 4. in one database transaction: `dedupe` (one query per table for the batch), freshness,
+//! 4. in one database transaction: `dedupe` (two queries per table for the batch: keys and
+//!    counters), freshness,
 //!    then for each new request `products::decide` and `record::write` in its own savepoint
 //!    (a request whose decision breaks an invariant is refused alone, with an alert);
 //!    the batch's audit records go into the outbox; one commit.
@@ -80,22 +81,19 @@ impl Pipeline {
             let message = "the audit trail cannot take records now; retry later with the same idempotency key";
             refuse_prepared(ctx, &mut batch, ErrorCode::AuditUnavailable, message);
         }
-        match decide_and_record(ctx, &mut batch).await {
-            Ok(()) => {
-                for handoff in batch.handoffs.drain(..) {
-                    // the worker outlives the pipeline; if it is gone the gateway is stopping
-                    // and the next start resolves the payment by a status check
-                    let _ = ctx.upi_handoffs.send(handoff).await;
-                }
-            }
-            Err(error) => {
-                tracing::error!(%error, requests = batch.prepared_count(), "batch failed and was rolled back");
-                refuse_undecided(ctx, &mut batch).await;
-            }
+        if let Err(error) = decide_and_record(ctx, &mut batch).await {
+            tracing::error!(%error, requests = batch.prepared_count(), "batch failed and was rolled back");
+            refuse_undecided(ctx, &mut batch).await;
         }
         if let Err(error) = ctx.audit.drain().await {
-            tracing::error!(%error, "receipts held back: the audit journal cannot be written");
+            // nothing leaves, not even to the UPI network, before its audit record is durable;
+            // a payment left initiated is declined as never sent at the next start
+            tracing::error!(%error, "receipts and UPI handoffs held back: the audit journal cannot be written");
             return Vec::new();
+        }
+        for handoff in batch.handoffs.drain(..) {
+            // the worker outlives the pipeline; if it is gone the gateway is stopping
+            let _ = ctx.upi_handoffs.send(handoff).await;
         }
         batch.replies()
     }
