@@ -16,7 +16,8 @@ pub async fn decide(
     tx: &mut Batch<'_>,
     rules: &Rules,
     item: &Prepared,
-    now_ms: u64,
+    // the network decides the moment; kept for the one signature every handler has
+    _now_ms: u64,
 ) -> Result<Decision, StoreError> {
     let (merchant_vpa, amount, payer_vpa, credential_block) = match &item.request.operation {
         Operation::UpiPayment {
@@ -83,7 +84,6 @@ pub async fn decide(
     let merchant = AccountId::parse(&merchant)
         .map_err(|e| StoreError::Invariant(format!("merchant_vpas row: {e}")))?;
     let payment_id = format!("upi-{}", uuid::Uuid::new_v4().simple());
-    let _ = now_ms;
     Ok(Decision::of(Effect::UpiInitiated(Box::new(
         UpiInitiation {
             payment_id: payment_id.clone(),
