@@ -48,16 +48,41 @@ pub struct EmbeddedBroker {
     pub pipeline_link: (LinkTx, LinkRx),
 }
 
-/// Starts the broker on its own thread and waits until its loopback listener answers.
+/// Starts the broker on its own thread and waits until its loopback listener answers as
+/// this broker: an MQTT connect with this broker's secret is accepted. rumqttd binds the port
+/// itself and reports a bind failure only in its log, so a free port is picked and handed over;
+/// if another listener took that port meanwhile (a plain TCP probe would connect to it), the
+/// broker is started again on another port.
 pub async fn start(connections_max: usize, packet_bytes_max: usize) -> Result<EmbeddedBroker> {
-    let secret = BrokerSecret::generate();
-    // rumqttd binds the port itself and reports a bind failure only in its log, so pick a free
-    // port, hand it over, and probe until it answers
-    let address = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")
-            .context("finding a loopback port for the broker")?;
-        probe.local_addr()?
-    };
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        let secret = BrokerSecret::generate();
+        let address = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")
+                .context("finding a loopback port for the broker")?;
+            probe.local_addr()?
+        };
+        let (link, stopped) = spawn(address, &secret, connections_max, packet_bytes_max)?;
+        if answers_as_ours(address, &secret, stopped).await {
+            return Ok(EmbeddedBroker {
+                address,
+                secret,
+                pipeline_link: link,
+            });
+        }
+        tracing::warn!(%address, attempt, "the embedded broker could not take its port; trying another");
+    }
+    bail!("the embedded broker did not start listening after {ATTEMPTS} ports")
+}
+
+/// Builds the broker on `address` and starts it on its own thread; the receiver hears when
+/// the broker stops (a bind failure, at once).
+fn spawn(
+    address: SocketAddr,
+    secret: &BrokerSecret,
+    connections_max: usize,
+    packet_bytes_max: usize,
+) -> Result<((LinkTx, LinkRx), tokio::sync::oneshot::Receiver<()>)> {
     let mut connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: packet_bytes_max,
@@ -101,22 +126,46 @@ pub async fn start(connections_max: usize, packet_bytes_max: usize) -> Result<Em
     link_tx
         .subscribe(ALL_REQUESTS_FILTER)
         .context("subscribing the pipeline link")?;
+    let (stopped_tx, stopped) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("paygate-broker".to_owned())
         .spawn(move || {
             if let Err(error) = broker.start() {
                 tracing::error!(%error, "embedded broker stopped");
             }
+            let _ = stopped_tx.send(());
         })?;
+    Ok(((link_tx, link_rx), stopped))
+}
+
+/// Whether the listener on `address` is the broker holding `secret`: it accepts an MQTT
+/// connect with the secret within the time given, while the broker's thread still runs.
+async fn answers_as_ours(
+    address: SocketAddr,
+    secret: &BrokerSecret,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) -> bool {
+    use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(address).await.is_ok() {
-            return Ok(EmbeddedBroker {
-                address,
-                secret,
-                pipeline_link: (link_tx, link_rx),
-            });
+        if stopped.try_recv().is_ok() {
+            return false;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        let mut options =
+            MqttOptions::new("paygate-probe", address.ip().to_string(), address.port());
+        options.set_credentials("paygate-probe", secret.expose());
+        options.set_keep_alive(Duration::from_secs(5));
+        let (client, mut events) = AsyncClient::new(options, 1);
+        let answer = tokio::time::timeout(Duration::from_secs(1), events.poll()).await;
+        let _ = client.disconnect().await;
+        match answer {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                return ack.code == ConnectReturnCode::Success;
+            }
+            // not listening yet, or something else that is not an MQTT broker
+            Ok(Err(_)) | Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(25)).await,
+            // a listener that does not answer MQTT is not ours
+            Err(_) => return false,
+        }
     }
-    bail!("the embedded broker did not start listening on {address}")
+    false
 }

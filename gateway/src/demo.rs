@@ -108,9 +108,14 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary> {
             pki::issue_device(&pki_dir, &device, &wallet, SigningAlgorithm::Ed25519)?;
         }
         let wallet = enrol_from_bundle(&store, &pki_dir, &device, inr).await?;
-        store
-            .fund_wallet(&wallet, Money::parse_decimal("400.00", "INR")?, now)
-            .await?;
+        crate::products::wallet::fund(
+            &store,
+            &settings.wallet,
+            &wallet,
+            Money::parse_decimal("400.00", "INR")?,
+            now,
+        )
+        .await?;
         let agent_settings = AgentSettings {
             host: "127.0.0.1".into(),
             port: running.mqtt_address.port(),

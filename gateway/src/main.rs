@@ -501,13 +501,14 @@ async fn main() -> Result<()> {
                     amount,
                     currency,
                 } => {
-                    let tx = store
-                        .fund_wallet(
-                            &AccountId::parse(&wallet)?,
-                            Money::parse_decimal(&amount, &currency)?,
-                            now,
-                        )
-                        .await?;
+                    let tx = paygate_gateway::products::wallet::fund(
+                        &store,
+                        &settings.wallet,
+                        &AccountId::parse(&wallet)?,
+                        Money::parse_decimal(&amount, &currency)?,
+                        now,
+                    )
+                    .await?;
                     println!("funded {wallet}: {tx}");
                     admin_event(
                         &settings,

@@ -31,7 +31,8 @@ pub fn funding_account(currency: &str) -> AccountId {
         .unwrap_or_else(|_| liability())
 }
 
-fn liability() -> AccountId {
+/// The programme's points liability account.
+pub fn liability() -> AccountId {
     // a constant valid id
     AccountId::parse(LIABILITY).unwrap_or_else(|e| unreachable_id(&e.to_string()))
 }
@@ -134,6 +135,41 @@ pub async fn earn(
     )
     .await?;
     let active_at = now_ms.saturating_add(settings.pending_ms);
+    let state = if settings.pending_ms == 0 {
+        "active"
+    } else {
+        "pending"
+    };
+    let lot = NewLot {
+        wallet,
+        earn_tx: &earn_tx,
+        payment_tx,
+        points,
+        state,
+        active_at_ms: active_at,
+        expires_at_ms: now_ms.saturating_add(settings.expiry_ms),
+    };
+    insert_lot(batch, &lot, now_ms).await?;
+    recover_debt(batch, wallet, &earn_tx, points, now_ms).await?;
+    Ok(points)
+}
+
+/// A lot to open: points earned by a payment, or tender points a refund gave back.
+struct NewLot<'a> {
+    wallet: &'a AccountId,
+    earn_tx: &'a TxId,
+    payment_tx: &'a TxId,
+    points: i64,
+    state: &'a str,
+    active_at_ms: u64,
+    expires_at_ms: u64,
+}
+
+async fn insert_lot(
+    batch: &mut Batch<'_>,
+    lot: &NewLot<'_>,
+    now_ms: u64,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO points_lots (lot_id, wallet_account_id, points_account_id, earn_tx_id,
             payment_tx_id, points_earned, points_remaining, state, active_at_ms, expires_at_ms,
@@ -142,24 +178,117 @@ pub async fn earn(
     )
     .bind(format!(
         "lot-{}",
-        earn_tx.as_str().trim_start_matches("tx-")
+        lot.earn_tx.as_str().trim_start_matches("tx-")
     ))
-    .bind(wallet.as_str())
-    .bind(account.as_str())
-    .bind(earn_tx.as_str())
-    .bind(payment_tx.as_str())
-    .bind(points)
-    .bind(if settings.pending_ms == 0 {
-        "active"
-    } else {
-        "pending"
-    })
-    .bind(ms(active_at))
-    .bind(ms(now_ms.saturating_add(settings.expiry_ms)))
+    .bind(lot.wallet.as_str())
+    .bind(points_account(lot.wallet).as_str())
+    .bind(lot.earn_tx.as_str())
+    .bind(lot.payment_tx.as_str())
+    .bind(lot.points)
+    .bind(lot.state)
+    .bind(ms(lot.active_at_ms))
+    .bind(ms(lot.expires_at_ms))
     .bind(ms(now_ms))
     .execute(&mut **batch)
     .await?;
-    Ok(points)
+    Ok(())
+}
+
+/// Points the wallet owes from clawbacks it could not cover.
+pub async fn points_owed(batch: &mut Batch<'_>, wallet: &AccountId) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar::<_, i64>(
+        "SELECT points_owed FROM points_debts WHERE wallet_account_id = $1",
+    )
+    .bind(wallet.as_str())
+    .fetch_optional(&mut **batch)
+    .await?
+    .unwrap_or(0))
+}
+
+async fn add_debt(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+    points: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO points_debts (wallet_account_id, points_owed) VALUES ($1, $2)
+         ON CONFLICT (wallet_account_id) DO UPDATE
+         SET points_owed = points_debts.points_owed + excluded.points_owed",
+    )
+    .bind(wallet.as_str())
+    .bind(points)
+    .execute(&mut **batch)
+    .await?;
+    Ok(())
+}
+
+/// Newly earned points pay what the wallet owes first: taken from the new lot (earned by
+/// `earn_tx`) as a `points_debt_recovery` transfer back to the programme.
+async fn recover_debt(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+    earn_tx: &TxId,
+    earned: i64,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let owed = points_owed(batch, wallet).await?;
+    let take = owed.min(earned);
+    if take <= 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE points_lots SET points_remaining = points_remaining - $1,
+            state = CASE WHEN points_remaining - $1 = 0 THEN 'spent' ELSE state END
+         WHERE earn_tx_id = $2",
+    )
+    .bind(take)
+    .bind(earn_tx.as_str())
+    .execute(&mut **batch)
+    .await?;
+    sqlx::query(
+        "UPDATE points_debts SET points_owed = points_owed - $1 WHERE wallet_account_id = $2",
+    )
+    .bind(take)
+    .bind(wallet.as_str())
+    .execute(&mut **batch)
+    .await?;
+    ledger::post(
+        batch,
+        &NewTransfer {
+            tx_id: &new_tx_id(),
+            kind: "points_debt_recovery",
+            origin: None,
+            related: Some(earn_tx),
+            legs: vec![
+                Leg::debit(&points_account(wallet), AccountKind::Points, POINTS, take),
+                Leg::credit(&liability(), AccountKind::PointsLiability, POINTS, take),
+            ],
+            now_ms,
+        },
+    )
+    .await
+}
+
+/// Tender points a refund gives back: credited to the customer's points account by the
+/// refund's own legs, and held in a new active lot (earned, for expiry, when returned).
+pub async fn return_points(
+    batch: &mut Batch<'_>,
+    settings: &RewardsSettings,
+    wallet: &AccountId,
+    refund_tx: &TxId,
+    points: i64,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let lot = NewLot {
+        wallet,
+        earn_tx: refund_tx,
+        payment_tx: refund_tx,
+        points,
+        state: "active",
+        active_at_ms: now_ms,
+        expires_at_ms: now_ms.saturating_add(settings.expiry_ms),
+    };
+    insert_lot(batch, &lot, now_ms).await
 }
 
 /// A wallet's redeemable points: active lots (the job activates them) not yet expired.
@@ -321,51 +450,112 @@ pub async fn consume(
     Ok(())
 }
 
-/// Claws back the points a refunded payment earned, in proportion to the money refunded so
-/// far (`refunded_total_minor` of `paid_minor`), less what earlier refunds clawed back. Taken
-/// from the payment's own lot first, then the wallet's other lots (active, then pending); what
-/// the customer no longer holds is not clawed (returned as the shortfall).
-pub async fn clawback(
+/// What a refund's clawback will do, worked out before the refund posts (so a shortfall can
+/// be kept back from the refund's money).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClawbackPlan {
+    pub wallet: AccountId,
+    /// Points due now: the payment's earned points in proportion to the money refunded so
+    /// far, less earlier clawbacks. Points of the payment's lot that expired went back to the
+    /// programme then and are never due again.
+    pub due: i64,
+    /// Of `due`, what the customer's lots hold (the payment's own lot first).
+    pub covered: i64,
+}
+
+impl ClawbackPlan {
+    /// Points due that the customer no longer holds (spent).
+    pub fn shortfall(&self) -> i64 {
+        self.due - self.covered
+    }
+}
+
+/// The clawback a refund bringing the payment's refunds to `refunded_total_minor` of
+/// `paid_minor` calls for; `None` when the payment earned nothing or nothing more is due.
+/// `returning` tender points this refund gives back count as held.
+pub async fn clawback_plan(
     batch: &mut Batch<'_>,
     payment_tx: &TxId,
-    refund_tx: &TxId,
     refunded_total_minor: i64,
     paid_minor: i64,
+    returning: i64,
     now_ms: u64,
-) -> Result<(i64, i64), StoreError> {
+) -> Result<Option<ClawbackPlan>, StoreError> {
     let lot = sqlx::query(
-        "SELECT wallet_account_id, points_earned FROM points_lots WHERE payment_tx_id = $1",
+        "SELECT wallet_account_id, points_earned, earn_tx_id FROM points_lots WHERE payment_tx_id = $1",
     )
     .bind(payment_tx.as_str())
     .fetch_optional(&mut **batch)
     .await?;
-    let Some(lot) = lot else { return Ok((0, 0)) };
+    let Some(lot) = lot else { return Ok(None) };
     let wallet: String = lot.try_get("wallet_account_id")?;
     let wallet = AccountId::parse(&wallet)
         .map_err(|e| StoreError::Invariant(format!("lot wallet {wallet}: {e}")))?;
     let earned: i64 = lot.try_get("points_earned")?;
+    let earn_tx: String = lot.try_get("earn_tx_id")?;
+    let expired = sum_of(
+        batch,
+        "SELECT amount_minor FROM transfers WHERE kind = 'points_expire' AND related_tx_id = $1",
+        &earn_tx,
+    )
+    .await?;
+    let claimable = earned.saturating_sub(expired).max(0);
     let target =
-        i128::from(earned) * i128::from(refunded_total_minor) / i128::from(paid_minor.max(1));
-    let target = i64::try_from(target.min(i128::from(earned))).unwrap_or(earned);
-    let earlier = sqlx::query(
+        i128::from(claimable) * i128::from(refunded_total_minor) / i128::from(paid_minor.max(1));
+    let target = i64::try_from(target.min(i128::from(claimable))).unwrap_or(claimable);
+    let clawed = sum_of(
+        batch,
         "SELECT t.amount_minor FROM transfers t JOIN transfers r ON t.related_tx_id = r.tx_id
          WHERE t.kind = 'points_clawback' AND r.related_tx_id = $1",
+        payment_tx.as_str(),
     )
-    .bind(payment_tx.as_str())
-    .fetch_all(&mut **batch)
     .await?;
-    let mut clawed: i64 = 0;
-    for row in earlier {
-        clawed = clawed.saturating_add(row.try_get::<i64, _>("amount_minor")?);
-    }
     let due = target.saturating_sub(clawed);
     if due <= 0 {
-        return Ok((0, 0));
+        return Ok(None);
     }
+    let held: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(points_remaining), 0) AS BIGINT) FROM points_lots
+         WHERE wallet_account_id = $1 AND state IN ('pending', 'active') AND expires_at_ms > $2",
+    )
+    .bind(wallet.as_str())
+    .bind(ms(now_ms))
+    .fetch_one(&mut **batch)
+    .await?;
+    let covered = due.min(held.saturating_add(returning));
+    Ok(Some(ClawbackPlan {
+        wallet,
+        due,
+        covered,
+    }))
+}
+
+/// The sum of the `amount_minor` column of a query's rows (one text argument).
+async fn sum_of(batch: &mut Batch<'_>, sql: &str, arg: &str) -> Result<i64, StoreError> {
+    let mut sum: i64 = 0;
+    for row in sqlx::query(sql).bind(arg).fetch_all(&mut **batch).await? {
+        sum = sum.saturating_add(row.try_get::<i64, _>("amount_minor")?);
+    }
+    Ok(sum)
+}
+
+/// Carries out a clawback plan after its refund (`refund_tx`) posted: the covered points leave
+/// the customer's lots (the payment's own lot first, then the others: active, then pending) as
+/// a `points_clawback` transfer; `owed` points (the shortfall not kept back from the refund)
+/// become the wallet's points debt. Returns the points taken.
+pub async fn apply_clawback(
+    batch: &mut Batch<'_>,
+    plan: &ClawbackPlan,
+    payment_tx: &TxId,
+    refund_tx: &TxId,
+    owed: i64,
+    now_ms: u64,
+) -> Result<i64, StoreError> {
+    let wallet = &plan.wallet;
     let mut taken = take_from_lots(
         batch,
-        &wallet,
-        due,
+        wallet,
+        plan.covered,
         Some(payment_tx),
         &["pending", "active"],
         now_ms,
@@ -373,13 +563,19 @@ pub async fn clawback(
     .await?;
     taken += take_from_lots(
         batch,
-        &wallet,
-        due - taken,
+        wallet,
+        plan.covered - taken,
         None,
         &["active", "pending"],
         now_ms,
     )
     .await?;
+    if taken != plan.covered {
+        return Err(StoreError::Invariant(format!(
+            "{wallet}: clawback planned {} points, the lots gave {taken}",
+            plan.covered
+        )));
+    }
     if taken > 0 {
         ledger::post(
             batch,
@@ -389,7 +585,7 @@ pub async fn clawback(
                 origin: None,
                 related: Some(refund_tx),
                 legs: vec![
-                    Leg::debit(&points_account(&wallet), AccountKind::Points, POINTS, taken),
+                    Leg::debit(&points_account(wallet), AccountKind::Points, POINTS, taken),
                     Leg::credit(&liability(), AccountKind::PointsLiability, POINTS, taken),
                 ],
                 now_ms,
@@ -397,7 +593,10 @@ pub async fn clawback(
         )
         .await?;
     }
-    Ok((taken, due - taken))
+    if owed > 0 {
+        add_debt(batch, wallet, owed).await?;
+    }
+    Ok(taken)
 }
 
 /// What the activation and expiry job did.
@@ -494,6 +693,10 @@ pub struct Liability {
     pub value_minor: i64,
     pub currency: String,
     pub wallets: i64,
+    /// Points customers owe from clawbacks they could not cover (spent points), and how many
+    /// wallets owe them: recovered from the next points each earns.
+    pub points_owed: i64,
+    pub wallets_owing: i64,
 }
 
 pub async fn liability_report(
@@ -514,6 +717,8 @@ pub async fn liability_report(
         value_minor: 0,
         currency: settings.currency.clone(),
         wallets: 0,
+        points_owed: 0,
+        wallets_owing: 0,
     };
     let mut wallets = std::collections::BTreeSet::new();
     for row in rows {
@@ -527,6 +732,14 @@ pub async fn liability_report(
         }
     }
     report.wallets = i64::try_from(wallets.len()).unwrap_or(i64::MAX);
+    let (owed, owing): (i64, i64) = sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(points_owed), 0) AS BIGINT), CAST(COUNT(*) AS BIGINT)
+         FROM points_debts WHERE points_owed > 0",
+    )
+    .fetch_one(&mut *batch)
+    .await?;
+    report.points_owed = owed;
+    report.wallets_owing = owing;
     report.ledger_points = ledger::balance(&mut batch, &liability())
         .await?
         .unwrap_or(0)

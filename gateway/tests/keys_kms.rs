@@ -307,11 +307,15 @@ async fn the_gateway_fails_closed_without_kms_and_keeps_paying_what_needs_no_new
         )
         .await
         .unwrap();
-    gateway
-        .store
-        .fund_wallet(&wallet, Money::parse_decimal("100.00", "INR").unwrap(), 0)
-        .await
-        .unwrap();
+    paygate_gateway::products::wallet::fund(
+        &gateway.store,
+        &Default::default(),
+        &wallet,
+        Money::parse_decimal("100.00", "INR").unwrap(),
+        0,
+    )
+    .await
+    .unwrap();
     let bundle_dir = paygate_gateway::pki::device_dir(&pki, &device);
     let mut agent = Agent::connect(
         DeviceBundle::load(&bundle_dir).unwrap(),

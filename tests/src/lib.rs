@@ -127,10 +127,15 @@ impl TestGateway {
         )
         .await
         .unwrap();
-        self.store()
-            .fund_wallet(&wallet, inr(funds), 0)
-            .await
-            .unwrap();
+        paygate_gateway::products::wallet::fund(
+            self.store(),
+            &self.settings.wallet,
+            &wallet,
+            inr(funds),
+            paygate_gateway::clock::now_ms(),
+        )
+        .await
+        .unwrap();
         DeviceBundle::load(&pki::device_dir(&self.pki_dir(), &device)).unwrap()
     }
 

@@ -50,6 +50,19 @@ fn id(text: &str) -> AccountId {
     AccountId::parse(text).unwrap()
 }
 
+/// Funds a wallet as the operator does (default KYC limits).
+async fn fund(store: &paygate_gateway::store::Store, wallet: &str, amount: &str) {
+    paygate_gateway::products::wallet::fund(
+        store,
+        &Default::default(),
+        &id(wallet),
+        paygate_tests::inr(amount),
+        0,
+    )
+    .await
+    .unwrap();
+}
+
 async fn open(store: &Store, account: &str, kind: AccountKind, unit: &str) {
     open_tier(store, account, kind, unit, None).await;
 }
@@ -148,10 +161,7 @@ async fn funded(db: Db) -> TestDb {
     open(store, "w-b", AccountKind::Wallet, "INR").await;
     open(store, "m-1", AccountKind::Merchant, "INR").await;
     open(store, "m-usd", AccountKind::Merchant, "USD").await;
-    store
-        .fund_wallet(&id("w-a"), paygate_tests::inr("1000.00"), 0)
-        .await
-        .unwrap();
+    fund(store, "w-a", "1000.00").await;
     test
 }
 
@@ -471,10 +481,7 @@ async fn concurrent_random_transfers_with_retries_keep_every_invariant(db: Db) {
     eprintln!("seed {seed} (PAYGATE_PROPTEST_SEED={seed} reruns it)");
     for w in 0..WALLETS {
         open(&store, &format!("w-{w}"), AccountKind::Wallet, "INR").await;
-        store
-            .fund_wallet(&id(&format!("w-{w}")), paygate_tests::inr("50.00"), 0)
-            .await
-            .unwrap();
+        fund(&store, &format!("w-{w}"), "50.00").await;
     }
     open(&store, "m-hot", AccountKind::Merchant, "INR").await;
     open(&store, "m-other", AccountKind::Merchant, "INR").await;

@@ -15,12 +15,17 @@ use paygate_tests::{inr, TestGateway};
 const PENDING_MS: u64 = 60_000;
 
 async fn gateway() -> TestGateway {
+    gateway_with(|_| {}).await
+}
+
+async fn gateway_with(adjust: impl FnOnce(&mut paygate_gateway::config::Settings)) -> TestGateway {
     let gateway = TestGateway::start_with(|s| {
         s.rewards.pending_ms = PENDING_MS;
         s.rewards.expiry_ms = 86_400_000;
         s.rewards.point_value_minor = 25;
         // the test runs the job itself, with its own clock
         s.rewards.job_interval_ms = 3_600_000;
+        adjust(s);
     })
     .await;
     gateway.device("pos-a", "5000.00").await;
@@ -263,6 +268,191 @@ async fn earn_redeem_expire_claw_back_and_report() {
     assert_eq!(report.ledger_points, 15);
     assert_eq!(report.value_minor, 375);
     assert_eq!(report.wallets, 1);
+    a.disconnect().await;
+    till.disconnect().await;
+}
+
+fn refund(original: &TxId, amount: &str) -> Operation {
+    Operation::Refund {
+        tx_id: original.clone(),
+        amount: inr(amount),
+    }
+}
+
+async fn activate(gateway: &TestGateway) {
+    rewards::run_jobs(
+        gateway.store(),
+        paygate_gateway::clock::now_ms() + PENDING_MS + 1,
+    )
+    .await
+    .unwrap();
+}
+
+async fn transfers_of(gateway: &TestGateway, kind: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT CAST(COUNT(*) AS BIGINT) FROM transfers WHERE kind = $1")
+        .bind(kind)
+        .fetch_one(gateway.store().pool())
+        .await
+        .unwrap()
+}
+
+/// A refund gives back each tender: the money to the wallet, the points to the customer's
+/// points (a new active lot), and the points the money part earned are clawed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_tendered_in_points_are_refunded_to_each_tender() {
+    let gateway = gateway().await;
+    let mut a = gateway.agent("pos-a").await;
+    let mut till = gateway.agent("till-g").await;
+    approved(&a.pay(&id("m-grocer"), inr("100.00")).await.unwrap());
+    activate(&gateway).await;
+    // 20.00: 20 points (5.00) and 15.00 in money, which earns 30 points; 10.00 all in points
+    let part = approved(
+        &a.submit(points_payment("m-grocer", "20.00", 20))
+            .await
+            .unwrap(),
+    );
+    let whole = approved(
+        &a.submit(points_payment("m-grocer", "10.00", 40))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(points(&gateway).await, 200 - 20 + 30 - 40);
+    let wallet_before = gateway.balance("wallet-pos-a").await;
+
+    let receipt = till.submit(refund(&whole, "10.00")).await.unwrap();
+    approved(&receipt);
+    assert_eq!(gateway.balance("wallet-pos-a").await, wallet_before);
+    assert_eq!(points(&gateway).await, 170 + 40);
+    assert_eq!(gateway.balance("rewards-funding-inr").await, -500);
+    assert!(receipt
+        .receipt
+        .counterparty
+        .as_deref()
+        .unwrap_or_default()
+        .contains("40 points returned"));
+
+    // the part-points payment in two halves: 10 points and 7.50 each, 15 earned points clawed
+    approved(&till.submit(refund(&part, "10.00")).await.unwrap());
+    assert_eq!(gateway.balance("wallet-pos-a").await, wallet_before + 750);
+    assert_eq!(points(&gateway).await, 210 + 10 - 15);
+    approved(&till.submit(refund(&part, "10.00")).await.unwrap());
+    assert_eq!(gateway.balance("wallet-pos-a").await, wallet_before + 1_500);
+    assert_eq!(
+        points(&gateway).await,
+        205 + 10 - 15,
+        "the grocery points and every point tendered are back"
+    );
+    assert_eq!(gateway.balance("rewards-funding-inr").await, 0);
+    assert_eq!(gateway.balance("m-grocer").await, 100 + 10_000);
+    // and no more than the payment
+    declined(
+        &gateway,
+        &mut till,
+        refund(&part, "0.01"),
+        ErrorCode::RefundExceedsOriginal,
+        "the payment was 20.00 INR, of which 20.00 INR is refunded already",
+    )
+    .await;
+    assert_lots_match_ledger(&gateway).await;
+    a.disconnect().await;
+    till.disconnect().await;
+}
+
+/// Points of the refunded payment's lot that expired went back to the programme then: the
+/// clawback never takes them again from the customer's other lots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clawback_never_takes_back_points_that_expired() {
+    let gateway = gateway().await;
+    let mut a = gateway.agent("pos-a").await;
+    let grocery = approved(&a.pay(&id("m-grocer"), inr("100.00")).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    approved(&a.pay(&id("m-1"), inr("50.00")).await.unwrap());
+    let first_expires = u64::try_from(lots(&gateway).await[0].2).unwrap();
+    let run = rewards::run_jobs(gateway.store(), first_expires)
+        .await
+        .unwrap();
+    assert_eq!((run.lots_expired, run.points_expired), (1, 200));
+
+    let mut till = gateway.agent("till-g").await;
+    approved(&till.submit(refund(&grocery, "100.00")).await.unwrap());
+    let held = lots(&gateway).await;
+    assert_eq!(
+        held.iter().map(|l| (l.0.as_str(), l.1)).collect::<Vec<_>>(),
+        [("expired", 0), ("active", 50)]
+    );
+    assert_eq!(transfers_of(&gateway, "points_clawback").await, 0);
+    assert_lots_match_ledger(&gateway).await;
+    a.disconnect().await;
+    till.disconnect().await;
+}
+
+/// Pays 100.00 at the grocer (200 points), spends them all on a 60.00 payment (50.00 in points,
+/// 10.00 in money, which earns 10), then refunds the grocery payment: 200 points are due and
+/// the customer holds 10.
+async fn spend_the_points_then_refund(gateway: &TestGateway) -> (Agent, Agent) {
+    let mut a = gateway.agent("pos-a").await;
+    let grocery = approved(&a.pay(&id("m-grocer"), inr("100.00")).await.unwrap());
+    activate(gateway).await;
+    approved(&a.submit(points_payment("m-1", "60.00", 200)).await.unwrap());
+    assert_eq!(points(gateway).await, 10);
+    let mut till = gateway.agent("till-g").await;
+    approved(&till.submit(refund(&grocery, "100.00")).await.unwrap());
+    (a, till)
+}
+
+/// A clawback shortfall is never written off: under the default policy the spent points are
+/// owed, reported, and taken from the next points the wallet earns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clawback_of_spent_points_is_owed_and_recovered_from_the_next_points_earned() {
+    let gateway = gateway().await;
+    let (mut a, till) = spend_the_points_then_refund(&gateway).await;
+    assert_eq!(points(&gateway).await, 0, "the 10 held are clawed");
+    assert_eq!(
+        gateway.balance("wallet-pos-a").await,
+        500_000 - 10_000 - 1_000 + 10_000,
+        "the refund's money is whole"
+    );
+    let report = rewards::liability_report(gateway.store(), &gateway.settings.rewards)
+        .await
+        .unwrap();
+    assert_eq!((report.points_owed, report.wallets_owing), (190, 1));
+
+    // the next 100 points earned pay 100 of the 190 owed
+    approved(&a.pay(&id("m-1"), inr("100.00")).await.unwrap());
+    assert_eq!(points(&gateway).await, 0);
+    let report = rewards::liability_report(gateway.store(), &gateway.settings.rewards)
+        .await
+        .unwrap();
+    assert_eq!(report.points_owed, 90);
+    assert_eq!(transfers_of(&gateway, "points_debt_recovery").await, 1);
+    assert_lots_match_ledger(&gateway).await;
+    a.disconnect().await;
+    till.disconnect().await;
+}
+
+/// Under `deduct_from_refund` the spent points' value is kept back from the refund's money
+/// and goes back to the rewards funding; nothing is owed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clawback_shortfall_can_be_kept_back_from_the_refund() {
+    let gateway = gateway_with(|s| {
+        s.rewards.clawback_shortfall = paygate_gateway::config::ClawbackShortfall::DeductFromRefund;
+    })
+    .await;
+    let (a, till) = spend_the_points_then_refund(&gateway).await;
+    assert_eq!(points(&gateway).await, 0);
+    assert_eq!(
+        gateway.balance("wallet-pos-a").await,
+        500_000 - 10_000 - 1_000 + 10_000 - 190 * 25
+    );
+    assert_eq!(
+        gateway.balance("rewards-funding-inr").await,
+        -5_000 + 190 * 25
+    );
+    let report = rewards::liability_report(gateway.store(), &gateway.settings.rewards)
+        .await
+        .unwrap();
+    assert_eq!(report.points_owed, 0);
+    assert_lots_match_ledger(&gateway).await;
     a.disconnect().await;
     till.disconnect().await;
 }

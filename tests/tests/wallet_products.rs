@@ -7,6 +7,7 @@
 use paygate_agent::{Agent, VerifiedReceipt};
 use paygate_core::request::{Operation, Party};
 use paygate_core::{AccountId, ErrorCode, Money, TxId};
+use paygate_gateway::clock::now_ms;
 use paygate_gateway::ledger::{AccountKind, KycTier};
 use paygate_gateway::profiles::{self, WalletProfile};
 use paygate_tests::{inr, TestGateway};
@@ -556,4 +557,109 @@ async fn the_gateway_runs_on_postgresql() {
     assert_eq!(decided.len(), 4);
     gateway.assert_ledger_balanced().await;
     a.disconnect().await;
+}
+
+/// RBI: credits to a wallet respect its balance cap, refunds included (the excess goes back
+/// to the customer's source of funds), and a minimum-KYC wallet takes at most its monthly load
+/// limit in cash-in and funding. Minimum-KYC here: 1,000.00 cap, 1,350.00 loaded a month.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_and_loads_respect_the_kyc_cap_and_the_monthly_load_limit() {
+    let gateway = TestGateway::start_with(|s| {
+        let min = &mut s.wallet.min_kyc;
+        min.balance_max_minor = 1_000 * RUPEE;
+        min.monthly_load_max_minor = 1_350 * RUPEE;
+    })
+    .await;
+    gateway.device("pos-small", "700.00").await;
+    gateway.set_tier("wallet-pos-small", KycTier::Min).await;
+    gateway
+        .terminal("till-1", "m-shop", AccountKind::Merchant, "1.00")
+        .await;
+    gateway
+        .terminal("agent-1", "agent-float-1", AccountKind::Agent, "5000.00")
+        .await;
+    let small = AccountId::parse("wallet-pos-small").unwrap();
+    let fund = |amount: &'static str| {
+        let (store, limits, small) = (gateway.store(), &gateway.settings.wallet, small.clone());
+        async move {
+            paygate_gateway::products::wallet::fund(store, limits, &small, inr(amount), now_ms())
+                .await
+        }
+    };
+
+    // pay 300.00, then load back to the cap: 700 - 300 + 600 = 1,000.00
+    let mut a = gateway.agent("pos-small").await;
+    let payment = approved(
+        &a.pay(&AccountId::parse("m-shop").unwrap(), inr("300.00"))
+            .await
+            .unwrap(),
+    );
+    fund("600.00").await.unwrap();
+    assert_eq!(gateway.balance("wallet-pos-small").await, 1_000 * RUPEE);
+
+    // the operator's funding past the cap is refused, nothing posted
+    let before = gateway.ledger_fingerprint().await;
+    let refused = fund("0.01").await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            paygate_gateway::store::StoreError::Refused(ErrorCode::LimitExceeded)
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(gateway.ledger_fingerprint().await, before);
+
+    // the refund is approved, but the wallet at its cap takes none of it: the 300.00 is owed
+    // back to the customer's source, on the refunds-payable account
+    let mut till = gateway.agent("till-1").await;
+    let refund = till
+        .submit(Operation::Refund {
+            tx_id: payment,
+            amount: inr("300.00"),
+        })
+        .await
+        .unwrap();
+    approved(&refund);
+    assert_eq!(gateway.balance("wallet-pos-small").await, 1_000 * RUPEE);
+    assert_eq!(gateway.balance("refunds-payable-inr").await, 300 * RUPEE);
+    let counterparty = refund.receipt.counterparty.clone().unwrap_or_default();
+    assert!(
+        counterparty.contains("300.00 INR over the wallet's balance cap is owed back"),
+        "{counterparty:?}"
+    );
+
+    // 1,300.00 loaded this month (700 + 600): a cash-in after spending is past the load limit
+    // (900.00 after this payment: 60.00 more is under the cap, but not under the load limit)
+    approved(
+        &a.pay(&AccountId::parse("m-shop").unwrap(), inr("100.00"))
+            .await
+            .unwrap(),
+    );
+    let mut agent = gateway.agent("agent-1").await;
+    assert_declined(
+        &gateway,
+        &mut agent,
+        Operation::CashIn {
+            customer: wallet("wallet-pos-small"),
+            amount: inr("60.00"),
+        },
+        ErrorCode::LimitExceeded,
+        "monthly load limit of a minimum-KYC wallet is 1350.00 INR; 1300.00 INR already loaded this month",
+    )
+    .await;
+    // a full-KYC wallet has no monthly load limit of its own
+    gateway.device("pos-full", "10.00").await;
+    approved(
+        &agent
+            .submit(Operation::CashIn {
+                customer: wallet("wallet-pos-full"),
+                amount: inr("1500.00"),
+            })
+            .await
+            .unwrap(),
+    );
+    gateway.assert_ledger_balanced().await;
+    a.disconnect().await;
+    till.disconnect().await;
+    agent.disconnect().await;
 }

@@ -78,9 +78,14 @@ pub async fn terminals(
             pki::issue_device(&pki_dir, &device, &wallet, SigningAlgorithm::Ed25519)?;
         }
         let wallet = crate::demo::enrol_from_bundle(&store, &pki_dir, &device, inr).await?;
-        store
-            .fund_wallet(&wallet, Money::new(1_000_000_000_000, inr)?, now)
-            .await?;
+        crate::products::wallet::fund(
+            &store,
+            &settings.wallet,
+            &wallet,
+            Money::new(1_000_000_000_000, inr)?,
+            now,
+        )
+        .await?;
         bundles.push(DeviceBundle::load(&dir)?);
     }
     store.pool().close().await;

@@ -47,6 +47,10 @@ pub struct UpiSettings {
     pub sandbox_delay_ms: u64,
     /// Payments waiting between the pipeline and the UPI worker.
     pub handoff_queue_max: usize,
+    /// Added to a call's own timeout in the lease a worker takes on a payment it sends or
+    /// checks: covers clock skew between replicas and scheduling delay. A lease run out means
+    /// the worker is gone; another resolves the payment.
+    pub lease_margin_ms: u64,
 }
 
 impl Default for UpiSettings {
@@ -62,6 +66,7 @@ impl Default for UpiSettings {
             status_checks_max: 3,
             sandbox_delay_ms: 30_000,
             handoff_queue_max: 1_024,
+            lease_margin_ms: 5_000,
         }
     }
 }
@@ -83,6 +88,19 @@ pub struct RewardsSettings {
     pub currency: String,
     /// How often the activation and expiry job runs in `paygate serve`.
     pub job_interval_ms: u64,
+    /// What happens when a refund's clawback finds the points already spent.
+    pub clawback_shortfall: ClawbackShortfall,
+}
+
+/// A clawback the customer's points cannot cover (they spent them): never written off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClawbackShortfall {
+    /// The points are owed, and taken from the next points the wallet earns.
+    PointsDebt,
+    /// Their value (at the payment's point value) is kept back from the refund's money, and
+    /// what the refund's money cannot cover is owed as points.
+    DeductFromRefund,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +139,7 @@ impl Default for RewardsSettings {
             point_value_minor: 25,
             currency: "INR".into(),
             job_interval_ms: 60_000,
+            clawback_shortfall: ClawbackShortfall::PointsDebt,
         }
     }
 }
@@ -154,6 +173,13 @@ pub struct TierLimits {
     pub cash_out_allowed: bool,
     pub cash_out_per_transaction_max_minor: i64,
     pub cash_out_monthly_max_minor: i64,
+    /// Loads (cash-in, funding) in a calendar month; refunds are not loads.
+    #[serde(default = "no_load_limit")]
+    pub monthly_load_max_minor: i64,
+}
+
+fn no_load_limit() -> i64 {
+    crate::ledger::SHARD_BALANCE_LIMIT
 }
 
 impl Default for WalletSettings {
@@ -171,6 +197,7 @@ impl Default for WalletSettings {
                 cash_out_allowed: false,
                 cash_out_per_transaction_max_minor: 0,
                 cash_out_monthly_max_minor: 0,
+                monthly_load_max_minor: 10_000 * RUPEE,
             },
             full_kyc: TierLimits {
                 balance_max_minor: 200_000 * RUPEE,
@@ -181,6 +208,7 @@ impl Default for WalletSettings {
                 cash_out_allowed: true,
                 cash_out_per_transaction_max_minor: 2_000 * RUPEE,
                 cash_out_monthly_max_minor: 10_000 * RUPEE,
+                monthly_load_max_minor: no_load_limit(),
             },
         }
     }

@@ -77,6 +77,7 @@ impl Settings {
                 limits.monthly_debit_max_minor,
                 limits.cash_out_per_transaction_max_minor,
                 limits.cash_out_monthly_max_minor,
+                limits.monthly_load_max_minor,
             ];
             if amounts
                 .iter()

@@ -5,8 +5,12 @@
 //! authentication. The step-up completeness data reads the last three in one statement
 //! (`identity::completeness`); the KYC limits read the first ([`debits_in_days`]).
 //!
-//! Invariant: every wallet debit posted by [`super::post`] updates all four in the same
-//! savepoint, so a counter never disagrees with the postings it summarises.
+//! Loads (cash-in, funding) are counted per wallet and local day too, for the monthly load
+//! limit of a minimum-KYC wallet.
+//!
+//! Invariant: every wallet debit posted by [`super::post`] updates all four debit counters,
+//! and every load the load counter, in the same savepoint, so a counter never disagrees with
+//! the postings it summarises.
 
 use super::ms;
 use crate::clock::business_calendar;
@@ -67,6 +71,68 @@ pub(super) async fn count_wallet_debit(
         .await?;
     }
     Ok(())
+}
+
+/// Transfer kinds that load a wallet (money in from outside the wallet system), counted per
+/// local day in `load_days` for the KYC tier's monthly load limit. Refunds and P2P credits
+/// are not loads.
+pub const LOADS: [&str; 2] = ["cash_in", "funding"];
+
+pub(super) fn is_load(kind: &str) -> bool {
+    LOADS.contains(&kind)
+}
+
+/// Counts one wallet load.
+pub(super) async fn count_wallet_load(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+    kind: &str,
+    amount_minor: i64,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO load_days (account_id, local_day, kind, total_minor, load_count)
+         VALUES ($1, $2, $3, $4, 1)
+         ON CONFLICT (account_id, local_day, kind) DO UPDATE
+         SET total_minor = load_days.total_minor + excluded.total_minor,
+             load_count = load_days.load_count + 1",
+    )
+    .bind(wallet.as_str())
+    .bind(business_calendar().day_number(now_ms))
+    .bind(kind)
+    .bind(amount_minor)
+    .execute(&mut **batch)
+    .await?;
+    Ok(())
+}
+
+/// What the wallet was loaded with ([`LOADS`]) today and this month (business calendar).
+pub async fn loads_in_days(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+    now_ms: u64,
+) -> Result<DebitTotals, StoreError> {
+    let calendar = business_calendar();
+    let today = calendar.day_number(now_ms);
+    let rows = sqlx::query(
+        "SELECT local_day, total_minor FROM load_days
+         WHERE account_id = $1 AND local_day >= $2 AND local_day <= $3",
+    )
+    .bind(wallet.as_str())
+    .bind(calendar.month_first_day_number(now_ms))
+    .bind(today)
+    .fetch_all(&mut **batch)
+    .await?;
+    let mut totals = DebitTotals::default();
+    for row in rows {
+        let day: i64 = row.try_get("local_day")?;
+        let total: i64 = row.try_get("total_minor")?;
+        totals.this_month_minor = totals.this_month_minor.saturating_add(total);
+        if day == today {
+            totals.today_minor = totals.today_minor.saturating_add(total);
+        }
+    }
+    Ok(totals)
 }
 
 /// A wallet's debits of some kinds, from the per-day counters.
@@ -154,6 +220,20 @@ pub async fn align_calendar(
          FROM postings p JOIN transfers t ON t.tx_id = p.tx_id
          JOIN accounts a ON a.account_id = p.account_id
          WHERE a.kind = 'wallet' AND p.amount_minor < 0
+         GROUP BY 1, 2, 3",
+    )
+    .bind(wanted * 60_000)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM load_days")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO load_days (account_id, local_day, kind, total_minor, load_count)
+         SELECT p.account_id, (t.created_at_ms + $1) / 86400000, t.kind, SUM(p.amount_minor), COUNT(*)
+         FROM postings p JOIN transfers t ON t.tx_id = p.tx_id
+         JOIN accounts a ON a.account_id = p.account_id
+         WHERE a.kind = 'wallet' AND p.amount_minor > 0 AND t.kind IN ('cash_in', 'funding')
          GROUP BY 1, 2, 3",
     )
     .bind(wanted * 60_000)

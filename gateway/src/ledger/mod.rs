@@ -18,7 +18,9 @@ use crate::store::{Batch, StoreError};
 
 mod counters;
 mod report;
-pub use counters::{align_calendar, debits_in_days, reset_since_strong_auth, DebitTotals};
+pub use counters::{
+    align_calendar, debits_in_days, loads_in_days, reset_since_strong_auth, DebitTotals, LOADS,
+};
 use paygate_core::{AccountId, DeviceId, ErrorCode, IdempotencyKey, TxId};
 pub use report::{
     accounts_off_their_postings, forbidden_negative_shards, trial_balance, TrialBalance,
@@ -55,10 +57,13 @@ pub enum AccountKind {
     PointsLiability,
     /// Money the rewards programme pays merchants for points redeemed as tender.
     RewardsFunding,
+    /// Refund money a wallet could not take (its KYC balance cap), owed back to the customer's
+    /// source of funds: paid out by operations, never spent by a terminal.
+    RefundsPayable,
 }
 
 impl AccountKind {
-    pub const ALL: [AccountKind; 9] = [
+    pub const ALL: [AccountKind; 10] = [
         AccountKind::Wallet,
         AccountKind::Merchant,
         AccountKind::Agent,
@@ -68,6 +73,7 @@ impl AccountKind {
         AccountKind::Points,
         AccountKind::PointsLiability,
         AccountKind::RewardsFunding,
+        AccountKind::RefundsPayable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +87,7 @@ impl AccountKind {
             AccountKind::Points => "points",
             AccountKind::PointsLiability => "points_liability",
             AccountKind::RewardsFunding => "rewards_funding",
+            AccountKind::RefundsPayable => "refunds_payable",
         }
     }
 
@@ -353,10 +360,7 @@ pub struct NewTransfer<'a> {
 /// unit are a caller's bug (`StoreError::Invariant`).
 pub async fn post(batch: &mut Batch<'_>, transfer: &NewTransfer<'_>) -> Result<(), StoreError> {
     let legs = checked_legs(&transfer.legs)?;
-    let headline = legs
-        .iter()
-        .find(|leg| leg.amount < 0)
-        .ok_or_else(|| StoreError::Invariant("a transfer without a debit".into()))?;
+    let (headline_unit, headline_minor) = headline(&transfer.legs)?;
     let mut savepoint = batch.begin().await?;
     let postgres = savepoint.backend_name() == "PostgreSQL";
 
@@ -373,8 +377,8 @@ pub async fn post(batch: &mut Batch<'_>, transfer: &NewTransfer<'_>) -> Result<(
     .bind(transfer.kind)
     .bind(device)
     .bind(key)
-    .bind(headline.unit.as_str())
-    .bind(headline.amount.saturating_neg())
+    .bind(headline_unit)
+    .bind(headline_minor)
     .bind(ms(transfer.now_ms))
     .bind(transfer.related.map(TxId::as_str))
     .execute(&mut *savepoint)
@@ -415,6 +419,17 @@ pub async fn post(batch: &mut Batch<'_>, transfer: &NewTransfer<'_>) -> Result<(
         .bind(leg.amount)
         .execute(&mut *savepoint)
         .await?;
+        if account.kind == AccountKind::Wallet && leg.amount > 0 && counters::is_load(transfer.kind)
+        {
+            counters::count_wallet_load(
+                &mut savepoint,
+                &account.account_id,
+                transfer.kind,
+                leg.amount,
+                transfer.now_ms,
+            )
+            .await?;
+        }
         if account.kind == AccountKind::Wallet && leg.amount < 0 {
             let credited: Vec<&AccountId> = legs
                 .iter()
@@ -436,6 +451,30 @@ pub async fn post(batch: &mut Batch<'_>, transfer: &NewTransfer<'_>) -> Result<(
     read_back(&mut savepoint, transfer.tx_id, &legs).await?;
     savepoint.commit().await?;
     Ok(())
+}
+
+/// A transfer's headline, as its row names it: the unit and the sum of its debits in money.
+/// The money unit is the first unit other than [`POINTS`] in the caller's leg order (points
+/// only, for a transfer that moves nothing else), so a payment tendered partly or wholly in
+/// points is headed by what it cost in money and points, never by the points.
+fn headline(legs: &[Leg]) -> Result<(&str, i64), StoreError> {
+    let unit = legs
+        .iter()
+        .map(|leg| leg.unit.as_str())
+        .find(|unit| *unit != POINTS)
+        .or_else(|| legs.first().map(|leg| leg.unit.as_str()))
+        .ok_or_else(|| StoreError::Invariant("a transfer without legs".into()))?;
+    let debited: i128 = legs
+        .iter()
+        .filter(|leg| leg.unit == unit && leg.amount < 0)
+        .map(|leg| -i128::from(leg.amount))
+        .sum();
+    if debited == 0 {
+        return Err(StoreError::Invariant("a transfer without a debit".into()));
+    }
+    let debited =
+        i64::try_from(debited).map_err(|_| StoreError::Refused(ErrorCode::AmountOverflow))?;
+    Ok((unit, debited))
 }
 
 /// The assertion after the write: the postings read back are the legs checked before it,

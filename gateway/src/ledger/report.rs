@@ -2,8 +2,8 @@
 //! shards below zero; and the [`Store`] operations that open, fund and read accounts.
 
 use super::{parse_account, AccountKind, NewAccount};
-use crate::store::{new_tx_id, Batch, Store, StoreError};
-use paygate_core::{AccountId, Currency, Money, TxId};
+use crate::store::{Batch, Store, StoreError};
+use paygate_core::{AccountId, Currency};
 use sqlx::Row;
 
 /// The ledger's health per unit.
@@ -146,44 +146,6 @@ impl Store {
         let balance = super::balance(&mut conn, account).await?;
         conn.rollback().await?;
         Ok(balance)
-    }
-
-    /// Funds a wallet from the issuance account (operator action for development and the
-    /// demo; terminals fund wallets by cash-in).
-    pub async fn fund_wallet(
-        &self,
-        wallet: &AccountId,
-        amount: Money,
-        now_ms: u64,
-    ) -> Result<TxId, StoreError> {
-        let issuance = AccountId::parse(&format!(
-            "issuance-{}",
-            amount.currency.code().to_lowercase()
-        ))
-        .map_err(|e| StoreError::Invariant(e.to_string()))?;
-        self.open_account(&issuance, AccountKind::Issuance, amount.currency, now_ms)
-            .await?;
-        let unit = amount.currency.code();
-        let minor = amount.minor_signed();
-        let tx_id = new_tx_id();
-        let mut batch = self.begin_batch().await?;
-        super::post(
-            &mut batch,
-            &super::NewTransfer {
-                tx_id: &tx_id,
-                kind: "funding",
-                origin: None,
-                related: None,
-                legs: vec![
-                    super::Leg::debit(&issuance, AccountKind::Issuance, unit, minor),
-                    super::Leg::credit(wallet, AccountKind::Wallet, unit, minor),
-                ],
-                now_ms,
-            },
-        )
-        .await?;
-        batch.commit().await?;
-        Ok(tx_id)
     }
 
     /// Per unit: sum of balances, sum of postings, and transfers whose legs do not sum to

@@ -111,6 +111,43 @@ pub async fn check_debit(
     Ok(None)
 }
 
+/// The KYC load limit on crediting `minor` to a wallet by a load ([`ledger::LOADS`]): the
+/// month's loads may not pass the tier's `monthly_load_max_minor`. `None` when it passes. The
+/// balance cap is the ledger's own check on the credit leg.
+pub async fn check_load(
+    batch: &mut Batch<'_>,
+    settings: &WalletSettings,
+    account: &Account,
+    minor: i64,
+    unit: &str,
+    now_ms: u64,
+) -> Result<Option<(ErrorCode, String)>, StoreError> {
+    ledger::lock_account(batch, &account.account_id).await?;
+    let tier = tier_of(account);
+    let limit = settings.tier(tier).monthly_load_max_minor;
+    let loaded = ledger::loads_in_days(batch, &account.account_id, now_ms).await?;
+    if loaded.this_month_minor.saturating_add(minor) > limit {
+        let tier_name = match tier {
+            KycTier::Min => "minimum-KYC",
+            KycTier::Full => "full-KYC",
+        };
+        return Ok(Some((
+            ErrorCode::LimitExceeded,
+            format!(
+                "monthly load limit of a {tier_name} wallet is {}; {} already loaded this month",
+                show(limit, unit),
+                show(loaded.this_month_minor, unit)
+            ),
+        )));
+    }
+    Ok(None)
+}
+
+/// The balance cap of a wallet's tier.
+pub fn balance_cap(settings: &WalletSettings, account: &Account) -> i64 {
+    settings.tier(tier_of(account)).balance_max_minor
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

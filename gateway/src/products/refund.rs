@@ -1,17 +1,23 @@
-//! Refunds: the merchant's terminal gives back all or part of one of its payments.
+//! Refunds: the merchant's terminal gives back all or part of one of its payments, to where
+//! the payment came from: the money to the customer's wallet (up to its KYC balance cap; the
+//! rest is owed back to the customer's source of funds), the points tendered to the
+//! customer's points, and the points the payment earned clawed back.
 
-use super::limits::show;
+use super::limits::{balance_cap, show, wallet};
 use super::wallet::post;
-use super::{declined, Decided, Origin};
-use crate::ledger::{self, AccountKind, Leg};
+use super::{declined, Decided, Origin, Rules};
+use crate::config::ClawbackShortfall;
+use crate::ledger::{self, AccountKind, Leg, POINTS};
+use crate::rewards::{self, ClawbackPlan};
 use crate::store::{Batch, StoreError};
 use paygate_core::{AccountId, ErrorCode, Money, TxId};
 use sqlx::Row;
 
-/// Refund: the merchant's terminal gives back all or part of one of its payments to the
-/// wallet that paid; refunds of one payment never add up to more than it.
+/// Refund: the merchant's terminal gives back all or part of one of its payments; refunds of
+/// one payment never add up to more than it.
 pub async fn refund(
     batch: &mut Batch<'_>,
+    rules: &Rules,
     origin: &Origin<'_>,
     merchant: &AccountId,
     original: &TxId,
@@ -32,12 +38,7 @@ pub async fn refund(
             format!("{original} is not a payment to {merchant}"),
         );
     };
-    let OriginalPayment {
-        currency,
-        paid,
-        customer,
-        refunded,
-    } = payment;
+    let currency = payment.currency.clone();
     if currency != amount.currency.code() {
         return declined(
             ErrorCode::CurrencyMismatch,
@@ -45,54 +46,230 @@ pub async fn refund(
         );
     }
     let minor = amount.minor_signed();
-    if refunded.saturating_add(minor) > paid {
+    if payment.refunded.saturating_add(minor) > payment.total {
         return declined(
             ErrorCode::RefundExceedsOriginal,
             format!(
                 "the payment was {}, of which {} is refunded already",
-                show(paid, &currency),
-                show(refunded, &currency)
+                show(payment.total, &currency),
+                show(payment.refunded, &currency)
             ),
         );
+    }
+    let Some(customer) = wallet(batch, &payment.customer).await? else {
+        return declined(
+            ErrorCode::UnknownWallet,
+            format!("the paying wallet {} is closed", payment.customer),
+        );
+    };
+    let split = payment.split(minor);
+    let refunded_total = payment.refunded.saturating_add(minor);
+    let plan = rewards::clawback_plan(
+        batch,
+        original,
+        refunded_total,
+        payment.total,
+        split.points,
+        origin.now_ms,
+    )
+    .await?;
+    let (kept_back, owed) = shortfall_terms(rules, plan.as_ref(), split.money);
+
+    // the money the wallet may take under its cap; the rest is owed to the customer's source
+    ledger::lock_account(batch, &customer.account_id).await?;
+    let balance = ledger::balance(batch, &customer.account_id)
+        .await?
+        .unwrap_or(0);
+    let to_customer = split.money - kept_back.1;
+    let room = balance_cap(&rules.wallet, &customer)
+        .saturating_sub(balance)
+        .max(0);
+    let to_wallet = to_customer.min(room);
+    let to_source = to_customer - to_wallet;
+
+    let mut legs = vec![Leg::debit(
+        merchant,
+        AccountKind::Merchant,
+        &currency,
+        minor,
+    )];
+    if to_wallet > 0 {
+        legs.push(Leg::credit(
+            &customer.account_id,
+            AccountKind::Wallet,
+            &currency,
+            to_wallet,
+        ));
+    }
+    if to_source > 0 {
+        legs.push(Leg::credit(
+            &refunds_payable(&currency)?,
+            AccountKind::RefundsPayable,
+            &currency,
+            to_source,
+        ));
+        ensure_payable(batch, &currency, origin.now_ms).await?;
+    }
+    let to_funding = split.value.saturating_add(kept_back.1);
+    if to_funding > 0 {
+        legs.push(Leg::credit(
+            &rewards::funding_account(&currency),
+            AccountKind::RewardsFunding,
+            &currency,
+            to_funding,
+        ));
+    }
+    if split.points > 0 {
+        legs.push(Leg::debit(
+            &rewards::liability(),
+            AccountKind::PointsLiability,
+            POINTS,
+            split.points,
+        ));
+        legs.push(Leg::credit(
+            &rewards::points_account(&customer.account_id),
+            AccountKind::Points,
+            POINTS,
+            split.points,
+        ));
+    }
+    let mut counterparty = format!("wallet {}", customer.account_id);
+    if to_source > 0 {
+        counterparty.push_str(&format!(
+            "; {} over the wallet's balance cap is owed back to the customer's source",
+            show(to_source, &currency)
+        ));
+    }
+    if split.points > 0 {
+        counterparty.push_str(&format!("; {} points returned", split.points));
     }
     let decided = post(
         batch,
         origin,
         "refund",
         Some(original),
-        vec![
-            Leg::debit(merchant, AccountKind::Merchant, &currency, minor),
-            Leg::credit(&customer, AccountKind::Wallet, &currency, minor),
-        ],
-        format!("wallet {customer}"),
+        legs,
+        counterparty,
         String::new,
     )
     .await?;
-    if let Decided::Posted { tx_id, .. } = &decided {
-        let (clawed, shortfall) = crate::rewards::clawback(
+    let Decided::Posted { tx_id, .. } = &decided else {
+        return Ok(decided);
+    };
+    if split.points > 0 {
+        rewards::return_points(
             batch,
-            original,
+            &rules.rewards,
+            &customer.account_id,
             tx_id,
-            refunded.saturating_add(minor),
-            paid,
+            split.points,
             origin.now_ms,
         )
         .await?;
-        if clawed > 0 || shortfall > 0 {
-            tracing::info!(%original, clawed, shortfall, "points clawed back for a refund");
-        }
+    }
+    if let Some(plan) = &plan {
+        let clawed =
+            rewards::apply_clawback(batch, plan, original, tx_id, owed, origin.now_ms).await?;
+        tracing::info!(%original, clawed, kept_back_points = kept_back.0, owed, "points clawed back for a refund");
     }
     Ok(decided)
+}
+
+/// How a clawback shortfall is settled under the configured policy: `((points, minor) kept
+/// back from the refund's money, points owed)`.
+fn shortfall_terms(rules: &Rules, plan: Option<&ClawbackPlan>, money: i64) -> ((i64, i64), i64) {
+    let shortfall = plan.map_or(0, ClawbackPlan::shortfall);
+    if shortfall <= 0 {
+        return ((0, 0), 0);
+    }
+    match rules.rewards.clawback_shortfall {
+        ClawbackShortfall::PointsDebt => ((0, 0), shortfall),
+        ClawbackShortfall::DeductFromRefund => {
+            let value = rules.rewards.point_value_minor.max(1);
+            let points = shortfall.min(money / value);
+            ((points, points * value), shortfall - points)
+        }
+    }
+}
+
+/// The account refund money a wallet could not take is held in until it is paid back to the
+/// customer's source of funds.
+fn refunds_payable(currency: &str) -> Result<AccountId, StoreError> {
+    AccountId::parse(&format!("refunds-payable-{}", currency.to_lowercase()))
+        .map_err(|e| StoreError::Invariant(format!("refunds payable account: {e}")))
+}
+
+async fn ensure_payable(
+    batch: &mut Batch<'_>,
+    currency: &str,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    ledger::open_account(
+        batch,
+        &ledger::NewAccount {
+            account_id: refunds_payable(currency)?,
+            kind: AccountKind::RefundsPayable,
+            unit: currency.to_owned(),
+            kyc_tier: None,
+            category: None,
+            owner: None,
+        },
+        now_ms,
+    )
+    .await
 }
 
 /// A merchant payment as a refund sees it.
 struct OriginalPayment {
     currency: String,
-    /// What the wallet paid in money (points tendered stay spent).
-    paid: i64,
+    /// What the payment came to (money and points together), in `currency`.
+    total: i64,
+    /// The wallet that paid (in money, in points, or both).
     customer: AccountId,
-    /// What earlier refunds of it gave back.
+    /// Tender points redeemed, and the money they were worth.
+    points: i64,
+    points_value: i64,
+    /// What earlier refunds of it gave back, and the tender points among that.
     refunded: i64,
+    points_returned: i64,
+}
+
+/// One refund's share of each tender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Split {
+    /// Tender points given back, and their money value (paid back to the rewards funding).
+    points: i64,
+    value: i64,
+    /// Money for the customer.
+    money: i64,
+}
+
+impl OriginalPayment {
+    /// Splits a refund of `minor` between the tenders in proportion to the payment: the
+    /// points given back by all refunds so far are the payment's points times the share
+    /// refunded, rounded down to whole points (never more than this refund's amount buys);
+    /// the rest is money. Refunds adding up to the whole payment give back exactly the points
+    /// and the money it took.
+    fn split(&self, minor: i64) -> Split {
+        if self.points <= 0 {
+            return Split {
+                points: 0,
+                value: 0,
+                money: minor,
+            };
+        }
+        let per_point = (self.points_value / self.points).max(1);
+        let refunded = i128::from(self.refunded.saturating_add(minor));
+        let due_total = i128::from(self.points) * refunded / i128::from(self.total.max(1));
+        let due = i64::try_from(due_total).unwrap_or(self.points) - self.points_returned;
+        let points = due.clamp(0, minor / per_point);
+        let value = points * per_point;
+        Split {
+            points,
+            value,
+            money: minor - value,
+        }
+    }
 }
 
 /// The merchant payment `original` to `merchant`, if it is one (locked on PostgreSQL, so two
@@ -117,45 +294,130 @@ async fn original_payment(
     if kind != "merchant_payment" {
         return Ok(None);
     }
-    let legs = sqlx::query("SELECT account_id, amount_minor FROM postings WHERE tx_id = $1")
-        .bind(original.as_str())
-        .fetch_all(&mut **batch)
-        .await?;
-    let mut to_merchant = false;
-    let mut paid_by: Option<(i64, AccountId)> = None;
-    for leg in legs {
-        let account: String = leg.try_get("account_id")?;
-        let minor: i64 = leg.try_get("amount_minor")?;
-        if account == merchant.as_str() && minor > 0 {
-            to_merchant = true;
-        } else if minor < 0 {
-            let id = AccountId::parse(&account)
-                .map_err(|e| StoreError::Invariant(format!("posting account {account}: {e}")))?;
-            let is_wallet = ledger::account(batch, &id)
-                .await?
-                .is_some_and(|a| a.kind == AccountKind::Wallet);
-            if is_wallet {
-                paid_by = Some((minor.saturating_neg(), id));
-            }
-        }
-    }
-    let (true, Some((paid, customer))) = (to_merchant, paid_by) else {
-        return Ok(None);
-    };
-    let earlier = sqlx::query(
-        "SELECT amount_minor FROM transfers WHERE related_tx_id = $1 AND kind = 'refund'",
+    let legs = sqlx::query(
+        "SELECT p.account_id, p.amount_minor, a.kind, a.owner_account_id
+         FROM postings p JOIN accounts a ON a.account_id = p.account_id WHERE p.tx_id = $1",
     )
     .bind(original.as_str())
     .fetch_all(&mut **batch)
     .await?;
-    let mut refunded: i64 = 0;
+    let mut total = 0;
+    let (mut points, mut points_value) = (0, 0);
+    let mut customer: Option<String> = None;
+    for leg in legs {
+        let account: String = leg.try_get("account_id")?;
+        let minor: i64 = leg.try_get("amount_minor")?;
+        let kind: String = leg.try_get("kind")?;
+        match (AccountKind::parse(&kind), minor > 0) {
+            (Some(AccountKind::Merchant), true) if account == merchant.as_str() => total = minor,
+            (Some(AccountKind::Wallet), false) => customer = Some(account),
+            (Some(AccountKind::RewardsFunding), false) => points_value = -minor,
+            (Some(AccountKind::Points), false) => {
+                points = -minor;
+                if customer.is_none() {
+                    customer = leg.try_get("owner_account_id")?;
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(customer) = customer else {
+        return Ok(None);
+    };
+    if total == 0 {
+        return Ok(None);
+    }
+    let customer = ledger::parse_account(&customer)?;
+    let earlier = sqlx::query(
+        "SELECT t.amount_minor, COALESCE(
+             (SELECT p.amount_minor FROM postings p JOIN accounts a ON a.account_id = p.account_id
+              WHERE p.tx_id = t.tx_id AND a.kind = 'points' AND p.amount_minor > 0), 0) AS points
+         FROM transfers t WHERE t.related_tx_id = $1 AND t.kind = 'refund'",
+    )
+    .bind(original.as_str())
+    .fetch_all(&mut **batch)
+    .await?;
+    let (mut refunded, mut points_returned) = (0_i64, 0_i64);
     for row in earlier {
         refunded = refunded.saturating_add(row.try_get::<i64, _>("amount_minor")?);
+        points_returned = points_returned.saturating_add(row.try_get::<i64, _>("points")?);
     }
     Ok(Some(OriginalPayment {
         currency,
-        paid,
+        total,
         customer,
+        points,
+        points_value,
         refunded,
+        points_returned,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn payment(total: i64, points: i64, per_point: i64) -> OriginalPayment {
+        OriginalPayment {
+            currency: "INR".into(),
+            total,
+            customer: AccountId::parse("w-1").unwrap_or_else(|_| unreachable!()),
+            points,
+            points_value: points * per_point,
+            refunded: 0,
+            points_returned: 0,
+        }
+    }
+
+    proptest! {
+        /// Any sequence of partial refunds up to the whole payment: each refund's money and
+        /// points are never negative and are worth exactly the refund; points given back never
+        /// pass the payment's; the wallet never gets less money back than it paid (a refund too
+        /// small to buy a whole point gives money, so a remainder can turn a point into money,
+        /// never lose value).
+        #[test]
+        fn refunds_give_back_each_tender(
+            points in 0_i64..400,
+            per_point in 1_i64..50,
+            money in 0_i64..20_000,
+            cuts in proptest::collection::vec(1_i64..5_000, 0..8),
+        ) {
+            let total = points * per_point + money;
+            prop_assume!(total > 0);
+            let mut p = payment(total, points, per_point);
+            let mut money_back = 0;
+            let mut left = total;
+            let mut refunds: Vec<i64> = Vec::new();
+            for cut in cuts {
+                if cut < left {
+                    left -= cut;
+                    refunds.push(cut);
+                }
+            }
+            refunds.push(left);
+            for r in refunds {
+                let s = p.split(r);
+                prop_assert!(s.points >= 0 && s.money >= 0, "{s:?}");
+                prop_assert_eq!(s.value + s.money, r);
+                prop_assert_eq!(s.value, s.points * per_point);
+                p.refunded += r;
+                p.points_returned += s.points;
+                money_back += s.money;
+                prop_assert!(p.points_returned <= points);
+            }
+            prop_assert_eq!(p.refunded, total);
+            prop_assert_eq!(money_back + p.points_returned * per_point, total);
+            prop_assert!(money_back >= money);
+        }
+    }
+
+    #[test]
+    fn one_whole_refund_gives_back_exactly_the_points_and_the_money() {
+        for (points, per_point, money) in [(40, 25, 0), (20, 25, 1_500), (1, 1, 1), (39, 25, 25)] {
+            let p = payment(points * per_point + money, points, per_point);
+            let s = p.split(p.total);
+            assert_eq!((s.points, s.money), (points, money));
+        }
+    }
 }

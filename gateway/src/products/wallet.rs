@@ -45,7 +45,7 @@ pub async fn decide(
         Operation::Refund { tx_id, amount } => (
             "refund",
             *amount,
-            super::refund::refund(tx, &origin, account, tx_id, *amount).await?,
+            super::refund::refund(tx, rules, &origin, account, tx_id, *amount).await?,
         ),
         _ => {
             return Err(StoreError::Invariant(
@@ -217,6 +217,11 @@ async fn cash_in(
     };
     let unit = amount.currency.code();
     let minor = amount.minor_signed();
+    if let Some((code, reason)) =
+        super::limits::check_load(batch, settings, &to, minor, unit, origin.now_ms).await?
+    {
+        return declined(code, reason);
+    }
     let cap = settings.tier(tier_of(&to)).balance_max_minor;
     let decided = post(
         batch,
@@ -287,4 +292,54 @@ async fn cash_out(
         String::new,
     )
     .await
+}
+
+/// Funds a wallet from the issuance account: the operator's load (development and the demo;
+/// terminals load wallets by cash-in). A load like cash-in: the wallet's KYC balance cap and
+/// monthly load limit apply, refused `LIMIT_EXCEEDED` with nothing posted.
+pub async fn fund(
+    store: &crate::store::Store,
+    limits: &WalletSettings,
+    wallet_id: &AccountId,
+    amount: Money,
+    now_ms: u64,
+) -> Result<TxId, StoreError> {
+    let issuance = AccountId::parse(&format!(
+        "issuance-{}",
+        amount.currency.code().to_lowercase()
+    ))
+    .map_err(|e| StoreError::Invariant(e.to_string()))?;
+    store
+        .open_account(&issuance, AccountKind::Issuance, amount.currency, now_ms)
+        .await?;
+    let unit = amount.currency.code();
+    let minor = amount.minor_signed();
+    let mut batch = store.begin_batch().await?;
+    let account = wallet(&mut batch, wallet_id)
+        .await?
+        .ok_or(StoreError::Refused(ErrorCode::UnknownWallet))?;
+    if let Some((code, _)) =
+        super::limits::check_load(&mut batch, limits, &account, minor, unit, now_ms).await?
+    {
+        return Err(StoreError::Refused(code));
+    }
+    let tx_id = crate::store::new_tx_id();
+    ledger::post(
+        &mut batch,
+        &NewTransfer {
+            tx_id: &tx_id,
+            kind: "funding",
+            origin: None,
+            related: None,
+            legs: vec![
+                Leg::debit(&issuance, AccountKind::Issuance, unit, minor),
+                Leg::credit(wallet_id, AccountKind::Wallet, unit, minor)
+                    .capped(Some(super::limits::balance_cap(limits, &account))),
+            ],
+            now_ms,
+        },
+    )
+    .await?;
+    batch.commit().await?;
+    Ok(tx_id)
 }
