@@ -145,9 +145,6 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
             "the business time zone changed: per-day limit counters recounted"
         );
     }
-    crate::upi::sweep_unsent(&store)
-        .await
-        .context("declining UPI payments a previous process never sent")?;
     let (upi_tx, upi_rx) = mpsc::channel(settings.upi.handoff_queue_max);
     tokio::spawn(crate::upi::run_worker(
         store.clone(),

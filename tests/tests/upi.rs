@@ -275,3 +275,108 @@ async fn collect_requests_come_only_from_a_merchant() {
     till.disconnect().await;
     wallet.disconnect().await;
 }
+
+/// Issue 12, defect 1: the gateway stops while a pay call is at the switch (the switch took
+/// the customer's money). The next gateway must not declare it "not sent": the payment's
+/// lease runs out, a status check finds the debit, and the terminal and merchant get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_during_a_pay_call_resolves_it_by_status_check_not_as_unsent() {
+    let gateway = TestGateway::start_with(|s| {
+        s.upi.pay_timeout_ms = 5_000;
+        s.upi.sandbox_delay_ms = 60_000; // the switch sits on it past the restart
+        s.upi.first_status_check_ms = 150;
+        s.upi.status_check_interval_ms = 150;
+        s.upi.lease_margin_ms = 200;
+    })
+    .await;
+    gateway.device("pos-1", "1.00").await;
+    gateway
+        .store()
+        .register_merchant_vpa(
+            &Vpa::parse("shop@okaxis").unwrap(),
+            &AccountId::parse(paygate_tests::MERCHANT).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut agent = gateway.agent("pos-1").await;
+    let first = agent.submit(upi_payment("4.61")).await.unwrap();
+    assert_eq!(first.receipt.outcome, Outcome::Pending);
+    // the call has left: the switch holds the payment, the gateway has no answer
+    for _ in 0..100 {
+        if !sandbox(&gateway, "debited").await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sandbox(&gateway, "debited").await, [1]);
+    agent.disconnect().await;
+    let gateway = gateway.restart().await;
+    let state: (String, Option<String>) = sqlx::query_as("SELECT state, result FROM upi_payments")
+        .fetch_one(gateway.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(state, ("initiated".into(), None), "a start decided nothing");
+    let mut agent = gateway.agent("pos-1").await;
+    let last = final_receipt(&mut agent).await;
+    assert_eq!(
+        last.receipt.outcome,
+        Outcome::Approved,
+        "{:?}",
+        last.receipt
+    );
+    assert_eq!(last.receipt.idempotency_key, first.receipt.idempotency_key);
+    assert_eq!(gateway.balance("m-1").await, 461);
+    assert_eq!(sandbox(&gateway, "status_calls").await, [1]);
+    gateway.assert_ledger_balanced().await;
+    agent.disconnect().await;
+}
+
+/// Issue 12, defect 1, with replicas: a second gateway starting on the same PostgreSQL
+/// database leaves the first one's payment in flight alone; the first resolves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replica_starting_leaves_the_first_ones_payment_in_flight_alone() {
+    let url = paygate_tests::fresh_postgres_database().await;
+    let adjust = |s: &mut paygate_gateway::config::Settings| {
+        s.database.url = paygate_gateway::config::Secret::new(url.clone());
+        s.upi.pay_timeout_ms = 1_500;
+        s.upi.sandbox_delay_ms = 60_000;
+        s.upi.first_status_check_ms = 100;
+        s.upi.status_check_interval_ms = 150;
+        s.upi.lease_margin_ms = 30_000; // a long lease: only its holder may act on it
+    };
+    let first_gateway = TestGateway::start_with(adjust).await;
+    first_gateway.device("pos-1", "1.00").await;
+    first_gateway
+        .store()
+        .register_merchant_vpa(
+            &Vpa::parse("shop@okaxis").unwrap(),
+            &AccountId::parse(paygate_tests::MERCHANT).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut agent = first_gateway.agent("pos-1").await;
+    let first = agent.submit(upi_payment("5.61")).await.unwrap();
+    assert_eq!(first.receipt.outcome, Outcome::Pending);
+    while sandbox(&first_gateway, "debited").await.is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second_gateway = TestGateway::start_with(adjust).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // several of its worker's ticks
+    let result: Option<String> = sqlx::query_scalar("SELECT result FROM upi_payments")
+        .fetch_one(second_gateway.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(result, None, "another replica's start decided the payment");
+    // the first replica's call times out, its status check finds the debit
+    let last = final_receipt(&mut agent).await;
+    assert_eq!(
+        last.receipt.outcome,
+        Outcome::Approved,
+        "{:?}",
+        last.receipt
+    );
+    assert_eq!(first_gateway.balance("m-1").await, 561);
+    first_gateway.assert_ledger_balanced().await;
+    agent.disconnect().await;
+    second_gateway.running.shutdown();
+}

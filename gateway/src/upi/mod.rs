@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub mod repo;
 mod worker;
-pub use worker::{run_worker, sweep_unsent};
+pub use worker::run_worker;
 
 /// The network's answer about one payment.
 #[derive(Debug, Clone, PartialEq, Eq)]

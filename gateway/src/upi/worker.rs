@@ -114,16 +114,95 @@ async fn apply<S: UpiSwitch>(
     }
 }
 
-/// Declines the payments a previous process committed but never sent (their credential
-/// blocks died with it). Runs at start, before the pipeline takes any request, so it can
-/// never catch a payment of this process.
-pub async fn sweep_unsent(store: &Store) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE upi_payments SET state = 'answered', result = 'not_sent' WHERE state = 'initiated'",
+/// This worker's name in the leases it takes (one per process: a restarted gateway is
+/// another worker, and finds its predecessor's leases by their expiry).
+fn worker_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| format!("upi-{}", hex::encode(rand::random::<[u8; 6]>())))
+}
+
+/// Claims a payment for sending: only one not yet claimed and still inside its send window
+/// (`pay_timeout_ms` from its commit). The claim is written before the pay call leaves, so a
+/// payment never claimed was certainly never sent.
+async fn claim_for_send(
+    store: &Store,
+    settings: &UpiSettings,
+    payment_id: &str,
+    now: u64,
+) -> Result<bool, StoreError> {
+    let claimed = sqlx::query(
+        "UPDATE upi_payments SET sent_at_ms = $1, lease_until_ms = $2, worker_id = $3
+         WHERE payment_id = $4 AND state = 'initiated' AND sent_at_ms IS NULL
+           AND created_at_ms + $5 > $1",
     )
+    .bind(ms(now))
+    .bind(ms(now
+        .saturating_add(settings.pay_timeout_ms)
+        .saturating_add(settings.lease_margin_ms)))
+    .bind(worker_id())
+    .bind(payment_id)
+    .bind(ms(settings.pay_timeout_ms))
     .execute(store.pool())
     .await?;
+    Ok(claimed.rows_affected() == 1)
+}
+
+/// Payments whose worker went away (any replica's, this one's predecessor's): never claimed
+/// within the send window, declined `not_sent` (certain: the claim comes before the call);
+/// claimed and the lease run out, the outcome unknown: a status check is due now.
+async fn recover_abandoned(
+    store: &Store,
+    settings: &UpiSettings,
+    now: u64,
+) -> Result<(), StoreError> {
+    let unsent = sqlx::query(
+        "UPDATE upi_payments SET state = 'answered', result = 'not_sent'
+         WHERE state = 'initiated' AND sent_at_ms IS NULL AND created_at_ms + $1 <= $2",
+    )
+    .bind(ms(settings.pay_timeout_ms))
+    .bind(ms(now))
+    .execute(store.pool())
+    .await?;
+    let unknown = sqlx::query(
+        "UPDATE upi_payments SET state = 'pending', next_check_at_ms = $1
+         WHERE state = 'initiated' AND sent_at_ms IS NOT NULL AND lease_until_ms <= $1",
+    )
+    .bind(ms(now))
+    .execute(store.pool())
+    .await?;
+    if unsent.rows_affected() > 0 || unknown.rows_affected() > 0 {
+        tracing::warn!(
+            not_sent = unsent.rows_affected(),
+            outcome_unknown = unknown.rows_affected(),
+            "UPI payments of a stopped worker taken over"
+        );
+    }
     Ok(())
+}
+
+/// Claims a due status check: moves its time past this check's own timeout, if no other
+/// worker moved it first.
+async fn claim_check(
+    store: &Store,
+    settings: &UpiSettings,
+    payment_id: &str,
+    due_at: i64,
+    now: u64,
+) -> Result<bool, StoreError> {
+    let until = now
+        .saturating_add(settings.status_timeout_ms)
+        .saturating_add(settings.lease_margin_ms);
+    let claimed = sqlx::query(
+        "UPDATE upi_payments SET next_check_at_ms = $1, lease_until_ms = $1, worker_id = $2
+         WHERE payment_id = $3 AND state = 'pending' AND next_check_at_ms = $4",
+    )
+    .bind(ms(until))
+    .bind(worker_id())
+    .bind(payment_id)
+    .bind(due_at)
+    .execute(store.pool())
+    .await?;
+    Ok(claimed.rows_affected() == 1)
 }
 
 /// The worker: sends handed-off payments and runs due status checks every `tick`.
@@ -136,6 +215,9 @@ pub async fn run_worker<S: UpiSwitch + Clone>(
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // calls in flight end with the worker, as they would with the process: their leases
+    // run out and the next worker resolves them
+    let mut sends = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             handoff = handoffs.recv() => {
@@ -143,12 +225,13 @@ pub async fn run_worker<S: UpiSwitch + Clone>(
                 let store = store.clone();
                 let switch = switch.clone();
                 let settings = settings.clone();
-                tokio::spawn(async move {
+                sends.spawn(async move {
                     if let Err(error) = send(&store, &switch, &settings, handoff).await {
                         tracing::error!(%error, "UPI pay failed; the status checks take over");
                     }
                 });
             }
+            Some(_) = sends.join_next(), if !sends.is_empty() => {}
             _ = tick.tick() => {
                 if let Err(error) = check_due(&store, &switch, &settings).await {
                     tracing::error!(%error, "UPI status checks failed; retried at the next tick");
@@ -172,6 +255,10 @@ async fn send<S: UpiSwitch>(
     .fetch_optional(store.pool())
     .await?;
     let Some(row) = row else { return Ok(()) };
+    if !claim_for_send(store, settings, &handoff.payment_id, crate::clock::now_ms()).await? {
+        // its send window closed before the worker got to it: declined as never sent
+        return Ok(());
+    }
     let payee: String = row.try_get("merchant_vpa")?;
     let currency: String = row.try_get("currency")?;
     let request = PayRequest {
@@ -210,8 +297,9 @@ async fn check_due<S: UpiSwitch>(
     settings: &UpiSettings,
 ) -> Result<(), StoreError> {
     let now = crate::clock::now_ms();
+    recover_abandoned(store, settings, now).await?;
     let due = sqlx::query(
-        "SELECT payment_id, status_checks FROM upi_payments
+        "SELECT payment_id, status_checks, next_check_at_ms FROM upi_payments
          WHERE state = 'pending' AND next_check_at_ms <= $1 ORDER BY next_check_at_ms LIMIT 64",
     )
     .bind(ms(now))
@@ -220,6 +308,10 @@ async fn check_due<S: UpiSwitch>(
     for row in due {
         let payment_id: String = row.try_get("payment_id")?;
         let checks: i64 = row.try_get("status_checks")?;
+        let due_at: i64 = row.try_get("next_check_at_ms")?;
+        if !claim_check(store, settings, &payment_id, due_at, now).await? {
+            continue; // another worker has it
+        }
         let got = match tokio::time::timeout(
             Duration::from_millis(settings.status_timeout_ms),
             switch.status(&payment_id),

@@ -1,0 +1,12 @@
+-- Work in flight belongs to the replica that holds a lease on it (issue 12, defect 1). A UPI
+-- payment leaves for the switch only after its worker claims it (`sent_at_ms`, `worker_id`,
+-- `lease_until_ms` set in one conditional update): one never claimed within the send window
+-- was certainly never sent and is declined `UPI_NOT_SENT`; one claimed whose lease ran out
+-- (its replica stopped mid-call) has an unknown outcome and is resolved by status checks and,
+-- failing those, a reversal. A due status check is claimed the same way, so two replicas on
+-- one database never check or reverse the same payment at once.
+ALTER TABLE upi_payments ADD COLUMN sent_at_ms BIGINT;
+ALTER TABLE upi_payments ADD COLUMN lease_until_ms BIGINT;
+ALTER TABLE upi_payments ADD COLUMN worker_id TEXT;
+-- payments in flight at the upgrade may have reached the switch: their outcome is unknown
+UPDATE upi_payments SET sent_at_ms = created_at_ms, lease_until_ms = 0 WHERE state = 'initiated';
