@@ -380,3 +380,92 @@ async fn a_second_replica_starting_leaves_the_first_ones_payment_in_flight_alone
     agent.disconnect().await;
     second_gateway.running.shutdown();
 }
+
+/// Issue 12, defect 5: a merchant account that cannot take the money (closed, or in another
+/// currency) is found before the pay request leaves: declined, nothing sent to the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_that_cannot_be_credited_is_refused_before_the_network_is_asked() {
+    let gateway = gateway(150).await;
+    let store = gateway.store();
+    for (id, currency) in [("m-usd", "USD"), ("m-closed", "INR")] {
+        store
+            .open_account(
+                &AccountId::parse(id).unwrap(),
+                paygate_gateway::ledger::AccountKind::Merchant,
+                paygate_core::Currency::parse(currency).unwrap(),
+                0,
+            )
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE accounts SET status = 'closed' WHERE account_id = 'm-closed'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    for (vpa, id) in [("usd@okaxis", "m-usd"), ("closed@okaxis", "m-closed")] {
+        store
+            .register_merchant_vpa(&Vpa::parse(vpa).unwrap(), &AccountId::parse(id).unwrap())
+            .await
+            .unwrap();
+    }
+    let mut agent = gateway.agent("pos-1").await;
+    for (vpa, code, reason) in [
+        (
+            "usd@okaxis",
+            ErrorCode::CurrencyMismatch,
+            "merchant m-usd is paid in USD",
+        ),
+        (
+            "closed@okaxis",
+            ErrorCode::UnknownMerchant,
+            "merchant m-closed cannot take payments",
+        ),
+    ] {
+        let before = gateway.ledger_fingerprint().await;
+        let mut operation = upi_payment("10.00");
+        if let Operation::UpiPayment { merchant_vpa, .. } = &mut operation {
+            *merchant_vpa = Vpa::parse(vpa).unwrap();
+        }
+        let receipt = agent.submit(operation).await.unwrap();
+        assert_eq!(receipt.code(), Some(code), "{:?}", receipt.receipt);
+        let message = receipt.receipt.message.clone().unwrap_or_default();
+        assert!(message.contains(reason), "{message}");
+        assert_eq!(gateway.ledger_fingerprint().await, before);
+    }
+    assert!(
+        sandbox(&gateway, "debited").await.is_empty(),
+        "the switch was asked"
+    );
+    agent.disconnect().await;
+}
+
+/// Issue 12, defect 5: the merchant account closes while the network has the payment; the
+/// success cannot be posted, so the customer's debit is reversed through the switch and the
+/// terminal is told, with the ledger's reason. Nothing is posted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_the_ledger_refuses_is_reversed_through_the_switch() {
+    let gateway = gateway(600).await;
+    let mut agent = gateway.agent("pos-1").await;
+    let before = gateway.ledger_fingerprint().await;
+    let first = agent.submit(upi_payment("6.61")).await.unwrap();
+    assert_eq!(first.receipt.outcome, Outcome::Pending);
+    // the merchant closes while the pay call is out
+    sqlx::query("UPDATE accounts SET status = 'closed' WHERE account_id = 'm-1'")
+        .execute(gateway.store().pool())
+        .await
+        .unwrap();
+    let last = final_receipt(&mut agent).await;
+    assert_eq!(
+        last.code(),
+        Some(ErrorCode::UnknownMerchant),
+        "{:?}",
+        last.receipt
+    );
+    let message = last.receipt.message.clone().unwrap_or_default();
+    assert!(message.contains("debit was reversed"), "{message}");
+    assert_eq!(last.receipt.idempotency_key, first.receipt.idempotency_key);
+    assert_eq!(sandbox(&gateway, "reversed").await, [1], "no reversal");
+    assert_eq!(gateway.ledger_fingerprint().await, before);
+    gateway.assert_ledger_balanced().await;
+    agent.disconnect().await;
+}

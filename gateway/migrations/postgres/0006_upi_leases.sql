@@ -10,3 +10,9 @@ ALTER TABLE upi_payments ADD COLUMN lease_until_ms BIGINT;
 ALTER TABLE upi_payments ADD COLUMN worker_id TEXT;
 -- payments in flight at the upgrade may have reached the switch: their outcome is unknown
 UPDATE upi_payments SET sent_at_ms = created_at_ms, lease_until_ms = 0 WHERE state = 'initiated';
+
+-- A success the ledger could not post (the merchant account changed while the network had
+-- the payment) is reversed through the switch: the worker does it when `reversal_due` is set,
+-- and the final receipt carries the ledger's refusal (`unpostable_code`).
+ALTER TABLE upi_payments ADD COLUMN reversal_due BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE upi_payments ADD COLUMN unpostable_code TEXT;

@@ -73,18 +73,40 @@ async fn settle_upi(ctx: &Context) -> Result<Vec<Outbound>, StoreError> {
     let mut tx = ctx.store.begin_batch().await?;
     let mut events = Vec::new();
     let mut replies = Vec::new();
+    let mut reversals_due = false;
     for answered in repo::answered(&mut tx, TICK_ROWS_MAX).await? {
         let mut item = sqlx::Acquire::begin(&mut *tx).await?;
         let before = events.len();
         let decided = async {
-            let decided = products::upi::settle(&mut item, &answered, now).await?;
-            let decision = products::Decision::final_(decided);
-            record_tick(&mut item, ctx, decision, &mut events, now).await
+            match products::upi::settle(&mut item, &answered, now).await? {
+                products::upi::Settled::Final(decided) => {
+                    let decision = products::Decision::final_(*decided);
+                    record_tick(&mut item, ctx, decision, &mut events, now)
+                        .await
+                        .map(Some)
+                }
+                products::upi::Settled::ReversalDue(refused) => {
+                    repo::require_reversal(&mut item, &answered.payment_id, refused, now).await?;
+                    Ok(None)
+                }
+            }
         }
         .await;
-        keep_or_skip(ctx, item, decided, &mut replies, &mut events, before).await?;
+        match decided {
+            // the worker reverses the debit; the terminal hears when that is in
+            Ok(None) => {
+                item.commit().await?;
+                reversals_due = true;
+            }
+            Ok(Some(reply)) => {
+                keep_or_skip(ctx, item, Ok(reply), &mut replies, &mut events, before).await?
+            }
+            Err(error) => {
+                keep_or_skip(ctx, item, Err(error), &mut replies, &mut events, before).await?
+            }
+        }
     }
-    finish(tx, events, replies).await
+    finish_changed(tx, events, replies, reversals_due).await
 }
 
 /// One tick item in its own savepoint: kept, or on a broken invariant rolled back alone (an
@@ -134,11 +156,21 @@ async fn record_tick(
 }
 
 async fn finish(
-    mut tx: store::Batch<'static>,
+    tx: store::Batch<'static>,
     events: Vec<paygate_core::audit::AuditEvent>,
     replies: Vec<Outbound>,
 ) -> Result<Vec<Outbound>, StoreError> {
-    if replies.is_empty() {
+    finish_changed(tx, events, replies, false).await
+}
+
+/// As `finish`, committing also when `changed` (rows written with no reply to send).
+async fn finish_changed(
+    mut tx: store::Batch<'static>,
+    events: Vec<paygate_core::audit::AuditEvent>,
+    replies: Vec<Outbound>,
+    changed: bool,
+) -> Result<Vec<Outbound>, StoreError> {
+    if replies.is_empty() && !changed {
         tx.rollback().await?;
         return Ok(replies);
     }

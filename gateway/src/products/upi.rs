@@ -83,6 +83,11 @@ pub async fn decide(
     };
     let merchant = AccountId::parse(&merchant)
         .map_err(|e| StoreError::Invariant(format!("merchant_vpas row: {e}")))?;
+    // the account the success will credit must be able to take it before the network takes
+    // the customer's money (a success that cannot be posted has to be reversed)
+    if let Some((code, reason)) = merchant_refusal(tx, &merchant, amount).await? {
+        return Ok(declined(item, kind, amount, code, reason));
+    }
     let payment_id = format!("upi-{}", uuid::Uuid::new_v4().simple());
     Ok(Decision::of(Effect::UpiInitiated(Box::new(
         UpiInitiation {
@@ -141,6 +146,30 @@ fn refusal(
     None
 }
 
+/// Why the merchant account cannot be credited with `amount`, if it cannot.
+async fn merchant_refusal(
+    tx: &mut Batch<'_>,
+    merchant: &AccountId,
+    amount: Money,
+) -> Result<Option<(ErrorCode, String)>, StoreError> {
+    let account = ledger::account(tx, merchant).await?;
+    Ok(match account {
+        Some(a) if !a.active || a.kind != AccountKind::Merchant => Some((
+            ErrorCode::UnknownMerchant,
+            format!("merchant {merchant} cannot take payments"),
+        )),
+        None => Some((
+            ErrorCode::UnknownMerchant,
+            format!("merchant {merchant} has no account"),
+        )),
+        Some(a) if a.unit != amount.currency.code() => Some((
+            ErrorCode::CurrencyMismatch,
+            format!("merchant {merchant} is paid in {}", a.unit),
+        )),
+        Some(_) => None,
+    })
+}
+
 /// A UPI request declined before the network: described like a wallet product's decline.
 fn declined(
     item: &Prepared,
@@ -175,19 +204,28 @@ fn declined(
     })
 }
 
+/// What settling an answered payment came to.
+pub enum Settled {
+    Final(Box<Final>),
+    /// A success the ledger refused (the merchant account changed while the network had the
+    /// payment): the customer's debit is to be reversed through the switch; the payment is
+    /// decided when the reversal is in.
+    ReversalDue(ErrorCode),
+}
+
 /// Settles a payment the network has answered: a success (or deemed success) is posted from
 /// the UPI settlement account to the merchant; the others are declined with their code.
 pub async fn settle(
     tx: &mut Batch<'_>,
     answered: &repo::Answered,
     now_ms: u64,
-) -> Result<Final, StoreError> {
+) -> Result<Settled, StoreError> {
     let npci_text = |code: &Option<String>| {
         let code = code.clone().unwrap_or_else(|| "?".into());
         format!("NPCI {code} ({})", upi::code_class(&code))
     };
     let npci = &answered.npci_code;
-    let (mut code, message) = match answered.result.as_str() {
+    let (code, message) = match answered.result.as_str() {
         "success" => (None, None),
         "deemed" => (
             None,
@@ -196,6 +234,17 @@ pub async fn settle(
         "failure" => (
             Some(ErrorCode::UpiDeclined),
             Some(format!("declined: {}", npci_text(npci))),
+        ),
+        "reversed" if answered.unpostable.is_some() => (
+            answered.unpostable,
+            Some(format!(
+                "the merchant account could not take the payment ({}); the customer's debit \
+                 was reversed through the UPI network",
+                answered
+                    .unpostable
+                    .map(ErrorCode::as_str)
+                    .unwrap_or_default()
+            )),
         ),
         "reversed" => (
             Some(ErrorCode::UpiDeclined),
@@ -217,13 +266,14 @@ pub async fn settle(
         ),
     };
     let tx_id = crate::store::new_tx_id();
-    let mut alert = false;
     if code.is_none() {
-        code = post_success(tx, answered, &tx_id, now_ms).await?;
-        alert = code.is_some();
+        if let Some(refused) = post_success(tx, answered, &tx_id, now_ms).await? {
+            return Ok(Settled::ReversalDue(refused));
+        }
     }
+    let alert = answered.unpostable.is_some();
     let payment_id = &answered.payment_id;
-    Ok(Final {
+    Ok(Settled::Final(Box::new(Final {
         request: RequestRef {
             device: answered.device.clone(),
             key: answered.key.clone(),
@@ -256,11 +306,11 @@ pub async fn settle(
         },
         settles_upi_payment: Some(payment_id.clone()),
         alert,
-    })
+    })))
 }
 
-/// Posts a UPI success to the merchant; a refusal (the merchant cannot be credited after the
-/// network took the money) is an alert for an operator, and the payment's decline code.
+/// Posts a UPI success to the merchant; returns the ledger's refusal if the merchant cannot
+/// be credited after the network took the money (its debit is then reversed).
 async fn post_success(
     tx: &mut Batch<'_>,
     answered: &repo::Answered,
@@ -279,9 +329,11 @@ async fn post_success(
         category: None,
         owner: None,
     };
-    ledger::open_account(tx, &account, now_ms).await?;
+    // in a savepoint: a refusal leaves nothing behind (not even the settlement account)
+    let mut attempt = sqlx::Acquire::begin(&mut **tx).await?;
+    ledger::open_account(&mut attempt, &account, now_ms).await?;
     let posted = ledger::post(
-        tx,
+        &mut attempt,
         &ledger::NewTransfer {
             tx_id,
             kind: "upi_payment",
@@ -296,9 +348,13 @@ async fn post_success(
     )
     .await;
     match posted {
-        Ok(()) => Ok(None),
+        Ok(()) => {
+            attempt.commit().await?;
+            Ok(None)
+        }
         Err(StoreError::Refused(refused)) => {
-            tracing::error!(payment_id = %answered.payment_id, code = %refused, "UPI success not postable; needs an operator");
+            attempt.rollback().await?;
+            tracing::error!(payment_id = %answered.payment_id, code = %refused, "UPI success not postable; reversing the debit");
             Ok(Some(refused))
         }
         Err(other) => Err(other),

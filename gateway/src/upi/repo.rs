@@ -2,7 +2,7 @@
 //! deduplication, read back once answered, and marked settled.
 
 use crate::store::{Batch, SealedPayer, StoreError};
-use paygate_core::{AccountId, DeviceId, IdempotencyKey, Money};
+use paygate_core::{AccountId, DeviceId, ErrorCode, IdempotencyKey, Money};
 use sqlx::Row;
 
 fn ms(value: u64) -> i64 {
@@ -97,13 +97,16 @@ pub struct Answered {
     pub payer_masked: String,
     pub result: String,
     pub npci_code: Option<String>,
+    /// Why a success could not be posted, when the payment was reversed for it.
+    pub unpostable: Option<ErrorCode>,
 }
 
 /// Answered payments, oldest first, at most `limit`.
 pub async fn answered(tx: &mut Batch<'_>, limit: u32) -> Result<Vec<Answered>, StoreError> {
     let rows = sqlx::query(
         "SELECT payment_id, device_id, idempotency_key, counter, body_sha256, merchant_id,
-                merchant_vpa, amount_minor, currency, payer_masked, result, npci_code
+                merchant_vpa, amount_minor, currency, payer_masked, result, npci_code,
+                unpostable_code
          FROM upi_payments WHERE state = 'answered' ORDER BY created_at_ms LIMIT $1",
     )
     .bind(i64::from(limit))
@@ -133,7 +136,32 @@ fn answered_from_row(row: &sqlx::any::AnyRow) -> Result<Answered, StoreError> {
         payer_masked: row.try_get("payer_masked")?,
         result: row.try_get("result")?,
         npci_code: row.try_get("npci_code")?,
+        unpostable: row
+            .try_get::<Option<String>, _>("unpostable_code")?
+            .map(|code| ErrorCode::parse(&code).ok_or_else(|| bad("unpostable_code")))
+            .transpose()?,
     })
+}
+
+/// A success the ledger refused: back to the worker, which reverses the customer's debit
+/// through the switch (`reversal_due`) and answers the payment `reversed`.
+pub async fn require_reversal(
+    tx: &mut Batch<'_>,
+    payment_id: &str,
+    refused: ErrorCode,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE upi_payments SET state = 'pending', reversal_due = 1, unpostable_code = $1,
+                next_check_at_ms = $2
+         WHERE payment_id = $3 AND state = 'answered'",
+    )
+    .bind(refused.as_str())
+    .bind(ms(now_ms))
+    .bind(payment_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// The payment is settled: its row keeps the final receipt (for deduplication).

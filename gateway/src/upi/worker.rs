@@ -53,6 +53,20 @@ async fn schedule_check(
     Ok(())
 }
 
+/// Asks the switch to reverse a debit, within `status_timeout_ms` (a switch that hangs
+/// never stalls the worker).
+async fn reverse_in_time<S: UpiSwitch>(
+    switch: &S,
+    settings: &UpiSettings,
+    payment_id: &str,
+) -> Result<(), SwitchError> {
+    let timeout = Duration::from_millis(settings.status_timeout_ms);
+    match tokio::time::timeout(timeout, switch.reverse(payment_id)).await {
+        Ok(reversed) => reversed,
+        Err(_) => Err(SwitchError::Timeout),
+    }
+}
+
 /// Applies a final or pending answer to a payment.
 async fn apply<S: UpiSwitch>(
     store: &Store,
@@ -70,7 +84,7 @@ async fn apply<S: UpiSwitch>(
         Ok(SwitchAnswer::Failure { code, debited }) => {
             if debited {
                 // a failed payment that debited the payer is reversed (RBI: by T+1)
-                match switch.reverse(payment_id).await {
+                match reverse_in_time(switch, settings, payment_id).await {
                     Ok(()) => answer(store, payment_id, &states, "reversed", Some(&code)).await,
                     Err(error) => {
                         tracing::warn!(%error, payment_id, "reversal failed; retried at the next check");
@@ -89,7 +103,7 @@ async fn apply<S: UpiSwitch>(
         }
         Ok(SwitchAnswer::Pending) | Err(_) => {
             if checks_done >= i64::from(settings.status_checks_max) {
-                match switch.reverse(payment_id).await {
+                match reverse_in_time(switch, settings, payment_id).await {
                     Ok(()) => answer(store, payment_id, &states, "timed_out", None).await,
                     Err(error) => {
                         tracing::warn!(%error, payment_id, "reversal failed; retried later");
@@ -299,7 +313,7 @@ async fn check_due<S: UpiSwitch>(
     let now = crate::clock::now_ms();
     recover_abandoned(store, settings, now).await?;
     let due = sqlx::query(
-        "SELECT payment_id, status_checks, next_check_at_ms FROM upi_payments
+        "SELECT payment_id, status_checks, next_check_at_ms, reversal_due FROM upi_payments
          WHERE state = 'pending' AND next_check_at_ms <= $1 ORDER BY next_check_at_ms LIMIT 64",
     )
     .bind(ms(now))
@@ -311,6 +325,16 @@ async fn check_due<S: UpiSwitch>(
         let due_at: i64 = row.try_get("next_check_at_ms")?;
         if !claim_check(store, settings, &payment_id, due_at, now).await? {
             continue; // another worker has it
+        }
+        if row.try_get::<i64, _>("reversal_due")? == 1 {
+            // a success the ledger refused: the customer's debit goes back
+            match reverse_in_time(switch, settings, &payment_id).await {
+                Ok(()) => answer(store, &payment_id, &["pending"], "reversed", None).await?,
+                Err(error) => {
+                    tracing::error!(%error, payment_id, "reversal of an unpostable UPI success failed; retried")
+                }
+            }
+            continue;
         }
         let got = match tokio::time::timeout(
             Duration::from_millis(settings.status_timeout_ms),
