@@ -171,6 +171,29 @@ impl AuditEvent {
             detail: None,
         }
     }
+
+    /// The event with every text field scrubbed (`scrub`): what a device sent can reach any
+    /// field (a card number sent as a merchant id, a key, a VPA in a detail), so no field is
+    /// trusted to be PAN-free. The one place events are recorded applies this.
+    pub fn scrubbed(&self) -> AuditEvent {
+        let optional = |field: &Option<String>| field.as_deref().map(scrub);
+        AuditEvent {
+            time_ms: self.time_ms,
+            event: self.event,
+            actor: scrub(&self.actor),
+            origin: scrub(&self.origin),
+            outcome: self.outcome,
+            component: scrub(&self.component),
+            resource: scrub(&self.resource),
+            code: optional(&self.code),
+            tx_id: optional(&self.tx_id),
+            device_id: optional(&self.device_id),
+            wallet_id: optional(&self.wallet_id),
+            merchant_id: optional(&self.merchant_id),
+            amount: optional(&self.amount),
+            detail: optional(&self.detail),
+        }
+    }
 }
 
 /// One line of the log.

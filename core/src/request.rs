@@ -99,6 +99,9 @@ pub enum OperationWire {
     CashOut { agent_id: String, amount: MoneyWire },
     /// A merchant's terminal gives back all or part of one of its payments.
     Refund { tx_id: String, amount: MoneyWire },
+    /// What became of one of this device's own requests, by its idempotency key: the answer
+    /// is that request's stored receipt (or `REQUEST_UNKNOWN`). Decides and moves nothing.
+    StatusEnquiry { idempotency_key: String },
 }
 
 /// A wallet named by exactly one of its id, its phone alias (E.164) or its VPA.
@@ -217,6 +220,9 @@ pub enum Operation {
     Refund {
         tx_id: crate::ids::TxId,
         amount: Money,
+    },
+    StatusEnquiry {
+        idempotency_key: IdempotencyKey,
     },
 }
 
@@ -407,6 +413,9 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
             tx_id: crate::ids::TxId::parse(&tx_id).map_err(malformed)?,
             amount: decode_money(&amount)?,
         },
+        OperationWire::StatusEnquiry { idempotency_key } => Operation::StatusEnquiry {
+            idempotency_key: IdempotencyKey::parse(&idempotency_key).map_err(malformed)?,
+        },
     };
     // counters and times are stored in signed 64-bit columns
     let signed_max = u64::try_from(i64::MAX).unwrap_or(u64::MAX);
@@ -538,6 +547,9 @@ impl Request {
                 Operation::Refund { tx_id, amount } => OperationWire::Refund {
                     tx_id: tx_id.to_string(),
                     amount: MoneyWire::from(*amount),
+                },
+                Operation::StatusEnquiry { idempotency_key } => OperationWire::StatusEnquiry {
+                    idempotency_key: idempotency_key.to_string(),
                 },
             },
         }

@@ -223,6 +223,42 @@ impl Agent {
         self.deliver(&request.idempotency_key, &envelope).await
     }
 
+    /// Asks the gateway what became of one of this device's requests, by its idempotency
+    /// key: the answer is that request's own signed receipt, exactly as first sent (final,
+    /// challenged or pending), or `REQUEST_UNKNOWN` naming the key when nothing arrived under
+    /// it (then sending the request again under the same key is safe). Nothing is decided.
+    pub async fn status(&mut self, key: &IdempotencyKey) -> Result<VerifiedReceipt> {
+        let request = Request {
+            device_id: self.bundle.device_id.clone(),
+            idempotency_key: IdempotencyKey::parse(&hex::encode(rand::random::<[u8; 16]>()))?,
+            counter: self.outbox.next_counter()?,
+            created_at_ms: now_ms(),
+            operation: Operation::StatusEnquiry {
+                idempotency_key: key.clone(),
+            },
+        };
+        let envelope = self
+            .bundle
+            .signing_key
+            .seal(REQUEST_CONTENT_TYPE, &request.to_payload());
+        let deadline = Instant::now() + self.settings.receipt_timeout;
+        loop {
+            self.publish_raw(envelope.clone()).await?;
+            let round_end = (Instant::now() + self.settings.resend_interval).min(deadline);
+            // the answer names the enquired request; a refusal of the enquiry itself names
+            // the enquiry
+            if let Some(receipt) = self.next_reply_until(round_end, Some(key.as_str())).await {
+                return Ok(receipt);
+            }
+            if let Some(refused) = self.parked.remove(request.idempotency_key.as_str()) {
+                return Ok(refused);
+            }
+            if Instant::now() >= deadline {
+                bail!("no answer to the status enquiry for {key}");
+            }
+        }
+    }
+
     /// Sends every request left in the outbox again (after a reboot or an outage) and returns
     /// their receipts.
     pub async fn drain_outbox(&mut self) -> Result<Vec<VerifiedReceipt>> {
@@ -342,6 +378,8 @@ impl Agent {
                     receipt.code(),
                     Some(
                         ErrorCode::InternalError
+                            // an enquiry's answer that overtook the request itself
+                            | ErrorCode::RequestUnknown
                             | ErrorCode::Overloaded
                             | ErrorCode::AuditUnavailable
                             | ErrorCode::KeyUnavailable

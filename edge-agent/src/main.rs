@@ -42,6 +42,12 @@ enum Command {
     },
     /// Send again every request left in the outbox and print their receipts.
     Drain,
+    /// Ask what became of one of this device's requests, by its idempotency key: prints its
+    /// stored receipt, or REQUEST_UNKNOWN if the gateway never received it.
+    Status {
+        #[arg(long)]
+        key: String,
+    },
 }
 
 #[tokio::main]
@@ -93,6 +99,10 @@ async fn main() -> Result<()> {
             vec![agent.pay(&merchant, amount).await?]
         }
         Command::Drain => agent.drain_outbox().await?,
+        Command::Status { key } => {
+            let key = paygate_core::IdempotencyKey::parse(&key).context("--key")?;
+            vec![agent.status(&key).await?]
+        }
     };
     for receipt in &receipts {
         println!("{}", serde_json::to_string_pretty(&receipt.receipt)?);

@@ -332,8 +332,9 @@ async fn lock_audit_outbox(batch: &mut Batch<'_>) -> Result<(), StoreError> {
 }
 
 fn audit_event_json(event: &AuditEvent) -> String {
-    // serialising a struct of strings and integers cannot fail
-    serde_json::to_string(event).unwrap_or_default()
+    // scrubbed here, where every event is recorded: no path can put a card number in the
+    // trail. Serialising a struct of strings and integers cannot fail.
+    serde_json::to_string(&event.scrubbed()).unwrap_or_default()
 }
 
 impl Store {

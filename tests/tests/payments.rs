@@ -271,7 +271,58 @@ async fn a_resend_of_a_decided_request_gets_its_first_answer_however_old() {
         Some(ErrorCode::RequestExpired),
         "{refused:?}"
     );
+    // the refusal names its request, so the terminal knows which entry it answers
+    assert_eq!(refused.receipt.idempotency_key.as_deref(), Some("old-2"));
     assert_eq!(gateway.ledger_fingerprint().await, before);
     assert_eq!(gateway.balance("wallet-pos-1").await, 9_000);
     agent.disconnect().await;
+}
+
+/// Issue 12, defect 9: a terminal that lost track of a request asks by its idempotency key.
+/// A decided request answers with its own first receipt, byte for byte (however old); a key
+/// never received answers `REQUEST_UNKNOWN` naming that key; nothing moves either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_enquiry_answers_the_stored_receipt_or_request_unknown() {
+    let gateway = TestGateway::start_with(|s| s.pipeline.request_age_max_ms = 1_500).await;
+    gateway.device("pos-1", "100.00").await;
+    let mut agent = gateway.agent("pos-1").await;
+    let shop = AccountId::parse(MERCHANT).unwrap();
+    let approved = agent.pay(&shop, inr("10.00")).await.unwrap();
+    assert_eq!(approved.receipt.outcome, Outcome::Approved);
+    let declined = agent.pay(&shop, inr("150.00")).await.unwrap();
+    assert_eq!(declined.code(), Some(ErrorCode::InsufficientFunds));
+    // past the request age limit: the answers are the stored ones all the same
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let before = gateway.ledger_fingerprint().await;
+    for first in [&approved, &declined] {
+        let key = IdempotencyKey::parse(first.receipt.idempotency_key.as_deref().unwrap()).unwrap();
+        let answer = agent.status(&key).await.unwrap();
+        assert_eq!(answer.envelope, first.envelope, "{:?}", answer.receipt);
+    }
+    let never = IdempotencyKey::parse("never-sent-1").unwrap();
+    let unknown = agent.status(&never).await.unwrap();
+    assert_eq!(
+        unknown.code(),
+        Some(ErrorCode::RequestUnknown),
+        "{unknown:?}"
+    );
+    assert_eq!(
+        unknown.receipt.idempotency_key.as_deref(),
+        Some("never-sent-1")
+    );
+    assert!(unknown.receipt.tx_id.is_none());
+    assert_eq!(gateway.ledger_fingerprint().await, before);
+    assert_eq!(gateway.balance(MERCHANT).await, 1_000);
+    // another device's key is unknown to this one: no device reads another's receipts
+    gateway.device("pos-2", "1.00").await;
+    let mut other = gateway.agent("pos-2").await;
+    let key = IdempotencyKey::parse(approved.receipt.idempotency_key.as_deref().unwrap()).unwrap();
+    let foreign = other.status(&key).await.unwrap();
+    assert_eq!(
+        foreign.code(),
+        Some(ErrorCode::RequestUnknown),
+        "{foreign:?}"
+    );
+    agent.disconnect().await;
+    other.disconnect().await;
 }

@@ -73,6 +73,21 @@ pub async fn write(
             reply: reply(receipt),
             decided: Vec::new(),
         },
+        Effect::Unknown { key } => {
+            let message = crate::products::status::unknown_message(&key);
+            let receipt = receipts::rejected_receipt(
+                &inbound.device,
+                Some(&key),
+                None,
+                ErrorCode::RequestUnknown,
+                message,
+                now_ms,
+            );
+            Recorded {
+                reply: reply(seal(ctx, &receipt)),
+                decided: Vec::new(),
+            }
+        }
         Effect::Final(decided) => {
             let (receipt, decided) = write_final(tx, ctx, &decided, sinks.events, now_ms).await?;
             Recorded {

@@ -12,6 +12,7 @@ pub mod challenge_answer;
 pub mod limits;
 pub mod merchant_payment;
 pub mod refund;
+pub mod status;
 pub mod upi;
 pub mod wallet;
 
@@ -98,8 +99,11 @@ pub enum Effect {
     },
     /// Sent to the UPI network after the commit; a `pending` receipt now.
     UpiInitiated(Box<UpiInitiation>),
-    /// An earlier receipt answers (a closed challenge answered again).
+    /// An earlier receipt answers (a closed challenge answered again, a status enquiry).
     Stored(Vec<u8>),
+    /// A status enquiry about a key nothing was received under: `REQUEST_UNKNOWN`, naming
+    /// that key.
+    Unknown { key: IdempotencyKey },
 }
 
 /// A final decision and everything its receipt, stored row and audit record say.
@@ -242,5 +246,6 @@ pub async fn decide(
         | Operation::CashIn { .. }
         | Operation::CashOut { .. }
         | Operation::Refund { .. } => wallet::decide(tx, rules, item, now_ms).await,
+        Operation::StatusEnquiry { .. } => status::decide(tx, item).await,
     }
 }
