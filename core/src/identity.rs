@@ -64,9 +64,10 @@ pub struct Condition {
     pub payments_in_window_min: Option<u32>,
     /// Paid since the wallet's last strong authentication (any mechanism but possession).
     pub cumulative_minor_since_strong_auth_min: Option<i64>,
-    /// UTC hours `[from, to)`, wrapping midnight when `from > to`.
-    pub hour_utc_from: Option<u8>,
-    pub hour_utc_to: Option<u8>,
+    /// Local hours `[from, to)` in the business time zone (the one the KYC limits reset in,
+    /// `wallet.limits_utc_offset_minutes`), wrapping midnight when `from > to`.
+    pub hour_from: Option<u8>,
+    pub hour_to: Option<u8>,
     pub payee_in: Option<Vec<String>>,
 }
 
@@ -99,7 +100,8 @@ pub struct Completeness {
     pub first_device_use: bool,
     pub payments_in_window: u32,
     pub cumulative_minor_since_strong_auth: i64,
-    pub hour_utc: u8,
+    /// The hour of the day in the business time zone.
+    pub hour_local: u8,
     /// How long ago the wallet last passed each mechanism.
     pub passed_ms_ago: Vec<(Mechanism, u64)>,
 }
@@ -114,11 +116,11 @@ pub struct Requirement {
 
 impl Condition {
     pub fn holds(&self, c: &Completeness) -> bool {
-        let hour_ok = match (self.hour_utc_from, self.hour_utc_to) {
-            (Some(from), Some(to)) if from <= to => (from..to).contains(&c.hour_utc),
-            (Some(from), Some(to)) => c.hour_utc >= from || c.hour_utc < to,
-            (Some(from), None) => c.hour_utc >= from,
-            (None, Some(to)) => c.hour_utc < to,
+        let hour_ok = match (self.hour_from, self.hour_to) {
+            (Some(from), Some(to)) if from <= to => (from..to).contains(&c.hour_local),
+            (Some(from), Some(to)) => c.hour_local >= from || c.hour_local < to,
+            (Some(from), None) => c.hour_local >= from,
+            (None, Some(to)) => c.hour_local < to,
             (None, None) => true,
         };
         self.amount_minor_min
@@ -356,7 +358,7 @@ mod tests {
             first_device_use: false,
             payments_in_window: 1,
             cumulative_minor_since_strong_auth: 1_000,
-            hour_utc: 12,
+            hour_local: 12,
             passed_ms_ago: vec![],
         }
     }
@@ -370,7 +372,7 @@ mod tests {
               {"name":"new-payee","risk":"medium","require":["totp"],"when":{"first_payee":true}},
               {"name":"new-device","risk":"medium","require":["pin"],"when":{"first_device_use":true}},
               {"name":"velocity","risk":"high","require":["oob"],"when":{"payments_in_window_min":10}},
-              {"name":"night","risk":"low","require":["pin"],"when":{"hour_utc_from":22,"hour_utc_to":5}},
+              {"name":"night","risk":"low","require":["pin"],"when":{"hour_from":22,"hour_to":5}},
               {"name":"since-auth","risk":"medium","require":["totp"],"when":{"cumulative_minor_since_strong_auth_min":500000}},
               {"name":"always","risk":"low","require":["device_possession"]}
             ]"#,
@@ -425,12 +427,12 @@ mod tests {
             ),
             (
                 "night, wrapping midnight",
-                |c| c.hour_utc = 23,
+                |c| c.hour_local = 23,
                 &[(Mechanism::Pin, RiskLevel::Low)],
             ),
             (
                 "early morning",
-                |c| c.hour_utc = 4,
+                |c| c.hour_local = 4,
                 &[(Mechanism::Pin, RiskLevel::Low)],
             ),
             (
@@ -468,7 +470,7 @@ mod tests {
                     c.amount_minor = 250_000;
                     c.first_device_use = true;
                     c.payments_in_window = 12;
-                    c.hour_utc = 2;
+                    c.hour_local = 2;
                 },
                 &[
                     (Mechanism::Totp, RiskLevel::High),

@@ -41,6 +41,12 @@ impl Calendar {
         i64::from(self.utc_offset_minutes) * 60_000
     }
 
+    /// The local hour of the day (0-23) at `now_ms`.
+    pub fn hour_of_day(self, now_ms: u64) -> u8 {
+        let local = i64::try_from(now_ms).unwrap_or(i64::MAX) + self.offset_ms();
+        u8::try_from(local.rem_euclid(DAY_MS) / 3_600_000).unwrap_or(0)
+    }
+
     /// The local day containing `now_ms`, counted in days since 1970-01-01 (local).
     pub fn day_number(self, now_ms: u64) -> i64 {
         let local = i64::try_from(now_ms).unwrap_or(i64::MAX) + self.offset_ms();

@@ -74,10 +74,14 @@ pub async fn completeness(
     let count = |name: &str| -> Result<u32, StoreError> {
         Ok(u32::try_from(row.try_get::<i64, _>(name)?).unwrap_or(u32::MAX))
     };
+    // a pass spares only a payment to the payee it was passed for, up to its amount
     let passes = sqlx::query(
-        "SELECT mechanism, passed_at_ms FROM identity_passes WHERE wallet_account_id = $1",
+        "SELECT mechanism, passed_at_ms FROM identity_passes
+         WHERE wallet_account_id = $1 AND payee_account_id = $2 AND amount_minor >= $3",
     )
     .bind(query.wallet.as_str())
+    .bind(query.merchant.as_str())
+    .bind(query.amount.minor_signed())
     .fetch_all(&mut **batch)
     .await?;
     let mut passed_ms_ago = Vec::new();
@@ -97,7 +101,7 @@ pub async fn completeness(
             first_device_use: count("used_before")? == 0,
             payments_in_window: count("device_in_window")?,
             cumulative_minor_since_strong_auth: row.try_get("since_strong")?,
-            hour_utc: u8::try_from((query.now_ms / 3_600_000) % 24).unwrap_or(0),
+            hour_local: crate::clock::business_calendar().hour_of_day(query.now_ms),
             passed_ms_ago,
         },
         wallet_debits_in_window: count("wallet_in_window")?,
@@ -353,27 +357,85 @@ pub async fn update_challenge(
     Ok(())
 }
 
-/// Records a strong authentication of the holder: each mechanism passed now (validate-pass
-/// windows), and the spend since the last strong authentication back to zero.
+/// Records a strong authentication of the holder for one payment: each mechanism passed now
+/// (validate-pass windows, which spare later payments to the same payee up to the same amount
+/// only), the spend since the last strong authentication back to zero, and the wrong answers
+/// counted against those mechanisms cleared.
 pub async fn record_passes(
     batch: &mut Batch<'_>,
     wallet: &AccountId,
     mechanisms: &[Mechanism],
+    payee: &AccountId,
+    amount: Money,
     now_ms: u64,
 ) -> Result<(), StoreError> {
     ledger::reset_since_strong_auth(batch, wallet).await?;
     for mechanism in mechanisms {
         sqlx::query(
-            "INSERT INTO identity_passes (wallet_account_id, mechanism, passed_at_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (wallet_account_id, mechanism) DO UPDATE SET passed_at_ms = excluded.passed_at_ms",
+            "INSERT INTO identity_passes (wallet_account_id, mechanism, passed_at_ms, payee_account_id, amount_minor)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (wallet_account_id, mechanism) DO UPDATE SET passed_at_ms = excluded.passed_at_ms,
+                 payee_account_id = excluded.payee_account_id, amount_minor = excluded.amount_minor",
         )
         .bind(wallet.as_str())
         .bind(mechanism.as_str())
         .bind(ms(now_ms))
+        .bind(payee.as_str())
+        .bind(amount.minor_signed())
+        .execute(&mut **batch)
+        .await?;
+        sqlx::query(
+            "DELETE FROM identity_failures WHERE wallet_account_id = $1 AND mechanism = $2",
+        )
+        .bind(wallet.as_str())
+        .bind(mechanism.as_str())
         .execute(&mut **batch)
         .await?;
     }
     Ok(())
+}
+
+/// Counts a wrong answer against each of `mechanisms` for the wallet, across challenges:
+/// the count restarts once `window_ms` has passed since its first failure. Returns the
+/// highest count now.
+pub async fn count_failures(
+    batch: &mut Batch<'_>,
+    wallet: &AccountId,
+    mechanisms: &[Mechanism],
+    window_ms: u64,
+    now_ms: u64,
+) -> Result<u32, StoreError> {
+    let mut highest = 0u32;
+    for mechanism in mechanisms {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT failures, first_failed_at_ms FROM identity_failures
+             WHERE wallet_account_id = $1 AND mechanism = $2",
+        )
+        .bind(wallet.as_str())
+        .bind(mechanism.as_str())
+        .fetch_optional(&mut **batch)
+        .await?;
+        let (failures, first) = match row {
+            Some((failures, first)) if now_ms.saturating_sub(unsigned(first)) < window_ms => {
+                (failures.saturating_add(1), first)
+            }
+            _ => (1, ms(now_ms)),
+        };
+        sqlx::query(
+            "INSERT INTO identity_failures (wallet_account_id, mechanism, failures, first_failed_at_ms)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (wallet_account_id, mechanism) DO UPDATE
+             SET failures = excluded.failures, first_failed_at_ms = excluded.first_failed_at_ms",
+        )
+        .bind(wallet.as_str())
+        .bind(mechanism.as_str())
+        .bind(failures)
+        .bind(first)
+        .execute(&mut **batch)
+        .await?;
+        highest = highest.max(u32::try_from(failures).unwrap_or(u32::MAX));
+    }
+    Ok(highest)
 }
 
 pub async fn lock(

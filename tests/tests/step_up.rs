@@ -660,3 +660,144 @@ async fn a_code_sent_with_the_wrong_amount_is_used_up() {
     gateway.assert_ledger_balanced().await;
     agent.disconnect().await;
 }
+
+/// Issue 12, defect 8: wrong PINs count against the wallet, not the challenge: spread over
+/// several payments they still lock the PIN at `identity.attempts_max`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_pins_spread_over_challenges_still_lock_the_pin() {
+    let gateway = gateway_with(vec![Mechanism::Pin], 0, |_| {}).await;
+    let wallet = AccountId::parse("wallet-pos-1").unwrap();
+    paygate_gateway::identity::set_pin(gateway.store().pool(), &wallet, "4321", 0)
+        .await
+        .unwrap();
+    let before = gateway.ledger_fingerprint().await;
+    let mut agent = gateway.agent("pos-1").await;
+    let counter = paygate_agent::now_ms() * 1000;
+    // two wrong PINs on the first payment's challenge (one attempt of three left on it)
+    let first = send(&mut agent, &payment("spread-1", counter, LARGE)).await;
+    let first_id = first.receipt.challenge.unwrap().challenge_id;
+    for (i, key) in ["spread-1-a", "spread-1-b"].into_iter().enumerate() {
+        let wrong = answer(
+            key,
+            counter + 1 + i as u64,
+            &first_id,
+            MERCHANT,
+            LARGE,
+            Mechanism::Pin,
+            "0000",
+        );
+        let retry = send(&mut agent, &wrong).await;
+        assert_eq!(retry.receipt.outcome, Outcome::Challenged, "{retry:?}");
+    }
+    // a second payment's fresh challenge: its first wrong PIN is the wallet's third
+    let second = send(&mut agent, &payment("spread-2", counter + 10, LARGE)).await;
+    assert_eq!(second.receipt.outcome, Outcome::Challenged, "{second:?}");
+    let second_id = second.receipt.challenge.unwrap().challenge_id;
+    let wrong = answer(
+        "spread-2-a",
+        counter + 11,
+        &second_id,
+        MERCHANT,
+        LARGE,
+        Mechanism::Pin,
+        "1111",
+    );
+    let locked = send(&mut agent, &wrong).await;
+    assert_eq!(
+        locked.code(),
+        Some(ErrorCode::ChallengeFailed),
+        "{locked:?}"
+    );
+    // the PIN is locked now: the next large payment is declined without a challenge
+    let third = send(&mut agent, &payment("spread-3", counter + 20, LARGE)).await;
+    assert_eq!(third.code(), Some(ErrorCode::MechanismLocked), "{third:?}");
+    // and the right PIN on the first challenge does not pass while locked
+    let right = answer(
+        "spread-1-c",
+        counter + 30,
+        &first_id,
+        MERCHANT,
+        LARGE,
+        Mechanism::Pin,
+        "4321",
+    );
+    let refused = send(&mut agent, &right).await;
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::MechanismLocked),
+        "{refused:?}"
+    );
+    assert_eq!(refused.receipt.idempotency_key.as_deref(), Some("spread-1"));
+    assert_eq!(gateway.ledger_fingerprint().await, before);
+    agent.disconnect().await;
+}
+
+/// Issue 12, defect 8: a validate pass spares a later payment only to the same payee and up
+/// to the amount the holder authenticated, not any amount to anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validate_pass_spares_only_the_same_payee_up_to_the_same_amount() {
+    let gateway = gateway_with(vec![Mechanism::Totp], 60_000, |_| {}).await;
+    gateway
+        .store()
+        .open_account(
+            &AccountId::parse("m-2").unwrap(),
+            paygate_gateway::ledger::AccountKind::Merchant,
+            paygate_core::Currency::parse("INR").unwrap(),
+            0,
+        )
+        .await
+        .unwrap();
+    let mut agent = gateway.agent("pos-1").await;
+    let prompts = scripted(&mut agent, vec![totp_answer(code_at(0))]);
+    let first = agent.pay(&merchant(), inr(LARGE)).await.unwrap();
+    assert_eq!(first.receipt.outcome, Outcome::Approved, "{first:?}");
+    // the same payee, no more than authenticated: spared (no prompt)
+    let spared = agent.pay(&merchant(), inr("2400.00")).await.unwrap();
+    assert_eq!(spared.receipt.outcome, Outcome::Approved, "{spared:?}");
+    assert_eq!(*prompts.lock().unwrap(), vec![3]);
+    // more than authenticated, or another payee: asked again
+    let counter = paygate_agent::now_ms() * 1000;
+    let more = send(&mut agent, &payment("pass-more", counter, "3000.00")).await;
+    assert_eq!(more.receipt.outcome, Outcome::Challenged, "{more:?}");
+    let mut elsewhere = payment("pass-elsewhere", counter + 1, LARGE);
+    elsewhere.operation = Operation::MerchantPayment {
+        merchant_id: AccountId::parse("m-2").unwrap(),
+        amount: inr(LARGE),
+        payer: None,
+    };
+    let other = send(&mut agent, &elsewhere).await;
+    assert_eq!(other.receipt.outcome, Outcome::Challenged, "{other:?}");
+    agent.disconnect().await;
+}
+
+/// Issue 12, defect 8: hour conditions run in the business time zone, the one the KYC limits
+/// reset in (IST by default), not in UTC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hour_rules_run_in_the_business_time_zone() {
+    let now = paygate_agent::now_ms();
+    let ist_hour = u8::try_from((now + 330 * 60_000) / 3_600_000 % 24).unwrap();
+    let utc_hour = u8::try_from(now / 3_600_000 % 24).unwrap();
+    let window = |from: u8| identity::Condition {
+        hour_from: Some(from),
+        hour_to: Some((from + 2) % 24),
+        ..identity::Condition::default()
+    };
+    // a rule for these two local hours applies now
+    let gateway = gateway_with(vec![Mechanism::Totp], 0, |s| {
+        s.identity.rules[0].when = window(ist_hour);
+    })
+    .await;
+    let mut agent = gateway.agent("pos-1").await;
+    let local = send(&mut agent, &payment("hour-local", now * 1000, "5.00")).await;
+    assert_eq!(local.receipt.outcome, Outcome::Challenged, "{local:?}");
+    agent.disconnect().await;
+    // a rule for the same hours read as UTC does not
+    let gateway = gateway_with(vec![Mechanism::Totp], 0, |s| {
+        s.identity.rules[0].when = window(utc_hour);
+    })
+    .await;
+    let mut agent = gateway.agent("pos-1").await;
+    let utc = send(&mut agent, &payment("hour-utc", now * 1000 + 1, "5.00")).await;
+    assert_eq!(utc.receipt.outcome, Outcome::Approved, "{utc:?}");
+    agent.disconnect().await;
+}

@@ -53,19 +53,25 @@ pub async fn decide(
     if now_ms >= challenge.expires_at_ms {
         return expire(tx, rules, &challenge, Some(&answer), "expired", now_ms).await;
     }
+    // a mechanism locked since the challenge was opened (wrong answers on another of the
+    // wallet's challenges) takes no more answers: the held payment is declined
+    if let Some(locked) =
+        identity::locked(tx, &challenge.wallet, &challenge.mechanisms, now_ms).await?
+    {
+        return decline_locked(tx, rules, &challenge, &answer, locked, now_ms).await;
+    }
     let linked = *merchant_id == challenge.merchant && *amount == challenge.amount;
     // every response is checked even when the answer names another payment, so a matched
     // TOTP code is used up whatever else is wrong with the answer
-    let answered = check_responses(tx, rules, item, &challenge, responses, now_ms).await?;
-    let passed = linked && answered;
-    if passed {
+    let failed = check_responses(tx, rules, item, &challenge, responses, now_ms).await?;
+    if linked && failed.is_empty() {
         return pass(tx, rules, &challenge, &answer, now_ms).await;
     }
-    fail(tx, rules, challenge, answer, linked, now_ms).await
+    fail(tx, rules, challenge, answer, linked, &failed, now_ms).await
 }
 
-/// Checks every mechanism's response. A matched TOTP code is used up even if another
-/// mechanism failed: never accepted twice.
+/// Checks every mechanism's response; returns those that failed. A matched TOTP code is used
+/// up even if another mechanism failed: never accepted twice.
 async fn check_responses(
     tx: &mut Batch<'_>,
     rules: &Rules,
@@ -73,8 +79,8 @@ async fn check_responses(
     challenge: &Challenge,
     responses: &[(Mechanism, OneTimeCode)],
     now_ms: u64,
-) -> Result<bool, StoreError> {
-    let mut passed = true;
+) -> Result<Vec<Mechanism>, StoreError> {
+    let mut failed = Vec::new();
     let mut totp_step = None;
     for &mechanism in &challenge.mechanisms {
         let response = responses
@@ -108,12 +114,14 @@ async fn check_responses(
                 challenge.oob_code_sha256.as_deref() == Some(&hash[..])
             }
         };
-        passed &= ok;
+        if !ok {
+            failed.push(mechanism);
+        }
     }
     if let Some(step) = totp_step {
         identity::set_totp_step(tx, &challenge.wallet, step).await?;
     }
-    Ok(passed)
+    Ok(failed)
 }
 
 /// The answer is right: the held payment is decided now, after the wallet's limits are
@@ -140,23 +148,64 @@ async fn pass(
     });
     let decided = post_held(tx, rules, &payment, Some(answer), decline, now_ms).await?;
     // the spend since this strong authentication starts from here
-    identity::record_passes(tx, &challenge.wallet, &challenge.mechanisms, now_ms).await?;
+    identity::record_passes(
+        tx,
+        &challenge.wallet,
+        &challenge.mechanisms,
+        &challenge.merchant,
+        challenge.amount,
+        now_ms,
+    )
+    .await?;
     let mut decision = Decision::final_(decided);
     decision.identity.push(note);
     Ok(decision)
 }
 
-/// A wrong answer: an attempt counted; at the limit the payment is declined and the
-/// mechanisms lock.
+/// An answer to a challenge whose mechanism is locked: the held payment is declined
+/// `MECHANISM_LOCKED`, whatever the answer.
+async fn decline_locked(
+    tx: &mut Batch<'_>,
+    rules: &Rules,
+    challenge: &Challenge,
+    answer: &RequestRef,
+    locked: Mechanism,
+    now_ms: u64,
+) -> Result<Decision, StoreError> {
+    let id = &challenge.challenge_id;
+    identity::update_challenge(tx, id, "failed", challenge.attempts, &challenge.receipt).await?;
+    let mut payment = HeldPayment::from(challenge);
+    payment.decline_reason = Some(format!(
+        "{locked} is locked after too many wrong answers on this wallet"
+    ));
+    let note = payment.note(
+        AuditOutcome::Failure,
+        Some(ErrorCode::MechanismLocked),
+        format!("challenge {id} answered while {locked} is locked"),
+    );
+    let code = Some(ErrorCode::MechanismLocked);
+    let mut decision =
+        Decision::final_(post_held(tx, rules, &payment, Some(answer), code, now_ms).await?);
+    decision.identity.push(note);
+    Ok(decision)
+}
+
+/// A wrong answer: an attempt counted on the challenge, and each failed mechanism's wrong
+/// answer on the wallet (across challenges, within `identity.lockout_ms`). At the limit of
+/// either the payment is declined and the mechanisms lock.
 async fn fail(
     tx: &mut Batch<'_>,
     rules: &Rules,
     mut challenge: Challenge,
     answer: RequestRef,
     linked: bool,
+    failed: &[Mechanism],
     now_ms: u64,
 ) -> Result<Decision, StoreError> {
     let attempts = challenge.attempts.saturating_add(1);
+    let window = rules.identity.lockout_ms;
+    let wallet_failures =
+        identity::count_failures(tx, &challenge.wallet, failed, window, now_ms).await?;
     let why = if linked {
         "wrong answer"
     } else {
@@ -171,7 +220,7 @@ async fn fail(
             challenge.challenge_id, rules.identity.attempts_max
         ),
     );
-    if attempts >= rules.identity.attempts_max {
+    if attempts >= rules.identity.attempts_max || wallet_failures >= rules.identity.attempts_max {
         let id = &challenge.challenge_id;
         identity::update_challenge(tx, id, "failed", attempts, &challenge.receipt).await?;
         let until = now_ms.saturating_add(rules.identity.lockout_ms);

@@ -1,0 +1,17 @@
+-- Step-up holes (issue 12, defect 8).
+-- A validate pass spares a later payment only to the payee it was passed for, and only up to
+-- the amount the holder authenticated: the pass keeps both. Passes from before have neither
+-- and spare nothing.
+ALTER TABLE identity_passes ADD COLUMN payee_account_id TEXT;
+ALTER TABLE identity_passes ADD COLUMN amount_minor BIGINT;
+
+-- Wrong answers per wallet and mechanism across challenges, so a new challenge does not
+-- reset the count: `identity.attempts_max` wrong answers within `identity.lockout_ms` lock
+-- the mechanism, however many payments they were spread over. A right answer clears it.
+CREATE TABLE identity_failures (
+    wallet_account_id  TEXT NOT NULL,
+    mechanism          TEXT NOT NULL,
+    failures           BIGINT NOT NULL,
+    first_failed_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (wallet_account_id, mechanism)
+);
