@@ -162,9 +162,12 @@ pub struct Challenge {
     pub idempotency_key: IdempotencyKey,
     pub counter: u64,
     pub body_sha256: Vec<u8>,
+    /// The payee: the merchant, the receiving wallet of a P2P transfer, a cash-out's agent.
     pub merchant: AccountId,
     pub amount: Money,
     pub payer: Option<SealedPayer>,
+    /// What is held: `merchant_payment`, `p2p` or `cash_out`.
+    pub kind: crate::products::HeldKind,
     pub mechanisms: Vec<Mechanism>,
     pub risk: RiskLevel,
     pub oob_code_sha256: Option<Vec<u8>>,
@@ -194,8 +197,8 @@ pub async fn insert_challenge(
         "INSERT INTO identity_challenges (challenge_id, device_id, wallet_account_id, idempotency_key,
            counter, body_sha256, merchant_id, amount_minor, currency, payer_kind, payer_ct, payer_bidx,
            payer_masked, mechanisms, risk, oob_code_sha256, attempts, state, receipt, created_at_ms,
-           expires_at_ms, redeem_points)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0, 'pending', $17, $18, $19, $20)",
+           expires_at_ms, redeem_points, held_kind)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0, 'pending', $17, $18, $19, $20, $21)",
     )
     .bind(&challenge.challenge_id)
     .bind(challenge.device.as_str())
@@ -217,6 +220,7 @@ pub async fn insert_challenge(
     .bind(ms(now_ms))
     .bind(ms(challenge.expires_at_ms))
     .bind(challenge.redeem_points)
+    .bind(challenge.kind.as_str())
     .execute(&mut **batch)
     .await?;
     Ok(())
@@ -224,7 +228,7 @@ pub async fn insert_challenge(
 
 const CHALLENGE_COLUMNS: &str = "challenge_id, device_id, wallet_account_id, idempotency_key, counter,
     body_sha256, merchant_id, amount_minor, currency, payer_kind, payer_ct, payer_bidx, payer_masked,
-    mechanisms, risk, oob_code_sha256, attempts, state, receipt, expires_at_ms, redeem_points";
+    mechanisms, risk, oob_code_sha256, attempts, state, receipt, expires_at_ms, redeem_points, held_kind";
 
 fn challenge_from_row(row: &sqlx::any::AnyRow) -> Result<Challenge, StoreError> {
     let bad = |what: &str| StoreError::Invariant(format!("identity_challenges row: bad {what}"));
@@ -263,6 +267,8 @@ fn challenge_from_row(row: &sqlx::any::AnyRow) -> Result<Challenge, StoreError> 
             .map_err(|_| bad("merchant"))?,
         amount,
         payer,
+        kind: crate::products::HeldKind::parse(&row.try_get::<String, _>("held_kind")?)
+            .ok_or_else(|| bad("held kind"))?,
         mechanisms: mechanisms.split(',').filter_map(Mechanism::parse).collect(),
         risk: match risk.as_str() {
             "low" => RiskLevel::Low,

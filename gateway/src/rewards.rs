@@ -703,7 +703,7 @@ pub async fn liability_report(
     store: &Store,
     settings: &RewardsSettings,
 ) -> Result<Liability, StoreError> {
-    let mut batch = store.pool().begin().await?;
+    let mut batch = store.begin_snapshot().await?;
     let rows = sqlx::query(
         "SELECT wallet_account_id, state, points_remaining FROM points_lots
          WHERE state IN ('pending', 'active') AND points_remaining > 0",

@@ -168,6 +168,21 @@ impl Store {
         })
     }
 
+    /// A read-only transaction that sees one snapshot for all its statements, for reports
+    /// and checks that read several tables (PostgreSQL's default, READ COMMITTED, gives each
+    /// statement its own: a payment committed between two of them reads as a mismatch).
+    /// SQLite's transactions are snapshots already.
+    pub async fn begin_snapshot(&self) -> Result<Batch<'static>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin().await?,
+            Backend::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?
+            }
+        })
+    }
+
     /// Registers a merchant's public UPI address (payments to it credit the merchant).
     pub async fn register_merchant_vpa(
         &self,

@@ -471,23 +471,18 @@ impl Sim {
         receipt.tx_id.as_deref().map(|t| TxId::parse(t).unwrap())
     }
 
-    /// A wallet pays the shop; large payments are challenged and answered right, wrong or
-    /// never.
-    async fn pay(&mut self) {
-        let wallet = self.pick_wallet();
-        let account = wallet_account(wallet);
-        let minor = self.amount();
-        self.steps.push(format!("{wallet} pays {SHOP} {minor}"));
-        let (envelope, mut receipt, mut bytes) = self
-            .send(
-                wallet,
-                Operation::MerchantPayment {
-                    merchant_id: AccountId::parse(SHOP).unwrap(),
-                    amount: Money::new(u64::try_from(minor).unwrap(), inr("1").currency).unwrap(),
-                    payer: None,
-                },
-            )
-            .await;
+    /// Answers a challenge the way a holder might: right, wrong, or never (left to expire).
+    async fn complete_challenge(
+        &mut self,
+        device: &str,
+        envelope: &[u8],
+        first: (Receipt, Vec<u8>),
+        payee: &str,
+        minor: i64,
+    ) -> (Receipt, Vec<u8>) {
+        let (mut receipt, mut bytes) = first;
+        let wallet = device;
+        let envelope = envelope.to_vec();
         let payment_key =
             IdempotencyKey::parse(receipt.idempotency_key.as_deref().unwrap()).unwrap();
         let mut answers = 0;
@@ -517,7 +512,7 @@ impl Sim {
                     wallet,
                     Operation::ChallengeAnswer {
                         challenge_id: challenge.challenge_id.clone(),
-                        merchant_id: AccountId::parse(SHOP).unwrap(),
+                        merchant_id: AccountId::parse(payee).unwrap(),
                         amount: Money::new(u64::try_from(minor).unwrap(), inr("1").currency)
                             .unwrap(),
                         responses: vec![(
@@ -530,6 +525,29 @@ impl Sim {
                 .await;
             (receipt, bytes) = (answer, answer_bytes);
         }
+        (receipt, bytes)
+    }
+
+    /// A wallet pays the shop; large payments are challenged and answered right, wrong or
+    /// never.
+    async fn pay(&mut self) {
+        let wallet = self.pick_wallet();
+        let account = wallet_account(wallet);
+        let minor = self.amount();
+        self.steps.push(format!("{wallet} pays {SHOP} {minor}"));
+        let (envelope, receipt, bytes) = self
+            .send(
+                wallet,
+                Operation::MerchantPayment {
+                    merchant_id: AccountId::parse(SHOP).unwrap(),
+                    amount: Money::new(u64::try_from(minor).unwrap(), inr("1").currency).unwrap(),
+                    payer: None,
+                },
+            )
+            .await;
+        let (receipt, bytes) = self
+            .complete_challenge(wallet, &envelope, (receipt, bytes), SHOP, minor)
+            .await;
         if receipt.outcome == Outcome::Challenged {
             return; // still open: it expires on its own; its resend is not compared
         }
@@ -577,6 +595,10 @@ impl Sim {
                     amount: Money::new(u64::try_from(minor).unwrap(), inr("1").currency).unwrap(),
                 },
             )
+            .await;
+        let to_account = wallet_account(to);
+        let (receipt, bytes) = self
+            .complete_challenge(from, &envelope, (receipt, bytes), &to_account, minor)
             .await;
         self.steps
             .push(format!("  -> {:?} {:?}", receipt.outcome, receipt.code));
@@ -627,6 +649,9 @@ impl Sim {
                     amount: Money::new(u64::try_from(minor).unwrap(), inr("1").currency).unwrap(),
                 },
             )
+            .await;
+        let (receipt, bytes) = self
+            .complete_challenge(wallet, &envelope, (receipt, bytes), FLOAT, minor)
             .await;
         self.steps
             .push(format!("  -> {:?} {:?}", receipt.outcome, receipt.code));

@@ -801,3 +801,54 @@ async fn hour_rules_run_in_the_business_time_zone() {
     assert_eq!(utc.receipt.outcome, Outcome::Approved, "{utc:?}");
     agent.disconnect().await;
 }
+
+/// Issue 12, defect 8: P2P transfers and cash-outs pass the same risk rules as merchant
+/// payments: a large one is held behind a challenge, posted on the right answer (its limits
+/// checked again), declined on failure; nothing moves before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_p2p_transfers_and_cash_outs_are_challenged_too() {
+    use paygate_core::request::Party;
+    let gateway = gateway_with(vec![Mechanism::Totp], 0, |_| {}).await;
+    gateway.device("pos-2", "1.00").await;
+    gateway
+        .terminal(
+            "agent-1",
+            "agent-float-1",
+            paygate_gateway::ledger::AccountKind::Agent,
+            "100.00",
+        )
+        .await;
+    let mut agent = gateway.agent("pos-1").await;
+    let wrong = || totp_answer(not_the_code());
+    let prompts = scripted(
+        &mut agent,
+        vec![totp_answer(code_at(0)), wrong(), wrong(), wrong()],
+    );
+    // a P2P over the rule's amount: challenged, then posted on the right code
+    let p2p = agent
+        .submit(Operation::P2pTransfer {
+            to: Party::Wallet(AccountId::parse("wallet-pos-2").unwrap()),
+            amount: inr(LARGE),
+        })
+        .await
+        .unwrap();
+    assert_eq!(p2p.receipt.outcome, Outcome::Approved, "{p2p:?}");
+    assert_eq!(
+        p2p.receipt.counterparty.as_deref(),
+        Some("wallet wallet-pos-2")
+    );
+    assert_eq!(gateway.balance("wallet-pos-2").await, 100 + 250_000);
+    // a cash-out over it: challenged, three wrong codes: declined, nothing moves
+    let before = gateway.ledger_fingerprint().await;
+    let cash = agent
+        .submit(Operation::CashOut {
+            agent_id: AccountId::parse("agent-float-1").unwrap(),
+            amount: inr("2000.00"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(cash.code(), Some(ErrorCode::ChallengeFailed), "{cash:?}");
+    assert_eq!(*prompts.lock().unwrap(), vec![3, 3, 2, 1]);
+    assert_eq!(gateway.ledger_fingerprint().await, before);
+    agent.disconnect().await;
+}

@@ -15,3 +15,8 @@ CREATE TABLE identity_failures (
     first_failed_at_ms BIGINT NOT NULL,
     PRIMARY KEY (wallet_account_id, mechanism)
 );
+
+-- P2P transfers and cash-outs pass the same risk rules as merchant payments and can be held
+-- behind a challenge too: what the held request is. `merchant_id` is its payee (the receiving
+-- wallet of a P2P transfer, the agent of a cash-out).
+ALTER TABLE identity_challenges ADD COLUMN held_kind TEXT NOT NULL DEFAULT 'merchant_payment';

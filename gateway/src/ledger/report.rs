@@ -142,7 +142,7 @@ impl Store {
     }
 
     pub async fn balance(&self, account: &AccountId) -> Result<Option<i64>, StoreError> {
-        let mut conn = self.pool().begin().await?;
+        let mut conn = self.begin_snapshot().await?;
         let balance = super::balance(&mut conn, account).await?;
         conn.rollback().await?;
         Ok(balance)
@@ -151,7 +151,7 @@ impl Store {
     /// Per unit: sum of balances, sum of postings, and transfers whose legs do not sum to
     /// zero. Books balance when the first two are zero and equal and the third is zero.
     pub async fn trial_balance(&self) -> Result<Vec<TrialBalance>, StoreError> {
-        let mut conn = self.pool().begin().await?;
+        let mut conn = self.begin_snapshot().await?;
         let trial = trial_balance(&mut conn).await?;
         conn.rollback().await?;
         Ok(trial)
@@ -159,7 +159,7 @@ impl Store {
 
     /// Every balance equals the sum of its account's postings (no lost update).
     pub async fn balances_match_postings(&self) -> Result<bool, StoreError> {
-        let mut conn = self.pool().begin().await?;
+        let mut conn = self.begin_snapshot().await?;
         let off = accounts_off_their_postings(&mut conn).await?;
         conn.rollback().await?;
         Ok(off.is_empty())

@@ -3,7 +3,9 @@
 //! others are posted now. [`post_held`] is the one place a merchant payment is posted, whether
 //! decided now or on a challenge answer.
 
-use super::{AuditFacts, Decision, Effect, Final, IdentityNote, Prepared, RequestRef, Rules};
+use super::{
+    AuditFacts, Decision, Effect, Final, HeldKind, IdentityNote, Prepared, RequestRef, Rules,
+};
 use crate::identity::{self, Challenge};
 use crate::ledger::{self, AccountKind, Leg};
 use crate::rewards;
@@ -24,6 +26,8 @@ pub struct HeldPayment {
     pub decline_reason: Option<String>,
     /// Reward points redeemed as part of the tender (0: none).
     pub points: i64,
+    /// A merchant payment, or a P2P transfer or cash-out held behind the same rules.
+    pub kind: HeldKind,
 }
 
 impl From<&Challenge> for HeldPayment {
@@ -41,6 +45,7 @@ impl From<&Challenge> for HeldPayment {
             payer: c.payer.clone(),
             decline_reason: None,
             points: c.redeem_points,
+            kind: c.kind,
         }
     }
 }
@@ -92,6 +97,7 @@ pub async fn decide(
         payer: item.payer.clone(),
         decline_reason: None,
         points,
+        kind: HeldKind::MerchantPayment,
     };
     if let Some((code, reason)) = wallet_limits(tx, rules, &payment.wallet, amount, now_ms).await? {
         payment.decline_reason = Some(reason);
@@ -99,6 +105,24 @@ pub async fn decide(
             post_held(tx, rules, &payment, None, Some(code), now_ms).await?,
         ));
     }
+    match risk_gate(tx, rules, &payment, now_ms).await? {
+        Some(held_or_declined) => Ok(held_or_declined),
+        None => Ok(Decision::final_(
+            post_held(tx, rules, &payment, None, None, now_ms).await?,
+        )),
+    }
+}
+
+/// The abuse limits and the rule manager for a wallet debit (merchant payment, P2P or
+/// cash-out) whose KYC limits passed: `None` to post it now, or the decision that holds it
+/// behind a challenge or declines it.
+pub async fn risk_gate(
+    tx: &mut Batch<'_>,
+    rules: &Rules,
+    payment: &HeldPayment,
+    now_ms: u64,
+) -> Result<Option<Decision>, StoreError> {
+    let (merchant, amount) = (&payment.merchant, payment.amount);
     let known = identity::completeness(
         tx,
         &identity::CompletenessQuery {
@@ -119,9 +143,9 @@ pub async fn decide(
         || known.wallet_debits_in_window >= rules.identity.wallet_payments_per_window_max
     {
         let code = Some(ErrorCode::LimitExceeded);
-        return Ok(Decision::final_(
-            post_held(tx, rules, &payment, None, code, now_ms).await?,
-        ));
+        return Ok(Some(Decision::final_(
+            post_held(tx, rules, payment, None, code, now_ms).await?,
+        )));
     }
     let required = required_mechanisms(
         &rules.identity.rules,
@@ -129,11 +153,11 @@ pub async fn decide(
         &completeness,
     );
     if required.is_empty() {
-        return Ok(Decision::final_(
-            post_held(tx, rules, &payment, None, None, now_ms).await?,
-        ));
+        return Ok(None);
     }
-    challenge(tx, rules, &payment, &required, now_ms).await
+    challenge(tx, rules, payment, &required, now_ms)
+        .await
+        .map(Some)
 }
 
 /// The KYC limits of the paying account, if it is a wallet (a merchant's or agent's terminal
@@ -218,6 +242,7 @@ async fn challenge(
         merchant: payment.merchant.clone(),
         amount: payment.amount,
         payer: payment.payer.clone(),
+        kind: payment.kind,
         mechanisms: mechanisms.clone(),
         risk,
         oob_code_sha256,
@@ -269,6 +294,10 @@ pub async fn post_held(
     decline: Option<ErrorCode>,
     now_ms: u64,
 ) -> Result<Final, StoreError> {
+    if payment.kind != HeldKind::MerchantPayment {
+        return super::wallet::post_held_transfer(tx, rules, payment, answer, decline, now_ms)
+            .await;
+    }
     let tx_id = crate::store::new_tx_id();
     let mut reason = payment.decline_reason.clone();
     let mut code = decline;

@@ -190,6 +190,33 @@ impl Decision {
     }
 }
 
+/// What a step-up challenge holds: a debit of the wallet the risk rules asked more for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldKind {
+    MerchantPayment,
+    P2p,
+    CashOut,
+}
+
+impl HeldKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeldKind::MerchantPayment => "merchant_payment",
+            HeldKind::P2p => "p2p",
+            HeldKind::CashOut => "cash_out",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<HeldKind> {
+        match text {
+            "merchant_payment" => Some(HeldKind::MerchantPayment),
+            "p2p" => Some(HeldKind::P2p),
+            "cash_out" => Some(HeldKind::CashOut),
+            _ => None,
+        }
+    }
+}
+
 /// What a wallet product came to before it becomes a [`Final`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decided {

@@ -3,7 +3,10 @@
 //! nothing to the ledger.
 
 use super::limits::{check_debit, show, tier_of, wallet};
-use super::{declined, AuditFacts, Decided, Decision, Final, Origin, Prepared, RequestRef, Rules};
+use super::merchant_payment::{risk_gate, HeldPayment};
+use super::{
+    declined, AuditFacts, Decided, Decision, Final, HeldKind, Origin, Prepared, RequestRef, Rules,
+};
 use crate::config::WalletSettings;
 use crate::ledger::{self, Account, AccountKind, Leg, NewTransfer};
 use crate::store::{Batch, StoreError};
@@ -27,21 +30,39 @@ pub async fn decide(
     let settings = &rules.wallet;
     let party = item.party.as_ref();
     let (kind, amount, decided) = match &request.operation {
-        Operation::P2pTransfer { amount, .. } => (
-            "p2p",
-            *amount,
-            p2p(tx, settings, &origin, account, party, *amount).await?,
-        ),
+        Operation::P2pTransfer { amount, .. } => {
+            let decided = match p2p_checks(tx, settings, &origin, account, party, *amount).await? {
+                Err(declined) => declined,
+                Ok((from, to)) => {
+                    let held = held(item, HeldKind::P2p, &to.account_id, *amount);
+                    if let Some(decision) = risk_gate(tx, rules, &held, now_ms).await? {
+                        return Ok(decision);
+                    }
+                    p2p_post(tx, settings, &origin, &from, &to, *amount).await?
+                }
+            };
+            ("p2p", *amount, decided)
+        }
         Operation::CashIn { amount, .. } => (
             "cash_in",
             *amount,
             cash_in(tx, settings, &origin, account, party, *amount).await?,
         ),
-        Operation::CashOut { agent_id, amount } => (
-            "cash_out",
-            *amount,
-            cash_out(tx, settings, &origin, account, agent_id, *amount).await?,
-        ),
+        Operation::CashOut { agent_id, amount } => {
+            let checked =
+                cash_out_checks(tx, settings, &origin, account, agent_id, *amount).await?;
+            let decided = match checked {
+                Err(declined) => declined,
+                Ok(from) => {
+                    let held = held(item, HeldKind::CashOut, agent_id, *amount);
+                    if let Some(decision) = risk_gate(tx, rules, &held, now_ms).await? {
+                        return Ok(decision);
+                    }
+                    cash_out_post(tx, &origin, &from, agent_id, *amount).await?
+                }
+            };
+            ("cash_out", *amount, decided)
+        }
         Operation::Refund { tx_id, amount } => (
             "refund",
             *amount,
@@ -56,8 +77,79 @@ pub async fn decide(
     Ok(Decision::final_(described(item, kind, amount, decided)))
 }
 
+/// A P2P transfer or cash-out as the risk rules and a challenge hold it.
+fn held(item: &Prepared, kind: HeldKind, payee: &AccountId, amount: Money) -> HeldPayment {
+    HeldPayment {
+        request: RequestRef::of(item),
+        wallet: item.wallet.clone(),
+        merchant: payee.clone(),
+        amount,
+        payer: None,
+        decline_reason: None,
+        points: 0,
+        kind,
+    }
+}
+
+/// A held P2P transfer or cash-out decided on its challenge: declined with `decline`, or
+/// checked again (limits may have moved while it waited) and posted.
+pub async fn post_held_transfer(
+    tx: &mut Batch<'_>,
+    rules: &Rules,
+    payment: &HeldPayment,
+    answer: Option<&RequestRef>,
+    decline: Option<ErrorCode>,
+    now_ms: u64,
+) -> Result<Final, StoreError> {
+    let settings = &rules.wallet;
+    let origin = Origin {
+        device: &payment.request.device,
+        key: &payment.request.key,
+        now_ms,
+    };
+    let (from, payee, amount) = (&payment.wallet, &payment.merchant, payment.amount);
+    let decided = match (decline, payment.kind) {
+        (Some(code), _) => Decided::Declined {
+            code,
+            reason: payment
+                .decline_reason
+                .clone()
+                .unwrap_or_else(|| code.description().to_owned()),
+        },
+        (None, HeldKind::P2p) => {
+            match p2p_checks(tx, settings, &origin, from, Some(payee), amount).await? {
+                Err(declined) => declined,
+                Ok((from, to)) => p2p_post(tx, settings, &origin, &from, &to, amount).await?,
+            }
+        }
+        (None, _) => match cash_out_checks(tx, settings, &origin, from, payee, amount).await? {
+            Err(declined) => declined,
+            Ok(from) => cash_out_post(tx, &origin, &from, payee, amount).await?,
+        },
+    };
+    let mut decided = described_for(
+        payment.request.clone(),
+        from,
+        payment.kind.as_str(),
+        amount,
+        decided,
+    );
+    decided.answer = answer.cloned();
+    Ok(decided)
+}
+
 /// A wallet product's outcome as the record stage needs it.
 fn described(item: &Prepared, kind: &str, amount: Money, decided: Decided) -> Final {
+    described_for(RequestRef::of(item), &item.wallet, kind, amount, decided)
+}
+
+fn described_for(
+    request: RequestRef,
+    wallet: &AccountId,
+    kind: &str,
+    amount: Money,
+    decided: Decided,
+) -> Final {
     let (tx_id, counterparty, code, message) = match decided {
         Decided::Posted {
             tx_id,
@@ -65,7 +157,7 @@ fn described(item: &Prepared, kind: &str, amount: Money, decided: Decided) -> Fi
         } => (Some(tx_id), Some(counterparty), None, None),
         Decided::Declined { code, reason } => (None, None, Some(code), Some(reason)),
     };
-    let mut detail = format!("{kind} idempotency_key {}", item.request.idempotency_key);
+    let mut detail = format!("{kind} idempotency_key {}", request.key);
     if let Some(counterparty) = &counterparty {
         detail.push_str(&format!(" counterparty {counterparty}"));
     }
@@ -73,7 +165,7 @@ fn described(item: &Prepared, kind: &str, amount: Money, decided: Decided) -> Fi
         detail.push_str(&format!(" reason {message}"));
     }
     Final {
-        request: RequestRef::of(item),
+        request,
         answer: None,
         tx_id,
         code,
@@ -84,8 +176,8 @@ fn described(item: &Prepared, kind: &str, amount: Money, decided: Decided) -> Fi
         payer: None,
         stored_payer: None,
         audit: AuditFacts {
-            account: item.wallet.to_string(),
-            wallet: Some(item.wallet.clone()),
+            account: wallet.to_string(),
+            wallet: Some(wallet.clone()),
             merchant: None,
             detail,
             by_upi_switch: false,
@@ -138,41 +230,66 @@ fn cap_text(settings: &WalletSettings, account: &Account, unit: &str) -> String 
     )
 }
 
-/// P2P: the device's wallet pays another wallet.
-async fn p2p(
+/// What a product's checks found: what to post, or the decline.
+type Checked<T> = Result<T, Decided>;
+
+fn refuse<T>(decided: Result<Decided, StoreError>) -> Result<Checked<T>, StoreError> {
+    decided.map(Err)
+}
+
+/// P2P: the device's wallet pays another wallet. First the checks (who may send, to whom,
+/// the KYC debit limits), then the risk rules (the caller's), then [`p2p_post`].
+async fn p2p_checks(
     batch: &mut Batch<'_>,
     settings: &WalletSettings,
     origin: &Origin<'_>,
     payer: &AccountId,
     payee: Option<&AccountId>,
     amount: Money,
-) -> Result<Decided, StoreError> {
+) -> Result<Checked<(Account, Account)>, StoreError> {
     let Some(from) = wallet(batch, payer).await? else {
-        return declined(
+        return refuse(declined(
             ErrorCode::OperationNotAllowed,
             "only a wallet's device can send a P2P transfer",
-        );
+        ));
     };
     let Some(payee) = payee else {
-        return declined(ErrorCode::UnknownWallet, "no wallet has this phone or VPA");
+        return refuse(declined(
+            ErrorCode::UnknownWallet,
+            "no wallet has this phone or VPA",
+        ));
     };
     let Some(to) = wallet(batch, payee).await? else {
-        return declined(
+        return refuse(declined(
             ErrorCode::UnknownWallet,
             format!("no active wallet {payee}"),
-        );
+        ));
     };
     if from.account_id == to.account_id {
-        return declined(ErrorCode::TransferToSelf, "a wallet cannot pay itself");
+        return refuse(declined(
+            ErrorCode::TransferToSelf,
+            "a wallet cannot pay itself",
+        ));
     }
     if let Some((code, reason)) =
         check_debit(batch, settings, &from, "p2p", amount, origin.now_ms).await?
     {
-        return declined(code, reason);
+        return refuse(declined(code, reason));
     }
+    Ok(Ok((from, to)))
+}
+
+async fn p2p_post(
+    batch: &mut Batch<'_>,
+    settings: &WalletSettings,
+    origin: &Origin<'_>,
+    from: &Account,
+    to: &Account,
+    amount: Money,
+) -> Result<Decided, StoreError> {
     let unit = amount.currency.code();
     let minor = amount.minor_signed();
-    let cap = settings.tier(tier_of(&to)).balance_max_minor;
+    let cap = settings.tier(tier_of(to)).balance_max_minor;
     post(
         batch,
         origin,
@@ -183,7 +300,7 @@ async fn p2p(
             Leg::credit(&to.account_id, AccountKind::Wallet, unit, minor).capped(Some(cap)),
         ],
         format!("wallet {}", to.account_id),
-        || cap_text(settings, &to, unit),
+        || cap_text(settings, to, unit),
     )
     .await
 }
@@ -249,34 +366,45 @@ async fn cash_in(
 }
 
 /// Cash-out: the customer's device pays an agent's float; the agent hands over the cash.
-async fn cash_out(
+/// The checks, then the risk rules (the caller's), then [`cash_out_post`].
+async fn cash_out_checks(
     batch: &mut Batch<'_>,
     settings: &WalletSettings,
     origin: &Origin<'_>,
     payer: &AccountId,
     agent: &AccountId,
     amount: Money,
-) -> Result<Decided, StoreError> {
+) -> Result<Checked<Account>, StoreError> {
     let Some(from) = wallet(batch, payer).await? else {
-        return declined(
+        return refuse(declined(
             ErrorCode::OperationNotAllowed,
             "only a wallet's device can withdraw cash",
-        );
+        ));
     };
     let is_agent = ledger::account(batch, agent)
         .await?
         .is_some_and(|a| a.active && a.kind == AccountKind::Agent);
     if !is_agent {
-        return declined(
+        return refuse(declined(
             ErrorCode::UnknownMerchant,
             format!("no active agent {agent}"),
-        );
+        ));
     }
     if let Some((code, reason)) =
         check_debit(batch, settings, &from, "cash_out", amount, origin.now_ms).await?
     {
-        return declined(code, reason);
+        return refuse(declined(code, reason));
     }
+    Ok(Ok(from))
+}
+
+async fn cash_out_post(
+    batch: &mut Batch<'_>,
+    origin: &Origin<'_>,
+    from: &Account,
+    agent: &AccountId,
+    amount: Money,
+) -> Result<Decided, StoreError> {
     let unit = amount.currency.code();
     let minor = amount.minor_signed();
     post(
