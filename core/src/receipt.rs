@@ -41,6 +41,17 @@ pub struct ChallengeWire {
     pub attempts_left: u32,
 }
 
+/// A UPI payment's references: its transaction id (35 alphanumeric characters, given when the
+/// payment is sent: the one to quote to the bank), and the retrieval reference number the
+/// network gave it (12 digits), once the network has answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpiReference {
+    pub txn_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rrn: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Receipt {
@@ -72,6 +83,9 @@ pub struct Receipt {
     /// With outcome `challenged`: what to answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub challenge: Option<ChallengeWire>,
+    /// UPI payments: the network's references (see [`UpiReference`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upi: Option<UpiReference>,
     /// When the gateway decided, in milliseconds since the Unix epoch, UTC.
     pub decided_at_ms: u64,
 }

@@ -317,6 +317,7 @@ fn notice(front: &Front, device: &DeviceId, code: ErrorCode) -> Bytes {
         counterparty: None,
         payer: None,
         challenge: None,
+        upi: None,
         decided_at_ms: now_ms(),
     };
     let sealed = front

@@ -72,7 +72,30 @@ async fn pay(agent: &mut Agent, amount: &str) -> (VerifiedReceipt, VerifiedRecei
     assert_eq!(first.receipt.payer.as_deref(), Some("upi a**a@okbank"));
     let last = final_receipt(agent).await;
     assert_eq!(last.receipt.idempotency_key, first.receipt.idempotency_key);
+    // the UPI transaction id: 35 alphanumerics, from the first receipt on
+    let txn_id = first.receipt.upi.as_ref().unwrap().txn_id.clone();
+    assert_eq!(txn_id.len(), 35, "{txn_id}");
+    assert!(
+        txn_id.chars().all(|c| c.is_ascii_alphanumeric()),
+        "{txn_id}"
+    );
+    assert_eq!(last.receipt.upi.as_ref().unwrap().txn_id, txn_id);
     (first, last)
+}
+
+/// The network's retrieval reference number on a receipt: 12 digits.
+fn rrn_of(receipt: &VerifiedReceipt) -> String {
+    let rrn = receipt
+        .receipt
+        .upi
+        .as_ref()
+        .and_then(|u| u.rrn.clone())
+        .unwrap_or_default();
+    assert!(
+        rrn.len() == 12 && rrn.chars().all(|c| c.is_ascii_digit()),
+        "RRN {rrn:?}"
+    );
+    rrn
 }
 
 async fn sandbox(gateway: &TestGateway, column: &str) -> Vec<i64> {
@@ -92,6 +115,7 @@ async fn approvals_declines_timeouts_reversals_and_deemed() {
     // approved at once: the merchant is credited from the UPI settlement account, once
     let (_, approved) = pay(&mut agent, "100.00").await;
     assert_eq!(approved.receipt.outcome, Outcome::Approved);
+    rrn_of(&approved);
     assert!(approved.receipt.tx_id.is_some());
     assert_eq!(gateway.balance("m-1").await, 10_000);
     assert_eq!(gateway.balance("upi-settlement-inr").await, -10_000);
@@ -116,6 +140,7 @@ async fn approvals_declines_timeouts_reversals_and_deemed() {
         let before = gateway.ledger_fingerprint().await;
         let (_, last) = pay(&mut agent, amount).await;
         assert_eq!(last.code(), Some(ErrorCode::UpiDeclined), "{amount}");
+        rrn_of(&last);
         let message = last.receipt.message.clone().unwrap();
         assert!(
             message.contains(&format!("NPCI {code} ({class})")),
@@ -132,6 +157,7 @@ async fn approvals_declines_timeouts_reversals_and_deemed() {
         "{:?}",
         late.receipt
     );
+    rrn_of(&late);
     assert_eq!(gateway.balance("m-1").await, 10_000 + 261);
 
     // timeout -> the status check finds the debit failed -> reversed

@@ -16,3 +16,8 @@ UPDATE upi_payments SET sent_at_ms = created_at_ms, lease_until_ms = 0 WHERE sta
 -- and the final receipt carries the ledger's refusal (`unpostable_code`).
 ALTER TABLE upi_payments ADD COLUMN reversal_due BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE upi_payments ADD COLUMN unpostable_code TEXT;
+
+-- The network's retrieval reference number (12 digits) for each payment it answered, on the
+-- gateway's row and on the sandbox switch's own.
+ALTER TABLE upi_payments ADD COLUMN rrn TEXT;
+ALTER TABLE upi_sandbox ADD COLUMN rrn TEXT;

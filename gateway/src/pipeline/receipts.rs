@@ -26,6 +26,7 @@ pub fn final_receipt(decided: &Final, now_ms: u64) -> Receipt {
         counterparty: decided.counterparty.clone(),
         payer: decided.payer.clone(),
         challenge: None,
+        upi: decided.upi.clone(),
         decided_at_ms: now_ms,
     }
 }
@@ -60,6 +61,7 @@ pub fn challenge_receipt(challenge: &Challenge, attempts_left: u32, now_ms: u64)
             expires_at_ms: challenge.expires_at_ms,
             attempts_left,
         }),
+        upi: None,
         decided_at_ms: now_ms,
     }
 }
@@ -85,6 +87,10 @@ pub fn pending_receipt(
         counterparty: Some(format!("upi {}", upi.merchant_vpa)),
         payer: Some(upi.payer.masked.clone()),
         challenge: None,
+        upi: Some(paygate_core::receipt::UpiReference {
+            txn_id: upi.payment_id.clone(),
+            rrn: None,
+        }),
         decided_at_ms: now_ms,
     }
 }
@@ -111,6 +117,7 @@ pub fn rejected_receipt(
         counterparty: None,
         payer: None,
         challenge: None,
+        upi: None,
         decided_at_ms: now_ms,
     }
 }

@@ -350,6 +350,7 @@ pub async fn post_held(
             detail,
             by_upi_switch: false,
         },
+        upi: None,
         settles_upi_payment: None,
         alert: false,
     })

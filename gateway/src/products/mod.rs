@@ -126,6 +126,8 @@ pub struct Final {
     /// The payer instrument to store with the request (merchant payments).
     pub stored_payer: Option<SealedPayer>,
     pub audit: AuditFacts,
+    /// A UPI payment's network references, for its receipt.
+    pub upi: Option<paygate_core::receipt::UpiReference>,
     /// A UPI payment this settles (its row takes the final receipt).
     pub settles_upi_payment: Option<String>,
     /// Money moved that the books cannot follow (a UPI success the merchant cannot be

@@ -88,7 +88,7 @@ pub async fn decide(
     if let Some((code, reason)) = merchant_refusal(tx, &merchant, amount).await? {
         return Ok(declined(item, kind, amount, code, reason));
     }
-    let payment_id = format!("upi-{}", uuid::Uuid::new_v4().simple());
+    let payment_id = upi::new_txn_id();
     Ok(Decision::of(Effect::UpiInitiated(Box::new(
         UpiInitiation {
             payment_id: payment_id.clone(),
@@ -199,6 +199,7 @@ fn declined(
             ),
             by_upi_switch: false,
         },
+        upi: None,
         settles_upi_payment: None,
         alert: false,
     })
@@ -304,6 +305,10 @@ pub async fn settle(
             ),
             by_upi_switch: true,
         },
+        upi: Some(paygate_core::receipt::UpiReference {
+            txn_id: payment_id.clone(),
+            rrn: answered.rrn.clone(),
+        }),
         settles_upi_payment: Some(payment_id.clone()),
         alert,
     })))

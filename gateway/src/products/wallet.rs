@@ -182,6 +182,7 @@ fn described_for(
             detail,
             by_upi_switch: false,
         },
+        upi: None,
         settles_upi_payment: None,
         alert: false,
     }

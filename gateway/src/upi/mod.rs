@@ -37,6 +37,25 @@ pub enum SwitchAnswer {
     Pending,
 }
 
+/// What the network said, and the retrieval reference number (12 digits) it gave the
+/// payment, once it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchReply {
+    pub answer: SwitchAnswer,
+    pub rrn: Option<String>,
+}
+
+impl SwitchReply {
+    fn with(answer: SwitchAnswer, rrn: Option<String>) -> SwitchReply {
+        SwitchReply { answer, rrn }
+    }
+}
+
+/// A new UPI transaction id: 35 alphanumeric characters (NPCI), `PGW` and 32 hex digits.
+pub fn new_txn_id() -> String {
+    format!("PGW{}", uuid::Uuid::new_v4().simple()).to_uppercase()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SwitchError {
     #[error("the switch did not answer in time")]
@@ -62,16 +81,16 @@ pub trait UpiSwitch: Send + Sync + 'static {
     fn pay(
         &self,
         request: &PayRequest<'_>,
-    ) -> impl Future<Output = Result<SwitchAnswer, SwitchError>> + Send;
+    ) -> impl Future<Output = Result<SwitchReply, SwitchError>> + Send;
     /// A merchant's collect request to the customer's address.
     fn collect(
         &self,
         request: &PayRequest<'_>,
-    ) -> impl Future<Output = Result<SwitchAnswer, SwitchError>> + Send;
+    ) -> impl Future<Output = Result<SwitchReply, SwitchError>> + Send;
     fn status(
         &self,
         txn_ref: &str,
-    ) -> impl Future<Output = Result<SwitchAnswer, SwitchError>> + Send;
+    ) -> impl Future<Output = Result<SwitchReply, SwitchError>> + Send;
     /// Reverses a failed debit.
     fn reverse(&self, txn_ref: &str) -> impl Future<Output = Result<(), SwitchError>> + Send;
 }
@@ -115,8 +134,11 @@ impl SandboxSwitch {
         SandboxSwitch { store, delay }
     }
 
-    async fn scenario(&self, txn_ref: &str) -> Result<Option<(String, bool)>, SwitchError> {
-        let row = sqlx::query("SELECT scenario, reversed FROM upi_sandbox WHERE txn_ref = $1")
+    async fn scenario(
+        &self,
+        txn_ref: &str,
+    ) -> Result<Option<(String, bool, Option<String>)>, SwitchError> {
+        let row = sqlx::query("SELECT scenario, reversed, rrn FROM upi_sandbox WHERE txn_ref = $1")
             .bind(txn_ref)
             .fetch_optional(self.store.pool())
             .await
@@ -125,6 +147,7 @@ impl SandboxSwitch {
             Ok((
                 r.try_get::<String, _>("scenario")?,
                 r.try_get::<i64, _>("reversed")? == 1,
+                r.try_get::<Option<String>, _>("rrn")?,
             ))
         })
         .transpose()
@@ -133,7 +156,7 @@ impl SandboxSwitch {
 }
 
 impl UpiSwitch for SandboxSwitch {
-    async fn pay(&self, request: &PayRequest<'_>) -> Result<SwitchAnswer, SwitchError> {
+    async fn pay(&self, request: &PayRequest<'_>) -> Result<SwitchReply, SwitchError> {
         let paise = request.amount_minor.rem_euclid(100);
         let (scenario, debited) = match paise {
             51 => ("ZM", false),
@@ -152,37 +175,42 @@ impl UpiSwitch for SandboxSwitch {
             .credential_block
             .is_none_or(|block| block.expose().is_empty())
         {
-            return Ok(SwitchAnswer::Failure {
+            let refused = SwitchAnswer::Failure {
                 code: "ZM".into(),
                 debited: false,
-            });
+            };
+            return Ok(SwitchReply::with(refused, None));
         }
+        // the network gives every payment it takes a retrieval reference number
+        let rrn = format!("{:012}", rand::random::<u64>() % 1_000_000_000_000);
         sqlx::query(
-            "INSERT INTO upi_sandbox (txn_ref, scenario, debited, created_at_ms)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (txn_ref) DO NOTHING",
+            "INSERT INTO upi_sandbox (txn_ref, scenario, debited, created_at_ms, rrn)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (txn_ref) DO NOTHING",
         )
         .bind(request.txn_ref)
         .bind(scenario)
         .bind(i64::from(debited))
         .bind(i64::try_from(crate::clock::now_ms()).unwrap_or(0))
+        .bind(&rrn)
         .execute(self.store.pool())
         .await
         .map_err(|e| SwitchError::Unavailable(e.to_string()))?;
-        match scenario {
-            "success" => Ok(SwitchAnswer::Success),
+        let answer = match scenario {
+            "success" => SwitchAnswer::Success,
             "late-success" | "late-failure" | "deemed" | "silent" => {
                 // the network sits on it past the caller's timer
                 tokio::time::sleep(self.delay).await;
-                Ok(SwitchAnswer::Pending)
+                SwitchAnswer::Pending
             }
-            code => Ok(SwitchAnswer::Failure {
+            code => SwitchAnswer::Failure {
                 code: code.into(),
                 debited,
-            }),
-        }
+            },
+        };
+        Ok(SwitchReply::with(answer, Some(rrn)))
     }
 
-    async fn collect(&self, request: &PayRequest<'_>) -> Result<SwitchAnswer, SwitchError> {
+    async fn collect(&self, request: &PayRequest<'_>) -> Result<SwitchReply, SwitchError> {
         // the sandbox customer approves at once; the outcome follows the same scenarios
         let approved = CredentialBlock::parse("c2FuZGJveC1jdXN0b21lci1hcHByb3ZhbA==")
             .map_err(SwitchError::Unavailable)?;
@@ -193,31 +221,34 @@ impl UpiSwitch for SandboxSwitch {
         .await
     }
 
-    async fn status(&self, txn_ref: &str) -> Result<SwitchAnswer, SwitchError> {
+    async fn status(&self, txn_ref: &str) -> Result<SwitchReply, SwitchError> {
         sqlx::query("UPDATE upi_sandbox SET status_calls = status_calls + 1 WHERE txn_ref = $1")
             .bind(txn_ref)
             .execute(self.store.pool())
             .await
             .map_err(|e| SwitchError::Unavailable(e.to_string()))?;
-        Ok(match self.scenario(txn_ref).await? {
-            None => SwitchAnswer::Failure {
+        let Some((scenario, _, rrn)) = self.scenario(txn_ref).await? else {
+            // never received: no reference number
+            let unknown = SwitchAnswer::Failure {
                 code: "U17".into(),
                 debited: false,
+            };
+            return Ok(SwitchReply::with(unknown, None));
+        };
+        let answer = match scenario.as_str() {
+            "success" | "late-success" => SwitchAnswer::Success,
+            "deemed" => SwitchAnswer::Deemed,
+            "late-failure" => SwitchAnswer::Failure {
+                code: "U30".into(),
+                debited: true,
             },
-            Some((scenario, _)) => match scenario.as_str() {
-                "success" | "late-success" => SwitchAnswer::Success,
-                "deemed" => SwitchAnswer::Deemed,
-                "late-failure" => SwitchAnswer::Failure {
-                    code: "U30".into(),
-                    debited: true,
-                },
-                "silent" => SwitchAnswer::Pending,
-                code => SwitchAnswer::Failure {
-                    code: code.into(),
-                    debited: false,
-                },
+            "silent" => SwitchAnswer::Pending,
+            code => SwitchAnswer::Failure {
+                code: code.into(),
+                debited: false,
             },
-        })
+        };
+        Ok(SwitchReply::with(answer, rrn))
     }
 
     async fn reverse(&self, txn_ref: &str) -> Result<(), SwitchError> {

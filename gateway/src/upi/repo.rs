@@ -97,6 +97,8 @@ pub struct Answered {
     pub payer_masked: String,
     pub result: String,
     pub npci_code: Option<String>,
+    /// The network's retrieval reference number (12 digits), once it answered.
+    pub rrn: Option<String>,
     /// Why a success could not be posted, when the payment was reversed for it.
     pub unpostable: Option<ErrorCode>,
 }
@@ -106,7 +108,7 @@ pub async fn answered(tx: &mut Batch<'_>, limit: u32) -> Result<Vec<Answered>, S
     let rows = sqlx::query(
         "SELECT payment_id, device_id, idempotency_key, counter, body_sha256, merchant_id,
                 merchant_vpa, amount_minor, currency, payer_masked, result, npci_code,
-                unpostable_code
+                unpostable_code, rrn
          FROM upi_payments WHERE state = 'answered' ORDER BY created_at_ms LIMIT $1",
     )
     .bind(i64::from(limit))
@@ -136,6 +138,7 @@ fn answered_from_row(row: &sqlx::any::AnyRow) -> Result<Answered, StoreError> {
         payer_masked: row.try_get("payer_masked")?,
         result: row.try_get("result")?,
         npci_code: row.try_get("npci_code")?,
+        rrn: row.try_get("rrn")?,
         unpostable: row
             .try_get::<Option<String>, _>("unpostable_code")?
             .map(|code| ErrorCode::parse(&code).ok_or_else(|| bad("unpostable_code")))

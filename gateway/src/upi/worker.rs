@@ -2,7 +2,7 @@
 //! checks, reverses failed debits, and writes each final answer to the payment as `answered`
 //! for the pipeline's tick to settle.
 
-use super::{Handoff, PayRequest, SwitchAnswer, SwitchError, UpiSwitch};
+use super::{Handoff, PayRequest, SwitchAnswer, SwitchError, SwitchReply, UpiSwitch};
 use crate::config::UpiSettings;
 use crate::store::{Store, StoreError};
 use sqlx::Row;
@@ -73,10 +73,26 @@ async fn apply<S: UpiSwitch>(
     switch: &S,
     settings: &UpiSettings,
     payment_id: &str,
-    got: Result<SwitchAnswer, SwitchError>,
+    got: Result<SwitchReply, SwitchError>,
     checks_done: i64,
 ) -> Result<(), StoreError> {
     let now = crate::clock::now_ms();
+    let got = match got {
+        Ok(SwitchReply { answer, rrn }) => {
+            if let Some(rrn) = rrn {
+                // the network's reference, kept from its first answer that carried one
+                sqlx::query(
+                    "UPDATE upi_payments SET rrn = COALESCE(rrn, $1) WHERE payment_id = $2",
+                )
+                .bind(rrn)
+                .bind(payment_id)
+                .execute(store.pool())
+                .await?;
+            }
+            Ok(answer)
+        }
+        Err(error) => Err(error),
+    };
     let states = ["initiated", "pending"];
     match got {
         Ok(SwitchAnswer::Success) => answer(store, payment_id, &states, "success", None).await,
