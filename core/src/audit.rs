@@ -340,30 +340,64 @@ fn mask_middle(text: &str) -> String {
     }
 }
 
-/// Masks every standalone run of 12 to 19 digits (a possible PAN) in free text, so a card
-/// number that slips into a message never reaches the log in clear. Digits inside a longer
-/// token (a hex key, an id with letters) are left alone.
+/// Whether some 13 to 19 consecutive digits of `digits` pass the Luhn check.
+fn holds_card_number(digits: &str) -> bool {
+    let bytes = digits.as_bytes();
+    (0..bytes.len()).any(|start| {
+        (13..=19).any(|length| {
+            bytes
+                .get(start..start + length)
+                .is_some_and(|window| crate::payer::luhn_ok(&String::from_utf8_lossy(window)))
+        })
+    })
+}
+
+/// Masks what may be a card number in free text, so one that slips into a message, an id or a
+/// key never reaches a record in clear:
+/// - every standalone run of 12 to 19 digits;
+/// - 13 to 19 digits grouped by single separators (`4111-1111-1111-1111`, `4111 1111 1111
+///   1111`, dots or underscores) or joined to letters (`m4111111111111111`), when they pass the
+///   Luhn check (a hex hash or id rarely does: its digit runs are left alone otherwise).
 pub fn scrub(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
-    let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
-        let digits_only = word.chars().all(|c| c.is_ascii_digit());
-        if digits_only && (12..=19).contains(&word.len()) {
-            out.push_str(&mask_pan(word));
-        } else {
-            out.push_str(word);
+    let mut i = 0;
+    while i < chars.len() {
+        if !chars[i].is_ascii_digit() {
+            out.push(chars[i]);
+            i += 1;
+            continue;
         }
-        word.clear();
-    };
-    for c in text.chars() {
-        if c.is_alphanumeric() {
-            word.push(c);
-        } else {
-            flush(&mut word, &mut out);
-            out.push(c);
+        // the span: digits, with at most one separator between two digits
+        let start = i;
+        let mut end = i;
+        let mut digits = String::new();
+        let mut separated = false;
+        while end < chars.len() {
+            if chars[end].is_ascii_digit() {
+                digits.push(chars[end]);
+                end += 1;
+            } else if matches!(chars[end], '-' | ' ' | '.' | '_')
+                && chars.get(end + 1).is_some_and(char::is_ascii_digit)
+            {
+                separated = true;
+                end += 1;
+            } else {
+                break;
+            }
         }
+        let bounded = |at: Option<&char>| at.is_none_or(|c| !c.is_alphanumeric());
+        let standalone = !separated
+            && bounded(start.checked_sub(1).and_then(|k| chars.get(k)))
+            && bounded(chars.get(end));
+        let card_like = holds_card_number(&digits);
+        if (standalone && (12..=19).contains(&digits.len())) || card_like {
+            out.push_str(&mask_pan(&digits));
+        } else {
+            out.extend(&chars[start..end]);
+        }
+        i = end;
     }
-    flush(&mut word, &mut out);
     out
 }
 
@@ -1212,9 +1246,58 @@ mod tests {
             scrub("card 4111111111111111 ref 12345"),
             "card 411111******1111 ref 12345"
         );
-        // digits inside a longer token are not a card number
-        let key = "idempotency_key a8523db2067730770084470ed050c8a4";
+        // digits inside a longer token are not a card number when too short or failing the
+        // Luhn check (a long Luhn-valid run inside a hex key is masked: over-masking is the
+        // safe side)
+        let key = "idempotency_key a8523db20677c0770084470ed050c8a4";
         assert_eq!(scrub(key), key);
+        // unless they pass the Luhn check: grouped, or joined to letters
+        for hidden in [
+            "m4111111111111111",
+            "4111-1111-1111-1111",
+            "4111 1111 1111 1111",
+            "pan_4111.1111.1111.1111_x",
+            "key-5500005555555559-1",
+        ] {
+            let scrubbed = scrub(hidden);
+            assert!(
+                !scrubbed.contains("1111111111") && !scrubbed.contains("1111-1111"),
+                "{scrubbed}"
+            );
+            assert!(!scrubbed.contains("5500005555555559"), "{scrubbed}");
+        }
+        assert_eq!(scrub("m4111111111111111"), "m411111******1111");
+        // dates, amounts and short numbers are left alone
+        let plain = "2026-12-02 paid 1250 INR counter 42";
+        assert_eq!(scrub(plain), plain);
+    }
+
+    proptest::proptest! {
+        /// A Luhn-valid card number, put anywhere in a text with any of the usual separators,
+        /// never comes out in full.
+        #[test]
+        fn no_card_number_survives_scrubbing(
+            prefix in "[a-z0-9 _.:-]{0,12}",
+            suffix in "[a-z0-9 _.:-]{0,12}",
+            body in proptest::collection::vec(0u8..10, 12..18),
+            separator in proptest::sample::select(vec!["", "-", " ", ".", "_"]),
+        ) {
+            let mut digits: String = body.iter().map(|d| char::from(b'0' + d)).collect();
+            let check = (0..10u8)
+                .map(|d| format!("{digits}{d}"))
+                .find(|candidate| crate::payer::luhn_ok(candidate))
+                .expect("one check digit of ten makes any number Luhn-valid");
+            digits = check;
+            let grouped: Vec<String> = digits
+                .as_bytes()
+                .chunks(4)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect();
+            let text = format!("{prefix}{}{suffix}", grouped.join(separator));
+            let scrubbed = scrub(&text);
+            proptest::prop_assert!(!scrubbed.replace(['-', ' ', '.', '_'], "").contains(&digits),
+                "{text:?} -> {scrubbed:?}");
+        }
     }
 
     #[test]

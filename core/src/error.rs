@@ -84,7 +84,7 @@ error_codes! {
     UpiDeclined => ("UPI_DECLINED", 422, 0, "the UPI network declined the payment; the message names the NPCI response code and its class"),
     UpiTimedOut => ("UPI_TIMED_OUT", 504, 0, "the UPI network gave no final answer within the status checks; any debit is reversed"),
     UpiNotSent => ("UPI_NOT_SENT", 503, 0, "the payment never left for the UPI network (the gateway stopped before sending it); nothing was debited; pay again under a new key"),
-    RequestUnknown => ("REQUEST_UNKNOWN", 404, 0, "no request with this idempotency key has reached the gateway from this device; nothing was decided; send it again under the same key"),
+    RequestUnknown => ("REQUEST_UNKNOWN", 404, 0, "no request with this idempotency key is recorded for this device (never received, refused without a record, or still being decided); send it again under the same key, never a new one"),
     TransferToSelf => ("TRANSFER_TO_SELF", 422, 0, "the paying and the receiving account are the same"),
     TopicNotAuthorized => ("TOPIC_NOT_AUTHORIZED", 403, 5, "the device may not publish or subscribe to this topic"),
     ClientIdMismatch => ("CLIENT_ID_MISMATCH", 403, 2, "the MQTT client id is not the device id in the client certificate"),

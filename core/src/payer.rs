@@ -70,7 +70,7 @@ masked_debug!(Pan, |p| mask_pan(&p.0));
 masked_debug!(Vpa, |v| mask_vpa(&v.0));
 masked_debug!(CredentialBlock, |_| "***".to_owned());
 
-fn luhn_ok(digits: &str) -> bool {
+pub(crate) fn luhn_ok(digits: &str) -> bool {
     let mut sum = 0u32;
     for (i, c) in digits.chars().rev().enumerate() {
         let Some(mut d) = c.to_digit(10) else {

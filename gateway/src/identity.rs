@@ -412,32 +412,26 @@ pub async fn count_failures(
     now_ms: u64,
 ) -> Result<u32, StoreError> {
     let mut highest = 0u32;
+    // one statement per mechanism: the row lock of the upsert orders two replicas' wrong
+    // answers, so neither count is lost
+    let window_start = ms(now_ms.saturating_sub(window_ms));
     for mechanism in mechanisms {
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT failures, first_failed_at_ms FROM identity_failures
-             WHERE wallet_account_id = $1 AND mechanism = $2",
-        )
-        .bind(wallet.as_str())
-        .bind(mechanism.as_str())
-        .fetch_optional(&mut **batch)
-        .await?;
-        let (failures, first) = match row {
-            Some((failures, first)) if now_ms.saturating_sub(unsigned(first)) < window_ms => {
-                (failures.saturating_add(1), first)
-            }
-            _ => (1, ms(now_ms)),
-        };
-        sqlx::query(
+        let failures: i64 = sqlx::query_scalar(
             "INSERT INTO identity_failures (wallet_account_id, mechanism, failures, first_failed_at_ms)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (wallet_account_id, mechanism) DO UPDATE
-             SET failures = excluded.failures, first_failed_at_ms = excluded.first_failed_at_ms",
+             VALUES ($1, $2, 1, $3)
+             ON CONFLICT (wallet_account_id, mechanism) DO UPDATE SET
+               failures = CASE WHEN identity_failures.first_failed_at_ms > $4
+                               THEN identity_failures.failures + 1 ELSE 1 END,
+               first_failed_at_ms = CASE WHEN identity_failures.first_failed_at_ms > $4
+                               THEN identity_failures.first_failed_at_ms
+                               ELSE excluded.first_failed_at_ms END
+             RETURNING failures",
         )
         .bind(wallet.as_str())
         .bind(mechanism.as_str())
-        .bind(failures)
-        .bind(first)
-        .execute(&mut **batch)
+        .bind(ms(now_ms))
+        .bind(window_start)
+        .fetch_one(&mut **batch)
         .await?;
         highest = highest.max(u32::try_from(failures).unwrap_or(u32::MAX));
     }

@@ -482,7 +482,8 @@ pub async fn clawback_plan(
     now_ms: u64,
 ) -> Result<Option<ClawbackPlan>, StoreError> {
     let lot = sqlx::query(
-        "SELECT wallet_account_id, points_earned, earn_tx_id FROM points_lots WHERE payment_tx_id = $1",
+        "SELECT wallet_account_id, points_earned, earn_tx_id, state, points_remaining, expires_at_ms
+         FROM points_lots WHERE payment_tx_id = $1",
     )
     .bind(payment_tx.as_str())
     .fetch_optional(&mut **batch)
@@ -499,16 +500,29 @@ pub async fn clawback_plan(
         &earn_tx,
     )
     .await?;
-    let claimable = earned.saturating_sub(expired).max(0);
+    // points past their expiry the job has not expired yet are expired all the same
+    let state: String = lot.try_get("state")?;
+    let past_expiry = u64::try_from(lot.try_get::<i64, _>("expires_at_ms")?).unwrap_or(0) <= now_ms
+        && matches!(state.as_str(), "pending" | "active");
+    let expiring: i64 = if past_expiry {
+        lot.try_get("points_remaining")?
+    } else {
+        0
+    };
+    let claimable = earned
+        .saturating_sub(expired)
+        .saturating_sub(expiring)
+        .max(0);
     let target =
         i128::from(claimable) * i128::from(refunded_total_minor) / i128::from(paid_minor.max(1));
     let target = i64::try_from(target.min(i128::from(claimable))).unwrap_or(claimable);
-    let clawed = sum_of(
-        batch,
-        "SELECT t.amount_minor FROM transfers t JOIN transfers r ON t.related_tx_id = r.tx_id
-         WHERE t.kind = 'points_clawback' AND r.related_tx_id = $1",
-        payment_tx.as_str(),
+    // what earlier refunds' clawbacks called for: taken, owed or kept back
+    let clawed: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(points_due), 0) AS BIGINT) FROM points_clawbacks
+         WHERE payment_tx_id = $1",
     )
+    .bind(payment_tx.as_str())
+    .fetch_one(&mut **batch)
     .await?;
     let due = target.saturating_sub(clawed);
     if due <= 0 {
@@ -552,6 +566,14 @@ pub async fn apply_clawback(
     now_ms: u64,
 ) -> Result<i64, StoreError> {
     let wallet = &plan.wallet;
+    sqlx::query(
+        "INSERT INTO points_clawbacks (refund_tx_id, payment_tx_id, points_due) VALUES ($1, $2, $3)",
+    )
+    .bind(refund_tx.as_str())
+    .bind(payment_tx.as_str())
+    .bind(plan.due)
+    .execute(&mut **batch)
+    .await?;
     let mut taken = take_from_lots(
         batch,
         wallet,

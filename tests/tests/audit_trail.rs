@@ -308,7 +308,7 @@ async fn a_card_number_in_any_field_a_device_sends_is_masked_in_the_audit_trail(
     let mut agent = gateway.agent("pos-1").await;
     let pans = [
         "4111111111111111",
-        "5500005555555559",
+        "w5500-0055-5555-5559",
         "340000000000009",
         "6011000000000004",
         "4012888888881881",

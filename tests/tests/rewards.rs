@@ -456,3 +456,50 @@ async fn a_clawback_shortfall_can_be_kept_back_from_the_refund() {
     a.disconnect().await;
     till.disconnect().await;
 }
+
+/// Review of issue 12: refunding a payment whose points were spent in two halves owes its
+/// points once, not one and a half times; and a lot past its expiry that the expiry job has
+/// not reached yet is not claimed (it expires, it is not owed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_refunds_owe_the_spent_points_once_and_never_claim_points_past_expiry() {
+    let gateway = gateway().await;
+    let mut a = gateway.agent("pos-a").await;
+    let grocery = approved(&a.pay(&id("m-grocer"), inr("100.00")).await.unwrap());
+    activate(&gateway).await;
+    approved(&a.submit(points_payment("m-1", "60.00", 200)).await.unwrap());
+    assert_eq!(points(&gateway).await, 10);
+    let mut till = gateway.agent("till-g").await;
+    approved(&till.submit(refund(&grocery, "50.00")).await.unwrap());
+    approved(&till.submit(refund(&grocery, "50.00")).await.unwrap());
+    let report = rewards::liability_report(gateway.store(), &gateway.settings.rewards)
+        .await
+        .unwrap();
+    // 200 earned on the grocery payment: 10 taken back, 190 owed, in all
+    assert_eq!(points(&gateway).await, 0);
+    assert_eq!(report.points_owed, 190, "{report:?}");
+    assert_lots_match_ledger(&gateway).await;
+
+    a.disconnect().await;
+    till.disconnect().await;
+
+    // a fresh wallet's lot past its expiry time, not yet expired by the job: nothing is owed
+    let gateway = self::gateway().await;
+    let mut a = gateway.agent("pos-a").await;
+    let grocery = approved(&a.pay(&id("m-grocer"), inr("100.00")).await.unwrap());
+    sqlx::query("UPDATE points_lots SET expires_at_ms = 1 WHERE payment_tx_id = $1")
+        .bind(grocery.as_str())
+        .execute(gateway.store().pool())
+        .await
+        .unwrap();
+    let mut till = gateway.agent("till-g").await;
+    approved(&till.submit(refund(&grocery, "100.00")).await.unwrap());
+    let report = rewards::liability_report(gateway.store(), &gateway.settings.rewards)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.points_owed, 0,
+        "points past expiry were owed: {report:?}"
+    );
+    a.disconnect().await;
+    till.disconnect().await;
+}

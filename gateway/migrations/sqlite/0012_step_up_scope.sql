@@ -20,3 +20,13 @@ CREATE TABLE identity_failures (
 -- behind a challenge too: what the held request is. `merchant_id` is its payee (the receiving
 -- wallet of a P2P transfer, the agent of a cash-out).
 ALTER TABLE identity_challenges ADD COLUMN held_kind TEXT NOT NULL DEFAULT 'merchant_payment';
+
+-- What each refund's clawback called for (taken, owed as points debt, or kept back from the
+-- refund), so a later partial refund of the same payment counts all of it, not only the
+-- points taken (issue 12 review).
+CREATE TABLE points_clawbacks (
+    refund_tx_id   TEXT PRIMARY KEY,
+    payment_tx_id  TEXT NOT NULL,
+    points_due     BIGINT NOT NULL CHECK (points_due >= 0)
+);
+CREATE INDEX points_clawbacks_by_payment ON points_clawbacks (payment_tx_id);

@@ -98,8 +98,8 @@ pub struct RewardsSettings {
 pub enum ClawbackShortfall {
     /// The points are owed, and taken from the next points the wallet earns.
     PointsDebt,
-    /// Their value (at the payment's point value) is kept back from the refund's money, and
-    /// what the refund's money cannot cover is owed as points.
+    /// Their value (at `rewards.point_value_minor` when the refund is decided) is kept back
+    /// from the refund's money, and what the refund's money cannot cover is owed as points.
     DeductFromRefund,
 }
 

@@ -16,7 +16,8 @@ pub fn final_receipt(decided: &Final, now_ms: u64) -> Receipt {
             Outcome::Declined
         },
         code: decided.code.map(|c| c.as_str().to_owned()),
-        message: decided.message.clone(),
+        // a decline's reason can quote what the device sent (an id): no card number in it
+        message: decided.message.as_deref().map(paygate_core::audit::scrub),
         device_id: decided.request.device.to_string(),
         idempotency_key: Some(decided.request.key.to_string()),
         body_sha256: Some(hex::encode(&decided.request.body_sha256)),
@@ -107,7 +108,7 @@ pub fn rejected_receipt(
         v: SCHEMA_VERSION,
         outcome: Outcome::Rejected,
         code: Some(code.as_str().to_owned()),
-        message: Some(message),
+        message: Some(paygate_core::audit::scrub(&message)),
         device_id: device.to_string(),
         idempotency_key: key.map(|k| k.to_string()),
         body_sha256: body_sha256.map(hex::encode),

@@ -62,6 +62,9 @@ pub async fn refund(
             format!("the paying wallet {} is closed", payment.customer),
         );
     };
+    // the wallet's lock first: the clawback plan reads its lots, which a payment of the same
+    // wallet in another transaction may be spending
+    ledger::lock_account(batch, &customer.account_id).await?;
     let split = payment.split(minor);
     let refunded_total = payment.refunded.saturating_add(minor);
     let plan = rewards::clawback_plan(
@@ -76,7 +79,6 @@ pub async fn refund(
     let (kept_back, owed) = shortfall_terms(rules, plan.as_ref(), split.money);
 
     // the money the wallet may take under its cap; the rest is owed to the customer's source
-    ledger::lock_account(batch, &customer.account_id).await?;
     let balance = ledger::balance(batch, &customer.account_id)
         .await?
         .unwrap_or(0);

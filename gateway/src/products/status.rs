@@ -49,7 +49,7 @@ async fn stored_receipt(
 /// The message of a `REQUEST_UNKNOWN` answer.
 pub fn unknown_message(key: &IdempotencyKey) -> String {
     format!(
-        "no request with idempotency key {key} has reached the gateway from this device: {}",
+        "no request with idempotency key {key} is recorded for this device: {}",
         ErrorCode::RequestUnknown.description()
     )
 }

@@ -21,14 +21,17 @@ async fn answer(
     code: Option<&str>,
 ) -> Result<(), StoreError> {
     for state in from_states {
+        // only by the worker holding the payment: one whose lease ran out and was taken
+        // over writes nothing
         sqlx::query(
             "UPDATE upi_payments SET state = 'answered', result = $1, npci_code = $2
-             WHERE payment_id = $3 AND state = $4",
+             WHERE payment_id = $3 AND state = $4 AND worker_id = $5",
         )
         .bind(result)
         .bind(code)
         .bind(payment_id)
         .bind(*state)
+        .bind(worker_id())
         .execute(store.pool())
         .await?;
     }
@@ -43,23 +46,45 @@ async fn schedule_check(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE upi_payments SET state = 'pending', next_check_at_ms = $1, status_checks = $2
-         WHERE payment_id = $3 AND state IN ('initiated', 'pending')",
+         WHERE payment_id = $3 AND state IN ('initiated', 'pending') AND worker_id = $4",
     )
     .bind(ms(at_ms))
     .bind(checks)
     .bind(payment_id)
+    .bind(worker_id())
     .execute(store.pool())
     .await?;
     Ok(())
 }
 
 /// Asks the switch to reverse a debit, within `status_timeout_ms` (a switch that hangs
-/// never stalls the worker).
+/// never stalls the worker), after renewing this worker's lease for that long: a worker whose
+/// lease was taken over does not reverse (the new holder decides).
 async fn reverse_in_time<S: UpiSwitch>(
+    store: &Store,
     switch: &S,
     settings: &UpiSettings,
     payment_id: &str,
 ) -> Result<(), SwitchError> {
+    let until = crate::clock::now_ms()
+        .saturating_add(settings.status_timeout_ms)
+        .saturating_add(settings.lease_margin_ms);
+    let renewed = sqlx::query(
+        "UPDATE upi_payments SET lease_until_ms = $1,
+                next_check_at_ms = CASE WHEN state = 'pending' THEN $1 ELSE next_check_at_ms END
+         WHERE payment_id = $2 AND worker_id = $3 AND state IN ('initiated', 'pending')",
+    )
+    .bind(ms(until))
+    .bind(payment_id)
+    .bind(worker_id())
+    .execute(store.pool())
+    .await
+    .map_err(|e| SwitchError::Unavailable(e.to_string()))?;
+    if renewed.rows_affected() != 1 {
+        return Err(SwitchError::Unavailable(
+            "the payment's lease is another worker's now".into(),
+        ));
+    }
     let timeout = Duration::from_millis(settings.status_timeout_ms);
     match tokio::time::timeout(timeout, switch.reverse(payment_id)).await {
         Ok(reversed) => reversed,
@@ -100,7 +125,7 @@ async fn apply<S: UpiSwitch>(
         Ok(SwitchAnswer::Failure { code, debited }) => {
             if debited {
                 // a failed payment that debited the payer is reversed (RBI: by T+1)
-                match reverse_in_time(switch, settings, payment_id).await {
+                match reverse_in_time(store, switch, settings, payment_id).await {
                     Ok(()) => answer(store, payment_id, &states, "reversed", Some(&code)).await,
                     Err(error) => {
                         tracing::warn!(%error, payment_id, "reversal failed; retried at the next check");
@@ -119,7 +144,7 @@ async fn apply<S: UpiSwitch>(
         }
         Ok(SwitchAnswer::Pending) | Err(_) => {
             if checks_done >= i64::from(settings.status_checks_max) {
-                match reverse_in_time(switch, settings, payment_id).await {
+                match reverse_in_time(store, switch, settings, payment_id).await {
                     Ok(()) => answer(store, payment_id, &states, "timed_out", None).await,
                     Err(error) => {
                         tracing::warn!(%error, payment_id, "reversal failed; retried later");
@@ -344,7 +369,7 @@ async fn check_due<S: UpiSwitch>(
         }
         if row.try_get::<i64, _>("reversal_due")? == 1 {
             // a success the ledger refused: the customer's debit goes back
-            match reverse_in_time(switch, settings, &payment_id).await {
+            match reverse_in_time(store, switch, settings, &payment_id).await {
                 Ok(()) => answer(store, &payment_id, &["pending"], "reversed", None).await?,
                 Err(error) => {
                     tracing::error!(%error, payment_id, "reversal of an unpostable UPI success failed; retried")
