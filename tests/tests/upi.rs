@@ -495,3 +495,55 @@ async fn a_success_the_ledger_refuses_is_reversed_through_the_switch() {
     gateway.assert_ledger_balanced().await;
     agent.disconnect().await;
 }
+
+/// Issue 12, defect 10: NPCI's higher limit per transaction for some merchant categories (5
+/// lakh INR for education, by default): a school takes 2 lakh over UPI, a shop does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merchant_categories_have_their_own_upi_limit_per_transaction() {
+    let gateway = gateway(150).await;
+    let store = gateway.store();
+    store
+        .open_with(
+            &paygate_gateway::ledger::NewAccount {
+                account_id: AccountId::parse("m-school").unwrap(),
+                kind: paygate_gateway::ledger::AccountKind::Merchant,
+                unit: "INR".into(),
+                kyc_tier: None,
+                category: Some("education".into()),
+                owner: None,
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    store
+        .register_merchant_vpa(
+            &Vpa::parse("school@okaxis").unwrap(),
+            &AccountId::parse("m-school").unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut agent = gateway.agent("pos-1").await;
+    // a shop: the standard 1 lakh, refused before the network
+    let before = gateway.ledger_fingerprint().await;
+    let refused = agent.submit(upi_payment("200000.00")).await.unwrap();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::LimitExceeded),
+        "{refused:?}"
+    );
+    let message = refused.receipt.message.clone().unwrap_or_default();
+    assert!(message.contains("100000.00 INR"), "{message}");
+    assert_eq!(gateway.ledger_fingerprint().await, before);
+    // the school: up to 5 lakh
+    let mut operation = upi_payment("200000.00");
+    if let Operation::UpiPayment { merchant_vpa, .. } = &mut operation {
+        *merchant_vpa = Vpa::parse("school@okaxis").unwrap();
+    }
+    agent.submit(operation).await.unwrap();
+    let last = final_receipt(&mut agent).await;
+    assert_eq!(last.receipt.outcome, Outcome::Approved, "{last:?}");
+    assert_eq!(gateway.balance("m-school").await, 200_000 * 100);
+    gateway.assert_ledger_balanced().await;
+    agent.disconnect().await;
+}

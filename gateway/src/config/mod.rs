@@ -37,6 +37,9 @@ pub struct UpiSettings {
     pub currency: String,
     /// The UPI limit per transaction (1 lakh INR standard).
     pub per_transaction_max_minor: i64,
+    /// Higher limits per transaction for merchant categories NPCI allows them (5 lakh INR for
+    /// education, hospitals, insurance, capital markets, tax): category -> limit.
+    pub category_per_transaction_max_minor: std::collections::BTreeMap<String, i64>,
     pub pay_timeout_ms: u64,
     pub status_timeout_ms: u64,
     pub first_status_check_ms: u64,
@@ -59,6 +62,16 @@ impl Default for UpiSettings {
             enabled: true,
             currency: "INR".into(),
             per_transaction_max_minor: 100_000 * 100,
+            category_per_transaction_max_minor: [
+                "education",
+                "hospital",
+                "insurance",
+                "capital_markets",
+                "tax",
+            ]
+            .into_iter()
+            .map(|category| (category.to_owned(), 500_000 * 100))
+            .collect(),
             pay_timeout_ms: 15_000,
             status_timeout_ms: 10_000,
             first_status_check_ms: 60_000,

@@ -97,6 +97,16 @@ impl Settings {
                 "timeouts, status_checks_max and per_transaction_max_minor must be above 0",
             ));
         }
+        if upi
+            .category_per_transaction_max_minor
+            .values()
+            .any(|limit| *limit <= 0 || *limit > crate::ledger::SHARD_BALANCE_LIMIT)
+        {
+            return Err(invalid(
+                "upi.category_per_transaction_max_minor",
+                "each limit must be above 0 and within the ledger's limit",
+            ));
+        }
         let rewards = &self.rewards;
         if paygate_core::Currency::parse(&rewards.currency).is_none() {
             return Err(invalid(

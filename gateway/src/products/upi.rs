@@ -85,7 +85,7 @@ pub async fn decide(
         .map_err(|e| StoreError::Invariant(format!("merchant_vpas row: {e}")))?;
     // the account the success will credit must be able to take it before the network takes
     // the customer's money (a success that cannot be posted has to be reversed)
-    if let Some((code, reason)) = merchant_refusal(tx, &merchant, amount).await? {
+    if let Some((code, reason)) = merchant_refusal(tx, rules, &merchant, amount).await? {
         return Ok(declined(item, kind, amount, code, reason));
     }
     let payment_id = upi::new_txn_id();
@@ -126,15 +126,6 @@ fn refusal(
             format!("UPI pays in {}", rules.upi.currency),
         ));
     }
-    if amount.minor_signed() > rules.upi.per_transaction_max_minor {
-        return Some((
-            ErrorCode::LimitExceeded,
-            format!(
-                "the UPI limit per transaction is {} minor units",
-                rules.upi.per_transaction_max_minor
-            ),
-        ));
-    }
     if no_merchant {
         let why = if collect {
             "this merchant has no registered UPI address".to_owned()
@@ -146,13 +137,37 @@ fn refusal(
     None
 }
 
-/// Why the merchant account cannot be credited with `amount`, if it cannot.
+/// Why the merchant account cannot be credited with `amount`, if it cannot: its state, its
+/// currency, and the UPI limit per transaction for its category.
 async fn merchant_refusal(
     tx: &mut Batch<'_>,
+    rules: &Rules,
     merchant: &AccountId,
     amount: Money,
 ) -> Result<Option<(ErrorCode, String)>, StoreError> {
     let account = ledger::account(tx, merchant).await?;
+    if let Some(a) = &account {
+        let category_limit = a
+            .category
+            .as_ref()
+            .and_then(|c| rules.upi.category_per_transaction_max_minor.get(c));
+        let limit = category_limit
+            .copied()
+            .unwrap_or(rules.upi.per_transaction_max_minor);
+        if a.active && amount.minor_signed() > limit {
+            let which = match (&a.category, category_limit) {
+                (Some(category), Some(_)) => format!("for {category} merchants "),
+                _ => String::new(),
+            };
+            return Ok(Some((
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the UPI limit per transaction {which}is {}",
+                    super::limits::show(limit, amount.currency.code())
+                ),
+            )));
+        }
+    }
     Ok(match account {
         Some(a) if !a.active || a.kind != AccountKind::Merchant => Some((
             ErrorCode::UnknownMerchant,
