@@ -75,6 +75,8 @@ fn limits(settings: &mut Settings) {
         },
     }];
     settings.identity.pass_windows = Vec::new();
+    // points earned are spendable at once (so refunds meet spent points)
+    settings.rewards.pending_ms = 0;
     settings.identity.challenge_ttl_ms = 1_000;
     settings.identity.lockout_ms = 2_000;
     settings.upi.pay_timeout_ms = 300;
@@ -213,6 +215,7 @@ impl Sim {
         sim.balances.insert(UPI_SHOP.into(), RUPEE);
         sim.balances.insert(FLOAT.into(), 50_000 * RUPEE);
         sim.balances.insert("refunds-payable-inr".into(), 0);
+        sim.balances.insert("rewards-funding-inr".into(), 0);
         sim.gateway = Some(gateway);
         sim.connect_all().await;
         sim
@@ -582,6 +585,42 @@ impl Sim {
         }
     }
 
+    /// A wallet pays the shop partly in reward points (25 paise each by default).
+    async fn points_pay(&mut self) {
+        let wallet = self.pick_wallet();
+        let account = wallet_account(wallet);
+        let points: i64 = self.rng.gen_range(1..400);
+        let value = points * self.gateway().settings.rewards.point_value_minor;
+        let minor = value + self.rng.gen_range(0..20_000);
+        self.steps
+            .push(format!("{wallet} pays {SHOP} {minor} with {points} points"));
+        let (envelope, receipt, bytes) = self
+            .send(
+                wallet,
+                Operation::PointsPayment {
+                    merchant_id: AccountId::parse(SHOP).unwrap(),
+                    amount: Money::new(u64::try_from(minor).unwrap(), inr("1").currency).unwrap(),
+                    points,
+                },
+            )
+            .await;
+        let (receipt, bytes) = self
+            .complete_challenge(wallet, &envelope, (receipt, bytes), SHOP, minor)
+            .await;
+        self.steps
+            .push(format!("  -> {:?} {:?}", receipt.outcome, receipt.code));
+        let money = minor - value;
+        if money > self.balance(&account) {
+            assert_ne!(receipt.outcome, Outcome::Approved, "{}", self.context());
+        }
+        if receipt.outcome == Outcome::Approved {
+            self.check_debit(&account, "merchant_payment", money, receipt.decided_at_ms);
+            self.shift(&account, SHOP, money);
+            self.shift("rewards-funding-inr", SHOP, value);
+        }
+        self.remember(wallet, envelope, &receipt, bytes);
+    }
+
     async fn p2p(&mut self) {
         let from = self.pick_wallet();
         let to = self.pick_wallet();
@@ -870,7 +909,7 @@ impl Sim {
                 .unwrap()
                 .unwrap_or(0);
             assert_eq!(actual, *expected, "{account} balance: {context}");
-            if !account.starts_with("issuance") {
+            if !account.starts_with("issuance") && !account.starts_with("rewards-funding") {
                 assert!(actual >= 0, "{account} negative: {context}");
             }
         }
@@ -931,6 +970,20 @@ impl Sim {
             clawed_twice.is_empty(),
             "clawed back past the points earned {clawed_twice:?}: {context}"
         );
+        // what refunds' clawbacks called for (taken, owed or kept back) never passes what the
+        // payment earned
+        let claimed_twice: Vec<(String,)> = sqlx::query_as(
+            "SELECT c.payment_tx_id FROM points_clawbacks c
+             JOIN points_lots l ON l.payment_tx_id = c.payment_tx_id
+             GROUP BY c.payment_tx_id, l.points_earned HAVING SUM(c.points_due) > l.points_earned",
+        )
+        .fetch_all(gateway.store().pool())
+        .await
+        .unwrap();
+        assert!(
+            claimed_twice.is_empty(),
+            "points claimed past the points earned {claimed_twice:?}: {context}"
+        );
     }
 
     /// At the end: UPI drained, the switch's debits all accounted for, the archive verified.
@@ -968,6 +1021,22 @@ impl Sim {
         .await
         .unwrap();
         assert_eq!(silent_unreversed, 0, "{context}");
+        // what the run exercised, for the log
+        let kinds: Vec<(String, i64)> =
+            sqlx::query_as("SELECT kind, COUNT(*) FROM transfers GROUP BY kind ORDER BY kind")
+                .fetch_all(gateway.store().pool())
+                .await
+                .unwrap();
+        let codes: Vec<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT result, COUNT(*) FROM upi_payments GROUP BY result ORDER BY result",
+        )
+        .fetch_all(gateway.store().pool())
+        .await
+        .unwrap();
+        println!(
+            "seed {}: transfers {kinds:?}; UPI results {codes:?}",
+            self.seed
+        );
         for (_, agent) in std::mem::take(&mut self.agents) {
             agent.disconnect().await;
         }
@@ -1000,7 +1069,8 @@ async fn run(seed: u64, steps: usize, pg_url: Option<String>) -> (u64, usize) {
     let mut sim = Sim::start(seed, pg_url).await;
     for _ in 0..steps {
         match sim.rng.gen_range(0..100) {
-            0..=29 => sim.pay().await,
+            0..=21 => sim.pay().await,
+            22..=29 => sim.points_pay().await,
             30..=41 => sim.p2p().await,
             42..=51 => sim.cash_in().await,
             52..=59 => sim.cash_out().await,
