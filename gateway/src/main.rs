@@ -227,6 +227,8 @@ enum LedgerCommand {
     SetTier { wallet: String, tier: String },
     /// The outstanding reward points liability, as JSON.
     RewardsReport,
+    /// UPI reversals and refunds through the network, and those not confirmed by T+1, as JSON.
+    UpiReport,
     /// Fund a wallet from the issuance account, e.g. `fund wallet-1 500.00 INR`.
     Fund {
         wallet: String,
@@ -489,6 +491,11 @@ async fn main() -> Result<()> {
                         &format!("KYC tier set to {}", tier.as_str()),
                     )
                     .await?;
+                }
+                LedgerCommand::UpiReport => {
+                    let now = paygate_gateway::clock::now_ms();
+                    let report = paygate_gateway::upi::repo::report(&store, now).await?;
+                    println!("{}", serde_json::to_string_pretty(&report)?);
                 }
                 LedgerCommand::RewardsReport => {
                     let report =

@@ -196,6 +196,16 @@ async fn approvals_declines_timeouts_reversals_and_deemed() {
     assert!(calls[7] >= 1 && calls[9] >= 1);
     assert_eq!(calls[10], 3, "at most three status checks");
     assert_eq!(reversed_flags, [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1]);
+    // each reversal's own outcome is tracked
+    let report =
+        paygate_gateway::upi::repo::report(gateway.store(), paygate_gateway::clock::now_ms())
+            .await
+            .unwrap();
+    assert_eq!(
+        (report.reversals_requested, report.reversals_confirmed),
+        (2, 2),
+        "{report:?}"
+    );
     // the credential block was passed on, never written down
     let stored: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT payer_ct FROM upi_payments")
         .fetch_all(gateway.store().pool())
@@ -546,4 +556,95 @@ async fn merchant_categories_have_their_own_upi_limit_per_transaction() {
     assert_eq!(gateway.balance("m-school").await, 200_000 * 100);
     gateway.assert_ledger_balanced().await;
     agent.disconnect().await;
+}
+
+/// Issue 12, defect 10: a UPI payment is refunded through the network: the merchant pays the
+/// UPI settlement account back at once, the worker sends each refund under its own 35-
+/// character id until the network confirms it (once per id), refunds never pass the payment,
+/// and the T+1 report lists reversals and refunds not confirmed in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upi_payments_are_refunded_through_the_network_and_reported() {
+    let gateway = gateway(150).await;
+    gateway
+        .terminal(
+            "till-1",
+            paygate_tests::MERCHANT,
+            paygate_gateway::ledger::AccountKind::Merchant,
+            "1.00",
+        )
+        .await;
+    let mut agent = gateway.agent("pos-1").await;
+    let (_, paid) = pay(&mut agent, "100.00").await;
+    assert_eq!(paid.receipt.outcome, Outcome::Approved);
+    let tx_id = paygate_core::TxId::parse(paid.receipt.tx_id.as_deref().unwrap()).unwrap();
+    let mut till = gateway.agent("till-1").await;
+    let refund = |amount: &str| Operation::Refund {
+        tx_id: tx_id.clone(),
+        amount: inr(amount),
+    };
+    let first = till.submit(refund("30.00")).await.unwrap();
+    assert_eq!(first.receipt.outcome, Outcome::Approved, "{first:?}");
+    let counterparty = first.receipt.counterparty.clone().unwrap_or_default();
+    assert!(counterparty.starts_with("upi refund PGW"), "{counterparty}");
+    assert_eq!(gateway.balance("m-1").await, 100 + 10_000 - 3_000);
+    // more than is left: declined, nothing moves
+    let before = gateway.ledger_fingerprint().await;
+    let over = till.submit(refund("80.00")).await.unwrap();
+    assert_eq!(
+        over.code(),
+        Some(ErrorCode::RefundExceedsOriginal),
+        "{over:?}"
+    );
+    assert_eq!(gateway.ledger_fingerprint().await, before);
+    let rest = till.submit(refund("70.00")).await.unwrap();
+    assert_eq!(rest.receipt.outcome, Outcome::Approved, "{rest:?}");
+    assert_eq!(gateway.balance("m-1").await, 100);
+    assert_eq!(gateway.balance("upi-settlement-inr").await, 0);
+    // the network refunds the customer, once per refund
+    let mut confirmed = 0;
+    for _ in 0..100 {
+        confirmed = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM upi_refunds WHERE state = 'confirmed' AND rrn IS NOT NULL",
+        )
+        .fetch_one(gateway.store().pool())
+        .await
+        .unwrap();
+        if confirmed == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(confirmed, 2);
+    let refunded: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT refund_txn_id, amount_minor FROM upi_sandbox_refunds ORDER BY amount_minor",
+    )
+    .fetch_all(gateway.store().pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        refunded.iter().map(|r| r.1).collect::<Vec<_>>(),
+        [3_000, 7_000]
+    );
+    assert!(refunded.iter().all(|r| r.0.len() == 35));
+    let now = paygate_gateway::clock::now_ms();
+    let report = paygate_gateway::upi::repo::report(gateway.store(), now)
+        .await
+        .unwrap();
+    assert_eq!((report.refunds_initiated, report.refunds_confirmed), (2, 2));
+    assert!(report.refunds_overdue.is_empty() && report.reversals_overdue.is_empty());
+    // a reversal asked for two days ago and never confirmed is overdue
+    sqlx::query(
+        "UPDATE upi_payments SET reversal_requested_at_ms = $1, reversal_confirmed_at_ms = NULL",
+    )
+    .bind(i64::try_from(now - 2 * 86_400_000).unwrap())
+    .execute(gateway.store().pool())
+    .await
+    .unwrap();
+    let report = paygate_gateway::upi::repo::report(gateway.store(), now)
+        .await
+        .unwrap();
+    assert_eq!(report.reversals_overdue.len(), 1, "{report:?}");
+    gateway.assert_ledger_balanced().await;
+    agent.disconnect().await;
+    till.disconnect().await;
 }

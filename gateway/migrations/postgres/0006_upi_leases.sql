@@ -21,3 +21,36 @@ ALTER TABLE upi_payments ADD COLUMN unpostable_code TEXT;
 -- gateway's row and on the sandbox switch's own.
 ALTER TABLE upi_payments ADD COLUMN rrn TEXT;
 ALTER TABLE upi_sandbox ADD COLUMN rrn TEXT;
+
+-- A reversal's own outcome: when it was first asked for, how often, and when the network
+-- confirmed it (RBI: failed debits reversed by T+1; `paygate ledger upi-report` lists the
+-- overdue ones).
+ALTER TABLE upi_payments ADD COLUMN reversal_requested_at_ms BIGINT;
+ALTER TABLE upi_payments ADD COLUMN reversal_attempts BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE upi_payments ADD COLUMN reversal_confirmed_at_ms BIGINT;
+
+-- Refunds of UPI payments: posted from the merchant to the UPI settlement account when the
+-- merchant's terminal asks, then sent to the network by the UPI worker (retried until the
+-- network confirms), each under its own 35-character transaction id.
+CREATE TABLE upi_refunds (
+    refund_txn_id      TEXT PRIMARY KEY,
+    payment_id         TEXT NOT NULL REFERENCES upi_payments (payment_id),
+    tx_id              TEXT NOT NULL,
+    amount_minor       BIGINT NOT NULL CHECK (amount_minor > 0),
+    currency           TEXT NOT NULL,
+    state              TEXT NOT NULL CHECK (state IN ('initiated', 'confirmed')),
+    attempts           BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at_ms BIGINT NOT NULL,
+    worker_id          TEXT,
+    created_at_ms      BIGINT NOT NULL,
+    confirmed_at_ms    BIGINT,
+    rrn                TEXT
+);
+CREATE INDEX upi_refunds_due ON upi_refunds (state, next_attempt_at_ms);
+-- the sandbox switch's side: each refund it made, once per refund transaction id
+CREATE TABLE upi_sandbox_refunds (
+    refund_txn_id  TEXT PRIMARY KEY,
+    txn_ref        TEXT NOT NULL,
+    amount_minor   BIGINT NOT NULL,
+    rrn            TEXT NOT NULL
+);

@@ -32,6 +32,9 @@ pub async fn refund(
             "only a merchant's terminal can refund",
         );
     }
+    if let Some(upi) = upi_original(batch, merchant, original).await? {
+        return upi_refund(batch, origin, merchant, original, upi, amount).await;
+    }
     let Some(payment) = original_payment(batch, merchant, original).await? else {
         return declined(
             ErrorCode::OriginalUnknown,
@@ -353,6 +356,117 @@ async fn original_payment(
         refunded,
         points_returned,
     }))
+}
+
+/// A UPI payment to refund: its network transaction, who paid, and what was refunded of it.
+struct UpiOriginal {
+    payment_id: String,
+    payer_masked: String,
+    currency: String,
+    total: i64,
+    refunded: i64,
+}
+
+/// The UPI payment `original` is, if it is one of `merchant`'s (its transfer row locked on
+/// PostgreSQL, so two refunds of it are decided one after the other).
+async fn upi_original(
+    batch: &mut Batch<'_>,
+    merchant: &AccountId,
+    original: &TxId,
+) -> Result<Option<UpiOriginal>, StoreError> {
+    let lock = if batch.backend_name() == "PostgreSQL" {
+        " FOR UPDATE OF t"
+    } else {
+        ""
+    };
+    let row = sqlx::query(&format!(
+        "SELECT t.currency, u.payment_id, u.payer_masked, u.merchant_id, u.amount_minor
+         FROM transfers t JOIN upi_payments u
+           ON u.device_id = t.device_id AND u.idempotency_key = t.idempotency_key
+         WHERE t.tx_id = $1 AND t.kind = 'upi_payment'{lock}"
+    ))
+    .bind(original.as_str())
+    .fetch_optional(&mut **batch)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    if row.try_get::<String, _>("merchant_id")? != merchant.as_str() {
+        return Ok(None);
+    }
+    let payment_id: String = row.try_get("payment_id")?;
+    let refunded: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM upi_refunds WHERE payment_id = $1",
+    )
+    .bind(&payment_id)
+    .fetch_one(&mut **batch)
+    .await?;
+    Ok(Some(UpiOriginal {
+        payment_id,
+        payer_masked: row.try_get("payer_masked")?,
+        currency: row.try_get("currency")?,
+        total: row.try_get("amount_minor")?,
+        refunded,
+    }))
+}
+
+/// A refund of a UPI payment: the merchant pays the UPI settlement account back now, and the
+/// UPI worker sends the refund to the network under its own transaction id until the network
+/// confirms it (the customer's bank credits their account).
+async fn upi_refund(
+    batch: &mut Batch<'_>,
+    origin: &Origin<'_>,
+    merchant: &AccountId,
+    original: &TxId,
+    upi: UpiOriginal,
+    amount: Money,
+) -> Result<Decided, StoreError> {
+    if upi.currency != amount.currency.code() {
+        return declined(
+            ErrorCode::CurrencyMismatch,
+            format!("the payment was in {}", upi.currency),
+        );
+    }
+    let minor = amount.minor_signed();
+    if upi.refunded.saturating_add(minor) > upi.total {
+        return declined(
+            ErrorCode::RefundExceedsOriginal,
+            format!(
+                "the payment was {}, {} already refunded",
+                show(upi.total, &upi.currency),
+                show(upi.refunded, &upi.currency)
+            ),
+        );
+    }
+    let unit = amount.currency.code();
+    let settlement = AccountId::parse(&format!("upi-settlement-{}", unit.to_lowercase()))
+        .map_err(|e| StoreError::Invariant(format!("settlement account: {e}")))?;
+    let refund_txn = crate::upi::new_txn_id();
+    let decided = post(
+        batch,
+        origin,
+        "upi_refund",
+        Some(original),
+        vec![
+            Leg::debit(merchant, AccountKind::Merchant, unit, minor),
+            Leg::credit(&settlement, AccountKind::Settlement, unit, minor),
+        ],
+        format!("upi refund {refund_txn} to {}", upi.payer_masked),
+        String::new,
+    )
+    .await?;
+    if let Decided::Posted { tx_id, .. } = &decided {
+        crate::upi::repo::insert_refund(
+            batch,
+            &crate::upi::repo::NewRefund {
+                refund_txn_id: &refund_txn,
+                payment_id: &upi.payment_id,
+                tx_id,
+                amount,
+                now_ms: origin.now_ms,
+            },
+        )
+        .await?;
+    }
+    Ok(decided)
 }
 
 #[cfg(test)]

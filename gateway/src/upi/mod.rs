@@ -93,6 +93,14 @@ pub trait UpiSwitch: Send + Sync + 'static {
     ) -> impl Future<Output = Result<SwitchReply, SwitchError>> + Send;
     /// Reverses a failed debit.
     fn reverse(&self, txn_ref: &str) -> impl Future<Output = Result<(), SwitchError>> + Send;
+    /// Refunds `amount_minor` of the successful payment `txn_ref` to its payer, under the
+    /// refund's own transaction id (a resend of one refund id refunds once); returns the RRN.
+    fn refund(
+        &self,
+        txn_ref: &str,
+        refund_txn_ref: &str,
+        amount_minor: i64,
+    ) -> impl Future<Output = Result<String, SwitchError>> + Send;
 }
 
 /// The class of an NPCI response code, for receipts and reports.
@@ -258,6 +266,33 @@ impl UpiSwitch for SandboxSwitch {
             .await
             .map_err(|e| SwitchError::Unavailable(e.to_string()))?;
         Ok(())
+    }
+
+    async fn refund(
+        &self,
+        txn_ref: &str,
+        refund_txn_ref: &str,
+        amount_minor: i64,
+    ) -> Result<String, SwitchError> {
+        let unavailable = |e: sqlx::Error| SwitchError::Unavailable(e.to_string());
+        let rrn = format!("{:012}", rand::random::<u64>() % 1_000_000_000_000);
+        sqlx::query(
+            "INSERT INTO upi_sandbox_refunds (refund_txn_id, txn_ref, amount_minor, rrn)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (refund_txn_id) DO NOTHING",
+        )
+        .bind(refund_txn_ref)
+        .bind(txn_ref)
+        .bind(amount_minor)
+        .bind(&rrn)
+        .execute(self.store.pool())
+        .await
+        .map_err(unavailable)?;
+        // a resend of the same refund answers with its first reference
+        sqlx::query_scalar("SELECT rrn FROM upi_sandbox_refunds WHERE refund_txn_id = $1")
+            .bind(refund_txn_ref)
+            .fetch_one(self.store.pool())
+            .await
+            .map_err(unavailable)
     }
 }
 

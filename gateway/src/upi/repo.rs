@@ -167,6 +167,32 @@ pub async fn require_reversal(
     Ok(())
 }
 
+/// A refund of a UPI payment, posted, for the worker to send.
+pub struct NewRefund<'a> {
+    pub refund_txn_id: &'a str,
+    pub payment_id: &'a str,
+    pub tx_id: &'a paygate_core::TxId,
+    pub amount: Money,
+    pub now_ms: u64,
+}
+
+pub async fn insert_refund(tx: &mut Batch<'_>, r: &NewRefund<'_>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO upi_refunds (refund_txn_id, payment_id, tx_id, amount_minor, currency, state,
+                                  next_attempt_at_ms, created_at_ms)
+         VALUES ($1, $2, $3, $4, $5, 'initiated', $6, $6)",
+    )
+    .bind(r.refund_txn_id)
+    .bind(r.payment_id)
+    .bind(r.tx_id.as_str())
+    .bind(r.amount.minor_signed())
+    .bind(r.amount.currency.code())
+    .bind(ms(r.now_ms))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// The payment is settled: its row keeps the final receipt (for deduplication).
 pub async fn mark_settled(
     tx: &mut Batch<'_>,
@@ -179,4 +205,58 @@ pub async fn mark_settled(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// Reversals and refunds through the UPI network, and those not confirmed by T+1 (the end of
+/// the business day after they were asked for; RBI's turnaround for failed debits).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UpiReport {
+    pub reversals_requested: i64,
+    pub reversals_confirmed: i64,
+    /// Payment ids whose reversal is past T+1 and not confirmed.
+    pub reversals_overdue: Vec<String>,
+    pub refunds_initiated: i64,
+    pub refunds_confirmed: i64,
+    /// Refund transaction ids past T+1 and not confirmed.
+    pub refunds_overdue: Vec<String>,
+}
+
+pub async fn report(store: &crate::store::Store, now_ms: u64) -> Result<UpiReport, StoreError> {
+    let calendar = crate::clock::business_calendar();
+    // asked for before the start of yesterday: T+1 ended with yesterday
+    let (today_start, _) = calendar.day_and_month_start(now_ms);
+    let due_before = ms(today_start.saturating_sub(86_400_000));
+    let mut batch = store.begin_snapshot().await?;
+    let counts: (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(reversal_requested_at_ms), COUNT(reversal_confirmed_at_ms) FROM upi_payments",
+    )
+    .fetch_one(&mut *batch)
+    .await?;
+    let reversals_overdue: Vec<String> = sqlx::query_scalar(
+        "SELECT payment_id FROM upi_payments WHERE reversal_requested_at_ms < $1
+           AND reversal_confirmed_at_ms IS NULL ORDER BY reversal_requested_at_ms",
+    )
+    .bind(due_before)
+    .fetch_all(&mut *batch)
+    .await?;
+    let refunds: (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(confirmed_at_ms) FROM upi_refunds")
+            .fetch_one(&mut *batch)
+            .await?;
+    let refunds_overdue: Vec<String> = sqlx::query_scalar(
+        "SELECT refund_txn_id FROM upi_refunds WHERE created_at_ms < $1 AND state = 'initiated'
+         ORDER BY created_at_ms",
+    )
+    .bind(due_before)
+    .fetch_all(&mut *batch)
+    .await?;
+    batch.rollback().await?;
+    Ok(UpiReport {
+        reversals_requested: counts.0,
+        reversals_confirmed: counts.1,
+        reversals_overdue,
+        refunds_initiated: refunds.0,
+        refunds_confirmed: refunds.1,
+        refunds_overdue,
+    })
 }

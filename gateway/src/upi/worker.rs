@@ -71,12 +71,15 @@ async fn reverse_in_time<S: UpiSwitch>(
         .saturating_add(settings.lease_margin_ms);
     let renewed = sqlx::query(
         "UPDATE upi_payments SET lease_until_ms = $1,
-                next_check_at_ms = CASE WHEN state = 'pending' THEN $1 ELSE next_check_at_ms END
+                next_check_at_ms = CASE WHEN state = 'pending' THEN $1 ELSE next_check_at_ms END,
+                reversal_requested_at_ms = COALESCE(reversal_requested_at_ms, $4),
+                reversal_attempts = reversal_attempts + 1
          WHERE payment_id = $2 AND worker_id = $3 AND state IN ('initiated', 'pending')",
     )
     .bind(ms(until))
     .bind(payment_id)
     .bind(worker_id())
+    .bind(ms(crate::clock::now_ms()))
     .execute(store.pool())
     .await
     .map_err(|e| SwitchError::Unavailable(e.to_string()))?;
@@ -86,10 +89,20 @@ async fn reverse_in_time<S: UpiSwitch>(
         ));
     }
     let timeout = Duration::from_millis(settings.status_timeout_ms);
-    match tokio::time::timeout(timeout, switch.reverse(payment_id)).await {
+    let reversed = match tokio::time::timeout(timeout, switch.reverse(payment_id)).await {
         Ok(reversed) => reversed,
         Err(_) => Err(SwitchError::Timeout),
+    };
+    if reversed.is_ok() {
+        // the reversal's own outcome, for the T+1 report
+        sqlx::query("UPDATE upi_payments SET reversal_confirmed_at_ms = $1 WHERE payment_id = $2")
+            .bind(ms(crate::clock::now_ms()))
+            .bind(payment_id)
+            .execute(store.pool())
+            .await
+            .map_err(|e| SwitchError::Unavailable(e.to_string()))?;
     }
+    reversed
 }
 
 /// Applies a final or pending answer to a payment.
@@ -167,6 +180,79 @@ async fn apply<S: UpiSwitch>(
             }
         }
     }
+}
+
+/// Sends due refunds of UPI payments to the network, each claimed first (as a status check
+/// is) and retried until the network confirms it.
+async fn send_refunds<S: UpiSwitch>(
+    store: &Store,
+    switch: &S,
+    settings: &UpiSettings,
+    now: u64,
+) -> Result<(), StoreError> {
+    let due = sqlx::query(
+        "SELECT refund_txn_id, payment_id, amount_minor, next_attempt_at_ms FROM upi_refunds
+         WHERE state = 'initiated' AND next_attempt_at_ms <= $1
+         ORDER BY next_attempt_at_ms LIMIT 64",
+    )
+    .bind(ms(now))
+    .fetch_all(store.pool())
+    .await?;
+    for row in due {
+        let refund_txn: String = row.try_get("refund_txn_id")?;
+        let payment_id: String = row.try_get("payment_id")?;
+        let amount: i64 = row.try_get("amount_minor")?;
+        let due_at: i64 = row.try_get("next_attempt_at_ms")?;
+        let until = now
+            .saturating_add(settings.status_timeout_ms)
+            .saturating_add(settings.lease_margin_ms);
+        let claimed = sqlx::query(
+            "UPDATE upi_refunds SET next_attempt_at_ms = $1, worker_id = $2, attempts = attempts + 1
+             WHERE refund_txn_id = $3 AND state = 'initiated' AND next_attempt_at_ms = $4",
+        )
+        .bind(ms(until))
+        .bind(worker_id())
+        .bind(&refund_txn)
+        .bind(due_at)
+        .execute(store.pool())
+        .await?;
+        if claimed.rows_affected() != 1 {
+            continue; // another worker has it
+        }
+        let call = switch.refund(&payment_id, &refund_txn, amount);
+        let timeout = Duration::from_millis(settings.status_timeout_ms);
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(rrn)) => {
+                sqlx::query(
+                    "UPDATE upi_refunds SET state = 'confirmed', confirmed_at_ms = $1, rrn = $2
+                     WHERE refund_txn_id = $3 AND worker_id = $4",
+                )
+                .bind(ms(crate::clock::now_ms()))
+                .bind(rrn)
+                .bind(&refund_txn)
+                .bind(worker_id())
+                .execute(store.pool())
+                .await?;
+            }
+            outcome => {
+                let error = match outcome {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => "the switch did not answer in time".to_owned(),
+                };
+                tracing::warn!(%error, refund_txn, "UPI refund not confirmed; retried");
+                sqlx::query(
+                    "UPDATE upi_refunds SET next_attempt_at_ms = $1
+                     WHERE refund_txn_id = $2 AND worker_id = $3 AND state = 'initiated'",
+                )
+                .bind(ms(now.saturating_add(settings.status_check_interval_ms)))
+                .bind(&refund_txn)
+                .bind(worker_id())
+                .execute(store.pool())
+                .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// This worker's name in the leases it takes (one per process: a restarted gateway is
@@ -353,6 +439,7 @@ async fn check_due<S: UpiSwitch>(
 ) -> Result<(), StoreError> {
     let now = crate::clock::now_ms();
     recover_abandoned(store, settings, now).await?;
+    send_refunds(store, switch, settings, now).await?;
     let due = sqlx::query(
         "SELECT payment_id, status_checks, next_check_at_ms, reversal_due FROM upi_payments
          WHERE state = 'pending' AND next_check_at_ms <= $1 ORDER BY next_check_at_ms LIMIT 64",
