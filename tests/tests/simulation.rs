@@ -131,6 +131,8 @@ struct Sim {
     payments: Vec<PaymentModel>,
     decided: Vec<Decided>,
     upi_open: Vec<Upi>,
+    /// Approved UPI payments: transfer, amount, refunded so far.
+    upi_paid: Vec<(TxId, i64, i64)>,
     steps: Vec<String>,
     operations: u64,
 }
@@ -173,6 +175,7 @@ impl Sim {
             payments: Vec::new(),
             decided: Vec::new(),
             upi_open: Vec::new(),
+            upi_paid: Vec::new(),
             steps: Vec::new(),
             operations: 0,
         };
@@ -229,7 +232,7 @@ impl Sim {
         let devices: Vec<String> = WALLETS
             .iter()
             .map(|w| (*w).to_owned())
-            .chain(["till-1", "agent-1"].map(String::from))
+            .chain(["till-1", "till-upi", "agent-1"].map(String::from))
             .collect();
         for device in devices {
             let agent = self.gateway().agent(&device).await;
@@ -800,6 +803,49 @@ impl Sim {
         }
     }
 
+    /// The UPI till refunds part, all, or more than is left of one of its UPI payments: the
+    /// merchant pays back now; the network refund follows.
+    async fn upi_refund(&mut self) {
+        if self.upi_paid.is_empty() {
+            return;
+        }
+        let index = self.rng.gen_range(0..self.upi_paid.len());
+        let (tx_id, amount, refunded) = self.upi_paid[index].clone();
+        let left = amount - refunded;
+        let minor = match self.rng.gen_range(0..3) {
+            0 => left,
+            1 => left + self.rng.gen_range(1..1_000),
+            _ => self.rng.gen_range(1..=amount),
+        }
+        .max(1);
+        self.steps
+            .push(format!("upi till refunds {tx_id} of {minor} ({left} left)"));
+        let (envelope, receipt, bytes) = self
+            .send(
+                "till-upi",
+                Operation::Refund {
+                    tx_id,
+                    amount: Money::new(u64::try_from(minor).unwrap(), inr("1").currency).unwrap(),
+                },
+            )
+            .await;
+        self.steps
+            .push(format!("  -> {:?} {:?}", receipt.outcome, receipt.code));
+        if minor > left {
+            assert_ne!(
+                receipt.outcome,
+                Outcome::Approved,
+                "UPI over-refund: {}",
+                self.context()
+            );
+        }
+        if receipt.outcome == Outcome::Approved {
+            self.shift(UPI_SHOP, "upi-settlement-inr", minor);
+            self.upi_paid[index].2 += minor;
+        }
+        self.remember("till-upi", envelope, &receipt, bytes);
+    }
+
     /// Resends open UPI payments; those final now are applied to the model.
     async fn settle_upi(&mut self, wait: bool) {
         for _ in 0..if wait { 100 } else { 1 } {
@@ -811,6 +857,8 @@ impl Sim {
                     Outcome::Approved => {
                         self.steps.push(format!("  upi {} approved", upi.key));
                         self.shift("upi-settlement-inr", UPI_SHOP, upi.amount);
+                        self.upi_paid
+                            .push((self.tx_of(&receipt).unwrap(), upi.amount, 0));
                         self.decided.push(Decided {
                             device: upi.device,
                             key: upi.key,
@@ -1021,6 +1069,38 @@ impl Sim {
         .await
         .unwrap();
         assert_eq!(silent_unreversed, 0, "{context}");
+        // every UPI refund reaches the network once, and never more than its payment
+        let mut unconfirmed = -1;
+        for _ in 0..100 {
+            unconfirmed =
+                sqlx::query_scalar("SELECT COUNT(*) FROM upi_refunds WHERE state <> 'confirmed'")
+                    .fetch_one(gateway.store().pool())
+                    .await
+                    .unwrap();
+            if unconfirmed == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(unconfirmed, 0, "UPI refunds never confirmed: {context}");
+        let refunded_past: Vec<(String,)> = sqlx::query_as(
+            "SELECT u.payment_id FROM upi_payments u JOIN upi_sandbox_refunds r ON r.txn_ref = u.payment_id
+             GROUP BY u.payment_id, u.amount_minor HAVING SUM(r.amount_minor) > u.amount_minor",
+        )
+        .fetch_all(gateway.store().pool())
+        .await
+        .unwrap();
+        assert!(
+            refunded_past.is_empty(),
+            "the network refunded past a payment {refunded_past:?}: {context}"
+        );
+        let (refunds, at_switch): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM upi_refunds), (SELECT COUNT(*) FROM upi_sandbox_refunds)",
+        )
+        .fetch_one(gateway.store().pool())
+        .await
+        .unwrap();
+        assert_eq!(refunds, at_switch, "{context}");
         // what the run exercised, for the log
         let kinds: Vec<(String, i64)> =
             sqlx::query_as("SELECT kind, COUNT(*) FROM transfers GROUP BY kind ORDER BY kind")
@@ -1075,7 +1155,8 @@ async fn run(seed: u64, steps: usize, pg_url: Option<String>) -> (u64, usize) {
             42..=51 => sim.cash_in().await,
             52..=59 => sim.cash_out().await,
             60..=71 => sim.refund().await,
-            72..=79 => sim.upi().await,
+            72..=77 => sim.upi().await,
+            78..=79 => sim.upi_refund().await,
             80..=91 => sim.resend().await,
             92..=95 => sim.set_tier().await,
             96..=97 => {
