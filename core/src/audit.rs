@@ -406,8 +406,8 @@ pub fn scrub(text: &str) -> String {
         let standalone = !separated
             && bounded(start.checked_sub(1).and_then(|k| chars.get(k)))
             && bounded(chars.get(end));
-        let card_like = holds_card_number(&digits)
-            && (separated || !in_hex_token(&chars, start, end));
+        let card_like =
+            holds_card_number(&digits) && (separated || !in_hex_token(&chars, start, end));
         if (standalone && (12..=19).contains(&digits.len())) || card_like {
             out.push_str(&mask_pan(&digits));
         } else {
@@ -1269,7 +1269,10 @@ mod tests {
         let key = "idempotency_key a8523db20677c0770084470ed050c8a4";
         assert_eq!(scrub(key), key);
         // nor inside a hexadecimal token, Luhn or not (keys, hashes, transaction ids)
-        for hex in ["6db13a08253018133669bb608b1510e7", "a8523db2067730770084470ed050c8a4"] {
+        for hex in [
+            "6db13a08253018133669bb608b1510e7",
+            "a8523db2067730770084470ed050c8a4",
+        ] {
             assert_eq!(scrub(hex), hex);
         }
         // unless they pass the Luhn check: grouped, or joined to letters
