@@ -775,7 +775,8 @@ impl Sim {
     /// A UPI payment with a random sandbox scenario (the amount's paise).
     async fn upi(&mut self) {
         let wallet = self.pick_wallet();
-        let paise = [0, 0, 0, 51, 53, 61, 62, 63, 64][self.rng.gen_range(0..9)];
+        let scenarios = [0, 0, 0, 51, 53, 61, 62, 63, 64, 65, 66];
+        let paise = scenarios[self.rng.gen_range(0..scenarios.len())];
         let minor = self.rng.gen_range(1..200) * RUPEE + paise;
         self.steps.push(format!("{wallet} pays upi {minor}"));
         let block = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);

@@ -648,3 +648,64 @@ async fn upi_payments_are_refunded_through_the_network_and_reported() {
     agent.disconnect().await;
     till.disconnect().await;
 }
+
+/// Issue 12, defect 10: an answer the network gives after the gateway's timer is reconciled,
+/// not dropped. Still being checked, it resolves the payment (before any status check); after
+/// the gateway gave up and reversed, the disagreement is kept and reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_after_the_timer_are_reconciled_not_dropped() {
+    // the first status check is far off: only the late answer can resolve this one
+    let gateway = gateway(30_000).await;
+    let mut agent = gateway.agent("pos-1").await;
+    let (_, late) = pay(&mut agent, "7.65").await;
+    assert_eq!(
+        late.receipt.outcome,
+        Outcome::Approved,
+        "{:?}",
+        late.receipt
+    );
+    assert_eq!(gateway.balance("m-1").await, 765);
+    assert_eq!(
+        sandbox(&gateway, "status_calls").await,
+        [0],
+        "resolved by the late answer"
+    );
+    agent.disconnect().await;
+
+    // checks give up (no answer), the debit is reversed; then the pay call answers success
+    let gateway = self::gateway(100).await;
+    let mut agent = gateway.agent("pos-1").await;
+    let before = gateway.ledger_fingerprint().await;
+    let (_, gave_up) = pay(&mut agent, "7.66").await;
+    assert_eq!(
+        gave_up.code(),
+        Some(ErrorCode::UpiTimedOut),
+        "{:?}",
+        gave_up.receipt
+    );
+    let mut report = None;
+    for _ in 0..60 {
+        let now = paygate_gateway::clock::now_ms();
+        let current = paygate_gateway::upi::repo::report(gateway.store(), now)
+            .await
+            .unwrap();
+        if !current.late_answers_disagreeing.is_empty() {
+            report = Some(current);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = report.expect("the late answer was dropped");
+    let (_, answer, recorded) = &report.late_answers_disagreeing[0];
+    assert_eq!(
+        (answer.as_str(), recorded.as_str()),
+        ("success", "timed_out")
+    );
+    assert_eq!(sandbox(&gateway, "reversed").await, [1]);
+    assert_eq!(
+        gateway.ledger_fingerprint().await,
+        before,
+        "nothing posted on the late answer"
+    );
+    agent.disconnect().await;
+}

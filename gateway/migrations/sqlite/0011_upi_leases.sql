@@ -54,3 +54,14 @@ CREATE TABLE upi_sandbox_refunds (
     amount_minor   BIGINT NOT NULL,
     rrn            TEXT NOT NULL
 );
+
+-- A pay call's answer that arrives after the gateway's timer is not dropped: it resolves the
+-- payment if it is still being checked, and if the payment was already decided otherwise
+-- (timed out and reversed, say) the disagreement is kept here for reconciliation with the
+-- network (`paygate ledger upi-report`).
+CREATE TABLE upi_late_answers (
+    payment_id       TEXT PRIMARY KEY,
+    late_answer      TEXT NOT NULL,
+    recorded_result  TEXT NOT NULL,
+    at_ms            BIGINT NOT NULL
+);

@@ -54,6 +54,9 @@ pub struct UpiSettings {
     /// checks: covers clock skew between replicas and scheduling delay. A lease run out means
     /// the worker is gone; another resolves the payment.
     pub lease_margin_ms: u64,
+    /// How long a pay call is still listened to after its timer ran out: an answer in that
+    /// time resolves a payment still being checked, or is kept as a disagreement to reconcile.
+    pub late_answer_window_ms: u64,
 }
 
 impl Default for UpiSettings {
@@ -80,6 +83,7 @@ impl Default for UpiSettings {
             sandbox_delay_ms: 30_000,
             handoff_queue_max: 1_024,
             lease_margin_ms: 5_000,
+            late_answer_window_ms: 120_000,
         }
     }
 }

@@ -130,6 +130,8 @@ pub fn code_class(code: &str) -> &'static str {
 /// | 62 | pay times out; the status check says failed after a debit: reversal |
 /// | 63 | pay times out; the status check says deemed |
 /// | 64 | pay times out; the network never answers: reversal after the last check |
+/// | 65 | the pay call answers success after its timer: the late answer resolves it |
+/// | 66 | the pay call answers success after the last check gave up: kept to reconcile |
 /// | else | approved |
 #[derive(Clone)]
 pub struct SandboxSwitch {
@@ -177,6 +179,8 @@ impl UpiSwitch for SandboxSwitch {
             62 => ("late-failure", true),
             63 => ("deemed", true),
             64 => ("silent", true),
+            65 => ("late-answer", true),
+            66 => ("late-after-give-up", true),
             _ => ("success", true),
         };
         if request
@@ -209,6 +213,11 @@ impl UpiSwitch for SandboxSwitch {
                 // the network sits on it past the caller's timer
                 tokio::time::sleep(self.delay).await;
                 SwitchAnswer::Pending
+            }
+            "late-answer" | "late-after-give-up" => {
+                // the answer comes, but after the caller's timer
+                tokio::time::sleep(self.delay).await;
+                SwitchAnswer::Success
             }
             code => SwitchAnswer::Failure {
                 code: code.into(),
@@ -244,7 +253,8 @@ impl UpiSwitch for SandboxSwitch {
             return Ok(SwitchReply::with(unknown, None));
         };
         let answer = match scenario.as_str() {
-            "success" | "late-success" => SwitchAnswer::Success,
+            "success" | "late-success" | "late-answer" => SwitchAnswer::Success,
+            "late-after-give-up" => SwitchAnswer::Pending,
             "deemed" => SwitchAnswer::Deemed,
             "late-failure" => SwitchAnswer::Failure {
                 code: "U30".into(),

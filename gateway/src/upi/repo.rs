@@ -219,6 +219,9 @@ pub struct UpiReport {
     pub refunds_confirmed: i64,
     /// Refund transaction ids past T+1 and not confirmed.
     pub refunds_overdue: Vec<String>,
+    /// Payments whose pay call answered after the gateway decided otherwise: (payment id,
+    /// the late answer, what the gateway recorded), to reconcile with the network.
+    pub late_answers_disagreeing: Vec<(String, String, String)>,
 }
 
 pub async fn report(store: &crate::store::Store, now_ms: u64) -> Result<UpiReport, StoreError> {
@@ -250,8 +253,14 @@ pub async fn report(store: &crate::store::Store, now_ms: u64) -> Result<UpiRepor
     .bind(due_before)
     .fetch_all(&mut *batch)
     .await?;
+    let late_answers_disagreeing: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT payment_id, late_answer, recorded_result FROM upi_late_answers ORDER BY at_ms",
+    )
+    .fetch_all(&mut *batch)
+    .await?;
     batch.rollback().await?;
     Ok(UpiReport {
+        late_answers_disagreeing,
         reversals_requested: counts.0,
         reversals_confirmed: counts.1,
         reversals_overdue,

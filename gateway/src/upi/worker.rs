@@ -418,18 +418,93 @@ async fn send<S: UpiSwitch>(
             switch.pay(&request).await
         }
     };
-    let got = match tokio::time::timeout(Duration::from_millis(settings.pay_timeout_ms), call).await
-    {
+    let payment_id = handoff.payment_id.clone();
+    let mut call = std::pin::pin!(call);
+    let timer = Duration::from_millis(settings.pay_timeout_ms);
+    let got = match tokio::time::timeout(timer, &mut call).await {
         Ok(answer) => answer,
-        Err(_) => Err(SwitchError::Timeout),
+        Err(_) => {
+            // the timer ran out: the status checks take over, but the call is not dropped:
+            // an answer that still comes is reconciled
+            apply(
+                store,
+                switch,
+                settings,
+                &payment_id,
+                Err(SwitchError::Timeout),
+                0,
+            )
+            .await?;
+            let window = Duration::from_millis(settings.late_answer_window_ms);
+            if let Ok(Ok(reply)) = tokio::time::timeout(window, &mut call).await {
+                late_answer(store, switch, settings, &payment_id, reply).await?;
+            }
+            return Ok(());
+        }
     };
-    let Handoff {
-        payment_id,
-        credential_block,
-        ..
-    } = handoff;
-    drop(credential_block); // gone from here on
     apply(store, switch, settings, &payment_id, got, 0).await
+}
+
+/// A pay call's answer after its timer. While the payment is still being checked it is
+/// applied (after claiming the payment as a status check would, so a check in progress and
+/// the late answer never both act); once the payment was decided otherwise, the disagreement
+/// is kept for reconciliation with the network.
+async fn late_answer<S: UpiSwitch>(
+    store: &Store,
+    switch: &S,
+    settings: &UpiSettings,
+    payment_id: &str,
+    reply: SwitchReply,
+) -> Result<(), StoreError> {
+    let answer = match &reply.answer {
+        SwitchAnswer::Pending => return Ok(()),
+        SwitchAnswer::Success => "success",
+        SwitchAnswer::Deemed => "deemed",
+        SwitchAnswer::Failure { .. } => "failure",
+    };
+    let row = sqlx::query(
+        "SELECT state, result, status_checks, next_check_at_ms FROM upi_payments WHERE payment_id = $1",
+    )
+    .bind(payment_id)
+    .fetch_optional(store.pool())
+    .await?;
+    let Some(row) = row else { return Ok(()) };
+    let state: String = row.try_get("state")?;
+    if state == "pending" {
+        let due_at: i64 = row.try_get("next_check_at_ms")?;
+        let checks: i64 = row.try_get("status_checks")?;
+        let now = crate::clock::now_ms();
+        if claim_check(store, settings, payment_id, due_at, now).await? {
+            tracing::info!(payment_id, answer, "a late UPI answer resolves the payment");
+            apply(store, switch, settings, payment_id, Ok(reply), checks).await?;
+        }
+        return Ok(());
+    }
+    let recorded: Option<String> = row.try_get("result")?;
+    let recorded = recorded.unwrap_or_else(|| state.clone());
+    let agrees = match answer {
+        "success" | "deemed" => matches!(recorded.as_str(), "success" | "deemed"),
+        _ => !matches!(recorded.as_str(), "success" | "deemed"),
+    };
+    if !agrees {
+        tracing::error!(
+            payment_id,
+            answer,
+            recorded,
+            "a late UPI answer disagrees with the payment's outcome; kept for reconciliation"
+        );
+        sqlx::query(
+            "INSERT INTO upi_late_answers (payment_id, late_answer, recorded_result, at_ms)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (payment_id) DO NOTHING",
+        )
+        .bind(payment_id)
+        .bind(answer)
+        .bind(&recorded)
+        .bind(ms(crate::clock::now_ms()))
+        .execute(store.pool())
+        .await?;
+    }
+    Ok(())
 }
 
 async fn check_due<S: UpiSwitch>(
