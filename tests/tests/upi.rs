@@ -709,3 +709,68 @@ async fn answers_after_the_timer_are_reconciled_not_dropped() {
     );
     agent.disconnect().await;
 }
+
+/// Issue 12, defect 10: a reversal the bank never answers times out, and while it hangs the
+/// worker still sends new payments (its checks and reversals run beside its loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_reversal_never_holds_up_new_payments() {
+    let gateway = TestGateway::start_with(|s| {
+        s.upi.pay_timeout_ms = 300;
+        s.upi.sandbox_delay_ms = 500;
+        s.upi.first_status_check_ms = 100;
+        s.upi.status_check_interval_ms = 100;
+        s.upi.status_timeout_ms = 3_000;
+    })
+    .await;
+    gateway.device("pos-1", "1.00").await;
+    gateway
+        .store()
+        .register_merchant_vpa(
+            &Vpa::parse("shop@okaxis").unwrap(),
+            &AccountId::parse(paygate_tests::MERCHANT).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut agent = gateway.agent("pos-1").await;
+    let hanging = agent.submit(upi_payment("8.67")).await.unwrap();
+    assert_eq!(hanging.receipt.outcome, Outcome::Pending);
+    // wait until its reversal is asked for (and hangs)
+    let mut requested_at: Option<i64> = None;
+    for _ in 0..100 {
+        requested_at = sqlx::query_scalar("SELECT reversal_requested_at_ms FROM upi_payments")
+            .fetch_one(gateway.store().pool())
+            .await
+            .unwrap();
+        if requested_at.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let requested_at = requested_at.expect("no reversal asked for");
+    // a new payment is sent while that reversal hangs, not after its timeout
+    let (_, paid) = pay(&mut agent, "1.00").await;
+    assert_eq!(
+        paid.receipt.outcome,
+        Outcome::Approved,
+        "{:?}",
+        paid.receipt
+    );
+    let sent_at: i64 =
+        sqlx::query_scalar("SELECT sent_at_ms FROM upi_payments WHERE amount_minor = 100")
+            .fetch_one(gateway.store().pool())
+            .await
+            .unwrap();
+    assert!(
+        sent_at - requested_at < 3_000,
+        "the new payment waited for the hanging reversal ({} ms)",
+        sent_at - requested_at
+    );
+    let confirmed: Option<i64> = sqlx::query_scalar(
+        "SELECT reversal_confirmed_at_ms FROM upi_payments WHERE amount_minor = 867",
+    )
+    .fetch_one(gateway.store().pool())
+    .await
+    .unwrap();
+    assert_eq!(confirmed, None, "the hanging reversal is not confirmed");
+    agent.disconnect().await;
+}

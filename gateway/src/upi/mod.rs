@@ -132,6 +132,7 @@ pub fn code_class(code: &str) -> &'static str {
 /// | 64 | pay times out; the network never answers: reversal after the last check |
 /// | 65 | the pay call answers success after its timer: the late answer resolves it |
 /// | 66 | the pay call answers success after the last check gave up: kept to reconcile |
+/// | 67 | like 62, but the reversal never answers: each attempt times out |
 /// | else | approved |
 #[derive(Clone)]
 pub struct SandboxSwitch {
@@ -181,6 +182,7 @@ impl UpiSwitch for SandboxSwitch {
             64 => ("silent", true),
             65 => ("late-answer", true),
             66 => ("late-after-give-up", true),
+            67 => ("reversal-hangs", true),
             _ => ("success", true),
         };
         if request
@@ -209,7 +211,7 @@ impl UpiSwitch for SandboxSwitch {
         .map_err(|e| SwitchError::Unavailable(e.to_string()))?;
         let answer = match scenario {
             "success" => SwitchAnswer::Success,
-            "late-success" | "late-failure" | "deemed" | "silent" => {
+            "late-success" | "late-failure" | "deemed" | "silent" | "reversal-hangs" => {
                 // the network sits on it past the caller's timer
                 tokio::time::sleep(self.delay).await;
                 SwitchAnswer::Pending
@@ -256,7 +258,7 @@ impl UpiSwitch for SandboxSwitch {
             "success" | "late-success" | "late-answer" => SwitchAnswer::Success,
             "late-after-give-up" => SwitchAnswer::Pending,
             "deemed" => SwitchAnswer::Deemed,
-            "late-failure" => SwitchAnswer::Failure {
+            "late-failure" | "reversal-hangs" => SwitchAnswer::Failure {
                 code: "U30".into(),
                 debited: true,
             },
@@ -270,6 +272,14 @@ impl UpiSwitch for SandboxSwitch {
     }
 
     async fn reverse(&self, txn_ref: &str) -> Result<(), SwitchError> {
+        if self
+            .scenario(txn_ref)
+            .await?
+            .is_some_and(|(scenario, _, _)| scenario == "reversal-hangs")
+        {
+            // a bank that never answers the reversal: the caller's timeout must end it
+            tokio::time::sleep(self.delay * 1_000).await;
+        }
         sqlx::query("UPDATE upi_sandbox SET reversed = 1 WHERE txn_ref = $1")
             .bind(txn_ref)
             .execute(self.store.pool())

@@ -359,6 +359,7 @@ pub async fn run_worker<S: UpiSwitch + Clone>(
     // calls in flight end with the worker, as they would with the process: their leases
     // run out and the next worker resolves them
     let mut sends = tokio::task::JoinSet::new();
+    let mut checks = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             handoff = handoffs.recv() => {
@@ -374,8 +375,18 @@ pub async fn run_worker<S: UpiSwitch + Clone>(
             }
             Some(_) = sends.join_next(), if !sends.is_empty() => {}
             _ = tick.tick() => {
-                if let Err(error) = check_due(&store, &switch, &settings).await {
-                    tracing::error!(%error, "UPI status checks failed; retried at the next tick");
+                // the checks, reversals and refunds run beside the loop, one round at a time:
+                // a switch slow to answer them never holds up a new payment's send
+                while checks.try_join_next().is_some() {}
+                if checks.is_empty() {
+                    let store = store.clone();
+                    let switch = switch.clone();
+                    let settings = settings.clone();
+                    checks.spawn(async move {
+                        if let Err(error) = check_due(&store, &switch, &settings).await {
+                            tracing::error!(%error, "UPI status checks failed; retried at the next tick");
+                        }
+                    });
                 }
             }
             _ = shutdown.changed() => return,
