@@ -393,24 +393,12 @@ impl Sim {
         let model = self.wallets.get_mut(wallet).unwrap();
         let limits = Sim::tier_limits(&settings, model.tier);
         let (day, month) = (day_of(at), month_of(day_of(at)));
-        let today: i64 = model
-            .debits
-            .iter()
-            .filter(|d| day_of(d.2) == day)
-            .map(|d| d.1)
-            .sum();
-        let this_month: i64 = model
-            .debits
-            .iter()
-            .filter(|d| month_of(day_of(d.2)) == month)
-            .map(|d| d.1)
-            .sum();
-        let cash_out: i64 = model
-            .debits
-            .iter()
-            .filter(|d| d.0 == "cash_out" && month_of(day_of(d.2)) == month)
-            .map(|d| d.1)
-            .sum();
+        let sum = |keep: &dyn Fn(&(&str, i64, u64)) -> bool| -> i64 {
+            model.debits.iter().filter(|d| keep(d)).map(|d| d.1).sum()
+        };
+        let today = sum(&|d| day_of(d.2) == day);
+        let this_month = sum(&|d| month_of(day_of(d.2)) == month);
+        let cash_out = sum(&|d| d.0 == "cash_out" && month_of(day_of(d.2)) == month);
         assert!(
             minor <= limits.per_transaction_max_minor,
             "per-transaction limit passed: {context}"

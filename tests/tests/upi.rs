@@ -14,14 +14,19 @@ use paygate_tests::{inr, TestGateway};
 use std::time::Duration;
 
 async fn gateway(first_check_ms: u64) -> TestGateway {
-    let gateway = TestGateway::start_with(|s| {
+    gateway_with(|s| {
         s.upi.pay_timeout_ms = 300;
         s.upi.sandbox_delay_ms = 1_000;
         s.upi.first_status_check_ms = first_check_ms;
         s.upi.status_check_interval_ms = 150;
         s.upi.status_checks_max = 3;
     })
-    .await;
+    .await
+}
+
+/// A gateway with the UPI timers `adjust` sets, a paying device and the merchant's address.
+async fn gateway_with(adjust: impl FnOnce(&mut paygate_gateway::config::Settings)) -> TestGateway {
+    let gateway = TestGateway::start_with(adjust).await;
     gateway.device("pos-1", "1.00").await;
     gateway
         .store()
@@ -317,7 +322,7 @@ async fn collect_requests_come_only_from_a_merchant() {
 /// lease runs out, a status check finds the debit, and the terminal and merchant get it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_during_a_pay_call_resolves_it_by_status_check_not_as_unsent() {
-    let gateway = TestGateway::start_with(|s| {
+    let gateway = gateway_with(|s| {
         s.upi.pay_timeout_ms = 5_000;
         s.upi.sandbox_delay_ms = 60_000; // the switch sits on it past the restart
         s.upi.first_status_check_ms = 150;
@@ -325,15 +330,6 @@ async fn a_restart_during_a_pay_call_resolves_it_by_status_check_not_as_unsent()
         s.upi.lease_margin_ms = 200;
     })
     .await;
-    gateway.device("pos-1", "1.00").await;
-    gateway
-        .store()
-        .register_merchant_vpa(
-            &Vpa::parse("shop@okaxis").unwrap(),
-            &AccountId::parse(paygate_tests::MERCHANT).unwrap(),
-        )
-        .await
-        .unwrap();
     let mut agent = gateway.agent("pos-1").await;
     let first = agent.submit(upi_payment("4.61")).await.unwrap();
     assert_eq!(first.receipt.outcome, Outcome::Pending);
@@ -714,7 +710,7 @@ async fn answers_after_the_timer_are_reconciled_not_dropped() {
 /// worker still sends new payments (its checks and reversals run beside its loop).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_reversal_never_holds_up_new_payments() {
-    let gateway = TestGateway::start_with(|s| {
+    let gateway = gateway_with(|s| {
         s.upi.pay_timeout_ms = 300;
         s.upi.sandbox_delay_ms = 500;
         s.upi.first_status_check_ms = 100;
@@ -722,15 +718,6 @@ async fn a_hanging_reversal_never_holds_up_new_payments() {
         s.upi.status_timeout_ms = 3_000;
     })
     .await;
-    gateway.device("pos-1", "1.00").await;
-    gateway
-        .store()
-        .register_merchant_vpa(
-            &Vpa::parse("shop@okaxis").unwrap(),
-            &AccountId::parse(paygate_tests::MERCHANT).unwrap(),
-        )
-        .await
-        .unwrap();
     let mut agent = gateway.agent("pos-1").await;
     let hanging = agent.submit(upi_payment("8.67")).await.unwrap();
     assert_eq!(hanging.receipt.outcome, Outcome::Pending);
