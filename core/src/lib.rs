@@ -12,6 +12,7 @@ pub mod ids;
 pub mod money;
 pub mod payer;
 pub mod receipt;
+pub mod redact;
 pub mod request;
 pub mod strict_json;
 pub mod topics;
