@@ -25,6 +25,7 @@ pub struct Metrics {
     challenges_issued: AtomicU64,
     pipeline_batches: AtomicU64,
     pipeline_batch_size_max: AtomicU64,
+    pipeline_bulk_decided: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -48,6 +49,8 @@ pub struct MetricsSnapshot {
     /// Batches the pipeline has run, and the largest (requests taken off the queue together).
     pub pipeline_batches: u64,
     pub pipeline_batch_size_max: u64,
+    /// Requests decided together in a batch's fast lane (the rest were decided alone).
+    pub pipeline_bulk_decided: u64,
 }
 
 impl MetricsSnapshot {
@@ -113,6 +116,10 @@ impl Metrics {
         self.key_failures.fetch_add(1, Ordering::Relaxed);
     }
     /// A batch of `size` requests entered the pipeline.
+    pub fn count_bulk_decided(&self, count: usize) {
+        self.pipeline_bulk_decided
+            .fetch_add(u64::try_from(count).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
     pub fn count_batch(&self, size: usize) {
         self.pipeline_batches.fetch_add(1, Ordering::Relaxed);
         self.pipeline_batch_size_max
@@ -144,6 +151,7 @@ impl Metrics {
             challenges_issued: self.challenges_issued.load(Ordering::Relaxed),
             pipeline_batches: self.pipeline_batches.load(Ordering::Relaxed),
             pipeline_batch_size_max: self.pipeline_batch_size_max.load(Ordering::Relaxed),
+            pipeline_bulk_decided: self.pipeline_bulk_decided.load(Ordering::Relaxed),
         }
     }
 
@@ -195,6 +203,10 @@ impl Metrics {
             ("paygate_challenges_issued_total", s.challenges_issued),
             ("paygate_pipeline_batches_total", s.pipeline_batches),
             ("paygate_pipeline_batch_size_max", s.pipeline_batch_size_max),
+            (
+                "paygate_pipeline_bulk_decided_total",
+                s.pipeline_bulk_decided,
+            ),
         ] {
             let _ = writeln!(out, "{name} {value}");
         }

@@ -300,6 +300,80 @@ pub async fn record_decided(batch: &mut Batch<'_>, row: &DecidedRow<'_>) -> Resu
     Ok(())
 }
 
+/// Rows per multi-row insert of decided requests or payers (9 parameters a row).
+const DECIDED_ROWS_PER_INSERT_MAX: usize = 256;
+
+fn row_values(rows: usize, per_row: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let columns: Vec<String> = (1..=per_row)
+                .map(|column| format!("${}", row * per_row + column))
+                .collect();
+            format!("({})", columns.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Records many decided requests, as [`record_decided`] does one, in multi-row inserts.
+pub async fn record_decided_many(
+    batch: &mut Batch<'_>,
+    rows: &[DecidedRow<'_>],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(DECIDED_ROWS_PER_INSERT_MAX) {
+        let sql = format!(
+            "INSERT INTO requests (device_id, idempotency_key, counter, body_sha256, outcome, code, tx_id, receipt, decided_at_ms)
+             VALUES {}",
+            row_values(chunk.len(), 9)
+        );
+        let mut query = sqlx::query(&sql);
+        for row in chunk {
+            query = query
+                .bind(row.device.as_str())
+                .bind(row.key.as_str())
+                .bind(ms(row.counter))
+                .bind(row.body_sha256)
+                .bind(if row.code.is_none() {
+                    "approved"
+                } else {
+                    "declined"
+                })
+                .bind(row.code.map(ErrorCode::as_str))
+                .bind(row.tx_id.map(TxId::as_str))
+                .bind(row.receipt)
+                .bind(ms(row.now_ms));
+        }
+        query.execute(&mut **batch).await?;
+    }
+    Ok(())
+}
+
+/// Stores many requests' payer instruments, as [`record_payer`] does one.
+pub async fn record_payers(
+    batch: &mut Batch<'_>,
+    payers: &[(&DeviceId, &IdempotencyKey, &SealedPayer)],
+) -> Result<(), StoreError> {
+    for chunk in payers.chunks(DECIDED_ROWS_PER_INSERT_MAX) {
+        let sql = format!(
+            "INSERT INTO payment_instruments (device_id, idempotency_key, kind, value_ct, value_bidx, masked)
+             VALUES {}",
+            row_values(chunk.len(), 6)
+        );
+        let mut query = sqlx::query(&sql);
+        for (device, key, payer) in chunk {
+            query = query
+                .bind(device.as_str())
+                .bind(key.as_str())
+                .bind(payer.kind)
+                .bind(&payer.value_ct)
+                .bind(payer.value_bidx.to_vec())
+                .bind(&payer.masked);
+        }
+        query.execute(&mut **batch).await?;
+    }
+    Ok(())
+}
+
 /// Adds audit events to the outbox inside a batch, so they commit (or roll back) with what
 /// they describe.
 pub async fn add_audit_events(

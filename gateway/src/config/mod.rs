@@ -288,6 +288,9 @@ pub struct PipelineSettings {
     /// How long an enrolled device's key is trusted from the cache (0: no cache).
     pub device_cache_ttl_ms: u64,
     pub device_cache_entries_max: usize,
+    /// Plain merchant payments of a batch decided together in memory and written in
+    /// multi-row statements (off: every request decided alone, statement by statement).
+    pub decide_in_bulk: bool,
 }
 
 /// A configuration value that may hold a secret (a database password in a URL, an API key).
@@ -634,6 +637,7 @@ impl Default for PipelineSettings {
             tick_interval_ms: 250,
             device_cache_ttl_ms: 1_000,
             device_cache_entries_max: 100_000,
+            decide_in_bulk: true,
         }
     }
 }

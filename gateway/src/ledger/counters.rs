@@ -12,11 +12,13 @@
 //! and every load the load counter, in the same savepoint, so a counter never disagrees with
 //! the postings it summarises.
 
-use super::ms;
+use super::bulk::{values, ROWS_PER_STATEMENT_MAX};
+use super::{ms, NewTransfer};
 use crate::clock::business_calendar;
 use crate::store::{Batch, StoreError};
 use paygate_core::{AccountId, TxId};
 use sqlx::Row;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Counts one wallet debit in every counter.
 pub(super) async fn count_wallet_debit(
@@ -71,6 +73,189 @@ pub(super) async fn count_wallet_debit(
         .await?;
     }
     Ok(())
+}
+
+/// The counter updates of a whole batch of postings, aggregated per row they change, written
+/// as one multi-row statement per table (per chunk): the same rows [`count_wallet_debit`] and
+/// [`count_wallet_load`] would write one posting at a time.
+#[derive(Default)]
+pub(super) struct BatchCounts {
+    /// (wallet, local day, kind): total and count.
+    debit_days: BTreeMap<(String, i64, String), (i64, i64)>,
+    /// (wallet, time, transfer).
+    debit_log: Vec<(String, i64, String)>,
+    since_strong: BTreeMap<String, i64>,
+    payees: BTreeSet<(String, String)>,
+    load_days: BTreeMap<(String, i64, String), (i64, i64)>,
+}
+
+impl BatchCounts {
+    pub(super) fn debit(
+        &mut self,
+        transfer: &NewTransfer<'_>,
+        wallet: &AccountId,
+        amount_minor: i64,
+        credited: &[&AccountId],
+    ) {
+        let day = business_calendar().day_number(transfer.now_ms);
+        let key = (wallet.to_string(), day, transfer.kind.to_owned());
+        let entry = self.debit_days.entry(key).or_default();
+        entry.0 = entry.0.saturating_add(amount_minor);
+        entry.1 += 1;
+        self.debit_log.push((
+            wallet.to_string(),
+            ms(transfer.now_ms),
+            transfer.tx_id.to_string(),
+        ));
+        let since = self.since_strong.entry(wallet.to_string()).or_default();
+        *since = since.saturating_add(amount_minor);
+        for payee in credited {
+            self.payees.insert((wallet.to_string(), payee.to_string()));
+        }
+    }
+
+    pub(super) fn load(
+        &mut self,
+        transfer: &NewTransfer<'_>,
+        wallet: &AccountId,
+        amount_minor: i64,
+    ) {
+        let day = business_calendar().day_number(transfer.now_ms);
+        let key = (wallet.to_string(), day, transfer.kind.to_owned());
+        let entry = self.load_days.entry(key).or_default();
+        entry.0 = entry.0.saturating_add(amount_minor);
+        entry.1 += 1;
+    }
+
+    pub(super) async fn write(&self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
+        let days: Vec<_> = self.debit_days.iter().collect();
+        for chunk in days.chunks(ROWS_PER_STATEMENT_MAX) {
+            let sql = format!(
+                "INSERT INTO debit_days (account_id, local_day, kind, total_minor, debit_count)
+                 VALUES {} ON CONFLICT (account_id, local_day, kind) DO UPDATE
+                 SET total_minor = debit_days.total_minor + excluded.total_minor,
+                     debit_count = debit_days.debit_count + excluded.debit_count",
+                values(chunk.len(), 5, 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for ((wallet, day, kind), (total, count)) in chunk {
+                query = query
+                    .bind(wallet)
+                    .bind(*day)
+                    .bind(kind)
+                    .bind(*total)
+                    .bind(*count);
+            }
+            query.execute(&mut **batch).await?;
+        }
+        for chunk in self.debit_log.chunks(ROWS_PER_STATEMENT_MAX) {
+            let sql = format!(
+                "INSERT INTO wallet_debit_log (account_id, created_at_ms, tx_id) VALUES {}",
+                values(chunk.len(), 3, 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for (wallet, at, tx_id) in chunk {
+                query = query.bind(wallet).bind(*at).bind(tx_id);
+            }
+            query.execute(&mut **batch).await?;
+        }
+        let since: Vec<_> = self.since_strong.iter().collect();
+        for chunk in since.chunks(ROWS_PER_STATEMENT_MAX) {
+            let sql = format!(
+                "INSERT INTO wallet_counters (account_id, debited_since_strong_auth_minor)
+                 VALUES {} ON CONFLICT (account_id) DO UPDATE
+                 SET debited_since_strong_auth_minor = wallet_counters.debited_since_strong_auth_minor
+                     + excluded.debited_since_strong_auth_minor",
+                values(chunk.len(), 2, 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for (wallet, minor) in chunk {
+                query = query.bind(*wallet).bind(**minor);
+            }
+            query.execute(&mut **batch).await?;
+        }
+        let payees: Vec<_> = self.payees.iter().collect();
+        for chunk in payees.chunks(ROWS_PER_STATEMENT_MAX) {
+            let sql = format!(
+                "INSERT INTO wallet_payees (wallet_account_id, payee_account_id) VALUES {}
+                 ON CONFLICT (wallet_account_id, payee_account_id) DO NOTHING",
+                values(chunk.len(), 2, 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for (wallet, payee) in chunk {
+                query = query.bind(wallet).bind(payee);
+            }
+            query.execute(&mut **batch).await?;
+        }
+        let loads: Vec<_> = self.load_days.iter().collect();
+        for chunk in loads.chunks(ROWS_PER_STATEMENT_MAX) {
+            let sql = format!(
+                "INSERT INTO load_days (account_id, local_day, kind, total_minor, load_count)
+                 VALUES {} ON CONFLICT (account_id, local_day, kind) DO UPDATE
+                 SET total_minor = load_days.total_minor + excluded.total_minor,
+                     load_count = load_days.load_count + excluded.load_count",
+                values(chunk.len(), 5, 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for ((wallet, day, kind), (total, count)) in chunk {
+                query = query
+                    .bind(wallet)
+                    .bind(*day)
+                    .bind(kind)
+                    .bind(*total)
+                    .bind(*count);
+            }
+            query.execute(&mut **batch).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What the limits read for many wallets at once: their debits of [`WALLET_DEBITS`]
+/// (`crate::products::limits`) today and this month, as [`debits_in_days`] reads them for
+/// one, in one statement per chunk of wallets.
+pub async fn debits_in_days_many(
+    batch: &mut Batch<'_>,
+    wallets: &[&AccountId],
+    kinds: &[&str],
+    now_ms: u64,
+) -> Result<HashMap<AccountId, DebitTotals>, StoreError> {
+    let calendar = business_calendar();
+    let today = calendar.day_number(now_ms);
+    let month_first = calendar.month_first_day_number(now_ms);
+    let mut totals: HashMap<AccountId, DebitTotals> = HashMap::new();
+    for chunk in wallets.chunks(ROWS_PER_STATEMENT_MAX) {
+        let kinds_in: Vec<String> = (0..kinds.len()).map(|i| format!("${}", i + 3)).collect();
+        let first = 3 + kinds.len();
+        let wallets_in: Vec<String> = (0..chunk.len())
+            .map(|i| format!("${}", first + i))
+            .collect();
+        let sql = format!(
+            "SELECT account_id, local_day, total_minor FROM debit_days
+             WHERE local_day >= $1 AND local_day <= $2 AND kind IN ({}) AND account_id IN ({})",
+            kinds_in.join(", "),
+            wallets_in.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(month_first).bind(today);
+        for kind in kinds {
+            query = query.bind(*kind);
+        }
+        for wallet in chunk {
+            totals.insert((*wallet).clone(), DebitTotals::default());
+            query = query.bind(wallet.as_str());
+        }
+        for row in query.fetch_all(&mut **batch).await? {
+            let wallet = super::parse_account(&row.try_get::<String, _>("account_id")?)?;
+            let day: i64 = row.try_get("local_day")?;
+            let total: i64 = row.try_get("total_minor")?;
+            let entry = totals.entry(wallet).or_default();
+            entry.this_month_minor = entry.this_month_minor.saturating_add(total);
+            if day == today {
+                entry.today_minor = entry.today_minor.saturating_add(total);
+            }
+        }
+    }
+    Ok(totals)
 }
 
 /// Transfer kinds that load a wallet (money in from outside the wallet system), counted per

@@ -16,10 +16,13 @@
 
 use crate::store::{Batch, StoreError};
 
+mod bulk;
 mod counters;
 mod report;
+pub use bulk::{post_many, Snapshot};
 pub use counters::{
-    align_calendar, debits_in_days, loads_in_days, reset_since_strong_auth, DebitTotals, LOADS,
+    align_calendar, debits_in_days, debits_in_days_many, loads_in_days, reset_since_strong_auth,
+    DebitTotals, LOADS,
 };
 use paygate_core::{AccountId, DeviceId, ErrorCode, IdempotencyKey, TxId};
 pub use report::{

@@ -140,40 +140,64 @@ pub async fn write_final(
     events: &mut Vec<AuditEvent>,
     now_ms: u64,
 ) -> Result<(Vec<u8>, Vec<RequestRef>), StoreError> {
-    let sealed = seal(ctx, &receipts::final_receipt(decided, now_ms));
-    let mut requests = vec![decided.request.clone()];
-    requests.extend(decided.answer.clone());
-    for request in &requests {
-        store::record_decided(
-            tx,
-            &store::DecidedRow {
+    let mut written = write_finals(tx, ctx, std::slice::from_ref(decided), events, now_ms).await?;
+    written
+        .pop()
+        .ok_or_else(|| StoreError::Invariant("a final decision recorded nothing".into()))
+}
+
+/// Stores final decisions as [`write_final`] does one, each table in multi-row statements:
+/// the same rows, receipts and audit records whether a decision was made alone or with its
+/// batch.
+pub async fn write_finals(
+    tx: &mut Tx<'_>,
+    ctx: &Context,
+    finals: &[Final],
+    events: &mut Vec<AuditEvent>,
+    now_ms: u64,
+) -> Result<Vec<(Vec<u8>, Vec<RequestRef>)>, StoreError> {
+    let mut written = Vec::with_capacity(finals.len());
+    for decided in finals {
+        let sealed = seal(ctx, &receipts::final_receipt(decided, now_ms));
+        let mut requests = vec![decided.request.clone()];
+        requests.extend(decided.answer.clone());
+        written.push((sealed, requests));
+    }
+    let mut rows = Vec::with_capacity(finals.len());
+    let mut payers = Vec::new();
+    for (decided, (sealed, requests)) in finals.iter().zip(&written) {
+        for request in requests {
+            rows.push(store::DecidedRow {
                 device: &request.device,
                 key: &request.key,
                 counter: request.counter,
                 body_sha256: &request.body_sha256,
                 code: decided.code,
                 tx_id: decided.tx_id.as_ref(),
-                receipt: &sealed,
+                receipt: sealed,
                 now_ms,
-            },
-        )
-        .await?;
+            });
+        }
+        if let Some(payer) = &decided.stored_payer {
+            payers.push((&decided.request.device, &decided.request.key, payer));
+        }
     }
-    if let Some(payer) = &decided.stored_payer {
-        store::record_payer(tx, &decided.request.device, &decided.request.key, payer).await?;
+    store::record_decided_many(tx, &rows).await?;
+    store::record_payers(tx, &payers).await?;
+    for (decided, (sealed, _)) in finals.iter().zip(&written) {
+        if let Some(payment_id) = &decided.settles_upi_payment {
+            repo::mark_settled(tx, payment_id, sealed).await?;
+        }
+        events.push(decision_event(decided, now_ms));
+        if decided.alert {
+            ctx.metrics.count_invariant_alert();
+        }
+        match decided.code {
+            None => ctx.metrics.count_approved(),
+            Some(code) => ctx.metrics.count_declined(code),
+        }
     }
-    if let Some(payment_id) = &decided.settles_upi_payment {
-        repo::mark_settled(tx, payment_id, &sealed).await?;
-    }
-    events.push(decision_event(decided, now_ms));
-    if decided.alert {
-        ctx.metrics.count_invariant_alert();
-    }
-    match decided.code {
-        None => ctx.metrics.count_approved(),
-        Some(code) => ctx.metrics.count_declined(code),
-    }
-    Ok((sealed, requests))
+    Ok(written)
 }
 
 async fn write_challenge(

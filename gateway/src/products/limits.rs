@@ -55,11 +55,43 @@ pub async fn check_debit(
     now_ms: u64,
 ) -> Result<Option<(ErrorCode, String)>, StoreError> {
     ledger::lock_account(batch, &account.account_id).await?;
+    let spent = ledger::debits_in_days(batch, &account.account_id, &WALLET_DEBITS, now_ms).await?;
+    let withdrawn = if kind == "cash_out" {
+        ledger::debits_in_days(batch, &account.account_id, &["cash_out"], now_ms).await?
+    } else {
+        ledger::DebitTotals::default()
+    };
+    Ok(debit_refusal(
+        settings,
+        account,
+        kind,
+        amount,
+        &Spent { spent, withdrawn },
+    ))
+}
+
+/// What a wallet has debited, as the limits read it: all wallet debits ([`WALLET_DEBITS`])
+/// and, for a cash-out, its cash-outs, today and this month.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spent {
+    pub spent: ledger::DebitTotals,
+    pub withdrawn: ledger::DebitTotals,
+}
+
+/// The KYC limits of [`check_debit`] over figures already read: the one place they are
+/// decided, whether a request is decided alone or with its batch.
+pub fn debit_refusal(
+    settings: &WalletSettings,
+    account: &Account,
+    kind: &str,
+    amount: Money,
+    figures: &Spent,
+) -> Option<(ErrorCode, String)> {
     let tier = tier_of(account);
     let limits: &TierLimits = settings.tier(tier);
     let minor = amount.minor_signed();
     let unit = amount.currency.code();
-    let limit = |what: String| Ok(Some((ErrorCode::LimitExceeded, what)));
+    let limit = |what: String| Some((ErrorCode::LimitExceeded, what));
     let tier_name = match tier {
         KycTier::Min => "minimum-KYC",
         KycTier::Full => "full-KYC",
@@ -82,7 +114,7 @@ pub async fn check_debit(
             show(limits.cash_out_per_transaction_max_minor, unit)
         ));
     }
-    let spent = ledger::debits_in_days(batch, &account.account_id, &WALLET_DEBITS, now_ms).await?;
+    let spent = figures.spent;
     if spent.today_minor.saturating_add(minor) > limits.daily_debit_max_minor {
         return limit(format!(
             "daily limit of a {tier_name} wallet is {}; {} already spent today",
@@ -97,18 +129,17 @@ pub async fn check_debit(
             show(spent.this_month_minor, unit)
         ));
     }
-    if kind == "cash_out" {
-        let withdrawn =
-            ledger::debits_in_days(batch, &account.account_id, &["cash_out"], now_ms).await?;
-        if withdrawn.this_month_minor.saturating_add(minor) > limits.cash_out_monthly_max_minor {
-            return limit(format!(
-                "monthly cash-out limit of a {tier_name} wallet is {}; {} already withdrawn",
-                show(limits.cash_out_monthly_max_minor, unit),
-                show(withdrawn.this_month_minor, unit)
-            ));
-        }
+    let withdrawn = figures.withdrawn;
+    if kind == "cash_out"
+        && withdrawn.this_month_minor.saturating_add(minor) > limits.cash_out_monthly_max_minor
+    {
+        return limit(format!(
+            "monthly cash-out limit of a {tier_name} wallet is {}; {} already withdrawn",
+            show(limits.cash_out_monthly_max_minor, unit),
+            show(withdrawn.this_month_minor, unit)
+        ));
     }
-    Ok(None)
+    None
 }
 
 /// The KYC load limit on crediting `minor` to a wallet by a load ([`ledger::LOADS`]): the

@@ -137,27 +137,51 @@ pub async fn risk_gate(
         },
     )
     .await?;
-    let completeness = known.completeness;
+    match gate(rules, &known) {
+        Gate::Pass => Ok(None),
+        Gate::AbuseLimit => {
+            let code = Some(ErrorCode::LimitExceeded);
+            Ok(Some(Decision::final_(
+                post_held(tx, rules, payment, None, code, now_ms).await?,
+            )))
+        }
+        Gate::StepUp(required) => challenge(tx, rules, payment, &required, now_ms)
+            .await
+            .map(Some),
+    }
+}
+
+/// What the abuse limits and the rule manager make of a wallet debit.
+pub enum Gate {
+    /// Post it now.
+    Pass,
+    /// Past the device's or the wallet's payments in the velocity window: declined
+    /// `LIMIT_EXCEEDED`.
+    AbuseLimit,
+    /// Held behind a challenge for these mechanisms.
+    StepUp(Vec<Requirement>),
+}
+
+/// The abuse limits and the risk rules over the completeness data: the one place they are
+/// decided, whether a request is decided alone or with its batch.
+pub fn gate(rules: &Rules, known: &identity::Known) -> Gate {
+    let completeness = &known.completeness;
     // abuse limits, from the same counters the rules read
     if completeness.payments_in_window >= rules.identity.device_payments_per_window_max
         || known.wallet_debits_in_window >= rules.identity.wallet_payments_per_window_max
     {
-        let code = Some(ErrorCode::LimitExceeded);
-        return Ok(Some(Decision::final_(
-            post_held(tx, rules, payment, None, code, now_ms).await?,
-        )));
+        return Gate::AbuseLimit;
     }
     let required = required_mechanisms(
         &rules.identity.rules,
         &rules.identity.pass_windows,
-        &completeness,
+        completeness,
     );
     if required.is_empty() {
-        return Ok(None);
+        Gate::Pass
+    } else {
+        Gate::StepUp(required)
     }
-    challenge(tx, rules, payment, &required, now_ms)
-        .await
-        .map(Some)
 }
 
 /// The KYC limits of the paying account, if it is a wallet (a merchant's or agent's terminal
@@ -322,6 +346,24 @@ pub async fn post_held(
     if code.is_none() {
         points_earned = settle_points(tx, rules, payment, &tx_id, money_paid, now_ms).await?;
     }
+    Ok(payment_final(
+        payment,
+        answer,
+        code.is_none().then_some(tx_id),
+        code.map(|c| (c, reason)),
+        points_earned,
+    ))
+}
+
+/// The [`Final`] of a merchant payment: posted as `tx_id`, or declined with its code (and the
+/// reason, where the code's own description does not say enough).
+pub fn payment_final(
+    payment: &HeldPayment,
+    answer: Option<&RequestRef>,
+    tx_id: Option<paygate_core::TxId>,
+    declined: Option<(ErrorCode, Option<String>)>,
+    points_earned: i64,
+) -> Final {
     let mut detail = match &payment.payer {
         Some(payer) => format!("idempotency_key {} payer {}", payment.key(), payer.masked),
         None => format!("idempotency_key {}", payment.key()),
@@ -332,12 +374,13 @@ pub async fn post_held(
     if points_earned > 0 {
         detail.push_str(&format!(" points_earned {points_earned}"));
     }
-    Ok(Final {
+    let code = declined.as_ref().map(|(code, _)| *code);
+    Final {
         request: payment.request.clone(),
         answer: answer.cloned(),
-        tx_id: code.is_none().then_some(tx_id),
+        tx_id,
         code,
-        message: code.map(|c| reason.unwrap_or_else(|| c.description().to_owned())),
+        message: declined.map(|(c, reason)| reason.unwrap_or_else(|| c.description().to_owned())),
         amount: payment.amount,
         merchant: Some(payment.merchant.clone()),
         counterparty: None,
@@ -353,7 +396,7 @@ pub async fn post_held(
         upi: None,
         settles_upi_payment: None,
         alert: false,
-    })
+    }
 }
 
 /// The legs of a payment and the part paid in money; a points tender the wallet cannot

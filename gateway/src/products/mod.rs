@@ -8,6 +8,7 @@
 //! Invariants: every path that can approve a wallet debit runs [`limits::check_debit`]; a
 //! handler that returns `Err` leaves the item's savepoint to be rolled back by its caller.
 
+pub mod bulk;
 pub mod challenge_answer;
 pub mod limits;
 pub mod merchant_payment;

@@ -3,6 +3,10 @@
 //! customer PINs (Argon2id) and the out-of-band code notifier. The rules themselves are pure
 //! (`paygate_core::identity`); the order of the stages is in `pipeline`.
 
+mod figures;
+
+pub use figures::{BatchFigures, PaymentRef, Window};
+
 use crate::ledger;
 use crate::store::{Batch, SealedPayer, StoreError};
 use paygate_core::identity::{Completeness, Mechanism, RiskLevel};
@@ -84,28 +88,67 @@ pub async fn completeness(
     .bind(query.amount.minor_signed())
     .fetch_all(&mut **batch)
     .await?;
-    let mut passed_ms_ago = Vec::new();
+    let mut passed = Vec::new();
     for row in passes {
         let name: String = row.try_get("mechanism")?;
-        let at = unsigned(row.try_get("passed_at_ms")?);
         if let Some(mechanism) = Mechanism::parse(&name) {
-            passed_ms_ago.push((mechanism, query.now_ms.saturating_sub(at)));
+            passed.push((mechanism, unsigned(row.try_get("passed_at_ms")?)));
         }
     }
-    Ok(Known {
-        completeness: Completeness {
-            amount_minor: query.amount.minor_signed(),
-            currency: query.amount.currency.code().to_owned(),
-            payee: query.merchant.to_string(),
-            first_payee: count("paid_before")? == 0,
-            first_device_use: count("used_before")? == 0,
-            payments_in_window: count("device_in_window")?,
-            cumulative_minor_since_strong_auth: row.try_get("since_strong")?,
-            hour_local: crate::clock::business_calendar().hour_of_day(query.now_ms),
-            passed_ms_ago,
-        },
-        wallet_debits_in_window: count("wallet_in_window")?,
-    })
+    let figures = Figures {
+        paid_before: count("paid_before")? > 0,
+        used_before: count("used_before")? > 0,
+        device_in_window: count("device_in_window")?,
+        wallet_in_window: count("wallet_in_window")?,
+        since_strong_minor: row.try_get("since_strong")?,
+        passes: passed,
+    };
+    Ok(Known::of(
+        &figures,
+        query.merchant,
+        query.amount,
+        query.now_ms,
+    ))
+}
+
+/// The figures of one payment's completeness data, as read from the counters.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    /// The wallet has paid this payee before.
+    pub paid_before: bool,
+    /// The device has made a request before.
+    pub used_before: bool,
+    /// The device's decided requests in the velocity window (counted up to its limit).
+    pub device_in_window: u32,
+    /// The wallet's debits in the velocity window (counted up to its limit).
+    pub wallet_in_window: u32,
+    pub since_strong_minor: i64,
+    /// Validate passes for this payee, up to at least this amount: the mechanism and when.
+    pub passes: Vec<(Mechanism, u64)>,
+}
+
+impl Known {
+    /// The completeness data of a payment of `amount` to `merchant` now, from its figures.
+    pub fn of(figures: &Figures, merchant: &AccountId, amount: Money, now_ms: u64) -> Known {
+        Known {
+            completeness: Completeness {
+                amount_minor: amount.minor_signed(),
+                currency: amount.currency.code().to_owned(),
+                payee: merchant.to_string(),
+                first_payee: !figures.paid_before,
+                first_device_use: !figures.used_before,
+                payments_in_window: figures.device_in_window,
+                cumulative_minor_since_strong_auth: figures.since_strong_minor,
+                hour_local: crate::clock::business_calendar().hour_of_day(now_ms),
+                passed_ms_ago: figures
+                    .passes
+                    .iter()
+                    .map(|(mechanism, at)| (*mechanism, now_ms.saturating_sub(*at)))
+                    .collect(),
+            },
+            wallet_debits_in_window: figures.wallet_in_window,
+        }
+    }
 }
 
 /// The first of `mechanisms` locked for the wallet now, if any.
