@@ -85,6 +85,11 @@ async fn one_bad_request_in_a_full_batch_fails_alone() {
         "the requests were not decided together: largest batch {}",
         metrics.pipeline_batch_size_max
     );
+    assert!(
+        metrics.pipeline_bulk_decided >= GOOD_TERMINALS as u64,
+        "the good payments were not decided together: {} in the fast lane",
+        metrics.pipeline_bulk_decided
+    );
     assert!(metrics.refusals_of(ErrorCode::InternalError) >= 1);
     assert!(metrics.ledger_invariant_alerts >= 1);
     let approved = GOOD_TERMINALS as u64 + 1;
