@@ -211,7 +211,7 @@ impl BatchCounts {
     }
 }
 
-/// What the limits read for many wallets at once: their debits of [`WALLET_DEBITS`]
+/// What the limits read for many wallets at once: their debits of `WALLET_DEBITS`
 /// (`crate::products::limits`) today and this month, as [`debits_in_days`] reads them for
 /// one, in one statement per chunk of wallets.
 pub async fn debits_in_days_many(
