@@ -7,14 +7,11 @@
 //! velocity window and their limits, the payees and passes by the key looked up.
 
 use super::{unsigned, Figures};
-use crate::store::{Batch, StoreError};
+use crate::store::{placeholders, rows_per_statement, Batch, StoreError};
 use paygate_core::identity::Mechanism;
 use paygate_core::{AccountId, DeviceId};
 use sqlx::Row;
 use std::collections::{HashMap, HashSet};
-
-/// Rows per statement at most (each row binds one or two values).
-const ROWS_PER_QUERY_MAX: usize = 256;
 
 /// A payment whose figures are wanted.
 pub struct PaymentRef<'a> {
@@ -50,18 +47,6 @@ pub struct BatchFigures {
     passes: HashMap<String, Vec<Pass>>,
 }
 
-fn placeholders(rows: usize, per_row: usize, first: usize) -> String {
-    (0..rows)
-        .map(|row| {
-            let values: Vec<String> = (0..per_row)
-                .map(|column| format!("${}", first + row * per_row + column))
-                .collect();
-            format!("({})", values.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn count(value: i64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
 }
@@ -78,10 +63,10 @@ impl BatchFigures {
         let wallets: Vec<&str> = distinct(payments.iter().map(|p| p.wallet.as_str()));
         let since = i64::try_from(window.now_ms.saturating_sub(window.velocity_window_ms))
             .unwrap_or(i64::MAX);
-        for chunk in devices.chunks(ROWS_PER_QUERY_MAX) {
+        for chunk in devices.chunks(rows_per_statement(tx, 1)) {
             figures.load_devices(tx, chunk, since, window).await?;
         }
-        for chunk in wallets.chunks(ROWS_PER_QUERY_MAX) {
+        for chunk in wallets.chunks(rows_per_statement(tx, 1)) {
             figures.load_wallets(tx, chunk, since, window).await?;
             figures.load_passes(tx, chunk).await?;
         }
@@ -91,7 +76,7 @@ impl BatchFigures {
             .collect();
         pairs.sort_unstable();
         pairs.dedup();
-        for chunk in pairs.chunks(ROWS_PER_QUERY_MAX) {
+        for chunk in pairs.chunks(rows_per_statement(tx, 2)) {
             figures.load_payees(tx, chunk).await?;
         }
         Ok(figures)

@@ -22,6 +22,33 @@ fn unsigned(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// What a step-up challenge holds: a debit of the wallet the risk rules asked more for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldKind {
+    MerchantPayment,
+    P2p,
+    CashOut,
+}
+
+impl HeldKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeldKind::MerchantPayment => "merchant_payment",
+            HeldKind::P2p => "p2p",
+            HeldKind::CashOut => "cash_out",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<HeldKind> {
+        match text {
+            "merchant_payment" => Some(HeldKind::MerchantPayment),
+            "p2p" => Some(HeldKind::P2p),
+            "cash_out" => Some(HeldKind::CashOut),
+            _ => None,
+        }
+    }
+}
+
 /// What completeness data is asked for.
 pub struct CompletenessQuery<'a> {
     pub device: &'a DeviceId,
@@ -210,7 +237,7 @@ pub struct Challenge {
     pub amount: Money,
     pub payer: Option<SealedPayer>,
     /// What is held: `merchant_payment`, `p2p` or `cash_out`.
-    pub kind: crate::products::HeldKind,
+    pub kind: HeldKind,
     pub mechanisms: Vec<Mechanism>,
     pub risk: RiskLevel,
     pub oob_code_sha256: Option<Vec<u8>>,
@@ -310,7 +337,7 @@ fn challenge_from_row(row: &sqlx::any::AnyRow) -> Result<Challenge, StoreError> 
             .map_err(|_| bad("merchant"))?,
         amount,
         payer,
-        kind: crate::products::HeldKind::parse(&row.try_get::<String, _>("held_kind")?)
+        kind: HeldKind::parse(&row.try_get::<String, _>("held_kind")?)
             .ok_or_else(|| bad("held kind"))?,
         mechanisms: mechanisms.split(',').filter_map(Mechanism::parse).collect(),
         risk: match risk.as_str() {

@@ -12,27 +12,10 @@
 
 use super::{checked_legs, counters, headline, ms, parse_account, Account, AccountKind, Leg};
 use super::{NewTransfer, SHARD_BALANCE_LIMIT};
-use crate::store::{Batch, StoreError};
+use crate::store::{placeholders, rows_per_statement, Batch, StoreError};
 use paygate_core::AccountId;
 use sqlx::Row;
 use std::collections::{BTreeMap, HashMap};
-
-/// Rows per multi-row statement at most (SQLite allows 32,766 parameters; the widest row
-/// here binds 8).
-pub(super) const ROWS_PER_STATEMENT_MAX: usize = 256;
-
-/// `($first, $first+1, ...), (...)`: `rows` rows of `per_row` parameters.
-pub(super) fn values(rows: usize, per_row: usize, first: usize) -> String {
-    (0..rows)
-        .map(|row| {
-            let columns: Vec<String> = (0..per_row)
-                .map(|column| format!("${}", first + row * per_row + column))
-                .collect();
-            format!("({})", columns.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// The accounts a batch touches and their shards' balances, read (and on PostgreSQL
 /// row-locked, in account then shard order) in one statement per chunk of accounts.
@@ -54,14 +37,13 @@ impl Snapshot {
         };
         let mut snapshot = Snapshot::default();
         let mut unreadable = Vec::new();
-        for chunk in ids.chunks(ROWS_PER_STATEMENT_MAX) {
-            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        for chunk in ids.chunks(rows_per_statement(batch, 1)) {
             let sql = format!(
                 "SELECT a.account_id, a.kind, a.currency, a.negative_allowed, a.shards, a.kyc_tier,
                         a.category, a.owner_account_id, a.status, s.shard, s.balance_minor
                  FROM accounts a JOIN balance_shards s ON s.account_id = a.account_id
                  WHERE a.account_id IN ({}) ORDER BY a.account_id, s.shard{lock}",
-                list.join(", ")
+                placeholders(chunk.len(), 1, 1)
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
@@ -222,11 +204,11 @@ async fn insert_transfers(
     batch: &mut Batch<'_>,
     planned: &[(&NewTransfer<'_>, Vec<Leg>)],
 ) -> Result<(), StoreError> {
-    for chunk in planned.chunks(ROWS_PER_STATEMENT_MAX) {
+    for chunk in planned.chunks(rows_per_statement(batch, 8)) {
         let sql = format!(
             "INSERT INTO transfers (tx_id, kind, device_id, idempotency_key, currency,
                                     amount_minor, created_at_ms, related_tx_id) VALUES {}",
-            values(chunk.len(), 8, 1)
+            placeholders(chunk.len(), 8, 1)
         );
         let mut query = sqlx::query(&sql);
         for (transfer, _) in chunk {
@@ -258,10 +240,10 @@ async fn insert_postings(
         .iter()
         .flat_map(|(transfer, legs)| legs.iter().map(|leg| (transfer.tx_id.as_str(), leg)))
         .collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX) {
+    for chunk in rows.chunks(rows_per_statement(batch, 4)) {
         let sql = format!(
             "INSERT INTO postings (tx_id, account_id, currency, amount_minor) VALUES {}",
-            values(chunk.len(), 4, 1)
+            placeholders(chunk.len(), 4, 1)
         );
         let mut query = sqlx::query(&sql);
         for (tx_id, leg) in chunk {
@@ -284,7 +266,7 @@ async fn apply_changes(
 ) -> Result<(), StoreError> {
     let rows: Vec<(&(AccountId, i64), &ShardChange)> =
         changes.iter().filter(|(_, c)| c.delta != 0).collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX) {
+    for chunk in rows.chunks(rows_per_statement(batch, 5)) {
         let sql = format!(
             "WITH v(account_id, shard, delta, lowest_before, highest_before) AS (VALUES {})
              UPDATE balance_shards SET balance_minor = balance_shards.balance_minor + v.delta
@@ -292,7 +274,7 @@ async fn apply_changes(
                AND balance_shards.shard = v.shard
                AND balance_shards.balance_minor >= v.lowest_before
                AND balance_shards.balance_minor <= v.highest_before",
-            values(chunk.len(), 5, 1)
+            placeholders(chunk.len(), 5, 1)
         );
         let mut query = sqlx::query(&sql);
         for ((account, shard), change) in chunk {
@@ -376,11 +358,10 @@ async fn read_back_all(
         })
         .collect();
     let mut read = Vec::with_capacity(expected.len());
-    for chunk in planned.chunks(ROWS_PER_STATEMENT_MAX) {
-        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+    for chunk in planned.chunks(rows_per_statement(batch, 1)) {
         let sql = format!(
             "SELECT tx_id, account_id, currency, amount_minor FROM postings WHERE tx_id IN ({})",
-            list.join(", ")
+            placeholders(chunk.len(), 1, 1)
         );
         let mut query = sqlx::query(&sql);
         for (transfer, _) in chunk {

@@ -12,10 +12,9 @@
 //! and every load the load counter, in the same savepoint, so a counter never disagrees with
 //! the postings it summarises.
 
-use super::bulk::{values, ROWS_PER_STATEMENT_MAX};
 use super::{ms, NewTransfer};
 use crate::clock::business_calendar;
-use crate::store::{Batch, StoreError};
+use crate::store::{placeholders, rows_per_statement, Batch, StoreError};
 use paygate_core::{AccountId, TxId};
 use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -129,13 +128,13 @@ impl BatchCounts {
 
     pub(super) async fn write(&self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
         let days: Vec<_> = self.debit_days.iter().collect();
-        for chunk in days.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in days.chunks(rows_per_statement(batch, 5)) {
             let sql = format!(
                 "INSERT INTO debit_days (account_id, local_day, kind, total_minor, debit_count)
                  VALUES {} ON CONFLICT (account_id, local_day, kind) DO UPDATE
                  SET total_minor = debit_days.total_minor + excluded.total_minor,
                      debit_count = debit_days.debit_count + excluded.debit_count",
-                values(chunk.len(), 5, 1)
+                placeholders(chunk.len(), 5, 1)
             );
             let mut query = sqlx::query(&sql);
             for ((wallet, day, kind), (total, count)) in chunk {
@@ -148,10 +147,10 @@ impl BatchCounts {
             }
             query.execute(&mut **batch).await?;
         }
-        for chunk in self.debit_log.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in self.debit_log.chunks(rows_per_statement(batch, 3)) {
             let sql = format!(
                 "INSERT INTO wallet_debit_log (account_id, created_at_ms, tx_id) VALUES {}",
-                values(chunk.len(), 3, 1)
+                placeholders(chunk.len(), 3, 1)
             );
             let mut query = sqlx::query(&sql);
             for (wallet, at, tx_id) in chunk {
@@ -160,13 +159,13 @@ impl BatchCounts {
             query.execute(&mut **batch).await?;
         }
         let since: Vec<_> = self.since_strong.iter().collect();
-        for chunk in since.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in since.chunks(rows_per_statement(batch, 2)) {
             let sql = format!(
                 "INSERT INTO wallet_counters (account_id, debited_since_strong_auth_minor)
                  VALUES {} ON CONFLICT (account_id) DO UPDATE
                  SET debited_since_strong_auth_minor = wallet_counters.debited_since_strong_auth_minor
                      + excluded.debited_since_strong_auth_minor",
-                values(chunk.len(), 2, 1)
+                placeholders(chunk.len(), 2, 1)
             );
             let mut query = sqlx::query(&sql);
             for (wallet, minor) in chunk {
@@ -175,11 +174,11 @@ impl BatchCounts {
             query.execute(&mut **batch).await?;
         }
         let payees: Vec<_> = self.payees.iter().collect();
-        for chunk in payees.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in payees.chunks(rows_per_statement(batch, 2)) {
             let sql = format!(
                 "INSERT INTO wallet_payees (wallet_account_id, payee_account_id) VALUES {}
                  ON CONFLICT (wallet_account_id, payee_account_id) DO NOTHING",
-                values(chunk.len(), 2, 1)
+                placeholders(chunk.len(), 2, 1)
             );
             let mut query = sqlx::query(&sql);
             for (wallet, payee) in chunk {
@@ -188,13 +187,13 @@ impl BatchCounts {
             query.execute(&mut **batch).await?;
         }
         let loads: Vec<_> = self.load_days.iter().collect();
-        for chunk in loads.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in loads.chunks(rows_per_statement(batch, 5)) {
             let sql = format!(
                 "INSERT INTO load_days (account_id, local_day, kind, total_minor, load_count)
                  VALUES {} ON CONFLICT (account_id, local_day, kind) DO UPDATE
                  SET total_minor = load_days.total_minor + excluded.total_minor,
                      load_count = load_days.load_count + excluded.load_count",
-                values(chunk.len(), 5, 1)
+                placeholders(chunk.len(), 5, 1)
             );
             let mut query = sqlx::query(&sql);
             for ((wallet, day, kind), (total, count)) in chunk {
@@ -224,7 +223,7 @@ pub async fn debits_in_days_many(
     let today = calendar.day_number(now_ms);
     let month_first = calendar.month_first_day_number(now_ms);
     let mut totals: HashMap<AccountId, DebitTotals> = HashMap::new();
-    for chunk in wallets.chunks(ROWS_PER_STATEMENT_MAX) {
+    for chunk in wallets.chunks(rows_per_statement(batch, 1)) {
         let kinds_in: Vec<String> = (0..kinds.len()).map(|i| format!("${}", i + 3)).collect();
         let first = 3 + kinds.len();
         let wallets_in: Vec<String> = (0..chunk.len())

@@ -81,6 +81,15 @@ impl Batch {
         }
     }
 
+    /// Adds requests that arrived while the batch was gathering, to be checked.
+    pub fn admit(&mut self, inbound: impl IntoIterator<Item = Inbound>) {
+        self.slots.extend(inbound.into_iter().map(|inbound| Slot {
+            inbound,
+            stage: Stage::Received,
+            stale: None,
+        }));
+    }
+
     /// Requests still to be decided.
     pub fn prepared_count(&self) -> usize {
         self.slots

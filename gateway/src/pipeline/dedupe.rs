@@ -6,7 +6,7 @@
 //! A known key with the same body answers the stored receipt; with another body
 //! `IDEMPOTENCY_CONFLICT`; a new key on a used counter `COUNTER_REUSED`.
 
-use crate::store::{Batch as Tx, StoreError};
+use crate::store::{self, Batch as Tx, StoreError};
 use paygate_core::{DeviceId, ErrorCode, IdempotencyKey};
 use sqlx::Row;
 use std::collections::{HashMap, HashSet};
@@ -39,9 +39,6 @@ fn counter_value(counter: u64) -> i64 {
 /// answers with its `requests` row over its challenge or UPI payment row.
 const TABLES: [&str; 3] = ["identity_challenges", "upi_payments", "requests"];
 
-/// The same requests per query at most (SQLite allows 32,766 parameters).
-const PROBES_PER_QUERY_MAX: usize = 256;
-
 /// `SELECT columns FROM table WHERE (device_id = $1 AND by = $2) OR ...`, `count` pairs.
 fn probe_query(table: &str, columns: &str, by: &str, count: usize) -> String {
     let terms: Vec<String> = (0..count)
@@ -53,7 +50,7 @@ fn probe_query(table: &str, columns: &str, by: &str, count: usize) -> String {
 impl Known {
     pub async fn load(tx: &mut Tx<'_>, probes: &[Probe<'_>]) -> Result<Known, StoreError> {
         let mut known = Known::default();
-        for chunk in probes.chunks(PROBES_PER_QUERY_MAX) {
+        for chunk in probes.chunks(store::rows_per_statement(tx, 2)) {
             for table in TABLES {
                 known.load_keys(tx, table, chunk).await?;
                 known.load_counters(tx, table, chunk).await?;

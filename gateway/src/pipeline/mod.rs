@@ -14,12 +14,14 @@
 //! 5. the audit records are appended to the fsync'd journal; only then are the receipts
 //!    published and the UPI payments handed to the worker.
 //!
-//! The driver loop below takes batches off the bounded queue and runs the tick between them.
+//! The driver (`driver.rs`) overlaps these stages across consecutive batches: one task checks
+//! (1, 2), one decides (3, 4) and runs the tick between batches, one releases (5).
 
 mod batch;
 mod bulk;
 mod dedupe;
 pub mod devices;
+mod driver;
 mod prepare;
 mod receipts;
 mod record;
@@ -27,6 +29,7 @@ mod tick;
 mod verify;
 
 pub use batch::{Inbound, Outbound};
+pub use driver::{consume_link, run};
 
 use crate::audit::AuditLog;
 use crate::config::PipelineSettings;
@@ -36,18 +39,13 @@ use crate::products::{self, Prepared, Rules};
 use crate::store::{self, Store, StoreError};
 use crate::upi::Handoff;
 use batch::{Batch, Slot, Stage};
-use bytes::Bytes;
 use dedupe::{Known, Probe, Seen};
 use devices::DeviceCache;
 use paygate_core::audit::AuditEvent;
 use paygate_core::envelope::SigningKey;
-use paygate_core::topics::{device_of_requests_topic, replies_topic};
 use paygate_core::ErrorCode;
-use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::Notification;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// Everything the stages need, wired once by `gateway::start`.
 pub struct Context {
@@ -67,20 +65,31 @@ pub struct Pipeline {
     ctx: Context,
 }
 
+/// A decided batch on its way out: its replies and UPI handoffs, released once the batch's
+/// audit records are in the journal.
+pub struct Decided {
+    pub replies: Vec<Outbound>,
+    pub handoffs: Vec<Handoff>,
+}
+
 impl Pipeline {
     pub fn new(ctx: Context) -> Pipeline {
         Pipeline { ctx }
     }
 
-    /// Runs a batch through every stage; returns the replies to publish (after the commit and
-    /// the audit journal write). Returns no replies at all when the journal cannot be written:
-    /// the devices resend and get the stored receipts once it can.
-    pub async fn process_batch(&self, inbound: Vec<Inbound>) -> Vec<Outbound> {
+    /// Stages 1 and 2 for the requests of `batch` not looked at yet: verify, then prepare.
+    /// The batch may grow between calls (the driver gathers requests while the decider is
+    /// busy); slots already checked are left as they are.
+    pub async fn check(&self, batch: &mut Batch) {
+        verify::run(&self.ctx, batch).await;
+        prepare::run(&self.ctx, batch).await;
+    }
+
+    /// Stages 3 and 4: the audit gate, then deduplicate, decide and record the batch in one
+    /// transaction. What it returns is held until [`Pipeline::release`].
+    pub async fn decide(&self, mut batch: Batch) -> Decided {
         let ctx = &self.ctx;
-        ctx.metrics.count_batch(inbound.len());
-        let mut batch = Batch::new(inbound, crate::clock::now_ms());
-        verify::run(ctx, &mut batch).await;
-        prepare::run(ctx, &mut batch).await;
+        ctx.metrics.count_batch(batch.slots.len());
         if ctx.audit.blocked() {
             let message = "the audit trail cannot take records now; retry later with the same idempotency key";
             refuse_prepared(ctx, &mut batch, ErrorCode::AuditUnavailable, message);
@@ -89,17 +98,38 @@ impl Pipeline {
             tracing::error!(%error, requests = batch.prepared_count(), "batch failed and was rolled back");
             refuse_undecided(ctx, &mut batch).await;
         }
+        let handoffs = std::mem::take(&mut batch.handoffs);
+        Decided {
+            replies: batch.replies(),
+            handoffs,
+        }
+    }
+
+    /// Stage 5: the audit records committed so far are appended to the fsync'd journal; only
+    /// then are the UPI payments handed to the worker and the replies returned for publishing.
+    /// Returns no replies at all when the journal cannot be written: the devices resend and
+    /// get the stored receipts once it can.
+    pub async fn release(&self, decided: Decided) -> Vec<Outbound> {
+        let ctx = &self.ctx;
         if let Err(error) = ctx.audit.drain().await {
             // nothing leaves, not even to the UPI network, before its audit record is durable;
-            // a payment left initiated is declined as never sent at the next start
+            // a payment left unsent is declined not_sent by the worker after its send window
             tracing::error!(%error, "receipts and UPI handoffs held back: the audit journal cannot be written");
             return Vec::new();
         }
-        for handoff in batch.handoffs.drain(..) {
+        for handoff in decided.handoffs {
             // the worker outlives the pipeline; if it is gone the gateway is stopping
             let _ = ctx.upi_handoffs.send(handoff).await;
         }
-        batch.replies()
+        decided.replies
+    }
+
+    /// Every stage for one batch, one after another (the driver overlaps them across batches).
+    pub async fn process_batch(&self, inbound: Vec<Inbound>) -> Vec<Outbound> {
+        let mut batch = Batch::new(inbound, crate::clock::now_ms());
+        self.check(&mut batch).await;
+        let decided = self.decide(batch).await;
+        self.release(decided).await
     }
 
     /// The tick: expired challenges declined, answered UPI payments settled.
@@ -354,83 +384,4 @@ async fn decide_new(
         }
         Err(other) => Err(other),
     }
-}
-
-/// Takes device requests off the broker's local link into the bounded pipeline queue. A full
-/// queue holds the link (rumqttd then keeps or drops per its own limits; devices resend).
-pub async fn consume_link(
-    mut link_rx: LinkRx,
-    queue: mpsc::Sender<Inbound>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let notification = tokio::select! {
-            notification = link_rx.next() => notification,
-            _ = shutdown.changed() => return,
-        };
-        match notification {
-            Ok(Some(Notification::Forward(forward))) => {
-                let topic = String::from_utf8_lossy(&forward.publish.topic);
-                let Some(device) = device_of_requests_topic(&topic) else {
-                    tracing::warn!(%topic, "message on an unexpected topic ignored");
-                    continue;
-                };
-                let inbound = Inbound {
-                    device,
-                    message: forward.publish.payload,
-                    received_at: Instant::now(),
-                };
-                if queue.send(inbound).await.is_err() {
-                    return;
-                }
-            }
-            Ok(Some(Notification::Unschedule)) => {
-                if link_rx.wake().await.is_err() {
-                    return;
-                }
-            }
-            Ok(_) => {}
-            Err(error) => {
-                tracing::error!(%error, "pipeline link closed");
-                return;
-            }
-        }
-    }
-}
-
-/// The driver: batches off the queue (up to `pipeline.batch_size_max`), the tick between
-/// them every `pipeline.tick_interval_ms`, and the replies published.
-pub async fn run(pipeline: Pipeline, mut queue: mpsc::Receiver<Inbound>, mut link_tx: LinkTx) {
-    let batch_size_max = pipeline.ctx.settings.batch_size_max;
-    let mut inbound = Vec::with_capacity(batch_size_max);
-    let mut tick = tokio::time::interval(Duration::from_millis(
-        pipeline.ctx.settings.tick_interval_ms,
-    ));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let replies = tokio::select! {
-            received = queue.recv_many(&mut inbound, batch_size_max) => {
-                if received == 0 {
-                    return;
-                }
-                pipeline.process_batch(std::mem::take(&mut inbound)).await
-            }
-            _ = tick.tick() => pipeline.tick().await,
-        };
-        for reply in replies {
-            publish_reply(&mut link_tx, replies_topic(&reply.device), reply.receipt).await;
-        }
-    }
-}
-
-async fn publish_reply(link_tx: &mut LinkTx, topic: String, payload: Vec<u8>) {
-    let payload = Bytes::from(payload);
-    for _ in 0..100 {
-        match link_tx.try_publish(topic.clone(), payload.clone()) {
-            Ok(_) => return,
-            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-        }
-    }
-    // the decision is durable; the device's resend gets the stored receipt
-    tracing::warn!(%topic, "reply dropped: broker link full");
 }

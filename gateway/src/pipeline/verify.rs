@@ -24,6 +24,9 @@ pub async fn run(ctx: &Context, batch: &mut Batch) {
     // enrolment lookups first (cached; the database only on a miss)
     let mut work = Vec::with_capacity(batch.slots.len());
     for (index, slot) in batch.slots.iter().enumerate() {
+        if !matches!(slot.stage, Stage::Received) {
+            continue;
+        }
         let device = ctx.devices.get(&ctx.store, &slot.inbound.device).await;
         work.push((
             index,

@@ -18,6 +18,7 @@ pub mod upi;
 pub mod wallet;
 
 use crate::config::{IdentitySettings, RewardsSettings, UpiSettings, WalletSettings};
+pub use crate::identity::HeldKind;
 use crate::identity::{Challenge, DevNotifier};
 use crate::store::{Batch, SealedPayer, StoreError};
 use crate::upi::Handoff;
@@ -190,33 +191,6 @@ impl Decision {
 
     pub fn final_(decided: Final) -> Decision {
         Decision::of(Effect::Final(Box::new(decided)))
-    }
-}
-
-/// What a step-up challenge holds: a debit of the wallet the risk rules asked more for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeldKind {
-    MerchantPayment,
-    P2p,
-    CashOut,
-}
-
-impl HeldKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HeldKind::MerchantPayment => "merchant_payment",
-            HeldKind::P2p => "p2p",
-            HeldKind::CashOut => "cash_out",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<HeldKind> {
-        match text {
-            "merchant_payment" => Some(HeldKind::MerchantPayment),
-            "p2p" => Some(HeldKind::P2p),
-            "cash_out" => Some(HeldKind::CashOut),
-            _ => None,
-        }
     }
 }
 

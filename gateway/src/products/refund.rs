@@ -41,24 +41,11 @@ pub async fn refund(
             format!("{original} is not a payment to {merchant}"),
         );
     };
+    if let Some((code, reason)) = payment.refusal(amount) {
+        return declined(code, reason);
+    }
     let currency = payment.currency.clone();
-    if currency != amount.currency.code() {
-        return declined(
-            ErrorCode::CurrencyMismatch,
-            format!("the payment was in {currency}"),
-        );
-    }
     let minor = amount.minor_signed();
-    if payment.refunded.saturating_add(minor) > payment.total {
-        return declined(
-            ErrorCode::RefundExceedsOriginal,
-            format!(
-                "the payment was {}, of which {} is refunded already",
-                show(payment.total, &currency),
-                show(payment.refunded, &currency)
-            ),
-        );
-    }
     let Some(customer) = wallet(batch, &payment.customer).await? else {
         return declined(
             ErrorCode::UnknownWallet,
@@ -85,69 +72,15 @@ pub async fn refund(
     let balance = ledger::balance(batch, &customer.account_id)
         .await?
         .unwrap_or(0);
-    let to_customer = split.money - kept_back.1;
     let room = balance_cap(&rules.wallet, &customer)
         .saturating_sub(balance)
         .max(0);
-    let to_wallet = to_customer.min(room);
-    let to_source = to_customer - to_wallet;
-
-    let mut legs = vec![Leg::debit(
-        merchant,
-        AccountKind::Merchant,
-        &currency,
-        minor,
-    )];
-    if to_wallet > 0 {
-        legs.push(Leg::credit(
-            &customer.account_id,
-            AccountKind::Wallet,
-            &currency,
-            to_wallet,
-        ));
-    }
-    if to_source > 0 {
-        legs.push(Leg::credit(
-            &refunds_payable(&currency)?,
-            AccountKind::RefundsPayable,
-            &currency,
-            to_source,
-        ));
+    let shares = Shares::of(split, kept_back.1, room);
+    if shares.to_source > 0 {
         ensure_payable(batch, &currency, origin.now_ms).await?;
     }
-    let to_funding = split.value.saturating_add(kept_back.1);
-    if to_funding > 0 {
-        legs.push(Leg::credit(
-            &rewards::funding_account(&currency),
-            AccountKind::RewardsFunding,
-            &currency,
-            to_funding,
-        ));
-    }
-    if split.points > 0 {
-        legs.push(Leg::debit(
-            &rewards::liability(),
-            AccountKind::PointsLiability,
-            POINTS,
-            split.points,
-        ));
-        legs.push(Leg::credit(
-            &rewards::points_account(&customer.account_id),
-            AccountKind::Points,
-            POINTS,
-            split.points,
-        ));
-    }
-    let mut counterparty = format!("wallet {}", customer.account_id);
-    if to_source > 0 {
-        counterparty.push_str(&format!(
-            "; {} over the wallet's balance cap is owed back to the customer's source",
-            show(to_source, &currency)
-        ));
-    }
-    if split.points > 0 {
-        counterparty.push_str(&format!("; {} points returned", split.points));
-    }
+    let (legs, counterparty) =
+        refund_legs(merchant, &customer.account_id, &currency, minor, &shares)?;
     let decided = post(
         batch,
         origin,
@@ -158,26 +91,142 @@ pub async fn refund(
         String::new,
     )
     .await?;
-    let Decided::Posted { tx_id, .. } = &decided else {
-        return Ok(decided);
-    };
-    if split.points > 0 {
+    if let Decided::Posted { tx_id, .. } = &decided {
+        let points = PointsSettlement {
+            customer: &customer.account_id,
+            original,
+            refund: tx_id,
+            returned: split.points,
+            plan: plan.as_ref(),
+            owed,
+            kept_back: kept_back.0,
+        };
+        settle_points(batch, rules, &points, origin.now_ms).await?;
+    }
+    Ok(decided)
+}
+
+/// Where a refund's money goes: `money` minus what is kept back for a clawback shortfall, to
+/// the wallet up to its cap and the rest owed to the customer's source; the value of the
+/// points tendered (and of any kept back) to rewards funding.
+struct Shares {
+    points: i64,
+    to_wallet: i64,
+    to_source: i64,
+    to_funding: i64,
+}
+
+impl Shares {
+    fn of(split: Split, kept_back_minor: i64, room: i64) -> Shares {
+        let to_customer = split.money - kept_back_minor;
+        let to_wallet = to_customer.min(room);
+        Shares {
+            points: split.points,
+            to_wallet,
+            to_source: to_customer - to_wallet,
+            to_funding: split.value.saturating_add(kept_back_minor),
+        }
+    }
+}
+
+/// The refund's legs (summing to zero per unit) and the receipt's counterparty text.
+fn refund_legs(
+    merchant: &AccountId,
+    customer: &AccountId,
+    currency: &str,
+    minor: i64,
+    shares: &Shares,
+) -> Result<(Vec<Leg>, String), StoreError> {
+    let mut legs = vec![Leg::debit(merchant, AccountKind::Merchant, currency, minor)];
+    if shares.to_wallet > 0 {
+        legs.push(Leg::credit(
+            customer,
+            AccountKind::Wallet,
+            currency,
+            shares.to_wallet,
+        ));
+    }
+    if shares.to_source > 0 {
+        legs.push(Leg::credit(
+            &refunds_payable(currency)?,
+            AccountKind::RefundsPayable,
+            currency,
+            shares.to_source,
+        ));
+    }
+    if shares.to_funding > 0 {
+        legs.push(Leg::credit(
+            &rewards::funding_account(currency),
+            AccountKind::RewardsFunding,
+            currency,
+            shares.to_funding,
+        ));
+    }
+    if shares.points > 0 {
+        legs.push(Leg::debit(
+            &rewards::liability(),
+            AccountKind::PointsLiability,
+            POINTS,
+            shares.points,
+        ));
+        legs.push(Leg::credit(
+            &rewards::points_account(customer),
+            AccountKind::Points,
+            POINTS,
+            shares.points,
+        ));
+    }
+    let mut counterparty = format!("wallet {customer}");
+    if shares.to_source > 0 {
+        counterparty.push_str(&format!(
+            "; {} over the wallet's balance cap is owed back to the customer's source",
+            show(shares.to_source, currency)
+        ));
+    }
+    if shares.points > 0 {
+        counterparty.push_str(&format!("; {} points returned", shares.points));
+    }
+    Ok((legs, counterparty))
+}
+
+/// The points side of a posted refund.
+struct PointsSettlement<'a> {
+    customer: &'a AccountId,
+    original: &'a TxId,
+    refund: &'a TxId,
+    /// Points tendered in the payment, returned as a new active lot.
+    returned: i64,
+    plan: Option<&'a ClawbackPlan>,
+    owed: i64,
+    kept_back: i64,
+}
+
+/// Returns the points tendered and claws back the points the payment earned.
+async fn settle_points(
+    batch: &mut Batch<'_>,
+    rules: &Rules,
+    points: &PointsSettlement<'_>,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    if points.returned > 0 {
         rewards::return_points(
             batch,
             &rules.rewards,
-            &customer.account_id,
-            tx_id,
-            split.points,
-            origin.now_ms,
+            points.customer,
+            points.refund,
+            points.returned,
+            now_ms,
         )
         .await?;
     }
-    if let Some(plan) = &plan {
+    if let Some(plan) = points.plan {
+        let original = points.original;
         let clawed =
-            rewards::apply_clawback(batch, plan, original, tx_id, owed, origin.now_ms).await?;
-        tracing::info!(%original, clawed, kept_back_points = kept_back.0, owed, "points clawed back for a refund");
+            rewards::apply_clawback(batch, plan, original, points.refund, points.owed, now_ms)
+                .await?;
+        tracing::info!(%original, clawed, kept_back_points = points.kept_back, owed = points.owed, "points clawed back for a refund");
     }
-    Ok(decided)
+    Ok(())
 }
 
 /// How a clawback shortfall is settled under the configured policy: `((points, minor) kept
@@ -250,6 +299,29 @@ struct Split {
 }
 
 impl OriginalPayment {
+    /// Why a refund of `amount` cannot be made of this payment, if it cannot: another
+    /// currency, or more than is left of it.
+    fn refusal(&self, amount: Money) -> Option<(ErrorCode, String)> {
+        let currency = &self.currency;
+        if currency != amount.currency.code() {
+            return Some((
+                ErrorCode::CurrencyMismatch,
+                format!("the payment was in {currency}"),
+            ));
+        }
+        if self.refunded.saturating_add(amount.minor_signed()) > self.total {
+            return Some((
+                ErrorCode::RefundExceedsOriginal,
+                format!(
+                    "the payment was {}, of which {} is refunded already",
+                    show(self.total, currency),
+                    show(self.refunded, currency)
+                ),
+            ));
+        }
+        None
+    }
+
     /// Splits a refund of `minor` between the tenders in proportion to the payment: the
     /// points given back by all refunds so far are the payment's points times the share
     /// refunded, rounded down to whole points (never more than this refund's amount buys);
