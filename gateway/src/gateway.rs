@@ -36,6 +36,8 @@ pub struct RunningGateway {
     pub cipher: Arc<FieldCipher>,
     shutdown: watch::Sender<bool>,
     shipper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set once the pipeline has stopped: after a shutdown, or because one of its tasks failed.
+    pipeline_ended: watch::Receiver<bool>,
 }
 
 impl RunningGateway {
@@ -43,6 +45,18 @@ impl RunningGateway {
     /// end with the process.)
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+    }
+
+    /// Whether the pipeline has stopped. While the gateway runs this is `false`; `true`
+    /// without a shutdown means a pipeline task failed and no request is being decided.
+    pub fn pipeline_ended(&self) -> bool {
+        *self.pipeline_ended.borrow()
+    }
+
+    /// Resolves once the pipeline has stopped (see [`RunningGateway::pipeline_ended`]).
+    pub async fn wait_pipeline_ended(&self) {
+        let mut ended = self.pipeline_ended.clone();
+        let _ = ended.wait_for(|ended| *ended).await;
     }
 
     /// A clean stop: records `audit_stopped`, seals the last segment, then stops the tasks
@@ -84,7 +98,16 @@ pub fn load_receipt_key(settings: &Settings) -> Result<SigningKey> {
 pub async fn start(settings: Settings) -> Result<RunningGateway> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
-    let store = Store::open(&settings.database_url(), settings.database.connections_max).await?;
+    let tuning = crate::store::SqliteTuning {
+        busy_timeout_ms: settings.database.sqlite_busy_timeout_ms,
+        cache_mib: settings.database.sqlite_cache_mib,
+    };
+    let store = Store::open_tuned(
+        &settings.database_url(),
+        settings.database.connections_max,
+        tuning,
+    )
+    .await?;
     let receipt_key = Arc::new(load_receipt_key(&settings)?);
     let metrics = Arc::new(Metrics::default());
     let audit = AuditLog::open(&settings, store.clone(), metrics.clone())
@@ -193,7 +216,11 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
             shutdown_rx.clone(),
         ));
     }
-    tokio::spawn(pipeline::run(pipeline, queue_rx, link_tx));
+    let (pipeline_ended_tx, pipeline_ended) = watch::channel(false);
+    tokio::spawn(async move {
+        pipeline::run(pipeline, queue_rx, link_tx).await;
+        let _ = pipeline_ended_tx.send(true);
+    });
 
     let listener = TcpListener::bind(settings.mqtt.listen)
         .await
@@ -221,6 +248,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         cipher,
         shutdown,
         shipper: std::sync::Mutex::new(Some(shipper)),
+        pipeline_ended,
     })
 }
 

@@ -267,12 +267,17 @@ async fn main() -> Result<()> {
             // Ctrl-C by hand, SIGTERM from Kubernetes or systemd
             let mut terminate =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
+            let pipeline_failed = tokio::select! {
+                _ = tokio::signal::ctrl_c() => false,
+                _ = terminate.recv() => false,
+                _ = running.wait_pipeline_ended() => true,
+            };
             tracing::info!("stopping: no new device connections");
             running.stop().await;
+            if pipeline_failed {
+                // decided requests are durable; the supervisor restarts a whole gateway
+                bail!("the request pipeline stopped; exiting so the supervisor restarts paygate");
+            }
         }
         Command::Demo {
             data_dir,

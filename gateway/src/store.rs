@@ -74,14 +74,51 @@ pub struct Store {
 
 pub type Batch<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
-/// SQLite settings every connection gets: a write-ahead log fsync'd on every commit, foreign
-/// keys enforced, and writers that queue for the lock instead of failing.
+/// SQLite settings every connection gets: a write-ahead log fsync'd on every commit and
+/// foreign keys enforced.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
-     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+     PRAGMA foreign_keys = ON;";
+
+/// What a SQLite connection may be tuned in (`database.sqlite_*`); PostgreSQL ignores it.
+#[derive(Debug, Clone, Copy)]
+pub struct SqliteTuning {
+    /// Writers queue this long for the lock before their transaction fails.
+    pub busy_timeout_ms: u64,
+    /// Page cache per connection.
+    pub cache_mib: u32,
+}
+
+impl Default for SqliteTuning {
+    fn default() -> Self {
+        SqliteTuning {
+            busy_timeout_ms: 10_000,
+            cache_mib: 64,
+        }
+    }
+}
+
+impl SqliteTuning {
+    fn pragmas(self) -> String {
+        format!(
+            "{SQLITE_PRAGMAS} PRAGMA busy_timeout = {}; PRAGMA cache_size = -{};",
+            self.busy_timeout_ms,
+            u64::from(self.cache_mib) * 1024
+        )
+    }
+}
 
 impl Store {
     /// Opens (creating a SQLite file if missing) and migrates the database.
     pub async fn open(url: &str, connections_max: u32) -> Result<Store, StoreError> {
+        Store::open_tuned(url, connections_max, SqliteTuning::default()).await
+    }
+
+    /// [`Store::open`] with SQLite tuned as `tuning` says.
+    pub async fn open_tuned(
+        url: &str,
+        connections_max: u32,
+        tuning: SqliteTuning,
+    ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url).ok_or_else(|| {
             StoreError::Invariant("database URL must start with sqlite: or postgres://".into())
@@ -93,12 +130,14 @@ impl Store {
             }
             _ => url.to_owned(),
         };
+        let pragmas: std::sync::Arc<str> = tuning.pragmas().into();
         let pool = AnyPoolOptions::new()
             .max_connections(connections_max)
             .after_connect(move |conn, _| {
+                let pragmas = pragmas.clone();
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        conn.execute(SQLITE_PRAGMAS).await?;
+                        conn.execute(&*pragmas).await?;
                     }
                     Ok(())
                 })

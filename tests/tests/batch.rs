@@ -129,3 +129,76 @@ async fn one_bad_request_in_a_full_batch_fails_alone() {
     gateway.assert_ledger_balanced().await;
     bad.disconnect().await;
 }
+
+/// A batch that cannot be recorded is refused `INTERNAL_ERROR`, but only if the refusals
+/// themselves reach the audit trail: while the database takes nothing at all, no reply may
+/// leave (audit before receipt). The terminal's resend is approved once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_that_cannot_be_audited_never_leaves() {
+    use paygate_core::request::{Operation, Request, REQUEST_CONTENT_TYPE};
+    use paygate_core::{DeviceId, IdempotencyKey};
+    let gateway = TestGateway::start_with(|s| s.database.sqlite_busy_timeout_ms = 200).await;
+    let bundle = gateway.device("pos-held", "100.00").await;
+    let mut agent = gateway.agent("pos-held").await;
+    let request = Request {
+        device_id: DeviceId::parse("pos-held").unwrap(),
+        idempotency_key: IdempotencyKey::parse("held-1").unwrap(),
+        counter: 1,
+        created_at_ms: paygate_agent::now_ms(),
+        operation: Operation::MerchantPayment {
+            merchant_id: AccountId::parse(MERCHANT).unwrap(),
+            amount: inr("10.00"),
+            payer: None,
+        },
+    };
+    let envelope = bundle
+        .signing_key
+        .seal(REQUEST_CONTENT_TYPE, &request.to_payload());
+
+    // SQLite's write lock held past the batch's wait and the refusals' wait for it
+    let lock = gateway.store().begin_batch().await.unwrap();
+    agent.publish_raw(envelope.clone()).await.unwrap();
+    let during = agent
+        .next_reply(Duration::from_millis(2_000), Some("held-1"))
+        .await;
+    assert!(
+        during.is_none(),
+        "a reply left although nothing of its batch could be recorded: {during:?}"
+    );
+    let refused = gateway.running.metrics.snapshot();
+    assert_eq!(refused.requests_approved, 0);
+    lock.rollback().await.unwrap();
+
+    agent.publish_raw(envelope).await.unwrap();
+    let after = agent
+        .next_reply(Duration::from_secs(10), Some("held-1"))
+        .await
+        .expect("the resend is answered once the database is back");
+    assert_eq!(after.receipt.outcome, Outcome::Approved, "{after:?}");
+    assert_eq!(gateway.balance("wallet-pos-held").await, 10_000 - 1_000);
+    gateway.assert_ledger_balanced().await;
+    agent.disconnect().await;
+}
+
+/// The pipeline's end is visible to whoever runs the gateway (`paygate serve` exits non-zero
+/// when it ends without a shutdown): it runs while the gateway does and stops with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_says_when_it_has_stopped() {
+    let gateway = TestGateway::start().await;
+    gateway.device("pos-1", "100.00").await;
+    let mut agent = gateway.agent("pos-1").await;
+    let receipt = agent
+        .pay(&AccountId::parse(MERCHANT).unwrap(), inr("1.00"))
+        .await
+        .unwrap();
+    assert_eq!(receipt.receipt.outcome, Outcome::Approved);
+    assert!(!gateway.running.pipeline_ended());
+    gateway.running.shutdown();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        gateway.running.wait_pipeline_ended(),
+    )
+    .await
+    .expect("the pipeline stops with the gateway");
+    assert!(gateway.running.pipeline_ended());
+}

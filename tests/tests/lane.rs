@@ -35,6 +35,8 @@ fn minor(amount: i64) -> Money {
 /// The requests of every terminal for `seed`. Signing needs the bundles, so this takes them.
 fn scripts(seed: u64, bundles: &[paygate_agent::DeviceBundle]) -> Vec<Script> {
     let mut rng = StdRng::seed_from_u64(seed);
+    // how much of the burst is plain payments the lane can take, the rest decided alone
+    let plain_share = rng.gen_range(40..=95);
     let mut out = Vec::new();
     for bundle in bundles {
         let device = bundle.device_id.clone();
@@ -62,26 +64,30 @@ fn scripts(seed: u64, bundles: &[paygate_agent::DeviceBundle]) -> Vec<Script> {
             } else {
                 (format!("{device}-k{i}"), counter)
             };
-            let operation = match rng.gen_range(0..100) {
-                0..=56 => payment(MERCHANT, rng.gen_range(100..=6_000)),
-                57..=64 => payment(MERCHANT, rng.gen_range(6_000..=25_000)),
-                65..=71 => payment("m-other", rng.gen_range(1..=5_000)),
-                72..=76 => payment("m-missing", rng.gen_range(1..=5_000)),
-                77..=81 => payment(MERCHANT, rng.gen_range(500_000..=2_500_000)),
-                // to a wallet that sends nothing, so no terminal's funds depend on the order
-                // in which the terminals' requests reach the gateway
-                82..=89 => Operation::P2pTransfer {
-                    to: Party::Wallet(AccountId::parse("wallet-lane-sink").unwrap()),
-                    amount: minor(rng.gen_range(1..=8_000)),
-                },
-                _ => Operation::StatusEnquiry {
-                    idempotency_key: IdempotencyKey::parse(
-                        &bodies
-                            .first()
-                            .map_or_else(|| format!("{device}-none"), |(k, _)| k.clone()),
-                    )
-                    .unwrap(),
-                },
+            let operation = if rng.gen_range(0..100) < plain_share {
+                payment(MERCHANT, rng.gen_range(100..=6_000))
+            } else {
+                match rng.gen_range(0..100) {
+                    0..=20 => payment(MERCHANT, rng.gen_range(6_000..=25_000)),
+                    21..=35 => payment("m-other", rng.gen_range(1..=5_000)),
+                    36..=48 => payment("m-missing", rng.gen_range(1..=5_000)),
+                    // over the step-up rule's amount: held for a challenge
+                    49..=60 => payment(MERCHANT, rng.gen_range(500_000..=2_500_000)),
+                    // to a wallet that sends nothing, so no terminal's funds depend on the
+                    // order in which the terminals' requests reach the gateway
+                    61..=80 => Operation::P2pTransfer {
+                        to: Party::Wallet(AccountId::parse("wallet-lane-sink").unwrap()),
+                        amount: minor(rng.gen_range(1..=8_000)),
+                    },
+                    _ => Operation::StatusEnquiry {
+                        idempotency_key: IdempotencyKey::parse(
+                            &bodies
+                                .first()
+                                .map_or_else(|| format!("{device}-none"), |(k, _)| k.clone()),
+                        )
+                        .unwrap(),
+                    },
+                }
             };
             let request = Request {
                 device_id: DeviceId::parse(device.as_str()).unwrap(),

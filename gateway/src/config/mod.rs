@@ -354,6 +354,10 @@ pub struct DatabaseSettings {
     /// Empty: `sqlite://{data_dir}/paygate.db`. May carry a password: a [`Secret`].
     pub url: Secret,
     pub connections_max: u32,
+    /// SQLite: how long a writer waits for the write lock before its transaction fails.
+    pub sqlite_busy_timeout_ms: u64,
+    /// SQLite: page cache per connection, in MiB.
+    pub sqlite_cache_mib: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -647,6 +651,8 @@ impl Default for DatabaseSettings {
         DatabaseSettings {
             url: Secret::default(),
             connections_max: 4,
+            sqlite_busy_timeout_ms: 10_000,
+            sqlite_cache_mib: 64,
         }
     }
 }

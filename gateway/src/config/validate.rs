@@ -134,6 +134,15 @@ impl Settings {
         if self.database.connections_max == 0 {
             return Err(invalid("database.connections_max", "must be at least 1"));
         }
+        if !(1..=600_000).contains(&self.database.sqlite_busy_timeout_ms) {
+            return Err(invalid(
+                "database.sqlite_busy_timeout_ms",
+                "must be 1 to 600000",
+            ));
+        }
+        if !(1..=16_384).contains(&self.database.sqlite_cache_mib) {
+            return Err(invalid("database.sqlite_cache_mib", "must be 1 to 16384"));
+        }
         if !self.database.url.is_empty()
             && crate::store::Backend::of_url(self.database.url.expose()).is_none()
         {

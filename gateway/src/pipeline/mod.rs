@@ -96,7 +96,14 @@ impl Pipeline {
         }
         if let Err(error) = decide_and_record(ctx, &mut batch).await {
             tracing::error!(%error, requests = batch.prepared_count(), "batch failed and was rolled back");
-            refuse_undecided(ctx, &mut batch).await;
+            if !refuse_undecided(ctx, &mut batch).await {
+                // not even the refusals could be audited: nothing leaves (audit before
+                // receipt); the devices resend and are answered once the database is back
+                return Decided {
+                    replies: Vec::new(),
+                    handoffs: Vec::new(),
+                };
+            }
         }
         let handoffs = std::mem::take(&mut batch.handoffs);
         Decided {
@@ -159,7 +166,8 @@ fn refuse_prepared(ctx: &Context, batch: &mut Batch, code: ErrorCode, message: &
 
 /// After a rolled-back batch: every request it was deciding is refused (nothing of it was
 /// stored), and the batch's audit records are written again in a transaction of their own.
-async fn refuse_undecided(ctx: &Context, batch: &mut Batch) {
+/// Returns whether they were: if not, none of the batch's replies may leave.
+async fn refuse_undecided(ctx: &Context, batch: &mut Batch) -> bool {
     batch.handoffs.clear();
     ctx.metrics.count_refusal(ErrorCode::InternalError);
     let message = "the gateway could not record this request; retry with the same idempotency key";
@@ -170,8 +178,12 @@ async fn refuse_undecided(ctx: &Context, batch: &mut Batch) {
         tx.commit().await?;
         Ok::<_, StoreError>(())
     };
-    if let Err(error) = written.await {
-        tracing::error!(%error, "audit records of a failed batch not written");
+    match written.await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(%error, "audit records of a failed batch not written; its replies are held back");
+            false
+        }
     }
 }
 
