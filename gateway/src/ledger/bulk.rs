@@ -27,15 +27,43 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub async fn load(batch: &mut Batch<'_>, ids: &[&AccountId]) -> Result<Snapshot, StoreError> {
+        let mut snapshot = Snapshot::default();
+        snapshot.read(batch, ids, true).await?;
+        Ok(snapshot)
+    }
+
+    /// Adds accounts read without a row lock: ones only ever credited or debited by
+    /// conditional updates the database applies to the current balance (a hot account such as
+    /// the points liability, whose lock every payment would otherwise queue on). What is read
+    /// of them decides only whether the batch can post to them at all.
+    pub async fn add_unlocked(
+        &mut self,
+        batch: &mut Batch<'_>,
+        ids: &[&AccountId],
+    ) -> Result<(), StoreError> {
+        let ids: Vec<&AccountId> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.accounts.contains_key(*id))
+            .collect();
+        self.read(batch, &ids, false).await
+    }
+
+    async fn read(
+        &mut self,
+        batch: &mut Batch<'_>,
+        ids: &[&AccountId],
+        locked: bool,
+    ) -> Result<(), StoreError> {
         let mut ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let lock = if batch.backend_name() == "PostgreSQL" {
+        let lock = if locked && batch.backend_name() == "PostgreSQL" {
             " FOR UPDATE"
         } else {
             ""
         };
-        let mut snapshot = Snapshot::default();
+        let snapshot = self;
         let mut unreadable = Vec::new();
         for chunk in ids.chunks(rows_per_statement(batch, 1)) {
             let sql = format!(
@@ -65,7 +93,7 @@ impl Snapshot {
                 snapshot.shards.remove(&id);
             }
         }
-        Ok(snapshot)
+        Ok(())
     }
 
     fn add_row(&mut self, id: &str, row: &sqlx::any::AnyRow) -> Result<(), StoreError> {

@@ -14,6 +14,7 @@ use super::{decide_new, record, Context, Step};
 use crate::ledger::{self, NewTransfer};
 use crate::products::bulk::{candidate, Lane, Planned};
 use crate::products::{Final, Prepared};
+use crate::rewards::{self, BatchEarn};
 use crate::store::{Batch as Tx, StoreError};
 use std::collections::HashSet;
 
@@ -149,7 +150,20 @@ async fn write(
     pending: &[(usize, Planned)],
     events: &mut Vec<paygate_core::audit::AuditEvent>,
 ) -> Result<Vec<Vec<u8>>, StoreError> {
-    let transfers: Vec<NewTransfer<'_>> = pending
+    let earned: Vec<BatchEarn<'_>> = pending
+        .iter()
+        .filter_map(|(_, planned)| {
+            let (wallet, earned) = planned.earned.as_ref()?;
+            Some(BatchEarn {
+                wallet,
+                earn_tx: &earned.earn_tx,
+                payment_tx: &planned.tx_id,
+                points: earned.points,
+            })
+        })
+        .collect();
+    // the payments first: an earn transfer names its payment
+    let mut transfers: Vec<NewTransfer<'_>> = pending
         .iter()
         .map(|(_, planned)| NewTransfer {
             tx_id: &planned.tx_id,
@@ -163,7 +177,16 @@ async fn write(
             now_ms: scope.now_ms,
         })
         .collect();
+    transfers.extend(earned.iter().map(|earn| NewTransfer {
+        tx_id: earn.earn_tx,
+        kind: "points_earn",
+        origin: None,
+        related: Some(earn.payment_tx),
+        legs: earn.legs(),
+        now_ms: scope.now_ms,
+    }));
     ledger::post_many(tx, lane.snapshot(), &transfers).await?;
+    rewards::open_earned_lots(tx, &scope.ctx.rules.rewards, &earned, scope.now_ms).await?;
     let finals: Vec<Final> = pending.iter().map(|(_, p)| p.decided.clone()).collect();
     let written = record::write_finals(tx, scope.ctx, &finals, events, scope.now_ms).await?;
     Ok(written.into_iter().map(|(receipt, _)| receipt).collect())

@@ -5,9 +5,13 @@
 //! [`super::merchant_payment::gate`]), with the figures moved on by every payment approved
 //! before it.
 //!
+//! A payment that earns reward points earns them here too, by the same rule
+//! ([`crate::rewards::points_for`]), posted and opened as lots with the batch.
+//!
 //! Only the plain approval is decided here: a payment the limits or the rules would decline
-//! or hold, one that earns or spends reward points, or one whose accounts are not a plain
-//! open wallet and merchant, gets `None` and is decided alone by
+//! or hold, one that spends reward points, one whose wallet owes points (its points repay the
+//! debt, alone) or has no points account yet, or one whose accounts are not a plain open
+//! wallet and merchant, gets `None` and is decided alone by
 //! [`super::merchant_payment::decide`] after the batch's approvals so far are written. So
 //! every outcome but "approved" keeps one code path, and an approval here is one that path
 //! would have made.
@@ -16,17 +20,26 @@ use super::limits::{debit_refusal, Spent, WALLET_DEBITS};
 use super::merchant_payment::{gate, payment_final, Gate, HeldPayment};
 use super::{Final, HeldKind, Prepared, RequestRef, Rules};
 use crate::identity::{self, BatchFigures, PaymentRef};
-use crate::ledger::{self, AccountKind, DebitTotals, Leg, Snapshot, SHARD_BALANCE_LIMIT};
+use crate::ledger::{self, AccountKind, DebitTotals, Leg, Snapshot, POINTS, SHARD_BALANCE_LIMIT};
+use crate::rewards;
 use crate::store::{new_tx_id, Batch, StoreError};
 use paygate_core::request::Operation;
 use paygate_core::{AccountId, Money, TxId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// A merchant payment approved in memory, to be posted and recorded with its batch.
 pub struct Planned {
     pub decided: Final,
     pub tx_id: TxId,
     pub legs: Vec<Leg>,
+    /// The wallet and the reward points the payment earns: a `points_earn` transfer and a lot.
+    pub earned: Option<(AccountId, Earned)>,
+}
+
+/// Points earned by a payment decided in the lane.
+pub struct Earned {
+    pub points: i64,
+    pub earn_tx: TxId,
 }
 
 /// What the payments of a batch were decided against, moved on by each approval.
@@ -36,8 +49,10 @@ pub struct Lane {
     figures: BatchFigures,
     /// Debited from each wallet by the approvals so far.
     debited: HashMap<AccountId, i64>,
-    /// Credited to each merchant by the approvals so far.
+    /// Credited to each merchant, and each points account, by the approvals so far.
     credited: HashMap<AccountId, i64>,
+    /// Wallets that owe points (read under their row locks).
+    owing: HashSet<AccountId>,
 }
 
 /// The merchant and amount of a request this lane can decide: a merchant payment in money.
@@ -73,10 +88,21 @@ impl Lane {
                 });
             }
         }
-        let snapshot = Snapshot::load(tx, &accounts).await?;
+        let mut snapshot = Snapshot::load(tx, &accounts).await?;
         let mut wallets: Vec<&AccountId> = payments.iter().map(|p| p.wallet).collect();
         wallets.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
         wallets.dedup();
+        let owing = if rules.rewards.enabled {
+            // after the wallets' locks: a refund records a debt under its wallet's lock
+            let mut points_accounts: Vec<AccountId> =
+                wallets.iter().map(|w| rewards::points_account(w)).collect();
+            points_accounts.push(rewards::liability());
+            let ids: Vec<&AccountId> = points_accounts.iter().collect();
+            snapshot.add_unlocked(tx, &ids).await?;
+            rewards::owing(tx, &wallets).await?
+        } else {
+            HashSet::new()
+        };
         let spent = ledger::debits_in_days_many(tx, &wallets, &WALLET_DEBITS, now_ms).await?;
         let window = identity::Window {
             now_ms,
@@ -91,6 +117,7 @@ impl Lane {
             figures,
             debited: HashMap::new(),
             credited: HashMap::new(),
+            owing,
         })
     }
 
@@ -133,9 +160,12 @@ impl Lane {
         if minor <= 0 || minor > SHARD_BALANCE_LIMIT {
             return None;
         }
-        if crate::rewards::points_for(&rules.rewards, payee.category.as_deref(), amount) != 0 {
-            return None;
-        }
+        let points = rewards::points_for(&rules.rewards, payee.category.as_deref(), amount);
+        let earned_room = if points > 0 {
+            Some(self.points_room(&item.wallet, points)?)
+        } else {
+            None
+        };
         let debited = self.debited.get(&item.wallet).copied().unwrap_or(0);
         let balance = self.snapshot.balance(&item.wallet)?.checked_sub(debited)?;
         if balance < minor {
@@ -152,6 +182,10 @@ impl Lane {
         // approved: what the database would read for the next payment moves on
         self.debited.insert(item.wallet.clone(), debited + minor);
         self.credited.insert(merchant.clone(), credited + minor);
+        if let Some((points_account, credited_points)) = earned_room {
+            self.credited
+                .insert(points_account, credited_points.saturating_add(points));
+        }
         let entry = self.spent.entry(item.wallet.clone()).or_default();
         entry.today_minor = entry.today_minor.saturating_add(minor);
         entry.this_month_minor = entry.this_month_minor.saturating_add(minor);
@@ -168,12 +202,42 @@ impl Lane {
         };
         let tx_id = new_tx_id();
         Some(Planned {
-            decided: payment_final(&payment, None, Some(tx_id.clone()), None, 0),
+            decided: payment_final(&payment, None, Some(tx_id.clone()), None, points),
             legs: vec![
                 Leg::debit(&item.wallet, AccountKind::Wallet, unit, minor),
                 Leg::credit(merchant, AccountKind::Merchant, unit, minor),
             ],
             tx_id,
+            earned: (points > 0).then(|| {
+                let earned = Earned {
+                    points,
+                    earn_tx: new_tx_id(),
+                };
+                (item.wallet.clone(), earned)
+            }),
         })
+    }
+
+    /// Whether `points` can be earned here by `wallet`: it owes none, its points account and
+    /// the programme's liability are open, and the account's balance stays within a shard.
+    /// Returns the points account and what the lane credited it so far.
+    fn points_room(&self, wallet: &AccountId, points: i64) -> Option<(AccountId, i64)> {
+        if self.owing.contains(wallet) {
+            return None;
+        }
+        let account = rewards::points_account(wallet);
+        self.snapshot
+            .account(&account)
+            .filter(|a| a.active && a.kind == AccountKind::Points && a.unit == POINTS)?;
+        self.snapshot
+            .account(&rewards::liability())
+            .filter(|a| a.active && a.kind == AccountKind::PointsLiability && a.unit == POINTS)?;
+        let credited = self.credited.get(&account).copied().unwrap_or(0);
+        let highest = self
+            .snapshot
+            .largest_shard(&account)?
+            .checked_add(credited)?
+            .checked_add(points)?;
+        (highest <= SHARD_BALANCE_LIMIT).then_some((account, credited))
     }
 }
