@@ -255,8 +255,14 @@ impl Store {
 
 /// A fresh transfer id.
 pub fn new_tx_id() -> TxId {
-    let bytes: [u8; 12] = rand::random();
-    // hex of random bytes is always a valid id
+    // the clock's milliseconds first, then random bytes: ids made together sort together, so
+    // a batch's inserts into the indexes keyed by them land on a few B-tree pages at the
+    // right edge instead of one random page each (every page a commit touches is written
+    // to the WAL and fsync'd whole); 48 random bits keep ids made in one millisecond apart
+    let mut bytes = [0_u8; 12];
+    bytes[..6].copy_from_slice(&crate::clock::now_ms().to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&rand::random::<[u8; 6]>());
+    // hex of bytes is always a valid id
     TxId::parse(&format!("tx-{}", hex::encode(bytes))).unwrap_or_else(|_| unreachable_id())
 }
 

@@ -11,9 +11,9 @@
 //! Invariants: batches are decided one at a time, in the order their requests arrived, so
 //! deduplication sees every earlier batch committed. Nothing leaves before its audit record
 //! is durable. Every hand-off holds at most one batch (the checker holds one more while it
-//! gathers), so at most three batches are in flight and the bounded queue holds the rest. If
-//! one task ends (a panic, or the queue closed at shutdown) its channels close and the others
-//! end with it, after finishing the batch they hold.
+//! gathers), so at most three batches are in flight and the bounded queue holds the rest. At
+//! shutdown the queue closes and each task ends after the batch it holds; if a task fails, the
+//! others are stopped at once (a transaction in progress rolls back; nothing undecided leaves).
 
 use super::batch::{Batch, Inbound};
 use super::{Decided, Pipeline};
@@ -78,8 +78,14 @@ pub async fn run(pipeline: Pipeline, queue: mpsc::Receiver<Inbound>, link_tx: Li
     tasks.spawn(decider(pipeline.clone(), ask_tx, checked_rx, decided_tx));
     tasks.spawn(publisher(pipeline, decided_rx, link_tx));
     while let Some(ended) = tasks.join_next().await {
-        if let Err(error) = ended {
+        let Err(error) = ended else {
+            continue;
+        };
+        if !error.is_cancelled() {
+            // stop the others at once: an idle checker would not notice, and a decider would
+            // decide the next batch for a publisher that is gone (its transaction rolls back)
             tracing::error!(%error, "a pipeline task failed; the pipeline stops");
+            tasks.abort_all();
         }
     }
 }

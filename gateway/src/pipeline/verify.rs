@@ -35,8 +35,9 @@ pub async fn run(ctx: &Context, batch: &mut Batch) {
             device,
         ));
     }
+    // the clock now, not the batch's: a batch gathers requests while the decider is busy
     let freshness = Freshness {
-        now_ms: batch.now_ms,
+        now_ms: crate::clock::now_ms().max(batch.now_ms),
         age_max_ms: ctx.settings.request_age_max_ms,
         future_skew_max_ms: ctx.settings.request_future_skew_max_ms,
     };
