@@ -1,6 +1,6 @@
 //! Stage 3, deduplicate: what the store already holds for the batch's idempotency keys and
-//! counters, read in one query per table for the whole batch (decided requests, challenged
-//! payments, UPI payments), then kept up to date as the batch decides, so two requests with
+//! counters, read in two queries for the whole batch (keys, then counters, each over decided
+//! requests, challenged payments and UPI payments), then kept up to date as the batch decides, so two requests with
 //! one key in the same batch are answered as if they came one after the other.
 //!
 //! A known key with the same body answers the stored receipt; with another body
@@ -39,34 +39,37 @@ fn counter_value(counter: u64) -> i64 {
 /// answers with its `requests` row over its challenge or UPI payment row.
 const TABLES: [&str; 3] = ["identity_challenges", "upi_payments", "requests"];
 
-/// `SELECT columns FROM table WHERE (device_id = $1 AND by = $2) OR ...`, `count` pairs.
-fn probe_query(table: &str, columns: &str, by: &str, count: usize) -> String {
+/// `SELECT 0 AS rank, columns FROM first_table WHERE (device_id = $1 AND by = $2) OR ...
+/// UNION ALL SELECT 1 AS rank, ... ORDER BY rank`: every table in [`TABLES`] for `count`
+/// (device, `by`) pairs, bound once and named again in each table's part, in table order.
+fn probe_query(columns: &str, by: &str, count: usize) -> String {
     let terms: Vec<String> = (0..count)
         .map(|i| format!("(device_id = ${} AND {by} = ${})", 2 * i + 1, 2 * i + 2))
         .collect();
-    format!("SELECT {columns} FROM {table} WHERE {}", terms.join(" OR "))
+    let filter = terms.join(" OR ");
+    let parts: Vec<String> = TABLES
+        .iter()
+        .enumerate()
+        .map(|(rank, table)| {
+            format!("SELECT {rank} AS rank, {columns} FROM {table} WHERE {filter}")
+        })
+        .collect();
+    format!("{} ORDER BY rank", parts.join(" UNION ALL "))
 }
 
 impl Known {
     pub async fn load(tx: &mut Tx<'_>, probes: &[Probe<'_>]) -> Result<Known, StoreError> {
         let mut known = Known::default();
         for chunk in probes.chunks(store::rows_per_statement(tx, 2)) {
-            for table in TABLES {
-                known.load_keys(tx, table, chunk).await?;
-                known.load_counters(tx, table, chunk).await?;
-            }
+            known.load_keys(tx, chunk).await?;
+            known.load_counters(tx, chunk).await?;
         }
         Ok(known)
     }
 
-    async fn load_keys(
-        &mut self,
-        tx: &mut Tx<'_>,
-        table: &str,
-        probes: &[Probe<'_>],
-    ) -> Result<(), StoreError> {
+    async fn load_keys(&mut self, tx: &mut Tx<'_>, probes: &[Probe<'_>]) -> Result<(), StoreError> {
         let columns = "device_id, idempotency_key, body_sha256, receipt";
-        let sql = probe_query(table, columns, "idempotency_key", probes.len());
+        let sql = probe_query(columns, "idempotency_key", probes.len());
         let mut query = sqlx::query(&sql);
         for probe in probes {
             query = query.bind(probe.device.as_str()).bind(probe.key.as_str());
@@ -83,10 +86,9 @@ impl Known {
     async fn load_counters(
         &mut self,
         tx: &mut Tx<'_>,
-        table: &str,
         probes: &[Probe<'_>],
     ) -> Result<(), StoreError> {
-        let sql = probe_query(table, "device_id, counter", "counter", probes.len());
+        let sql = probe_query("device_id, counter", "counter", probes.len());
         let mut query = sqlx::query(&sql);
         for probe in probes {
             query = query
