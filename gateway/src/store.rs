@@ -3,7 +3,7 @@
 //! portable SQL) and one migration set per backend. Where the dialects differ (row locks,
 //! how a write transaction begins) the code asks [`Store::backend`]. It holds devices, decided
 //! requests and the audit outbox; the ledger (accounts, transfers, balances) is built on it and
-//! this module imports nothing of the crate.
+//! this module imports nothing of the crate but the clock.
 //!
 //! Writes happen in [`Store::begin_batch`] transactions owned by the pipeline: one database
 //! transaction per batch of requests (group commit), one savepoint per request so a failure

@@ -2,9 +2,10 @@
 //! several terminals (payments of every size, to known and unknown merchants, resends, keys
 //! and counters reused with other bodies, P2P transfers and status enquiries, mixed in one
 //! batch) run through two fresh gateways: one with `pipeline.decide_in_bulk` on, one with it
-//! off. Every answer, every balance, the stored requests, the transfers and the counters the
-//! limits read (day totals, debit log, spend since strong authentication, payees) must be the
-//! same. Failing seeds print; `PAYGATE_LANE_SEED=<seed>` reruns one.
+//! off. Every answer, every balance, the stored requests, the transfers and postings, the
+//! counters the limits read (day totals, debit log, spend since strong authentication, payees),
+//! the challenges, the points lots and the points debts must be the same, and no invariant
+//! alert may be raised. Failing seeds print; `PAYGATE_LANE_SEED=<seed>` reruns one.
 
 #![allow(clippy::unwrap_used)]
 

@@ -1,5 +1,5 @@
 //! The completeness figures of a whole batch of payments, read in a few statements for all of
-//! them (one per table, whatever the batch's size), then kept up to date in memory as the
+//! them (one per table and chunk of `store::rows_per_statement` rows), then kept up to date in memory as the
 //! batch's payments are approved, so each payment sees the ones decided before it exactly as
 //! [`super::completeness`] would have read them from the database.
 //!

@@ -1,7 +1,8 @@
 //! Many transfers at once, for a batch decided in memory: one read of every account and
-//! balance shard the batch touches ([`Snapshot`]), and [`post_many`], which writes the
-//! transfers, postings, balances and counters as multi-row statements (a few per table,
-//! whatever the batch's size) and reads the postings back.
+//! balance shard the batch touches ([`Snapshot`], row-locked, plus accounts only changed by
+//! conditional updates, read unlocked), and [`post_many`], which writes the transfers,
+//! postings, balances and counters as multi-row statements (a few per table and chunk of
+//! `store::rows_per_statement` rows) and reads the postings back.
 //!
 //! Invariants: the caller decides every transfer against the snapshot first (accounts open and
 //! of the right kind and unit, balances that cover the debits), with the same checks

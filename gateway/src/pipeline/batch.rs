@@ -1,4 +1,4 @@
-//! The batch: every request taken off the queue together, each in a slot that moves from
+//! The batch: the requests the checker gathered while the decider was busy, each in a slot that moves from
 //! `Verified` (signature and freshness checked) to `Prepared` (key-provider work done, outside
 //! the transaction) to `Done` (its signed reply). The audit records and the UPI handoffs the
 //! batch produces travel with it.

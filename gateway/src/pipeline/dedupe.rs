@@ -1,6 +1,6 @@
-//! Stage 3, deduplicate: what the store already holds for the batch's idempotency keys and
-//! counters, read in two queries for the whole batch (keys, then counters, each over decided
-//! requests, challenged payments and UPI payments), then kept up to date as the batch decides, so two requests with
+//! Stage 4's first step, deduplicate: what the store already holds for the batch's idempotency
+//! keys and counters, read in two queries per chunk of the batch (keys, then counters, each over
+//! decided requests, challenged payments and UPI payments), then kept up to date as the batch decides, so two requests with
 //! one key in the same batch are answered as if they came one after the other.
 //!
 //! A known key with the same body answers the stored receipt; with another body

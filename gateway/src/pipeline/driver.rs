@@ -10,8 +10,9 @@
 //!
 //! Invariants: batches are decided one at a time, in the order their requests arrived, so
 //! deduplication sees every earlier batch committed. Nothing leaves before its audit record
-//! is durable. Every hand-off holds at most one batch (the checker holds one more while it
-//! gathers), so at most three batches are in flight and the bounded queue holds the rest. At
+//! is durable. Every hand-off holds at most one batch, so at most four batches are in flight
+//! (one gathering, one deciding or waiting to pass it on, one in the hand-off, one releasing)
+//! and the bounded queue holds the rest. At
 //! shutdown the queue closes and each task ends after the batch it holds; if a task fails, the
 //! others are stopped at once (a transaction in progress rolls back; nothing undecided leaves).
 

@@ -4,7 +4,7 @@
 //! 2. `prepare`: key-provider and PIN work, outside the transaction (concurrently).
 //! 3. audit gate: while the audit trail cannot take records, requests are refused with
 //!    `AUDIT_UNAVAILABLE` (never approve what cannot be audited, PCI DSS 10.7.2).
-//! 4. in one database transaction: `dedupe` (two queries for the batch over three tables: keys and
+//! 4. in one database transaction: `dedupe` (two queries per chunk over three tables: keys and
 //!    counters), freshness, then each new request in the batch's order: a plain merchant
 //!    payment the fast lane (`bulk`) approves from one read of the batch's figures is written
 //!    with the others in multi-row statements; every other request is decided alone, after

@@ -9,8 +9,8 @@
 //! ([`crate::rewards::points_for`]), posted and opened as lots with the batch.
 //!
 //! Only the plain approval is decided here: a payment the limits or the rules would decline
-//! or hold, one that spends reward points, one whose wallet owes points (its points repay the
-//! debt, alone) or has no points account yet, or one whose accounts are not a plain open
+//! or hold, one that spends reward points, one that earns points for a wallet that owes points
+//! (its points repay the debt, alone) or has no points account yet, or one whose accounts are not a plain open
 //! wallet and merchant, gets `None` and is decided alone by
 //! [`super::merchant_payment::decide`] after the batch's approvals so far are written. So
 //! every outcome but "approved" keeps one code path, and an approval here is one that path
