@@ -76,6 +76,9 @@ enum Command {
         /// Idle connections held after the load to report memory per connection.
         #[arg(long, default_value_t = 0)]
         idle_connections: usize,
+        /// Keep reward points on, as the default configuration has them (every payment earns).
+        #[arg(long)]
+        reward_points: bool,
         /// A short run for CI: 8 terminals, 1 s warm-up, 2 s measured, 1,000 preloaded.
         #[arg(long)]
         smoke: bool,
@@ -306,6 +309,7 @@ async fn main() -> Result<()> {
             postgres_url,
             no_mosquitto,
             idle_connections,
+            reward_points,
             smoke,
         } => {
             let mut options = paygate_gateway::bench::BenchOptions {
@@ -321,6 +325,7 @@ async fn main() -> Result<()> {
                 postgres_url: postgres_url.or_else(|| std::env::var("PAYGATE_TEST_PG_URL").ok()),
                 mosquitto: !no_mosquitto,
                 idle_connections,
+                reward_points,
             };
             if smoke {
                 options.terminals = 8;

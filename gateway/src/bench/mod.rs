@@ -36,6 +36,8 @@ pub struct BenchOptions {
     /// Idle mutual-TLS connections to hold open after the load (at most one per terminal), to
     /// report the gateway's memory per connection.
     pub idle_connections: usize,
+    /// Keep reward points on (the default configuration's rules: every payment earns points).
+    pub reward_points: bool,
 }
 
 /// One row of the table.
@@ -88,7 +90,10 @@ async fn ledger_runs(
     options: &BenchOptions,
 ) -> Result<(Vec<Row>, Vec<paygate_agent::DeviceBundle>)> {
     let port = setup::free_port()?;
-    let settings = setup::gateway_settings(dir, database_url, port);
+    let mut settings = setup::gateway_settings(dir, database_url, port);
+    if options.reward_points {
+        settings.rewards.enabled = true;
+    }
     eprintln!("bench: {name}: making {} terminals", options.terminals);
     let bundles = setup::terminals(&settings, options.terminals, "bench-pos").await?;
     let mut rows = vec![
@@ -315,14 +320,15 @@ pub fn table(rows: &[Row], options: &BenchOptions) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "== paygate bench: {} terminals, {}, {} s measured after {} s warm-up ==",
+        "== paygate bench: {} terminals, {}, {} s measured after {} s warm-up, reward points {} ==",
         options.terminals,
         match options.mode {
             Mode::Closed { inflight } => format!("closed loop, {inflight} in flight each"),
             Mode::Open { rate_per_s } => format!("open loop at {rate_per_s}/s"),
         },
         options.duration.as_secs(),
-        options.warmup.as_secs()
+        options.warmup.as_secs(),
+        if options.reward_points { "on" } else { "off" }
     );
     let _ = writeln!(
         out,
