@@ -64,22 +64,8 @@ pub async fn earn(
         },
     )
     .await?;
-    let active_at = now_ms.saturating_add(settings.pending_ms);
-    let state = if settings.pending_ms == 0 {
-        "active"
-    } else {
-        "pending"
-    };
-    let lot = NewLot {
-        wallet,
-        earn_tx: &earn_tx,
-        payment_tx,
-        points,
-        state,
-        active_at_ms: active_at,
-        expires_at_ms: now_ms.saturating_add(settings.expiry_ms),
-    };
-    insert_lot(batch, &lot, now_ms).await?;
+    let lot = NewLot::earned(settings, wallet, &earn_tx, payment_tx, points, now_ms);
+    insert_lots(batch, &[lot], now_ms).await?;
     recover_debt(batch, wallet, &earn_tx, points, now_ms).await?;
     Ok(points)
 }
@@ -121,38 +107,20 @@ pub async fn open_earned_lots(
     earned: &[BatchEarn<'_>],
     now_ms: u64,
 ) -> Result<(), StoreError> {
-    let state = if settings.pending_ms == 0 {
-        "active"
-    } else {
-        "pending"
-    };
-    let active_at = ms(now_ms.saturating_add(settings.pending_ms));
-    let expires_at = ms(now_ms.saturating_add(settings.expiry_ms));
-    for chunk in earned.chunks(crate::store::rows_per_statement(batch, 11)) {
-        let sql = format!(
-            "INSERT INTO points_lots (lot_id, wallet_account_id, points_account_id, earn_tx_id,
-                payment_tx_id, points_earned, points_remaining, state, active_at_ms,
-                expires_at_ms, created_at_ms) VALUES {}",
-            crate::store::placeholders(chunk.len(), 11, 1)
-        );
-        let mut query = sqlx::query(&sql);
-        for lot in chunk {
-            query = query
-                .bind(lot_id(lot.earn_tx))
-                .bind(lot.wallet.as_str())
-                .bind(points_account(lot.wallet).to_string())
-                .bind(lot.earn_tx.as_str())
-                .bind(lot.payment_tx.as_str())
-                .bind(lot.points)
-                .bind(lot.points)
-                .bind(state)
-                .bind(active_at)
-                .bind(expires_at)
-                .bind(ms(now_ms));
-        }
-        query.execute(&mut **batch).await?;
-    }
-    Ok(())
+    let lots: Vec<NewLot<'_>> = earned
+        .iter()
+        .map(|e| {
+            NewLot::earned(
+                settings,
+                e.wallet,
+                e.earn_tx,
+                e.payment_tx,
+                e.points,
+                now_ms,
+            )
+        })
+        .collect();
+    insert_lots(batch, &lots, now_ms).await
 }
 
 /// The wallets among `wallets` that owe points.
@@ -193,29 +161,63 @@ pub(super) struct NewLot<'a> {
     pub expires_at_ms: u64,
 }
 
-pub(super) async fn insert_lot(
+impl<'a> NewLot<'a> {
+    /// The lot of points a payment earned: pending for `pending_ms` (active at once when that
+    /// is zero), expiring after `expiry_ms`.
+    fn earned(
+        settings: &RewardsSettings,
+        wallet: &'a AccountId,
+        earn_tx: &'a TxId,
+        payment_tx: &'a TxId,
+        points: i64,
+        now_ms: u64,
+    ) -> NewLot<'a> {
+        NewLot {
+            wallet,
+            earn_tx,
+            payment_tx,
+            points,
+            state: if settings.pending_ms == 0 {
+                "active"
+            } else {
+                "pending"
+            },
+            active_at_ms: now_ms.saturating_add(settings.pending_ms),
+            expires_at_ms: now_ms.saturating_add(settings.expiry_ms),
+        }
+    }
+}
+
+/// Opens lots, in multi-row inserts.
+pub(super) async fn insert_lots(
     batch: &mut Batch<'_>,
-    lot: &NewLot<'_>,
+    lots: &[NewLot<'_>],
     now_ms: u64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO points_lots (lot_id, wallet_account_id, points_account_id, earn_tx_id,
-            payment_tx_id, points_earned, points_remaining, state, active_at_ms, expires_at_ms,
-            created_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10)",
-    )
-    .bind(lot_id(lot.earn_tx))
-    .bind(lot.wallet.as_str())
-    .bind(points_account(lot.wallet).as_str())
-    .bind(lot.earn_tx.as_str())
-    .bind(lot.payment_tx.as_str())
-    .bind(lot.points)
-    .bind(lot.state)
-    .bind(ms(lot.active_at_ms))
-    .bind(ms(lot.expires_at_ms))
-    .bind(ms(now_ms))
-    .execute(&mut **batch)
-    .await?;
+    for chunk in lots.chunks(crate::store::rows_per_statement(batch, 11)) {
+        let sql = format!(
+            "INSERT INTO points_lots (lot_id, wallet_account_id, points_account_id, earn_tx_id,
+                payment_tx_id, points_earned, points_remaining, state, active_at_ms,
+                expires_at_ms, created_at_ms) VALUES {}",
+            crate::store::placeholders(chunk.len(), 11, 1)
+        );
+        let mut query = sqlx::query(&sql);
+        for lot in chunk {
+            query = query
+                .bind(lot_id(lot.earn_tx))
+                .bind(lot.wallet.as_str())
+                .bind(points_account(lot.wallet).to_string())
+                .bind(lot.earn_tx.as_str())
+                .bind(lot.payment_tx.as_str())
+                .bind(lot.points)
+                .bind(lot.points)
+                .bind(lot.state)
+                .bind(ms(lot.active_at_ms))
+                .bind(ms(lot.expires_at_ms))
+                .bind(ms(now_ms));
+        }
+        query.execute(&mut **batch).await?;
+    }
     Ok(())
 }
 

@@ -10,7 +10,7 @@
 
 mod earn;
 
-use earn::{add_debt, insert_lot, NewLot};
+use earn::{add_debt, insert_lots, NewLot};
 pub use earn::{earn, open_earned_lots, owing, points_for, points_owed, BatchEarn};
 
 use crate::config::RewardsSettings;
@@ -103,7 +103,7 @@ pub async fn return_points(
         active_at_ms: now_ms,
         expires_at_ms: now_ms.saturating_add(settings.expiry_ms),
     };
-    insert_lot(batch, &lot, now_ms).await
+    insert_lots(batch, &[lot], now_ms).await
 }
 
 /// A wallet's redeemable points: active lots (the job activates them) not yet expired.
