@@ -86,6 +86,10 @@ pub struct Receipt {
     /// UPI payments: the network's references (see [`UpiReference`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upi: Option<UpiReference>,
+    /// With code `OVERLOADED`: how long the device should wait before sending the same
+    /// request again, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
     /// When the gateway decided, in milliseconds since the Unix epoch, UTC.
     pub decided_at_ms: u64,
 }

@@ -251,7 +251,15 @@ impl Agent {
                 return Ok(receipt);
             }
             if let Some(refused) = self.parked.remove(request.idempotency_key.as_str()) {
-                return Ok(refused);
+                match refused.receipt.retry_after_ms {
+                    // the front's admission limits: ask again after the wait
+                    Some(wait_ms) if refused.code() == Some(ErrorCode::Overloaded) => {
+                        let resend_at =
+                            (Instant::now() + Duration::from_millis(wait_ms)).min(deadline);
+                        tokio::time::sleep_until(resend_at.into()).await;
+                    }
+                    _ => return Ok(refused),
+                }
             }
             if Instant::now() >= deadline {
                 bail!("no answer to the status enquiry for {key}");
@@ -389,8 +397,17 @@ impl Agent {
                     self.outbox.remove(key)?;
                     return Ok(receipt);
                 }
-                // the gateway asks for the same bytes again: wait out this round first
-                tokio::time::sleep_until(round_end.into()).await;
+                // the gateway asks for the same bytes again: after the wait it names (the
+                // front's admission limits), or at the end of this round
+                let resend_at = match receipt.receipt.retry_after_ms {
+                    Some(wait_ms) => {
+                        // up to a quarter more, so terminals told the same wait spread out
+                        let jitter = rand::random::<u64>() % (wait_ms / 4 + 1);
+                        (Instant::now() + Duration::from_millis(wait_ms + jitter)).min(deadline)
+                    }
+                    None => round_end,
+                };
+                tokio::time::sleep_until(resend_at.into()).await;
             }
             if Instant::now() >= deadline {
                 bail!(

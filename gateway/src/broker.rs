@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 use paygate_core::topics::ALL_REQUESTS_FILTER;
 use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,7 +53,11 @@ pub struct EmbeddedBroker {
 /// itself and reports a bind failure only in its log, so a free port is picked and handed over;
 /// if another listener took that port meanwhile (a plain TCP probe would connect to it), the
 /// broker is started again on another port.
-pub async fn start(connections_max: usize, packet_bytes_max: usize) -> Result<EmbeddedBroker> {
+pub async fn start(
+    connections_max: usize,
+    packet_bytes_max: usize,
+    requests_in_flight_max: usize,
+) -> Result<EmbeddedBroker> {
     const ATTEMPTS: usize = 5;
     for attempt in 1..=ATTEMPTS {
         let secret = BrokerSecret::generate();
@@ -62,7 +66,8 @@ pub async fn start(connections_max: usize, packet_bytes_max: usize) -> Result<Em
                 .context("finding a loopback port for the broker")?;
             probe.local_addr()?
         };
-        let (link, stopped) = spawn(address, &secret, connections_max, packet_bytes_max)?;
+        let logs = LogSizes::new(packet_bytes_max, requests_in_flight_max);
+        let (link, stopped) = spawn(address, &secret, connections_max, packet_bytes_max, logs)?;
         if answers_as_ours(address, &secret, stopped).await {
             return Ok(EmbeddedBroker {
                 address,
@@ -75,6 +80,36 @@ pub async fn start(connections_max: usize, packet_bytes_max: usize) -> Result<Em
     bail!("the embedded broker did not start listening after {ATTEMPTS} ports")
 }
 
+/// How much rumqttd keeps per filter. rumqttd keeps every filter's messages in memory in a
+/// log of segments, read or not, and drops the oldest segment when a new one would exceed the
+/// count: a reader further behind than the remaining segments silently skips what it missed.
+/// So each log is sized by what can be unread at once, and memory stays bounded by
+/// configuration whatever devices send:
+/// - all requests go to the pipeline's one filter, and the front admits at most
+///   `pipeline.queue_depth_max` of them unanswered ([`crate::admission`]), each at most
+///   `mqtt.packet_bytes_max`: three segments of half that keep it all even just after a
+///   rollover (1.5 times the bound in memory; 96 MiB at the defaults, most of it only under
+///   a flood of packets at the maximum size);
+/// - each device's replies go to its own filter, read at once by the front's pump (a device
+///   that does not read is dropped there): two segments of 8 KiB, about twenty receipts.
+///   A reply lost to a lagging pump is sent again when the device resends its request.
+#[derive(Debug, Clone, Copy)]
+struct LogSizes {
+    request_segment_bytes: usize,
+}
+
+impl LogSizes {
+    const REQUEST_SEGMENTS: usize = 3;
+    const REPLY_SEGMENT_BYTES: usize = 8 * 1024;
+
+    fn new(packet_bytes_max: usize, requests_in_flight_max: usize) -> LogSizes {
+        let unread_max = packet_bytes_max.saturating_mul(requests_in_flight_max);
+        LogSizes {
+            request_segment_bytes: unread_max.div_ceil(2).max(64 * 1024),
+        }
+    }
+}
+
 /// Builds the broker on `address` and starts it on its own thread; the receiver hears when
 /// the broker stops (a bind failure, at once).
 fn spawn(
@@ -82,6 +117,7 @@ fn spawn(
     secret: &BrokerSecret,
     connections_max: usize,
     packet_bytes_max: usize,
+    logs: LogSizes,
 ) -> Result<((LinkTx, LinkRx), tokio::sync::oneshot::Receiver<()>)> {
     let mut connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
@@ -110,9 +146,16 @@ fn spawn(
         router: RouterConfig {
             max_connections: connections_max.saturating_add(16),
             max_outgoing_packet_count: 200,
-            max_segment_size: 16 * 1024 * 1024,
-            max_segment_count: 4,
-            custom_segment: None,
+            // every other filter is one device's replies
+            max_segment_size: LogSizes::REPLY_SEGMENT_BYTES,
+            max_segment_count: 2,
+            custom_segment: Some(HashMap::from([(
+                ALL_REQUESTS_FILTER.to_owned(),
+                SegmentConfig {
+                    max_segment_size: logs.request_segment_bytes,
+                    max_segment_count: LogSizes::REQUEST_SEGMENTS,
+                },
+            )])),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },

@@ -13,17 +13,19 @@
 //! Refusals after CONNECT send the device a signed notice (a receipt with outcome `rejected`
 //! and the stable code) on its reply topic before closing, so the device learns why.
 
+use crate::admission::{DeviceAdmission, InFlight, Limits, Refused};
 use crate::broker::BrokerSecret;
 use crate::clock::now_ms;
 use crate::config::MqttSettings;
 use crate::metrics::Metrics;
+use crate::pipeline::receipts::rejected_receipt;
 use crate::store::Store;
 use crate::tls::{classify_handshake_error, device_identity};
 use bytes::{Bytes, BytesMut};
 use paygate_core::audit::{AuditEvent, AuditOutcome, EventType};
 use paygate_core::envelope::SigningKey;
-use paygate_core::receipt::{Outcome, Receipt, RECEIPT_CONTENT_TYPE};
-use paygate_core::request::SCHEMA_VERSION;
+use paygate_core::envelope::UnverifiedEnvelope;
+use paygate_core::receipt::RECEIPT_CONTENT_TYPE;
 use paygate_core::topics::{replies_topic, requests_topic};
 use paygate_core::{DeviceId, ErrorCode};
 use rumqttc::mqttbytes::v4::{
@@ -31,8 +33,8 @@ use rumqttc::mqttbytes::v4::{
 };
 use rumqttc::mqttbytes::{self, Protocol, QoS};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -41,6 +43,9 @@ use tokio_rustls::TlsAcceptor;
 /// What the guard does with one packet from a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// Not admitted ([`crate::admission`]): send these frames (an acknowledgement if the
+    /// publish asked for one, and the `OVERLOADED` notice); nothing is audited or forwarded.
+    Overloaded(Vec<Bytes>),
     /// Pass the packet to rumqttd unchanged.
     Forward,
     /// Answer the device directly (and report the code); the packet goes nowhere.
@@ -111,27 +116,61 @@ pub struct Front {
     pub receipt_key: Arc<SigningKey>,
     pub metrics: Arc<Metrics>,
     pub connection_slots: Arc<Semaphore>,
+    /// Requests admitted by every session and not yet answered (`pipeline.queue_depth_max`).
+    pub in_flight: Arc<InFlight>,
+}
+
+impl Front {
+    fn admission_limits(&self) -> Limits {
+        Limits {
+            requests_per_s: self.settings.device_requests_per_s,
+            burst: self.settings.device_requests_burst,
+            inflight_max: self.settings.device_inflight_max,
+            inflight_timeout: Duration::from_millis(self.settings.inflight_timeout_ms),
+        }
+    }
 }
 
 /// Accepts connections until `shutdown` turns true. The handshake and everything after it run
 /// in a task per connection, so an idle socket holds only its own slot.
+///
+/// When accepting fails (out of descriptors: the kernel keeps the connection queued), the loop
+/// waits, doubling the wait up to a second, instead of spinning; a connection over
+/// `mqtt.connections_max` is closed at once, before any TLS. Both are logged at most once per
+/// interval, with their count.
 pub async fn serve(front: Arc<Front>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    const BACKOFF_MIN: Duration = Duration::from_millis(10);
+    const BACKOFF_MAX: Duration = Duration::from_secs(1);
+    let mut backoff = BACKOFF_MIN;
+    let mut accept_failures = Throttled::every(LOG_INTERVAL);
+    let mut over_capacity = Throttled::every(LOG_INTERVAL);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => return,
         };
         let (tcp, peer) = match accepted {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                backoff = BACKOFF_MIN;
+                accepted
+            }
             Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                if let Some(failures) = accept_failures.occurred() {
+                    tracing::warn!(%error, failures, "accepting device connections fails; backing off");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
         let Ok(permit) = front.connection_slots.clone().try_acquire_owned() else {
             front.metrics.count_refusal(ErrorCode::Overloaded);
-            tracing::warn!(%peer, "connection refused: mqtt.connections_max reached");
+            if let Some(refused) = over_capacity.occurred() {
+                tracing::warn!(%peer, refused, "connections refused: mqtt.connections_max reached");
+            }
             drop(tcp);
             continue;
         };
@@ -303,23 +342,46 @@ fn encode(packet: &Packet) -> Bytes {
 }
 
 fn notice(front: &Front, device: &DeviceId, code: ErrorCode) -> Bytes {
-    let receipt = Receipt {
-        v: SCHEMA_VERSION,
-        outcome: Outcome::Rejected,
-        code: Some(code.as_str().to_owned()),
-        message: Some(code.description().to_owned()),
-        device_id: device.to_string(),
-        idempotency_key: None,
-        body_sha256: None,
-        tx_id: None,
-        amount: None,
-        merchant_id: None,
-        counterparty: None,
-        payer: None,
-        challenge: None,
-        upi: None,
-        decided_at_ms: now_ms(),
-    };
+    let receipt = rejected_receipt(
+        device,
+        None,
+        None,
+        code,
+        code.description().to_owned(),
+        now_ms(),
+    );
+    seal_reply(front, device, &receipt)
+}
+
+/// The answer to a request the front did not admit: `OVERLOADED` with the wait, naming the
+/// request (its idempotency key and body hash, read without verifying the signature: the
+/// notice goes only to the device's own reply topic) so a device with several in flight
+/// knows which one to send again.
+fn overloaded_notice(front: &Front, device: &DeviceId, message: &[u8], refused: Refused) -> Bytes {
+    let envelope = UnverifiedEnvelope::parse(message).ok();
+    let payload = envelope.as_ref().and_then(|e| e.payload_unverified());
+    let key = payload
+        .and_then(|p| paygate_core::request::decode_request(p).ok())
+        .map(|request| request.idempotency_key);
+    let body = payload.map(crate::pipeline::sha256);
+    let mut receipt = rejected_receipt(
+        device,
+        key.as_ref(),
+        body.as_deref(),
+        ErrorCode::Overloaded,
+        format!(
+            "over the {} limit; send the same request again in {} ms",
+            refused.reason.as_str(),
+            refused.retry_after.as_millis()
+        ),
+        now_ms(),
+    );
+    receipt.retry_after_ms =
+        Some(u64::try_from(refused.retry_after.as_millis()).unwrap_or(u64::MAX));
+    seal_reply(front, device, &receipt)
+}
+
+fn seal_reply(front: &Front, device: &DeviceId, receipt: &paygate_core::receipt::Receipt) -> Bytes {
     let sealed = front
         .receipt_key
         .seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload());
@@ -328,6 +390,81 @@ fn notice(front: &Front, device: &DeviceId, code: ErrorCode) -> Bytes {
         QoS::AtMostOnce,
         sealed,
     )))
+}
+
+const PUBLISH_TYPE: u8 = 3;
+
+fn lock(admission: &Mutex<DeviceAdmission>) -> std::sync::MutexGuard<'_, DeviceAdmission> {
+    // the state is a few counters, consistent after every call: a panic elsewhere leaves it usable
+    admission
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A log line that repeats at most once per interval, saying how many times it happened since
+/// it was last written: no input can fill the disk through the log.
+struct Throttled {
+    interval: Duration,
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Throttled {
+    fn every(interval: Duration) -> Throttled {
+        Throttled {
+            interval,
+            last: None,
+            unlogged: 0,
+        }
+    }
+
+    /// Counts one occurrence; `Some(count)` when it is time to log them.
+    fn occurred(&mut self) -> Option<u64> {
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.interval)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The admission step for a packet the policy lets through: only publishes (requests) count.
+fn admit(
+    front: &Front,
+    device: &DeviceId,
+    packet: &Packet,
+    admission: &Mutex<DeviceAdmission>,
+    log: &mut Throttled,
+) -> Verdict {
+    let Packet::Publish(publish) = packet else {
+        return Verdict::Forward;
+    };
+    let Err(refused) = lock(admission).admit(Instant::now()) else {
+        return Verdict::Forward;
+    };
+    if let Some(refused_count) = log.occurred() {
+        tracing::info!(
+            device = %device,
+            limit = refused.reason.as_str(),
+            refused = refused_count,
+            "requests over the device's admission limits answered OVERLOADED"
+        );
+    }
+    let mut answers = Vec::with_capacity(2);
+    if publish.qos == QoS::AtLeastOnce {
+        answers.push(encode(&Packet::PubAck(
+            rumqttc::mqttbytes::v4::PubAck::new(publish.pkid),
+        )));
+    }
+    answers.push(overloaded_notice(front, device, &publish.payload, refused));
+    Verdict::Overloaded(answers)
 }
 
 async fn write_and_close<W: AsyncWrite + Unpin>(writer: &mut W, frame: &[u8]) {
@@ -467,7 +604,13 @@ where
         let _ = device_write.flush().await;
         let _ = device_write.shutdown().await;
     });
+    let admission = Arc::new(Mutex::new(DeviceAdmission::new(
+        front.admission_limits(),
+        front.in_flight.clone(),
+        Instant::now(),
+    )));
     let pump_sender = to_device.clone();
+    let pump_admission = admission.clone();
     let mut broker_pump = tokio::spawn(async move {
         let mut broker_reader = FrameReader::new(broker_read, 2 * 1024 * 1024);
         loop {
@@ -478,13 +621,24 @@ where
             let Ok(frame) = broker_reader.next_raw().await else {
                 break;
             };
-            if pump_sender.send(frame).await.is_err() {
-                return;
+            // everything the broker publishes to a device is a reply on its own topic
+            if frame.first().is_some_and(|byte| byte >> 4 == PUBLISH_TYPE) {
+                lock(&pump_admission).answered();
+            }
+            // a device that does not read its replies is dropped, never waited for
+            match pump_sender.try_send(frame) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::info!("device too slow to read its replies; dropped");
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
         }
     });
 
     let mut ended_by = None;
+    let mut overload_log = Throttled::every(LOG_INTERVAL);
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(idle, device_reader.next()) => next,
@@ -505,12 +659,27 @@ where
             }
             Ok(Ok(frame)) => frame,
         };
-        match check_packet(device, &packet) {
+        let verdict = match check_packet(device, &packet) {
+            Verdict::Forward => admit(front, device, &packet, &admission, &mut overload_log),
+            other => other,
+        };
+        match verdict {
             Verdict::Forward => {
                 if broker_write.write_all(&raw).await.is_err() {
                     break;
                 }
                 if packet == Packet::Disconnect {
+                    break;
+                }
+            }
+            Verdict::Overloaded(answers) => {
+                front.metrics.count_refusal(ErrorCode::Overloaded);
+                if answers
+                    .into_iter()
+                    .any(|frame| to_device.try_send(frame).is_err())
+                {
+                    // a device flooding without reading what it is told is dropped
+                    ended_by = Some(ErrorCode::Overloaded);
                     break;
                 }
             }

@@ -96,6 +96,7 @@ pub fn load_receipt_key(settings: &Settings) -> Result<SigningKey> {
 
 /// Starts everything and returns once the device listener is bound.
 pub async fn start(settings: Settings) -> Result<RunningGateway> {
+    crate::descriptors::ensure(settings.mqtt.connections_max)?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     let tuning = crate::store::SqliteTuning {
@@ -148,6 +149,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
     let embedded = broker::start(
         settings.mqtt.connections_max,
         settings.mqtt.packet_bytes_max,
+        settings.pipeline.queue_depth_max,
     )
     .await?;
     let key_provider = KeyProvider::from_settings(&settings.keys, &settings.data_dir)
@@ -229,6 +231,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
     let broker_address = embedded.address;
     let front = Arc::new(Front {
         connection_slots: Arc::new(Semaphore::new(settings.mqtt.connections_max)),
+        in_flight: crate::admission::InFlight::new(settings.pipeline.queue_depth_max),
         settings: settings.mqtt.clone(),
         acceptor,
         broker_address: embedded.address,

@@ -1,12 +1,14 @@
 //! The paygate gateway: the device front (TLS and the MQTT guard), the embedded broker, the
 //! request pipeline, the store, the development PKI, configuration and the demo.
 
+pub mod admission;
 pub mod audit;
 pub mod bench;
 pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod descriptors;
 pub mod durable;
 pub mod front;
 pub mod gateway;

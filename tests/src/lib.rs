@@ -57,6 +57,8 @@ impl TestGateway {
         };
         settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
         settings.mqtt.handshake_timeout_ms = 2_000;
+        // a test gateway needs few connections; the default's descriptors may not be there
+        settings.mqtt.connections_max = 1_000;
         adjust(&mut settings);
         pki::init(
             &dir.path().join("pki"),

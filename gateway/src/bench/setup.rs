@@ -25,7 +25,7 @@ pub fn gateway_settings(data_dir: &Path, database_url: Option<&str>, port: u16) 
         ..Settings::default()
     };
     settings.mqtt.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    settings.mqtt.connections_max = 20_000;
+    settings.mqtt.connections_max = crate::descriptors::connections_that_fit().min(20_000);
     if let Some(url) = database_url {
         settings.database.url = crate::config::Secret::new(url);
         settings.database.connections_max = 8;

@@ -255,6 +255,14 @@ pub struct MqttSettings {
     pub idle_timeout_max_ms: u64,
     /// Packets queued towards one device before the connection is dropped as too slow.
     pub outbound_queue_packets_max: usize,
+    /// Requests one device may send per second, on average (see [`crate::admission`]).
+    pub device_requests_per_s: u32,
+    /// Requests one device may send at once after a quiet spell.
+    pub device_requests_burst: u32,
+    /// Requests of one device admitted and not yet answered.
+    pub device_inflight_max: usize,
+    /// An admitted request whose reply never passed the front stops counting after this.
+    pub inflight_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -614,6 +622,10 @@ impl Default for MqttSettings {
             packet_bytes_max: 16 * 1024,
             idle_timeout_max_ms: 300_000,
             outbound_queue_packets_max: 256,
+            device_requests_per_s: 100,
+            device_requests_burst: 200,
+            device_inflight_max: 32,
+            inflight_timeout_ms: 30_000,
         }
     }
 }

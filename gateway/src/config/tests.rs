@@ -95,6 +95,34 @@ fn unknown_keys_and_bad_values_are_refused() {
             ..
         })
     ));
+    for (field, change) in [
+        (
+            "mqtt.device_requests_per_s",
+            (|s: &mut Settings| s.mqtt.device_requests_per_s = 0) as fn(&mut Settings),
+        ),
+        ("mqtt.device_requests_burst", |s| {
+            s.mqtt.device_requests_burst = 0
+        }),
+        ("mqtt.device_inflight_max", |s| {
+            s.mqtt.device_inflight_max = s.pipeline.queue_depth_max + 1
+        }),
+        ("mqtt.device_inflight_max", |s| {
+            s.mqtt.device_inflight_max = 0
+        }),
+        ("mqtt.inflight_timeout_ms", |s| {
+            s.mqtt.inflight_timeout_ms = 10
+        }),
+        ("pipeline.queue_depth_max", |s| {
+            s.pipeline.queue_depth_max = (1 << 20) + 1
+        }),
+    ] {
+        let mut settings = Settings::default();
+        change(&mut settings);
+        match settings.validate() {
+            Err(ConfigError::Invalid { field: got, .. }) => assert_eq!(got, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
     let mut settings = Settings::default();
     settings.database.url = Secret::new("mysql://x");
     assert!(settings.validate().is_err());

@@ -26,6 +26,31 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        if !(1..=1_000_000).contains(&mqtt.device_requests_per_s) {
+            return Err(invalid(
+                "mqtt.device_requests_per_s",
+                "must be 1 to 1000000",
+            ));
+        }
+        if !(1..=1_000_000).contains(&mqtt.device_requests_burst) {
+            return Err(invalid(
+                "mqtt.device_requests_burst",
+                "must be 1 to 1000000",
+            ));
+        }
+        if mqtt.device_inflight_max == 0 || mqtt.device_inflight_max > self.pipeline.queue_depth_max
+        {
+            return Err(invalid(
+                "mqtt.device_inflight_max",
+                "must be 1 to pipeline.queue_depth_max",
+            ));
+        }
+        if !(1_000..=3_600_000).contains(&mqtt.inflight_timeout_ms) {
+            return Err(invalid(
+                "mqtt.inflight_timeout_ms",
+                "must be 1000 to 3600000",
+            ));
+        }
         if self.tls.client_ca_bundles.is_empty() {
             return Err(invalid(
                 "tls.client_ca_bundles",
@@ -48,10 +73,11 @@ impl Settings {
         if self.upi.handoff_queue_max == 0 {
             return Err(invalid("upi.handoff_queue_max", "must be above zero"));
         }
-        if pipeline.queue_depth_max < pipeline.batch_size_max {
+        if pipeline.queue_depth_max < pipeline.batch_size_max || pipeline.queue_depth_max > 1 << 20
+        {
             return Err(invalid(
                 "pipeline.queue_depth_max",
-                "must be at least pipeline.batch_size_max",
+                "must be pipeline.batch_size_max to 1048576",
             ));
         }
         if paygate_core::Currency::parse(&self.wallet.currency).is_none() {

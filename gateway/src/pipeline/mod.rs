@@ -23,13 +23,14 @@ mod dedupe;
 pub mod devices;
 mod driver;
 mod prepare;
-mod receipts;
+pub mod receipts;
 mod record;
 mod tick;
 mod verify;
 
 pub use batch::{Inbound, Outbound};
 pub use driver::{consume_link, run};
+pub use verify::sha256;
 
 use crate::audit::AuditLog;
 use crate::config::PipelineSettings;

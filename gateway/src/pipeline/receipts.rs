@@ -28,6 +28,7 @@ pub fn final_receipt(decided: &Final, now_ms: u64) -> Receipt {
         payer: decided.payer.clone(),
         challenge: None,
         upi: decided.upi.clone(),
+        retry_after_ms: None,
         decided_at_ms: now_ms,
     }
 }
@@ -63,6 +64,7 @@ pub fn challenge_receipt(challenge: &Challenge, attempts_left: u32, now_ms: u64)
             attempts_left,
         }),
         upi: None,
+        retry_after_ms: None,
         decided_at_ms: now_ms,
     }
 }
@@ -92,6 +94,7 @@ pub fn pending_receipt(
             txn_id: upi.payment_id.clone(),
             rrn: None,
         }),
+        retry_after_ms: None,
         decided_at_ms: now_ms,
     }
 }
@@ -119,6 +122,7 @@ pub fn rejected_receipt(
         payer: None,
         challenge: None,
         upi: None,
+        retry_after_ms: None,
         decided_at_ms: now_ms,
     }
 }
