@@ -41,22 +41,26 @@ pub fn ensure(connections_max: usize) -> Result<u64> {
     if soft >= needed {
         return Ok(soft);
     }
+    let mut why = format!("the hard limit is {hard}");
     if hard >= needed {
-        Resource::NOFILE
-            .set(needed, hard)
-            .context("raising the file descriptor soft limit")?;
-        tracing::info!(
-            from = soft,
-            to = needed,
-            "file descriptor soft limit raised"
-        );
-        return Ok(needed);
+        match Resource::NOFILE.set(needed, hard) {
+            Ok(()) => {
+                tracing::info!(
+                    from = soft,
+                    to = needed,
+                    "file descriptor soft limit raised"
+                );
+                return Ok(needed);
+            }
+            // e.g. above the kernel's fs.nr_open, under an unlimited hard limit
+            Err(error) => why = format!("raising the soft limit failed: {error}"),
+        }
     }
-    let fits = hard.saturating_sub(RESERVED) / PER_CONNECTION;
+    let fits = hard.min(1 << 20).saturating_sub(RESERVED) / PER_CONNECTION;
     bail!(
         "mqtt.connections_max = {connections_max} needs {needed} file descriptors \
-         ({PER_CONNECTION} per connection and {RESERVED} more) but the hard limit is {hard}: \
-         raise it (ulimit -Hn, systemd LimitNOFILE=, the container's nofile ulimit) or set \
+         ({PER_CONNECTION} per connection and {RESERVED} more) but {why}: raise the limit \
+         (ulimit -Hn, systemd LimitNOFILE=, the container's nofile ulimit) or set \
          mqtt.connections_max to {fits} or less"
     )
 }

@@ -79,6 +79,10 @@ enum Command {
         /// Keep reward points on, as the default configuration has them (every payment earns).
         #[arg(long)]
         reward_points: bool,
+        /// Add the flood scenario: one terminal far over its admission limits while the others
+        /// pay one at a time; their p99 before, during and after.
+        #[arg(long)]
+        flood: bool,
         /// A short run for CI: 8 terminals, 1 s warm-up, 2 s measured, 1,000 preloaded.
         #[arg(long)]
         smoke: bool,
@@ -310,6 +314,7 @@ async fn main() -> Result<()> {
             no_mosquitto,
             idle_connections,
             reward_points,
+            flood,
             smoke,
         } => {
             let mut options = paygate_gateway::bench::BenchOptions {
@@ -326,6 +331,7 @@ async fn main() -> Result<()> {
                 mosquitto: !no_mosquitto,
                 idle_connections,
                 reward_points,
+                flood,
             };
             if smoke {
                 options.terminals = 8;

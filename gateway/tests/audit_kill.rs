@@ -79,7 +79,7 @@ async fn sigkill_under_load_posts_each_approved_request_once_and_loses_no_audit_
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\n[audit]\nrecords_per_segment_max = 3\nseal_interval_ms = 200\nseal_check_interval_ms = 50\nship_interval_ms = 20\n",
+            "data_dir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\nconnections_max = 1000\n[audit]\nrecords_per_segment_max = 3\nseal_interval_ms = 200\nseal_check_interval_ms = 50\nship_interval_ms = 20\n",
             data.display()
         ),
     )
@@ -334,4 +334,34 @@ async fn run_terminal(bundle_dir: PathBuf, port: u16, n: usize) -> Vec<Seen> {
     }
     agent.disconnect().await;
     out
+}
+
+/// A gateway configured for more connections than its file descriptor limit allows refuses to
+/// start, saying what to change, instead of failing under load later.
+#[test]
+fn more_connections_than_descriptors_refuses_to_start_with_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("paygate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\nconnections_max = 100000000\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    paygate(&config, &["certs", "init"]);
+    let output = Command::new(env!("CARGO_BIN_EXE_paygate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn,rumqttd=off")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("needs 300000256 file descriptors")
+            && stderr.contains("mqtt.connections_max to"),
+        "{stderr}"
+    );
 }

@@ -5,6 +5,7 @@
 //! same load against mosquitto with an echoing responder, pgbench's simple-update rate).
 //! Figures are meant to be read as ratios against the references of the same run.
 
+mod flood;
 mod loadgen;
 mod reference;
 mod setup;
@@ -38,6 +39,9 @@ pub struct BenchOptions {
     pub idle_connections: usize,
     /// Keep reward points on (the default configuration's rules: every payment earns points).
     pub reward_points: bool,
+    /// Add the flood scenario: one terminal far over its admission limits, the others'
+    /// latency before, during and after.
+    pub flood: bool,
 }
 
 /// One row of the table.
@@ -74,6 +78,9 @@ pub async fn run(options: BenchOptions) -> Result<Vec<Row>> {
                 Err(error) => format!("not measured: {error}"),
             },
         });
+    }
+    if options.flood {
+        rows.append(&mut flood::flood_rows(&options).await?);
     }
     if options.mosquitto {
         rows.push(mosquitto_row(&sqlite_dir, bundles, &options).await?);
@@ -290,7 +297,9 @@ async fn mosquitto_row(
     })
 }
 
-fn clone_bundle(bundle: &paygate_agent::DeviceBundle) -> Result<paygate_agent::DeviceBundle> {
+pub(super) fn clone_bundle(
+    bundle: &paygate_agent::DeviceBundle,
+) -> Result<paygate_agent::DeviceBundle> {
     paygate_agent::DeviceBundle::load(&bundle.dir)
 }
 

@@ -32,6 +32,10 @@ pub fn gateway_settings(data_dir: &Path, database_url: Option<&str>, port: u16) 
     }
     settings.pipeline.batch_size_max = 512;
     settings.pipeline.queue_depth_max = 16_384;
+    // the load measures the pipeline, not the front's per-device admission
+    settings.mqtt.device_requests_per_s = 1_000_000;
+    settings.mqtt.device_requests_burst = 1_000_000;
+    settings.mqtt.device_inflight_max = settings.pipeline.queue_depth_max;
     settings.identity.rules.clear();
     settings.identity.device_payments_per_window_max = 1_000_000;
     settings.identity.wallet_payments_per_window_max = 1_000_000;
