@@ -57,6 +57,7 @@ pub async fn start(
     connections_max: usize,
     packet_bytes_max: usize,
     requests_in_flight_max: usize,
+    device_inflight_max: usize,
 ) -> Result<EmbeddedBroker> {
     const ATTEMPTS: usize = 5;
     for attempt in 1..=ATTEMPTS {
@@ -66,7 +67,11 @@ pub async fn start(
                 .context("finding a loopback port for the broker")?;
             probe.local_addr()?
         };
-        let logs = LogSizes::new(packet_bytes_max, requests_in_flight_max);
+        let logs = LogSizes::new(
+            packet_bytes_max,
+            requests_in_flight_max,
+            device_inflight_max,
+        );
         let (link, stopped) = spawn(address, &secret, connections_max, packet_bytes_max, logs)?;
         if answers_as_ours(address, &secret, stopped).await {
             return Ok(EmbeddedBroker {
@@ -90,22 +95,33 @@ pub async fn start(
 ///   `mqtt.packet_bytes_max`: three segments of half that keep it all even just after a
 ///   rollover (1.5 times the bound in memory; 96 MiB at the defaults, most of it only under
 ///   a flood of packets at the maximum size);
-/// - each device's replies go to its own filter, read at once by the front's pump (a device
-///   that does not read is dropped there): two segments of 8 KiB, about twenty receipts.
-///   A reply lost to a lagging pump is sent again when the device resends its request.
+/// - each device's replies go to its own filter. The router appends a whole batch's replies
+///   before it serves any connection, so a device can have a reply unread for each of its
+///   requests in flight (`mqtt.device_inflight_max`), each under 2 KiB: two segments of that
+///   many times 2 KiB (16 KiB each at the default of 8). A reply lost anyway is sent again
+///   when the device resends its request.
 #[derive(Debug, Clone, Copy)]
 struct LogSizes {
     request_segment_bytes: usize,
+    reply_segment_bytes: usize,
 }
 
 impl LogSizes {
     const REQUEST_SEGMENTS: usize = 3;
-    const REPLY_SEGMENT_BYTES: usize = 8 * 1024;
+    /// A signed receipt is well under this (about 700 bytes with every field).
+    const REPLY_BYTES_MAX: usize = 2 * 1024;
 
-    fn new(packet_bytes_max: usize, requests_in_flight_max: usize) -> LogSizes {
+    fn new(
+        packet_bytes_max: usize,
+        requests_in_flight_max: usize,
+        device_inflight_max: usize,
+    ) -> LogSizes {
         let unread_max = packet_bytes_max.saturating_mul(requests_in_flight_max);
         LogSizes {
             request_segment_bytes: unread_max.div_ceil(2).max(64 * 1024),
+            reply_segment_bytes: device_inflight_max
+                .saturating_mul(Self::REPLY_BYTES_MAX)
+                .max(8 * 1024),
         }
     }
 }
@@ -147,7 +163,7 @@ fn spawn(
             max_connections: connections_max.saturating_add(16),
             max_outgoing_packet_count: 200,
             // every other filter is one device's replies
-            max_segment_size: LogSizes::REPLY_SEGMENT_BYTES,
+            max_segment_size: logs.reply_segment_bytes,
             max_segment_count: 2,
             custom_segment: Some(HashMap::from([(
                 ALL_REQUESTS_FILTER.to_owned(),

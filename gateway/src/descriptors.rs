@@ -70,17 +70,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_limit_too_low_is_refused_with_both_ways_out() {
+    fn a_limit_too_low_is_refused_with_the_way_out() {
         let (_, hard) = Resource::NOFILE.get().expect("readable");
         let too_many = usize::try_from(hard / PER_CONNECTION + 1).unwrap_or(usize::MAX);
         let error = ensure(too_many)
             .expect_err("beyond the hard limit")
             .to_string();
-        assert!(error.contains("hard limit"), "{error}");
+        assert!(error.contains("file descriptors"), "{error}");
         assert!(error.contains("mqtt.connections_max to"), "{error}");
-        let fits = usize::try_from((hard.saturating_sub(RESERVED)) / PER_CONNECTION / 2)
-            .unwrap_or(0)
-            .max(1);
+        // a few connections fit any machine this runs on
+        let fits = usize::try_from(hard.saturating_sub(RESERVED) / PER_CONNECTION / 2)
+            .unwrap_or(usize::MAX)
+            .clamp(1, 1000);
         let soft = ensure(fits).expect("within the hard limit");
         assert!(soft >= needed(fits));
         assert!(Resource::NOFILE.get().expect("readable").0 >= needed(fits));

@@ -13,7 +13,7 @@
 //! Refusals after CONNECT send the device a signed notice (a receipt with outcome `rejected`
 //! and the stable code) on its reply topic before closing, so the device learns why.
 
-use crate::admission::{DeviceAdmission, InFlight, Limits, Refused};
+use crate::admission::{Refused, Registry};
 use crate::broker::BrokerSecret;
 use crate::clock::now_ms;
 use crate::config::MqttSettings;
@@ -33,7 +33,7 @@ use rumqttc::mqttbytes::v4::{
 };
 use rumqttc::mqttbytes::{self, Protocol, QoS};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -116,19 +116,9 @@ pub struct Front {
     pub receipt_key: Arc<SigningKey>,
     pub metrics: Arc<Metrics>,
     pub connection_slots: Arc<Semaphore>,
-    /// Requests admitted by every session and not yet answered (`pipeline.queue_depth_max`).
-    pub in_flight: Arc<InFlight>,
-}
-
-impl Front {
-    fn admission_limits(&self) -> Limits {
-        Limits {
-            requests_per_s: self.settings.device_requests_per_s,
-            burst: self.settings.device_requests_burst,
-            inflight_max: self.settings.device_inflight_max,
-            inflight_timeout: Duration::from_millis(self.settings.inflight_timeout_ms),
-        }
-    }
+    /// Every device's admission state, shared with the pipeline (which says when a request
+    /// is answered).
+    pub admission: Arc<Registry>,
 }
 
 /// Accepts connections until `shutdown` turns true. The handshake and everything after it run
@@ -392,15 +382,6 @@ fn seal_reply(front: &Front, device: &DeviceId, receipt: &paygate_core::receipt:
     )))
 }
 
-const PUBLISH_TYPE: u8 = 3;
-
-fn lock(admission: &Mutex<DeviceAdmission>) -> std::sync::MutexGuard<'_, DeviceAdmission> {
-    // the state is a few counters, consistent after every call: a panic elsewhere leaves it usable
-    admission
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// A log line that repeats at most once per interval, saying how many times it happened since
 /// it was last written: no input can fill the disk through the log.
 struct Throttled {
@@ -435,18 +416,15 @@ impl Throttled {
 
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Refused SUBSCRIBEs and UNSUBSCRIBEs one session is answered before it is closed.
+const ANSWERED_REFUSALS_MAX: u32 = 8;
+
 /// The admission step for a packet the policy lets through: only publishes (requests) count.
-fn admit(
-    front: &Front,
-    device: &DeviceId,
-    packet: &Packet,
-    admission: &Mutex<DeviceAdmission>,
-    log: &mut Throttled,
-) -> Verdict {
+fn admit(front: &Front, device: &DeviceId, packet: &Packet, log: &mut Throttled) -> Verdict {
     let Packet::Publish(publish) = packet else {
         return Verdict::Forward;
     };
-    let Err(refused) = lock(admission).admit(Instant::now()) else {
+    let Err(refused) = front.admission.admit(device, Instant::now()) else {
         return Verdict::Forward;
     };
     if let Some(refused_count) = log.occurred() {
@@ -604,13 +582,7 @@ where
         let _ = device_write.flush().await;
         let _ = device_write.shutdown().await;
     });
-    let admission = Arc::new(Mutex::new(DeviceAdmission::new(
-        front.admission_limits(),
-        front.in_flight.clone(),
-        Instant::now(),
-    )));
     let pump_sender = to_device.clone();
-    let pump_admission = admission.clone();
     let mut broker_pump = tokio::spawn(async move {
         let mut broker_reader = FrameReader::new(broker_read, 2 * 1024 * 1024);
         loop {
@@ -621,10 +593,6 @@ where
             let Ok(frame) = broker_reader.next_raw().await else {
                 break;
             };
-            // everything the broker publishes to a device is a reply on its own topic
-            if frame.first().is_some_and(|byte| byte >> 4 == PUBLISH_TYPE) {
-                lock(&pump_admission).answered();
-            }
             // a device that does not read its replies is dropped, never waited for
             match pump_sender.try_send(frame) {
                 Ok(()) => {}
@@ -639,6 +607,7 @@ where
 
     let mut ended_by = None;
     let mut overload_log = Throttled::every(LOG_INTERVAL);
+    let mut answered_refusals = 0u32;
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(idle, device_reader.next()) => next,
@@ -660,7 +629,7 @@ where
             Ok(Ok(frame)) => frame,
         };
         let verdict = match check_packet(device, &packet) {
-            Verdict::Forward => admit(front, device, &packet, &admission, &mut overload_log),
+            Verdict::Forward => admit(front, device, &packet, &mut overload_log),
             other => other,
         };
         match verdict {
@@ -683,7 +652,17 @@ where
                     break;
                 }
             }
+            Verdict::Answer(_, code) if answered_refusals >= ANSWERED_REFUSALS_MAX => {
+                // a device that keeps asking for what it may not have is closed: each refusal
+                // is an audit record, and the trail is not for filling (the closing refusal
+                // is counted and audited once the session ends)
+                broker_pump.abort();
+                let _ = to_device.try_send(notice(front, device, code));
+                ended_by = Some(code);
+                break;
+            }
             Verdict::Answer(answer, code) => {
+                answered_refusals += 1;
                 front.metrics.count_refusal(code);
                 tracing::info!(device = %device, code = %code, "packet refused");
                 audit_refusal(front, peer, Some(device), code, EventType::PacketRefused).await;
@@ -704,7 +683,15 @@ where
     broker_pump.abort();
     let _ = broker_write.shutdown().await;
     drop(to_device);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    // a device that does not read keeps the writer blocked: it gets two seconds to take what
+    // is queued, then the writer (and with it the socket) is dropped
+    let writer_abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(2), writer)
+        .await
+        .is_err()
+    {
+        writer_abort.abort();
+    }
     ended_by.map_or(Ok(()), Err)
 }
 

@@ -150,6 +150,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         settings.mqtt.connections_max,
         settings.mqtt.packet_bytes_max,
         settings.pipeline.queue_depth_max,
+        settings.mqtt.device_inflight_max,
     )
     .await?;
     let key_provider = KeyProvider::from_settings(&settings.keys, &settings.data_dir)
@@ -185,7 +186,16 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         settings.pipeline.device_cache_ttl_ms,
         settings.pipeline.device_cache_entries_max,
     ));
+    let admission = crate::admission::Registry::new(
+        crate::admission::Limits::from_settings(&settings.mqtt),
+        settings.pipeline.queue_depth_max,
+    );
+    tokio::spawn(crate::admission::run_sweeper(
+        admission.clone(),
+        shutdown_rx.clone(),
+    ));
     let pipeline = Pipeline::new(pipeline::Context {
+        admission: admission.clone(),
         store: store.clone(),
         receipt_key: receipt_key.clone(),
         settings: settings.pipeline.clone(),
@@ -231,7 +241,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
     let broker_address = embedded.address;
     let front = Arc::new(Front {
         connection_slots: Arc::new(Semaphore::new(settings.mqtt.connections_max)),
-        in_flight: crate::admission::InFlight::new(settings.pipeline.queue_depth_max),
+        admission: admission.clone(),
         settings: settings.mqtt.clone(),
         acceptor,
         broker_address: embedded.address,

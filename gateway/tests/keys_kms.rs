@@ -273,6 +273,7 @@ async fn the_gateway_fails_closed_without_kms_and_keeps_paying_what_needs_no_new
         ..Settings::default()
     };
     settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    settings.mqtt.connections_max = 100;
     settings.keys = kms_settings(&format!("http://{}", switch.address), &key_id);
     let pki = dir.path().join("pki");
     paygate_gateway::pki::init(

@@ -260,7 +260,7 @@ async fn in_flight_limits_per_device_and_per_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_waits_as_told_and_its_payment_is_approved() {
     let gateway = TestGateway::start_with(|s| {
-        s.mqtt.device_requests_per_s = 4;
+        s.mqtt.device_requests_per_s = 2;
         s.mqtt.device_requests_burst = 1;
         s.rewards.enabled = false;
     })
@@ -287,4 +287,98 @@ async fn the_agent_waits_as_told_and_its_payment_is_approved() {
     assert!(refused > 0, "the rate limit was never reached");
     assert_eq!(gateway.balance(MERCHANT).await, 400);
     agent.disconnect().await;
+}
+
+/// Reconnecting does not reset admission: a device at its in-flight limit that drops its
+/// connection and comes back is still at it (the state is the device's, not the session's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_keeps_the_devices_requests_in_flight() {
+    let gateway = TestGateway::start_with(|s| {
+        s.mqtt.device_inflight_max = 2;
+        s.rewards.enabled = false;
+    })
+    .await;
+    let bundle = gateway.device("pos-r", "100.00").await;
+    let lock = gateway.store().begin_batch().await.unwrap();
+    let agent = gateway.agent("pos-r").await;
+    for n in 0..2u64 {
+        agent
+            .publish_raw(payment(&bundle, &format!("r-{n}"), n + 1))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    agent.disconnect().await;
+    let mut again = gateway.agent("pos-r").await;
+    again.publish_raw(payment(&bundle, "r-2", 3)).await.unwrap();
+    let early = answers(&mut again, 1, Duration::from_secs(3)).await;
+    assert_eq!(
+        early.get("r-2").map(|(_, code, _)| *code),
+        Some(Some(ErrorCode::Overloaded)),
+        "{early:?}"
+    );
+    lock.rollback().await.unwrap();
+    // the first two are decided; then the third goes through
+    let first = answers(&mut again, 2, Duration::from_secs(20)).await;
+    assert!(
+        first
+            .values()
+            .all(|(outcome, _, _)| *outcome == Outcome::Approved),
+        "{first:?}"
+    );
+    again.publish_raw(payment(&bundle, "r-2", 3)).await.unwrap();
+    let third = answers(&mut again, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        third.get("r-2").map(|(o, _, _)| *o),
+        Some(Outcome::Approved)
+    );
+    again.disconnect().await;
+}
+
+/// A device that never subscribes to its replies holds no place in flight once the pipeline
+/// has answered: with a gateway budget of one device's worth, another device still pays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_never_reads_its_replies_does_not_hold_the_gateway() {
+    use paygate_tests::RawClient;
+    use rumqttc::mqttbytes::v4::{Packet, Publish};
+    use rumqttc::mqttbytes::QoS;
+    let gateway = TestGateway::start_with(|s| {
+        s.mqtt.device_inflight_max = 4;
+        s.pipeline.batch_size_max = 4;
+        s.pipeline.queue_depth_max = 4;
+        s.rewards.enabled = false;
+    })
+    .await;
+    let deaf = gateway.device("pos-deaf", "100.00").await;
+    gateway.device("pos-ok", "100.00").await;
+    let mut raw = RawClient::connect_tls(
+        gateway.port(),
+        gateway.tls_client_config(Some(&gateway.bundle_dir("pos-deaf"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(raw.mqtt_connect("pos-deaf").await.unwrap(), 0);
+    for n in 0..4u64 {
+        let publish = Publish::new(
+            "paygate/v1/devices/pos-deaf/requests",
+            QoS::AtMostOnce,
+            payment(&deaf, &format!("d-{n}"), n + 1),
+        );
+        raw.send(Packet::Publish(publish)).await.unwrap();
+    }
+    // all four decided, though no reply could reach the device
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while requests_recorded(&gateway, "pos-deaf").await < 4 && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(requests_recorded(&gateway, "pos-deaf").await, 4);
+    let mut ok = gateway.agent("pos-ok").await;
+    let receipt = ok
+        .pay(&AccountId::parse(MERCHANT).unwrap(), inr("1.00"))
+        .await
+        .unwrap();
+    assert_eq!(receipt.receipt.outcome, Outcome::Approved, "{receipt:?}");
+    ok.disconnect().await;
+    drop(raw);
 }

@@ -487,6 +487,40 @@ async fn subscribing_to_everything_or_to_another_devices_replies() {
     );
 }
 
+/// A device that keeps asking for topics it may not have is answered eight times, then closed
+/// with the code: each refusal is an audit record, and a loop of them must not fill the trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_repeating_refused_subscriptions_is_closed() {
+    let gateway = TestGateway::start().await;
+    gateway.device("pos-1", "10.00").await;
+    let mut client = connected(&gateway, "pos-1").await;
+    for pkid in 1..=50u16 {
+        let sent = client
+            .send(Packet::Subscribe(Subscribe {
+                pkid,
+                filters: vec![SubscribeFilter::new("#".into(), QoS::AtLeastOnce)],
+            }))
+            .await;
+        if sent.is_err() {
+            break; // closed while we were still sending
+        }
+    }
+    let (packets, closed) = client.until_closed(WAIT).await;
+    assert!(closed, "the connection stayed open");
+    let subacks = packets
+        .iter()
+        .filter(|p| matches!(p, Packet::SubAck(_)))
+        .count();
+    assert_eq!(subacks, 8, "{packets:?}");
+    // eight answered refusals and the closing one
+    assert_eq!(
+        gateway
+            .wait_for_refusals(ErrorCode::TopicNotAuthorized, 9)
+            .await,
+        9
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_packet() {
     let gateway = TestGateway::start().await;

@@ -35,7 +35,8 @@ pub fn gateway_settings(data_dir: &Path, database_url: Option<&str>, port: u16) 
     // the load measures the pipeline, not the front's per-device admission
     settings.mqtt.device_requests_per_s = 1_000_000;
     settings.mqtt.device_requests_burst = 1_000_000;
-    settings.mqtt.device_inflight_max = settings.pipeline.queue_depth_max;
+    settings.mqtt.device_inflight_max = 1_024;
+    settings.mqtt.outbound_queue_packets_max = 4_096;
     settings.identity.rules.clear();
     settings.identity.device_payments_per_window_max = 1_000_000;
     settings.identity.wallet_payments_per_window_max = 1_000_000;

@@ -624,7 +624,7 @@ impl Default for MqttSettings {
             outbound_queue_packets_max: 256,
             device_requests_per_s: 100,
             device_requests_burst: 200,
-            device_inflight_max: 32,
+            device_inflight_max: 8,
             inflight_timeout_ms: 30_000,
         }
     }

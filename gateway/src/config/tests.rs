@@ -109,6 +109,9 @@ fn unknown_keys_and_bad_values_are_refused() {
         ("mqtt.device_inflight_max", |s| {
             s.mqtt.device_inflight_max = 0
         }),
+        ("mqtt.outbound_queue_packets_max", |s| {
+            s.mqtt.outbound_queue_packets_max = 2 * s.mqtt.device_inflight_max + 7
+        }),
         ("mqtt.inflight_timeout_ms", |s| {
             s.mqtt.inflight_timeout_ms = 10
         }),

@@ -38,11 +38,20 @@ impl Settings {
                 "must be 1 to 1000000",
             ));
         }
-        if mqtt.device_inflight_max == 0 || mqtt.device_inflight_max > self.pipeline.queue_depth_max
+        if mqtt.device_inflight_max == 0
+            || mqtt.device_inflight_max > self.pipeline.queue_depth_max.min(4096)
         {
             return Err(invalid(
                 "mqtt.device_inflight_max",
-                "must be 1 to pipeline.queue_depth_max",
+                "must be 1 to pipeline.queue_depth_max, and at most 4096",
+            ));
+        }
+        // per request in flight: the broker's PUBACK and the reply (or the front's PUBACK and
+        // OVERLOADED notice); a device that reads is never dropped as too slow
+        if mqtt.outbound_queue_packets_max < 2 * mqtt.device_inflight_max + 8 {
+            return Err(invalid(
+                "mqtt.outbound_queue_packets_max",
+                "must be at least 2 x mqtt.device_inflight_max + 8",
             ));
         }
         if !(1_000..=3_600_000).contains(&mqtt.inflight_timeout_ms) {

@@ -165,7 +165,7 @@ async fn decider(
                 _ = tick.tick() => {
                     let replies = pipeline.tick().await;
                     if !replies.is_empty() {
-                        let ticked = Decided { replies, handoffs: Vec::new() };
+                        let ticked = Decided { replies, handoffs: Vec::new(), answered: Vec::new() };
                         if decided.send(ticked).await.is_err() {
                             return;
                         }

@@ -60,6 +60,9 @@ pub struct Context {
     pub devices: Arc<DeviceCache>,
     /// UPI payments for the worker (bounded: `upi.handoff_queue_max`).
     pub upi_handoffs: mpsc::Sender<Handoff>,
+    /// The front's admission: told when each request is done with, so its device's and the
+    /// gateway's requests in flight go down.
+    pub admission: Arc<crate::admission::Registry>,
 }
 
 pub struct Pipeline {
@@ -71,6 +74,8 @@ pub struct Pipeline {
 pub struct Decided {
     pub replies: Vec<Outbound>,
     pub handoffs: Vec<Handoff>,
+    /// The device of each request of the batch (none for the tick's replies).
+    pub answered: Vec<paygate_core::DeviceId>,
 }
 
 impl Pipeline {
@@ -91,6 +96,11 @@ impl Pipeline {
     pub async fn decide(&self, mut batch: Batch) -> Decided {
         let ctx = &self.ctx;
         ctx.metrics.count_batch(batch.slots.len());
+        let answered = batch
+            .slots
+            .iter()
+            .map(|s| s.inbound.device.clone())
+            .collect();
         if ctx.audit.blocked() {
             let message = "the audit trail cannot take records now; retry later with the same idempotency key";
             refuse_prepared(ctx, &mut batch, ErrorCode::AuditUnavailable, message);
@@ -103,6 +113,7 @@ impl Pipeline {
                 return Decided {
                     replies: Vec::new(),
                     handoffs: Vec::new(),
+                    answered,
                 };
             }
         }
@@ -110,6 +121,7 @@ impl Pipeline {
         Decided {
             replies: batch.replies(),
             handoffs,
+            answered,
         }
     }
 
@@ -117,8 +129,12 @@ impl Pipeline {
     /// then are the UPI payments handed to the worker and the replies returned for publishing.
     /// Returns no replies at all when the journal cannot be written: the devices resend and
     /// get the stored receipts once it can.
+    /// Either way the batch's requests no longer count as in flight at the front.
     pub async fn release(&self, decided: Decided) -> Vec<Outbound> {
         let ctx = &self.ctx;
+        for device in &decided.answered {
+            ctx.admission.answered(device);
+        }
         if let Err(error) = ctx.audit.drain().await {
             // nothing leaves, not even to the UPI network, before its audit record is durable;
             // a payment left unsent is declined not_sent by the worker after its send window
