@@ -13,98 +13,31 @@
 //! Refusals after CONNECT send the device a signed notice (a receipt with outcome `rejected`
 //! and the stable code) on its reply topic before closing, so the device learns why.
 
-use crate::admission::{Refused, Registry};
+use crate::admission::Registry;
 use crate::broker::BrokerSecret;
-use crate::clock::now_ms;
 use crate::config::MqttSettings;
 use crate::metrics::Metrics;
-use crate::pipeline::receipts::rejected_receipt;
 use crate::store::Store;
 use crate::tls::{classify_handshake_error, device_identity};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use paygate_core::audit::{AuditEvent, AuditOutcome, EventType};
 use paygate_core::envelope::SigningKey;
-use paygate_core::envelope::UnverifiedEnvelope;
-use paygate_core::receipt::RECEIPT_CONTENT_TYPE;
-use paygate_core::topics::{replies_topic, requests_topic};
 use paygate_core::{DeviceId, ErrorCode};
-use rumqttc::mqttbytes::v4::{
-    ConnAck, ConnectReturnCode, Login, Packet, Publish, SubAck, SubscribeReasonCode, UnsubAck,
-};
-use rumqttc::mqttbytes::{self, Protocol, QoS};
+use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Login, Packet};
+use rumqttc::mqttbytes::{Protocol, QoS};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-/// What the guard does with one packet from a device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Not admitted ([`crate::admission`]): send these frames (an acknowledgement if the
-    /// publish asked for one, and the `OVERLOADED` notice); nothing is audited or forwarded.
-    Overloaded(Vec<Bytes>),
-    /// Pass the packet to rumqttd unchanged.
-    Forward,
-    /// Answer the device directly (and report the code); the packet goes nowhere.
-    Answer(Packet, ErrorCode),
-    /// Send the device a signed notice with the code and close the connection.
-    Close(ErrorCode),
-}
+mod frames;
+mod policy;
 
-/// The guard's policy for a packet after CONNECT. A device may publish (QoS 0 or 1, not
-/// retained) only to its own request topic, and subscribe only to its own reply topic.
-pub fn check_packet(device: &DeviceId, packet: &Packet) -> Verdict {
-    match packet {
-        Packet::Publish(publish) => {
-            if publish.topic != requests_topic(device) {
-                Verdict::Close(ErrorCode::TopicNotAuthorized)
-            } else if publish.qos == QoS::ExactlyOnce || publish.retain {
-                Verdict::Close(ErrorCode::QosNotSupported)
-            } else {
-                Verdict::Forward
-            }
-        }
-        Packet::Subscribe(subscribe) => {
-            let own = replies_topic(device);
-            let allowed = subscribe
-                .filters
-                .iter()
-                .all(|filter| filter.path == own && filter.qos != QoS::ExactlyOnce);
-            if allowed {
-                Verdict::Forward
-            } else {
-                let failures = vec![SubscribeReasonCode::Failure; subscribe.filters.len()];
-                Verdict::Answer(
-                    Packet::SubAck(SubAck::new(subscribe.pkid, failures)),
-                    ErrorCode::TopicNotAuthorized,
-                )
-            }
-        }
-        Packet::Unsubscribe(unsubscribe) => {
-            let own = replies_topic(device);
-            if unsubscribe.topics.iter().all(|topic| *topic == own) {
-                Verdict::Forward
-            } else {
-                Verdict::Answer(
-                    Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)),
-                    ErrorCode::TopicNotAuthorized,
-                )
-            }
-        }
-        Packet::PubAck(_) | Packet::PingReq | Packet::Disconnect => Verdict::Forward,
-        Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
-            Verdict::Close(ErrorCode::QosNotSupported)
-        }
-        Packet::Connect(_)
-        | Packet::ConnAck(_)
-        | Packet::SubAck(_)
-        | Packet::UnsubAck(_)
-        | Packet::PingResp => Verdict::Close(ErrorCode::ProtocolViolation),
-    }
-}
+use frames::{encode, notice, overloaded_notice, FrameError, FrameReader, Throttled, LOG_INTERVAL};
+pub use policy::{check_packet, Verdict};
 
 /// Everything a connection task needs.
 pub struct Front {
@@ -262,159 +195,6 @@ async fn audit_refusal(
         tracing::error!(%error, "audit event for a refused access not recorded");
     }
 }
-
-enum FrameError {
-    Closed,
-    TooLarge,
-    Malformed(mqttbytes::Error),
-    Io,
-}
-
-impl FrameError {
-    fn code(&self) -> Option<ErrorCode> {
-        match self {
-            FrameError::Closed | FrameError::Io => None,
-            FrameError::TooLarge => Some(ErrorCode::PacketTooLarge),
-            FrameError::Malformed(_) => Some(ErrorCode::ProtocolViolation),
-        }
-    }
-}
-
-/// Splits a byte stream into MQTT frames, refusing a frame larger than the maximum as soon as
-/// its fixed header is read (before its body is buffered).
-struct FrameReader<R> {
-    reader: R,
-    buffer: BytesMut,
-    packet_bytes_max: usize,
-}
-
-impl<R: AsyncRead + Unpin> FrameReader<R> {
-    fn new(reader: R, packet_bytes_max: usize) -> Self {
-        FrameReader {
-            reader,
-            buffer: BytesMut::with_capacity(4096),
-            packet_bytes_max,
-        }
-    }
-
-    async fn next_raw(&mut self) -> Result<Bytes, FrameError> {
-        loop {
-            match mqttbytes::check(self.buffer.iter(), self.packet_bytes_max) {
-                Ok(header) => return Ok(self.buffer.split_to(header.frame_length()).freeze()),
-                Err(mqttbytes::Error::InsufficientBytes(_)) => {}
-                Err(mqttbytes::Error::PayloadSizeLimitExceeded(_)) => {
-                    return Err(FrameError::TooLarge)
-                }
-                Err(other) => return Err(FrameError::Malformed(other)),
-            }
-            match self.reader.read_buf(&mut self.buffer).await {
-                Ok(0) => return Err(FrameError::Closed),
-                Ok(_) => {}
-                Err(_) => return Err(FrameError::Io),
-            }
-        }
-    }
-
-    async fn next(&mut self) -> Result<(Packet, Bytes), FrameError> {
-        let raw = self.next_raw().await?;
-        let mut copy = BytesMut::from(&raw[..]);
-        let packet =
-            Packet::read(&mut copy, self.packet_bytes_max).map_err(FrameError::Malformed)?;
-        Ok((packet, raw))
-    }
-}
-
-fn encode(packet: &Packet) -> Bytes {
-    let mut buffer = BytesMut::new();
-    // packets the guard builds are small and well-formed
-    let _ = packet.write(&mut buffer, usize::MAX);
-    buffer.freeze()
-}
-
-fn notice(front: &Front, device: &DeviceId, code: ErrorCode) -> Bytes {
-    let receipt = rejected_receipt(
-        device,
-        None,
-        None,
-        code,
-        code.description().to_owned(),
-        now_ms(),
-    );
-    seal_reply(front, device, &receipt)
-}
-
-/// The answer to a request the front did not admit: `OVERLOADED` with the wait, naming the
-/// request (its idempotency key and body hash, read without verifying the signature: the
-/// notice goes only to the device's own reply topic) so a device with several in flight
-/// knows which one to send again.
-fn overloaded_notice(front: &Front, device: &DeviceId, message: &[u8], refused: Refused) -> Bytes {
-    let envelope = UnverifiedEnvelope::parse(message).ok();
-    let payload = envelope.as_ref().and_then(|e| e.payload_unverified());
-    let key = payload
-        .and_then(|p| paygate_core::request::decode_request(p).ok())
-        .map(|request| request.idempotency_key);
-    let body = payload.map(crate::pipeline::sha256);
-    let mut receipt = rejected_receipt(
-        device,
-        key.as_ref(),
-        body.as_deref(),
-        ErrorCode::Overloaded,
-        format!(
-            "over the {} limit; send the same request again in {} ms",
-            refused.reason.as_str(),
-            refused.retry_after.as_millis()
-        ),
-        now_ms(),
-    );
-    receipt.retry_after_ms =
-        Some(u64::try_from(refused.retry_after.as_millis()).unwrap_or(u64::MAX));
-    seal_reply(front, device, &receipt)
-}
-
-fn seal_reply(front: &Front, device: &DeviceId, receipt: &paygate_core::receipt::Receipt) -> Bytes {
-    let sealed = front
-        .receipt_key
-        .seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload());
-    encode(&Packet::Publish(Publish::new(
-        replies_topic(device),
-        QoS::AtMostOnce,
-        sealed,
-    )))
-}
-
-/// A log line that repeats at most once per interval, saying how many times it happened since
-/// it was last written: no input can fill the disk through the log.
-struct Throttled {
-    interval: Duration,
-    last: Option<Instant>,
-    unlogged: u64,
-}
-
-impl Throttled {
-    fn every(interval: Duration) -> Throttled {
-        Throttled {
-            interval,
-            last: None,
-            unlogged: 0,
-        }
-    }
-
-    /// Counts one occurrence; `Some(count)` when it is time to log them.
-    fn occurred(&mut self) -> Option<u64> {
-        self.unlogged += 1;
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < self.interval)
-        {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.unlogged))
-    }
-}
-
-const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Refused SUBSCRIBEs and UNSUBSCRIBEs one session is answered before it is closed.
 const ANSWERED_REFUSALS_MAX: u32 = 8;
@@ -693,158 +473,4 @@ where
         writer_abort.abort();
     }
     ended_by.map_or(Ok(()), Err)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rumqttc::mqttbytes::v4::{PubAck, Subscribe, SubscribeFilter, Unsubscribe};
-
-    fn publish(topic: &str, qos: QoS, retain: bool) -> Packet {
-        let mut publish = Publish::new(topic, qos, b"x".to_vec());
-        publish.retain = retain;
-        publish.pkid = 1;
-        Packet::Publish(publish)
-    }
-
-    fn subscribe(paths: &[&str], qos: QoS) -> Packet {
-        Packet::Subscribe(Subscribe {
-            pkid: 7,
-            filters: paths
-                .iter()
-                .map(|p| SubscribeFilter::new(p.to_string(), qos))
-                .collect(),
-        })
-    }
-
-    #[test]
-    fn the_guard_policy_as_a_table() {
-        let device = DeviceId::parse("pos-1").expect("valid");
-        let own_requests = "paygate/v1/devices/pos-1/requests";
-        let own_replies = "paygate/v1/devices/pos-1/replies";
-        let sub_refused = |n: usize| {
-            Verdict::Answer(
-                Packet::SubAck(SubAck::new(7, vec![SubscribeReasonCode::Failure; n])),
-                ErrorCode::TopicNotAuthorized,
-            )
-        };
-        use ErrorCode::*;
-        let table: Vec<(&str, Packet, Verdict)> = vec![
-            (
-                "own requests qos1",
-                publish(own_requests, QoS::AtLeastOnce, false),
-                Verdict::Forward,
-            ),
-            (
-                "own requests qos0",
-                publish(own_requests, QoS::AtMostOnce, false),
-                Verdict::Forward,
-            ),
-            (
-                "own requests qos2",
-                publish(own_requests, QoS::ExactlyOnce, false),
-                Verdict::Close(QosNotSupported),
-            ),
-            (
-                "retained",
-                publish(own_requests, QoS::AtLeastOnce, true),
-                Verdict::Close(QosNotSupported),
-            ),
-            (
-                "other device",
-                publish("paygate/v1/devices/pos-2/requests", QoS::AtLeastOnce, false),
-                Verdict::Close(TopicNotAuthorized),
-            ),
-            (
-                "own replies",
-                publish(own_replies, QoS::AtLeastOnce, false),
-                Verdict::Close(TopicNotAuthorized),
-            ),
-            (
-                "wildcard topic",
-                publish("paygate/v1/devices/+/requests", QoS::AtLeastOnce, false),
-                Verdict::Close(TopicNotAuthorized),
-            ),
-            (
-                "sys",
-                publish("$SYS/x", QoS::AtMostOnce, false),
-                Verdict::Close(TopicNotAuthorized),
-            ),
-            (
-                "nul",
-                publish(
-                    "paygate/v1/devices/pos-1/requests\0",
-                    QoS::AtMostOnce,
-                    false,
-                ),
-                Verdict::Close(TopicNotAuthorized),
-            ),
-            (
-                "empty",
-                publish("", QoS::AtMostOnce, false),
-                Verdict::Close(TopicNotAuthorized),
-            ),
-            (
-                "subscribe own replies",
-                subscribe(&[own_replies], QoS::AtLeastOnce),
-                Verdict::Forward,
-            ),
-            (
-                "subscribe #",
-                subscribe(&["#"], QoS::AtLeastOnce),
-                sub_refused(1),
-            ),
-            (
-                "subscribe share",
-                subscribe(
-                    &["$share/g/paygate/v1/devices/pos-1/replies"],
-                    QoS::AtLeastOnce,
-                ),
-                sub_refused(1),
-            ),
-            (
-                "subscribe other replies",
-                subscribe(&["paygate/v1/devices/pos-2/replies"], QoS::AtLeastOnce),
-                sub_refused(1),
-            ),
-            (
-                "subscribe mixed",
-                subscribe(&[own_replies, "#"], QoS::AtLeastOnce),
-                sub_refused(2),
-            ),
-            (
-                "subscribe qos2",
-                subscribe(&[own_replies], QoS::ExactlyOnce),
-                sub_refused(1),
-            ),
-            (
-                "unsubscribe other",
-                Packet::Unsubscribe(Unsubscribe {
-                    pkid: 3,
-                    topics: vec!["#".into()],
-                }),
-                Verdict::Answer(Packet::UnsubAck(UnsubAck::new(3)), TopicNotAuthorized),
-            ),
-            ("puback", Packet::PubAck(PubAck::new(1)), Verdict::Forward),
-            ("ping", Packet::PingReq, Verdict::Forward),
-            (
-                "connack from device",
-                Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)),
-                Verdict::Close(ProtocolViolation),
-            ),
-            (
-                "unsuback from device",
-                Packet::UnsubAck(UnsubAck::new(1)),
-                Verdict::Close(ProtocolViolation),
-            ),
-            (
-                "pingresp from device",
-                Packet::PingResp,
-                Verdict::Close(ProtocolViolation),
-            ),
-        ];
-        for (name, packet, expected) in table {
-            assert_eq!(check_packet(&device, &packet), expected, "{name}");
-        }
-    }
 }

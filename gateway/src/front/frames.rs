@@ -1,0 +1,178 @@
+//! Frames in and out of a device session: the reader that splits (and size-checks) the
+//! stream, the signed notices the front sends, and the throttle on repeated log lines.
+
+use super::Front;
+use crate::admission::Refused;
+use crate::clock::now_ms;
+use crate::pipeline::receipts::rejected_receipt;
+use bytes::{Bytes, BytesMut};
+use paygate_core::envelope::UnverifiedEnvelope;
+use paygate_core::receipt::RECEIPT_CONTENT_TYPE;
+use paygate_core::topics::replies_topic;
+use paygate_core::{DeviceId, ErrorCode};
+use rumqttc::mqttbytes::v4::{Packet, Publish};
+use rumqttc::mqttbytes::{self, QoS};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+pub(super) enum FrameError {
+    Closed,
+    TooLarge,
+    Malformed(mqttbytes::Error),
+    Io,
+}
+
+impl FrameError {
+    pub(super) fn code(&self) -> Option<ErrorCode> {
+        match self {
+            FrameError::Closed | FrameError::Io => None,
+            FrameError::TooLarge => Some(ErrorCode::PacketTooLarge),
+            FrameError::Malformed(_) => Some(ErrorCode::ProtocolViolation),
+        }
+    }
+}
+
+/// Splits a byte stream into MQTT frames, refusing a frame larger than the maximum as soon as
+/// its fixed header is read (before its body is buffered).
+pub(super) struct FrameReader<R> {
+    pub(super) reader: R,
+    pub(super) buffer: BytesMut,
+    pub(super) packet_bytes_max: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(super) fn new(reader: R, packet_bytes_max: usize) -> Self {
+        FrameReader {
+            reader,
+            buffer: BytesMut::with_capacity(4096),
+            packet_bytes_max,
+        }
+    }
+
+    pub(super) async fn next_raw(&mut self) -> Result<Bytes, FrameError> {
+        loop {
+            match mqttbytes::check(self.buffer.iter(), self.packet_bytes_max) {
+                Ok(header) => return Ok(self.buffer.split_to(header.frame_length()).freeze()),
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(mqttbytes::Error::PayloadSizeLimitExceeded(_)) => {
+                    return Err(FrameError::TooLarge)
+                }
+                Err(other) => return Err(FrameError::Malformed(other)),
+            }
+            match self.reader.read_buf(&mut self.buffer).await {
+                Ok(0) => return Err(FrameError::Closed),
+                Ok(_) => {}
+                Err(_) => return Err(FrameError::Io),
+            }
+        }
+    }
+
+    pub(super) async fn next(&mut self) -> Result<(Packet, Bytes), FrameError> {
+        let raw = self.next_raw().await?;
+        let mut copy = BytesMut::from(&raw[..]);
+        let packet =
+            Packet::read(&mut copy, self.packet_bytes_max).map_err(FrameError::Malformed)?;
+        Ok((packet, raw))
+    }
+}
+
+pub(super) fn encode(packet: &Packet) -> Bytes {
+    let mut buffer = BytesMut::new();
+    // packets the guard builds are small and well-formed
+    let _ = packet.write(&mut buffer, usize::MAX);
+    buffer.freeze()
+}
+
+pub(super) fn notice(front: &Front, device: &DeviceId, code: ErrorCode) -> Bytes {
+    let receipt = rejected_receipt(
+        device,
+        None,
+        None,
+        code,
+        code.description().to_owned(),
+        now_ms(),
+    );
+    seal_reply(front, device, &receipt)
+}
+
+/// The answer to a request the front did not admit: `OVERLOADED` with the wait, naming the
+/// request (its idempotency key and body hash, read without verifying the signature: the
+/// notice goes only to the device's own reply topic) so a device with several in flight
+/// knows which one to send again.
+pub(super) fn overloaded_notice(
+    front: &Front,
+    device: &DeviceId,
+    message: &[u8],
+    refused: Refused,
+) -> Bytes {
+    let envelope = UnverifiedEnvelope::parse(message).ok();
+    let payload = envelope.as_ref().and_then(|e| e.payload_unverified());
+    let key = payload
+        .and_then(|p| paygate_core::request::decode_request(p).ok())
+        .map(|request| request.idempotency_key);
+    let body = payload.map(crate::pipeline::sha256);
+    let mut receipt = rejected_receipt(
+        device,
+        key.as_ref(),
+        body.as_deref(),
+        ErrorCode::Overloaded,
+        format!(
+            "over the {} limit; send the same request again in {} ms",
+            refused.reason.as_str(),
+            refused.retry_after.as_millis()
+        ),
+        now_ms(),
+    );
+    receipt.retry_after_ms =
+        Some(u64::try_from(refused.retry_after.as_millis()).unwrap_or(u64::MAX));
+    seal_reply(front, device, &receipt)
+}
+
+pub(super) fn seal_reply(
+    front: &Front,
+    device: &DeviceId,
+    receipt: &paygate_core::receipt::Receipt,
+) -> Bytes {
+    let sealed = front
+        .receipt_key
+        .seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload());
+    encode(&Packet::Publish(Publish::new(
+        replies_topic(device),
+        QoS::AtMostOnce,
+        sealed,
+    )))
+}
+
+/// A log line that repeats at most once per interval, saying how many times it happened since
+/// it was last written: no input can fill the disk through the log.
+pub(super) struct Throttled {
+    pub(super) interval: Duration,
+    pub(super) last: Option<Instant>,
+    pub(super) unlogged: u64,
+}
+
+impl Throttled {
+    pub(super) fn every(interval: Duration) -> Throttled {
+        Throttled {
+            interval,
+            last: None,
+            unlogged: 0,
+        }
+    }
+
+    /// Counts one occurrence; `Some(count)` when it is time to log them.
+    pub(super) fn occurred(&mut self) -> Option<u64> {
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.interval)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+pub(super) const LOG_INTERVAL: Duration = Duration::from_secs(10);
