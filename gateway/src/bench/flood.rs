@@ -100,6 +100,7 @@ pub async fn flood_rows(options: &BenchOptions) -> Result<Vec<Row>> {
             name: name.into(),
             outcomes: Some(outcomes),
             cpu_cores: None,
+            load_cpu_cores: None,
             rss_bytes: Some(rss),
             note,
         });

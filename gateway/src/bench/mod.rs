@@ -49,8 +49,12 @@ pub struct BenchOptions {
 pub struct Row {
     pub name: String,
     pub outcomes: Option<Outcomes>,
-    /// Gateway CPU in cores (CPU seconds per second) over the measured window.
+    /// The server's CPU in cores (CPU seconds per second) over the measured window: the
+    /// gateway's, or mosquitto's for the reference.
     pub cpu_cores: Option<f64>,
+    /// The bench process's own CPU over the same window: the load generator (and, for the
+    /// mosquitto reference, its echo responder). With the server's, what the machine spent.
+    pub load_cpu_cores: Option<f64>,
     pub rss_bytes: Option<u64>,
     pub note: String,
 }
@@ -72,6 +76,7 @@ pub async fn run(options: BenchOptions) -> Result<Vec<Row>> {
             name: "pgbench simple-update".into(),
             outcomes: None,
             cpu_cores: None,
+            load_cpu_cores: None,
             rss_bytes: None,
             note: match tps {
                 Ok(tps) => format!("{tps:.0} tps (8 clients)"),
@@ -165,10 +170,13 @@ async fn paygate_row(
     let load_task = tokio::spawn(loadgen::run(load));
     tokio::time::sleep(options.warmup).await;
     let cpu_at_start = gateway.cpu()?;
+    let load_cpu_at_start = setup::cpu_of(std::process::id())?;
     tokio::time::sleep(options.duration).await;
     let cpu_after = gateway.cpu()?;
+    let load_cpu_after = setup::cpu_of(std::process::id())?;
     let outcomes = load_task.await.context("load task")??;
-    let cpu = cpu_after.saturating_sub(cpu_at_start).as_secs_f64() / options.duration.as_secs_f64();
+    let cpu = setup::cores(cpu_at_start, cpu_after, options.duration);
+    let load_cpu = setup::cores(load_cpu_at_start, load_cpu_after, options.duration);
     let (rss, _) = gateway.rss()?;
     let mut note = format!(
         "{} unanswered, {} not approved",
@@ -183,6 +191,7 @@ async fn paygate_row(
         name,
         outcomes: Some(outcomes),
         cpu_cores: Some(cpu),
+        load_cpu_cores: Some(load_cpu),
         rss_bytes: Some(rss),
         note,
     })
@@ -263,6 +272,7 @@ async fn mosquitto_row(
             name,
             outcomes: None,
             cpu_cores: None,
+            load_cpu_cores: None,
             rss_bytes: None,
             note: "not measured: mosquitto is not installed (apt-get install mosquitto)".into(),
         });
@@ -279,7 +289,7 @@ async fn mosquitto_row(
     let responder =
         paygate_agent::DeviceBundle::load(&crate::pki::device_dir(&pki_dir, &responder_id))?;
     eprintln!("bench: {name}: {} terminals", bundles.len());
-    let outcomes = reference::mosquitto(
+    let (outcomes, cpu) = reference::mosquitto(
         &pki_dir,
         bundles,
         responder,
@@ -292,7 +302,8 @@ async fn mosquitto_row(
         name,
         note: format!("{} unanswered", outcomes.unanswered),
         outcomes: Some(outcomes),
-        cpu_cores: None,
+        cpu_cores: Some(cpu.server_cores),
+        load_cpu_cores: Some(cpu.load_cores),
         rss_bytes: None,
     })
 }
@@ -341,11 +352,11 @@ pub fn table(rows: &[Row], options: &BenchOptions) -> String {
     );
     let _ = writeln!(
         out,
-        "| run | answered/s ok | x mosquitto | p50 ms | p90 ms | p99 ms | max ms | gateway CPU (cores) | gateway RSS MiB | notes |"
+        "| run | answered/s ok | x mosquitto | p50 ms | p90 ms | p99 ms | max ms | server CPU (cores) | load generator CPU (cores) | server RSS MiB | notes |"
     );
     let _ = writeln!(
         out,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     );
     for row in rows {
         let cells = match &row.outcomes {
@@ -365,9 +376,10 @@ pub fn table(rows: &[Row], options: &BenchOptions) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {cells} | {} | {} | {} |",
+            "| {} | {cells} | {} | {} | {} | {} |",
             row.name,
             row.cpu_cores.map_or("-".into(), |c| format!("{c:.2}")),
+            row.load_cpu_cores.map_or("-".into(), |c| format!("{c:.2}")),
             row.rss_bytes
                 .map_or("-".into(), |b| format!("{:.0}", b as f64 / 1_048_576.0)),
             row.note

@@ -23,6 +23,14 @@ pub fn mosquitto_binary() -> Option<std::path::PathBuf> {
     .find(|p| p.exists())
 }
 
+/// CPU over a reference run's measured window, in cores.
+pub struct ReferenceCpu {
+    /// mosquitto's.
+    pub server_cores: f64,
+    /// The bench process's: the load generator and the echo responder.
+    pub load_cores: f64,
+}
+
 /// Runs the same load against mosquitto with an echoing responder.
 pub async fn mosquitto(
     pki_dir: &Path,
@@ -31,7 +39,7 @@ pub async fn mosquitto(
     mode: Mode,
     warmup: Duration,
     duration: Duration,
-) -> Result<loadgen::Outcomes> {
+) -> Result<(loadgen::Outcomes, ReferenceCpu)> {
     let binary =
         mosquitto_binary().context("mosquitto is not installed (apt-get install mosquitto)")?;
     let port = setup::free_port()?;
@@ -88,10 +96,26 @@ pub async fn mosquitto(
         duration,
         counter_base: 0,
     };
-    let outcomes = loadgen::run(load).await;
+    let broker_pid = broker.id().context("mosquitto's process id")?;
+    let load_task = tokio::spawn(loadgen::run(load));
+    tokio::time::sleep(warmup).await;
+    let (server_before, load_before) = (
+        setup::cpu_of(broker_pid)?,
+        setup::cpu_of(std::process::id())?,
+    );
+    tokio::time::sleep(duration).await;
+    let (server_after, load_after) = (
+        setup::cpu_of(broker_pid)?,
+        setup::cpu_of(std::process::id())?,
+    );
+    let outcomes = load_task.await.context("load task");
     echo.abort();
     let _ = broker.kill().await;
-    outcomes
+    let cpu = ReferenceCpu {
+        server_cores: setup::cores(server_before, server_after, duration),
+        load_cores: setup::cores(load_before, load_after, duration),
+    };
+    Ok((outcomes??, cpu))
 }
 
 /// The responder: every request is published back, unchanged, on its device's reply topic.

@@ -294,6 +294,11 @@ pub fn cpu_of(pid: u32) -> Result<Duration> {
     Ok(Duration::from_millis(total * 10))
 }
 
+/// CPU time between two readings as cores: CPU seconds per second of `window`.
+pub fn cores(before: Duration, after: Duration, window: Duration) -> f64 {
+    after.saturating_sub(before).as_secs_f64() / window.as_secs_f64().max(1e-9)
+}
+
 /// A free port on 127.0.0.1.
 pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

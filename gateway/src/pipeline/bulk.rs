@@ -64,7 +64,9 @@ impl Bulk {
                     _ => None,
                 })
                 .collect();
+            let started = std::time::Instant::now();
             self.lane = Some(Lane::load(tx, &ctx.rules, &items, scope.now_ms).await?);
+            tracing::debug!(target: "paygate_gateway::pipeline::timing", items = items.len(), load_us = super::micros_since(started), "lane loaded");
         }
         let Some(lane) = self.lane.as_mut() else {
             return Ok(false);
@@ -185,10 +187,29 @@ async fn write(
         legs: earn.legs(),
         now_ms: scope.now_ms,
     }));
-    ledger::post_many(tx, lane.snapshot(), &transfers).await?;
-    rewards::open_earned_lots(tx, &scope.ctx.rules.rewards, &earned, scope.now_ms).await?;
+    // the receipts are signed and the audit records built on the blocking pool while the
+    // transfers are posted: the decisions are final, only their storing is left
     let finals: Vec<Final> = pending.iter().map(|(_, p)| p.decided.clone()).collect();
-    let written = record::write_finals(tx, scope.ctx, &finals, events, scope.now_ms).await?;
+    let sealing = {
+        let key = scope.ctx.receipt_key.clone();
+        let now_ms = scope.now_ms;
+        tokio::task::spawn_blocking(move || {
+            let sealed = record::seal_finals(&key, &finals, now_ms);
+            (finals, sealed)
+        })
+    };
+    let started = std::time::Instant::now();
+    let posted = ledger::post_many(tx, lane.snapshot(), &transfers).await;
+    // joined before any error returns, so no sealing outlives its batch
+    let (finals, sealed) = sealing
+        .await
+        .map_err(|e| StoreError::Invariant(format!("sealing the batch's receipts failed: {e}")))?;
+    posted?;
+    let posted_us = super::micros_since(started);
+    rewards::open_earned_lots(tx, &scope.ctx.rules.rewards, &earned, scope.now_ms).await?;
+    let written =
+        record::write_sealed(tx, scope.ctx, &finals, sealed, events, scope.now_ms).await?;
+    tracing::debug!(target: "paygate_gateway::pipeline::timing", payments = pending.len(), posted_us, written_us = super::micros_since(started), "lane written");
     Ok(written.into_iter().map(|(receipt, _)| receipt).collect())
 }
 

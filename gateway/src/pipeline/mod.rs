@@ -135,7 +135,15 @@ impl Pipeline {
         for device in &decided.answered {
             ctx.admission.answered(device);
         }
-        if let Err(error) = ctx.audit.drain().await {
+        let started = std::time::Instant::now();
+        let drained = ctx.audit.drain().await;
+        tracing::debug!(
+            target: "paygate_gateway::pipeline::timing",
+            replies = decided.replies.len(),
+            journal_us = micros_since(started),
+            "batch released"
+        );
+        if let Err(error) = drained {
             // nothing leaves, not even to the UPI network, before its audit record is durable;
             // a payment left unsent is declined not_sent by the worker after its send window
             tracing::error!(%error, "receipts and UPI handoffs held back: the audit journal cannot be written");
@@ -211,10 +219,13 @@ async fn decide_and_record(ctx: &Context, batch: &mut Batch) -> Result<(), Store
         return Ok(());
     }
     let events_before = batch.events.len();
+    let started = std::time::Instant::now();
+    let mut timing = StageTiming::default();
     let result = async {
         let mut tx = ctx.store.begin_batch().await?;
         let probes: Vec<Probe<'_>> = batch.slots.iter().filter_map(probe_of).collect();
         let mut known = Known::load(&mut tx, &probes).await?;
+        timing.dedupe_us = micros_since(started);
         let mut replies = Vec::new();
         let mut sinks = record::Sinks {
             events: &mut batch.events,
@@ -256,11 +267,23 @@ async fn decide_and_record(ctx: &Context, batch: &mut Batch) -> Result<(), Store
         }
         lane.flush(&scope, &mut tx, &mut known, &mut sinks, &mut replies)
             .await?;
+        timing.decided_us = micros_since(started);
         store::add_audit_events(&mut tx, sinks.events).await?;
+        timing.outbox_us = micros_since(started);
         tx.commit().await?;
+        timing.committed_us = micros_since(started);
         Ok::<_, StoreError>(replies)
     }
     .await;
+    tracing::debug!(
+        target: "paygate_gateway::pipeline::timing",
+        requests = batch.slots.len(),
+        dedupe_us = timing.dedupe_us,
+        decided_us = timing.decided_us,
+        outbox_us = timing.outbox_us,
+        committed_us = timing.committed_us,
+        "batch decided"
+    );
     match result {
         Ok(replies) => {
             for (index, reply) in replies {
@@ -273,6 +296,20 @@ async fn decide_and_record(ctx: &Context, batch: &mut Batch) -> Result<(), Store
             Err(error)
         }
     }
+}
+
+/// When each part of a batch's transaction ended, in microseconds from its start (a debug
+/// event, `paygate_gateway::pipeline::timing`, for profiling).
+#[derive(Default)]
+struct StageTiming {
+    dedupe_us: u64,
+    decided_us: u64,
+    outbox_us: u64,
+    committed_us: u64,
+}
+
+fn micros_since(start: std::time::Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 fn probe_of(slot: &Slot) -> Option<Probe<'_>> {

@@ -14,6 +14,7 @@ use crate::products::{Decision, Effect, Final, IdentityNote, Prepared, RequestRe
 use crate::store::{self, Batch as Tx, StoreError};
 use crate::upi::{repo, Handoff};
 use paygate_core::audit::{AuditEvent, AuditOutcome, EventType};
+use paygate_core::envelope::SigningKey;
 use paygate_core::receipt::{Receipt, RECEIPT_CONTENT_TYPE};
 use paygate_core::request::Request;
 use paygate_core::{DeviceId, ErrorCode};
@@ -156,17 +157,60 @@ pub async fn write_finals(
     events: &mut Vec<AuditEvent>,
     now_ms: u64,
 ) -> Result<Vec<(Vec<u8>, Vec<RequestRef>)>, StoreError> {
-    let mut written = Vec::with_capacity(finals.len());
-    for decided in finals {
-        let sealed = seal(ctx, &receipts::final_receipt(decided, now_ms));
-        let mut requests = vec![decided.request.clone()];
-        requests.extend(decided.answer.clone());
-        written.push((sealed, requests));
+    let sealed = seal_finals(&ctx.receipt_key, finals, now_ms);
+    write_sealed(tx, ctx, finals, sealed, events, now_ms).await
+}
+
+/// What a final decision becomes before it is stored: its signed receipt, the requests it
+/// decides and its audit record. Reads nothing and writes nothing, so it may run on another
+/// thread while the decision's transfers are posted.
+pub struct Sealed {
+    receipt: Vec<u8>,
+    requests: Vec<RequestRef>,
+    event: AuditEvent,
+}
+
+/// Signs the receipt and builds the audit record of each final decision, in order.
+pub fn seal_finals(key: &SigningKey, finals: &[Final], now_ms: u64) -> Vec<Sealed> {
+    finals
+        .iter()
+        .map(|decided| {
+            let receipt = key.seal(
+                RECEIPT_CONTENT_TYPE,
+                &receipts::final_receipt(decided, now_ms).to_payload(),
+            );
+            let mut requests = vec![decided.request.clone()];
+            requests.extend(decided.answer.clone());
+            Sealed {
+                receipt,
+                requests,
+                event: decision_event(decided, now_ms),
+            }
+        })
+        .collect()
+}
+
+/// Stores sealed final decisions (`sealed[i]` made by [`seal_finals`] from `finals[i]`) and
+/// counts them; returns each receipt with the requests it decides.
+pub async fn write_sealed(
+    tx: &mut Tx<'_>,
+    ctx: &Context,
+    finals: &[Final],
+    sealed: Vec<Sealed>,
+    events: &mut Vec<AuditEvent>,
+    now_ms: u64,
+) -> Result<Vec<(Vec<u8>, Vec<RequestRef>)>, StoreError> {
+    if sealed.len() != finals.len() {
+        return Err(StoreError::Invariant(format!(
+            "{} decisions sealed for {} final decisions",
+            sealed.len(),
+            finals.len()
+        )));
     }
     let mut rows = Vec::with_capacity(finals.len());
     let mut payers = Vec::new();
-    for (decided, (sealed, requests)) in finals.iter().zip(&written) {
-        for request in requests {
+    for (decided, sealed) in finals.iter().zip(&sealed) {
+        for request in &sealed.requests {
             rows.push(store::DecidedRow {
                 device: &request.device,
                 key: &request.key,
@@ -174,7 +218,7 @@ pub async fn write_finals(
                 body_sha256: &request.body_sha256,
                 code: decided.code,
                 tx_id: decided.tx_id.as_ref(),
-                receipt: sealed,
+                receipt: &sealed.receipt,
                 now_ms,
             });
         }
@@ -184,11 +228,13 @@ pub async fn write_finals(
     }
     store::record_decided_many(tx, &rows).await?;
     store::record_payers(tx, &payers).await?;
-    for (decided, (sealed, _)) in finals.iter().zip(&written) {
+    drop(rows);
+    let mut written = Vec::with_capacity(finals.len());
+    for (decided, sealed) in finals.iter().zip(sealed) {
         if let Some(payment_id) = &decided.settles_upi_payment {
-            repo::mark_settled(tx, payment_id, sealed).await?;
+            repo::mark_settled(tx, payment_id, &sealed.receipt).await?;
         }
-        events.push(decision_event(decided, now_ms));
+        events.push(sealed.event);
         if decided.alert {
             ctx.metrics.count_invariant_alert();
         }
@@ -196,6 +242,7 @@ pub async fn write_finals(
             None => ctx.metrics.count_approved(),
             Some(code) => ctx.metrics.count_declined(code),
         }
+        written.push((sealed.receipt, sealed.requests));
     }
     Ok(written)
 }
