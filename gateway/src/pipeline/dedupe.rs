@@ -39,22 +39,36 @@ fn counter_value(counter: u64) -> i64 {
 /// answers with its `requests` row over its challenge or UPI payment row.
 const TABLES: [&str; 3] = ["identity_challenges", "upi_payments", "requests"];
 
-/// `SELECT 0 AS rank, columns FROM first_table WHERE (device_id = $1 AND by = $2) OR ...
-/// UNION ALL SELECT 1 AS rank, ... ORDER BY rank`: every table in [`TABLES`] for `count`
-/// (device, `by`) pairs, bound once and named again in each table's part, in table order.
-fn probe_query(columns: &str, by: &str, count: usize) -> String {
-    let terms: Vec<String> = (0..count)
-        .map(|i| format!("(device_id = ${} AND {by} = ${})", 2 * i + 1, 2 * i + 2))
+/// `WITH probe(device, value) AS (VALUES ($1, $2), ...) SELECT 0 AS rank, columns FROM probe
+/// JOIN first_table t ON ... UNION ALL SELECT 1 AS rank, ... ORDER BY rank`: every table in
+/// [`TABLES`] for `count` (device, `by`) pairs, bound once and joined in each table's part, in
+/// table order. A join on a list of values is planned once for the list (a disjunction of
+/// `count` terms costs SQLite a plan per term: three times the time on a batch of 120).
+fn probe_query(columns: &str, by: &str, by_type: &str, count: usize) -> String {
+    let values: Vec<String> = (0..count)
+        .map(|i| {
+            format!(
+                "(CAST(${} AS TEXT), CAST(${} AS {by_type}))",
+                2 * i + 1,
+                2 * i + 2
+            )
+        })
         .collect();
-    let filter = terms.join(" OR ");
     let parts: Vec<String> = TABLES
         .iter()
         .enumerate()
         .map(|(rank, table)| {
-            format!("SELECT {rank} AS rank, {columns} FROM {table} WHERE {filter}")
+            format!(
+                "SELECT {rank} AS rank, {columns} FROM probe JOIN {table} t \
+                 ON t.device_id = probe.device AND t.{by} = probe.value"
+            )
         })
         .collect();
-    format!("{} ORDER BY rank", parts.join(" UNION ALL "))
+    format!(
+        "WITH probe(device, value) AS (VALUES {}) {} ORDER BY rank",
+        values.join(", "),
+        parts.join(" UNION ALL ")
+    )
 }
 
 impl Known {
@@ -68,8 +82,9 @@ impl Known {
     }
 
     async fn load_keys(&mut self, tx: &mut Tx<'_>, probes: &[Probe<'_>]) -> Result<(), StoreError> {
-        let columns = "device_id, idempotency_key, body_sha256, receipt";
-        let sql = probe_query(columns, "idempotency_key", probes.len());
+        let columns = "t.device_id AS device_id, t.idempotency_key AS idempotency_key, \
+            t.body_sha256 AS body_sha256, t.receipt AS receipt";
+        let sql = probe_query(columns, "idempotency_key", "TEXT", probes.len());
         let mut query = sqlx::query(&sql);
         for probe in probes {
             query = query.bind(probe.device.as_str()).bind(probe.key.as_str());
@@ -88,7 +103,12 @@ impl Known {
         tx: &mut Tx<'_>,
         probes: &[Probe<'_>],
     ) -> Result<(), StoreError> {
-        let sql = probe_query("device_id, counter", "counter", probes.len());
+        let sql = probe_query(
+            "t.device_id AS device_id, t.counter AS counter",
+            "counter",
+            "BIGINT",
+            probes.len(),
+        );
         let mut query = sqlx::query(&sql);
         for probe in probes {
             query = query
