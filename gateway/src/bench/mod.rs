@@ -169,14 +169,9 @@ async fn paygate_row(
     // CPU is sampled across the measured window only, after the load's warm-up
     let load_task = tokio::spawn(loadgen::run(load));
     tokio::time::sleep(options.warmup).await;
-    let cpu_at_start = gateway.cpu()?;
-    let load_cpu_at_start = setup::cpu_of(std::process::id())?;
-    tokio::time::sleep(options.duration).await;
-    let cpu_after = gateway.cpu()?;
-    let load_cpu_after = setup::cpu_of(std::process::id())?;
+    let cores = setup::cores_over(&[gateway.pid, std::process::id()], options.duration).await?;
     let outcomes = load_task.await.context("load task")??;
-    let cpu = setup::cores(cpu_at_start, cpu_after, options.duration);
-    let load_cpu = setup::cores(load_cpu_at_start, load_cpu_after, options.duration);
+    let (cpu, load_cpu) = (cores[0], cores[1]);
     let (rss, _) = gateway.rss()?;
     let mut note = format!(
         "{} unanswered, {} not approved",

@@ -99,21 +99,13 @@ pub async fn mosquitto(
     let broker_pid = broker.id().context("mosquitto's process id")?;
     let load_task = tokio::spawn(loadgen::run(load));
     tokio::time::sleep(warmup).await;
-    let (server_before, load_before) = (
-        setup::cpu_of(broker_pid)?,
-        setup::cpu_of(std::process::id())?,
-    );
-    tokio::time::sleep(duration).await;
-    let (server_after, load_after) = (
-        setup::cpu_of(broker_pid)?,
-        setup::cpu_of(std::process::id())?,
-    );
+    let cores = setup::cores_over(&[broker_pid, std::process::id()], duration).await?;
     let outcomes = load_task.await.context("load task");
     echo.abort();
     let _ = broker.kill().await;
     let cpu = ReferenceCpu {
-        server_cores: setup::cores(server_before, server_after, duration),
-        load_cores: setup::cores(load_before, load_after, duration),
+        server_cores: cores[0],
+        load_cores: cores[1],
     };
     Ok((outcomes??, cpu))
 }

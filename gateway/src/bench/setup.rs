@@ -240,11 +240,6 @@ impl GatewayProcess {
         Ok(GatewayProcess { child, pid, port })
     }
 
-    /// CPU time (user + system) the process has used so far.
-    pub fn cpu(&self) -> Result<Duration> {
-        cpu_of(self.pid)
-    }
-
     /// Resident memory now and at its peak, in bytes.
     pub fn rss(&self) -> Result<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
@@ -294,9 +289,19 @@ pub fn cpu_of(pid: u32) -> Result<Duration> {
     Ok(Duration::from_millis(total * 10))
 }
 
-/// CPU time between two readings as cores: CPU seconds per second of `window`.
-pub fn cores(before: Duration, after: Duration, window: Duration) -> f64 {
-    after.saturating_sub(before).as_secs_f64() / window.as_secs_f64().max(1e-9)
+/// Waits `window` and returns the CPU each of `pids` used meanwhile, in cores (CPU seconds
+/// per second).
+pub async fn cores_over(pids: &[u32], window: Duration) -> Result<Vec<f64>> {
+    let before = pids
+        .iter()
+        .map(|&pid| cpu_of(pid))
+        .collect::<Result<Vec<_>>>()?;
+    tokio::time::sleep(window).await;
+    let seconds = window.as_secs_f64().max(1e-9);
+    pids.iter()
+        .zip(before)
+        .map(|(&pid, before)| Ok(cpu_of(pid)?.saturating_sub(before).as_secs_f64() / seconds))
+        .collect()
 }
 
 /// A free port on 127.0.0.1.

@@ -34,8 +34,11 @@ pub struct Sinks<'a> {
 }
 
 fn seal(ctx: &Context, receipt: &Receipt) -> Vec<u8> {
-    ctx.receipt_key
-        .seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload())
+    seal_with(&ctx.receipt_key, receipt)
+}
+
+fn seal_with(key: &SigningKey, receipt: &Receipt) -> Vec<u8> {
+    key.seal(RECEIPT_CONTENT_TYPE, &receipt.to_payload())
 }
 
 /// Records a product's decision for `item`.
@@ -175,10 +178,7 @@ pub fn seal_finals(key: &SigningKey, finals: &[Final], now_ms: u64) -> Vec<Seale
     finals
         .iter()
         .map(|decided| {
-            let receipt = key.seal(
-                RECEIPT_CONTENT_TYPE,
-                &receipts::final_receipt(decided, now_ms).to_payload(),
-            );
+            let receipt = seal_with(key, &receipts::final_receipt(decided, now_ms));
             let mut requests = vec![decided.request.clone()];
             requests.extend(decided.answer.clone());
             Sealed {
