@@ -2,10 +2,11 @@
 //! gateway's certificate, the device's TLS certificate and key, its signing key, and the
 //! gateway's receipt public key.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use base64::Engine;
 use paygate_core::envelope::{SigningAlgorithm, SigningKey, VerifyingKey};
 use paygate_core::DeviceId;
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -71,16 +72,20 @@ impl DeviceBundle {
 
     pub fn ca_certs(&self) -> Result<Vec<CertificateDer<'static>>> {
         let pem = read(&self.dir.join("ca.cert.pem"))?;
-        Ok(rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<Vec<_>, _>>()?)
+        Ok(CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>()?)
     }
 
     pub fn client_cert_chain(&self) -> Result<Vec<CertificateDer<'static>>> {
         let pem = read(&self.dir.join("device.cert.pem"))?;
-        Ok(rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<Vec<_>, _>>()?)
+        Ok(CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>()?)
     }
 
     pub fn client_key(&self) -> Result<PrivateKeyDer<'static>> {
         let pem = read(&self.dir.join("device.key.pem"))?;
-        rustls_pemfile::private_key(&mut pem.as_slice())?.context("device.key.pem holds no key")
+        match PrivateKeyDer::from_pem_slice(&pem) {
+            Ok(key) => Ok(key),
+            Err(rustls_pki_types::pem::Error::NoItemsFound) => bail!("device.key.pem holds no key"),
+            Err(error) => Err(error).context("parsing device.key.pem"),
+        }
     }
 }

@@ -107,7 +107,7 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let shared = paygate_gateway::aws::defaults()
         .endpoint_url(&endpoint)
         .load()
         .await;

@@ -8,6 +8,7 @@ use paygate_core::{DeviceId, ErrorCode};
 use rustls::crypto::ring as provider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ fn read_pem(path: &Path) -> Result<Vec<u8>> {
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let pem = read_pem(path)?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing certificates in {}", path.display()))?;
     if certs.is_empty() {
@@ -29,14 +30,18 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let pem = read_pem(path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .with_context(|| format!("parsing key in {}", path.display()))?
-        .with_context(|| format!("{} holds no private key", path.display()))
+    match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(key) => Ok(key),
+        Err(rustls_pki_types::pem::Error::NoItemsFound) => {
+            bail!("{} holds no private key", path.display())
+        }
+        Err(error) => Err(error).with_context(|| format!("parsing key in {}", path.display())),
+    }
 }
 
 fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>> {
     let pem = read_pem(path)?;
-    rustls_pemfile::crls(&mut pem.as_slice())
+    CertificateRevocationListDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing CRLs in {}", path.display()))
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 async fn admin_client(endpoint: &str) -> aws_sdk_s3::Client {
     aws_env();
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let shared = paygate_gateway::aws::defaults()
         .endpoint_url(endpoint)
         .load()
         .await;

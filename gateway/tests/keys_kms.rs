@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 
 async fn kms_admin(endpoint: &str) -> aws_sdk_kms::Client {
     aws_env();
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let shared = paygate_gateway::aws::defaults()
         .endpoint_url(endpoint)
         .load()
         .await;

@@ -208,7 +208,7 @@ impl S3Worm {
     /// Builds the client from the standard AWS chain plus the settings' overrides, then checks
     /// that the bucket is versioned and has Object Lock enabled.
     pub async fn connect(settings: &S3WormSettings) -> Result<S3Worm, WormError> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let mut loader = crate::aws::defaults()
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(3))

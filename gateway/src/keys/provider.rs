@@ -357,7 +357,7 @@ where
 
 impl AwsKms {
     pub async fn connect(settings: &KeySettings) -> AwsKms {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let mut loader = crate::aws::defaults()
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(2))
