@@ -16,11 +16,11 @@ pub use bundle::DeviceBundle;
 
 use anyhow::{bail, Context, Result};
 use outbox::Outbox;
-use paygate_core::envelope::UnverifiedEnvelope;
+use paygate_core::envelope::{UnverifiedEnvelope, VerifyingKey};
 use paygate_core::receipt::{Outcome, Receipt, RECEIPT_CONTENT_TYPE};
 use paygate_core::request::{Operation, Request, REQUEST_CONTENT_TYPE};
 use paygate_core::topics::{replies_topic, requests_topic};
-use paygate_core::{AccountId, ErrorCode, IdempotencyKey, Money};
+use paygate_core::{AccountId, DeviceId, ErrorCode, IdempotencyKey, Money};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -480,23 +480,35 @@ impl Agent {
 impl DeviceBundle {
     /// Verifies a reply envelope under the gateway's receipt key and decodes it strictly.
     pub fn verify_receipt(&self, envelope: &[u8]) -> Result<VerifiedReceipt> {
-        let parsed = UnverifiedEnvelope::parse(envelope).map_err(|e| anyhow::anyhow!(e))?;
-        let payload = parsed
-            .verify(
-                &self.gateway_key,
-                &self.gateway_key_id,
-                RECEIPT_CONTENT_TYPE,
-            )
-            .map_err(|e| anyhow::anyhow!(e))?;
-        let receipt = Receipt::decode(payload).context("receipt payload")?;
-        if receipt.device_id != self.device_id.as_str() {
-            bail!("receipt is for device {}", receipt.device_id);
-        }
-        Ok(VerifiedReceipt {
-            receipt,
-            envelope: envelope.to_vec(),
-        })
+        verify_receipt(
+            envelope,
+            &self.gateway_key,
+            &self.gateway_key_id,
+            &self.device_id,
+        )
     }
+}
+
+/// The agent's whole check of a reply: a COSE envelope signed by `gateway_key` (under
+/// `gateway_key_id`, for receipts), holding a strictly decoded receipt for `device`.
+pub fn verify_receipt(
+    envelope: &[u8],
+    gateway_key: &VerifyingKey,
+    gateway_key_id: &str,
+    device: &DeviceId,
+) -> Result<VerifiedReceipt> {
+    let parsed = UnverifiedEnvelope::parse(envelope).map_err(|e| anyhow::anyhow!(e))?;
+    let payload = parsed
+        .verify(gateway_key, gateway_key_id, RECEIPT_CONTENT_TYPE)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let receipt = Receipt::decode(payload).context("receipt payload")?;
+    if receipt.device_id != device.as_str() {
+        bail!("receipt is for device {}", receipt.device_id);
+    }
+    Ok(VerifiedReceipt {
+        receipt,
+        envelope: envelope.to_vec(),
+    })
 }
 
 pub fn now_ms() -> u64 {

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod descriptors;
 pub mod durable;
 pub mod front;
+pub mod fuzzing;
 pub mod gateway;
 pub mod identity;
 pub mod keys;

@@ -591,6 +591,86 @@ async fn server_only_packets_and_mqtt5_are_refused_before_rumqttd() {
     agent.disconnect().await;
 }
 
+/// Frames that decode but are not in their canonical form (a reserved flag or bit set, header
+/// flags the type does not allow) are refused: the guard forwards a device's bytes, so bytes
+/// its decoder would have ignored must not reach rumqttd's decoder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_not_in_canonical_form_are_refused_before_rumqttd() {
+    let gateway = TestGateway::start().await;
+    gateway.device("pos-1", "10.00").await;
+    let bundle = gateway.bundle_dir("pos-1");
+    let before = gateway.ledger_fingerprint().await;
+
+    // CONNECT with the reserved flag (bit 0 of the connect flags): closed, no CONNACK
+    let mut connect = rumqttc::mqttbytes::v4::Connect::new("pos-1");
+    connect.keep_alive = 30;
+    let mut bytes = bytes::BytesMut::new();
+    Packet::Connect(connect).write(&mut bytes, 1 << 20).unwrap();
+    bytes[9] |= 0x01;
+    let mut client =
+        RawClient::connect_tls(gateway.port(), gateway.tls_client_config(Some(&bundle)))
+            .await
+            .unwrap();
+    client.send_bytes(&bytes).await.unwrap();
+    let (packets, closed) = client.until_closed(Duration::from_secs(5)).await;
+    assert!(closed);
+    assert!(
+        !packets
+            .iter()
+            .any(|p| matches!(p, Packet::ConnAck(ack) if ack.code as u8 == 0)),
+        "CONNECT with the reserved flag was accepted: {packets:?}"
+    );
+
+    // after CONNECT: SUBSCRIBE to its own replies with QoS byte 0x41, SUBSCRIBE with header
+    // flags 0000, PINGREQ with a flag: each closes the connection with PROTOCOL_VIOLATION
+    let replies = "paygate/v1/devices/pos-1/replies";
+    let mut subscribe = bytes::BytesMut::new();
+    Packet::Subscribe(rumqttc::mqttbytes::v4::Subscribe::new(
+        replies,
+        QoS::AtLeastOnce,
+    ))
+    .write(&mut subscribe, 1 << 20)
+    .unwrap();
+    let mut qos_0x41 = subscribe.to_vec();
+    *qos_0x41.last_mut().unwrap() = 0x41;
+    let mut header_flags = subscribe.to_vec();
+    header_flags[0] = 0x80;
+    for (case, frame) in [
+        ("QoS 0x41", qos_0x41),
+        ("SUBSCRIBE header flags", header_flags),
+        ("PINGREQ flag", vec![0xC1, 0x00]),
+    ] {
+        let mut client = connected(&gateway, "pos-1").await;
+        client.send_bytes(&frame).await.unwrap();
+        let (packets, closed) = client.until_closed(Duration::from_secs(5)).await;
+        assert!(closed, "{case}: connection left open");
+        assert!(
+            !packets
+                .iter()
+                .any(|p| matches!(p, Packet::SubAck(_) | Packet::PingResp)),
+            "{case}: answered by the broker: {packets:?}"
+        );
+        assert_eq!(
+            notice_code(&gateway, "pos-1", &packets),
+            Some(ErrorCode::ProtocolViolation),
+            "{case}"
+        );
+    }
+    assert_eq!(gateway.ledger_fingerprint().await, before);
+
+    // the canonical forms still work, and the device still pays
+    let mut agent = gateway.agent("pos-1").await;
+    let receipt = agent
+        .pay(
+            &paygate_core::AccountId::parse(MERCHANT).unwrap(),
+            paygate_tests::inr("1.00"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(receipt.receipt.outcome, Outcome::Approved);
+    agent.disconnect().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_port_behind_the_guard_refuses_direct_connections() {
     // whoever finds rumqttd's loopback port still needs the in-memory secret

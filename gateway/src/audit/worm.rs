@@ -208,14 +208,13 @@ impl S3Worm {
     /// Builds the client from the standard AWS chain plus the settings' overrides, then checks
     /// that the bucket is versioned and has Object Lock enabled.
     pub async fn connect(settings: &S3WormSettings) -> Result<S3Worm, WormError> {
-        let mut loader = crate::aws::defaults()
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(10))
-                    .operation_timeout(Duration::from_secs(30))
-                    .build(),
-            );
+        let mut loader = crate::aws::defaults().timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .operation_timeout(Duration::from_secs(30))
+                .build(),
+        );
         if !settings.region.is_empty() {
             loader = loader.region(aws_config::Region::new(settings.region.clone()));
         }

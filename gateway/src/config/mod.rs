@@ -711,6 +711,18 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Defaults, then `text` as a configuration file: what [`Settings::load`] does with a
+    /// file, without the environment and without resolving `env:`/`file:` secrets (the
+    /// `config` fuzz target, [`crate::fuzzing::config`]).
+    pub fn parse_toml(text: &str) -> Result<Settings, ConfigError> {
+        let settings: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
     /// A path from the settings, resolved against the data directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {

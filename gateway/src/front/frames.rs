@@ -18,8 +18,46 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub(super) enum FrameError {
     Closed,
     TooLarge,
-    Malformed(mqttbytes::Error),
+    Malformed(Malformed),
     Io,
+}
+
+/// Why a complete frame was refused by [`decode_strict`].
+#[derive(Debug)]
+pub enum Malformed {
+    /// The MQTT decoder refused it.
+    Decode(mqttbytes::Error),
+    /// It decodes, but is not byte for byte the packet it decodes to: a reserved flag or bit
+    /// set, header flags the packet type does not allow, a QoS byte with its upper bits set,
+    /// an over-long length.
+    NotCanonical,
+}
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Malformed::Decode(error) => write!(f, "{error:?}"),
+            Malformed::NotCanonical => f.write_str("not in canonical form"),
+        }
+    }
+}
+
+/// Decodes one complete frame and refuses it unless re-encoding the packet gives back the
+/// very same bytes.
+///
+/// The guard decides on the packet as it decoded it, and forwards the device's bytes to
+/// rumqttd, which decodes them again with its own decoder. Accepting only the canonical form
+/// means both decoders see one packet: a byte the guard's decoder would have ignored (the
+/// CONNECT reserved flag, SUBSCRIBE's header flags, a subscription QoS of `0x41`) cannot mean
+/// something else to the broker. The `mqtt_frame` fuzz target checks this against rumqttd's
+/// decoder.
+pub fn decode_strict(raw: &[u8], packet_bytes_max: usize) -> Result<Packet, Malformed> {
+    let mut copy = BytesMut::from(raw);
+    let packet = Packet::read(&mut copy, packet_bytes_max).map_err(Malformed::Decode)?;
+    if !copy.is_empty() || encode(&packet) != raw {
+        return Err(Malformed::NotCanonical);
+    }
+    Ok(packet)
 }
 
 impl FrameError {
@@ -57,7 +95,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 Err(mqttbytes::Error::PayloadSizeLimitExceeded(_)) => {
                     return Err(FrameError::TooLarge)
                 }
-                Err(other) => return Err(FrameError::Malformed(other)),
+                Err(other) => return Err(FrameError::Malformed(Malformed::Decode(other))),
             }
             match self.reader.read_buf(&mut self.buffer).await {
                 Ok(0) => return Err(FrameError::Closed),
@@ -69,14 +107,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     pub(super) async fn next(&mut self) -> Result<(Packet, Bytes), FrameError> {
         let raw = self.next_raw().await?;
-        let mut copy = BytesMut::from(&raw[..]);
-        let packet =
-            Packet::read(&mut copy, self.packet_bytes_max).map_err(FrameError::Malformed)?;
+        let packet = decode_strict(&raw, self.packet_bytes_max).map_err(FrameError::Malformed)?;
         Ok((packet, raw))
     }
 }
 
-pub(super) fn encode(packet: &Packet) -> Bytes {
+/// The canonical encoding of a packet (what [`decode_strict`] compares a frame with).
+pub fn encode(packet: &Packet) -> Bytes {
     let mut buffer = BytesMut::new();
     // packets the guard builds are small and well-formed
     let _ = packet.write(&mut buffer, usize::MAX);
@@ -176,3 +213,123 @@ impl Throttled {
 }
 
 pub(super) const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rumqttc::mqttbytes::v4::{Connect, PubAck, Subscribe, SubscribeFilter};
+
+    const MAX: usize = 64 * 1024;
+
+    fn frame(packet: Packet) -> Vec<u8> {
+        encode(&packet).to_vec()
+    }
+
+    fn subscribe_own() -> Vec<u8> {
+        frame(Packet::Subscribe(Subscribe {
+            pkid: 2,
+            filters: vec![SubscribeFilter::new(
+                "paygate/v1/devices/pos-1/replies".into(),
+                QoS::AtLeastOnce,
+            )],
+        }))
+    }
+
+    #[test]
+    fn frames_not_in_canonical_form_are_refused() {
+        let mut connect = Connect::new("pos-1");
+        connect.keep_alive = 30;
+        let canonical_connect = frame(Packet::Connect(connect));
+        // fixed header (2), protocol name (2 + 4), level (1), then the connect flags
+        assert_eq!(canonical_connect[9] & 0x01, 0);
+        let mut reserved = canonical_connect.clone();
+        reserved[9] |= 0x01;
+
+        let mut subscribe_flags = subscribe_own();
+        assert_eq!(subscribe_flags[0], 0x82);
+        subscribe_flags[0] = 0x80;
+        let mut qos_0x41 = subscribe_own();
+        let last = qos_0x41.len() - 1;
+        assert_eq!(qos_0x41[last], 0x01);
+        qos_0x41[last] = 0x41;
+
+        let refused: Vec<(&str, Vec<u8>)> = vec![
+            ("CONNECT with the reserved flag", reserved),
+            ("SUBSCRIBE with header flags 0000", subscribe_flags),
+            ("SUBSCRIBE asking for QoS 0x41", qos_0x41),
+            ("PINGREQ with a header flag", vec![0xC1, 0x00]),
+            ("DISCONNECT with a header flag", vec![0xE2, 0x00]),
+            (
+                "PUBACK with a two-byte length",
+                vec![0x40, 0x82, 0x00, 0x00, 0x07],
+            ),
+            (
+                "PUBACK with a trailing byte",
+                vec![0x40, 0x03, 0x00, 0x07, 0x00],
+            ),
+        ];
+        for (case, bytes) in refused {
+            assert!(
+                matches!(
+                    decode_strict(&bytes, MAX),
+                    Err(Malformed::NotCanonical | Malformed::Decode(_))
+                ),
+                "{case} was accepted"
+            );
+        }
+        for canonical in [
+            canonical_connect,
+            subscribe_own(),
+            frame(Packet::PubAck(PubAck::new(7))),
+        ] {
+            assert!(decode_strict(&canonical, MAX).is_ok());
+        }
+    }
+
+    fn canonical_frame() -> impl Strategy<Value = Vec<u8>> {
+        let own = "paygate/v1/devices/pos-1/requests";
+        let publish = (
+            prop_oneof![Just(own.to_owned()), "[a-z/+#]{0,12}"],
+            proptest::collection::vec(any::<u8>(), 0..64),
+            any::<bool>(),
+            1u16..,
+        )
+            .prop_map(|(topic, payload, qos1, pkid)| {
+                let qos = if qos1 {
+                    QoS::AtLeastOnce
+                } else {
+                    QoS::AtMostOnce
+                };
+                let mut publish = Publish::new(topic, qos, payload);
+                if qos1 {
+                    publish.pkid = pkid;
+                }
+                frame(Packet::Publish(publish))
+            });
+        prop_oneof![
+            publish,
+            Just(subscribe_own()),
+            (1u16..).prop_map(|pkid| frame(Packet::PubAck(PubAck::new(pkid)))),
+            Just(frame(Packet::PingReq)),
+            Just(frame(Packet::Disconnect)),
+        ]
+    }
+
+    proptest! {
+        /// A canonical frame with any one byte changed is refused, or is itself canonical and
+        /// read the same way by rumqttd (the `mqtt_frames` fuzz target's property, searched
+        /// here on stable from valid frames).
+        #[test]
+        fn one_changed_byte_never_makes_the_guard_and_the_broker_disagree(
+            frames in proptest::collection::vec(canonical_frame(), 1..4),
+            at in any::<prop::sample::Index>(),
+            value in any::<u8>(),
+        ) {
+            let mut bytes: Vec<u8> = frames.concat();
+            let index = at.index(bytes.len());
+            bytes[index] = value;
+            crate::fuzzing::mqtt_frames(&bytes);
+        }
+    }
+}

@@ -36,7 +36,8 @@ use tokio_rustls::TlsAcceptor;
 mod frames;
 mod policy;
 
-use frames::{encode, notice, overloaded_notice, FrameError, FrameReader, Throttled, LOG_INTERVAL};
+pub use frames::{decode_strict, encode, Malformed};
+use frames::{notice, overloaded_notice, FrameError, FrameReader, Throttled, LOG_INTERVAL};
 pub use policy::{check_packet, Verdict};
 
 /// Everything a connection task needs.
