@@ -125,7 +125,8 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-fn load_ca(dir: &Path) -> Result<(rcgen::Certificate, KeyPair)> {
+/// The CA of the PKI in `dir`, to sign with: its certificate and key.
+pub fn load_ca(dir: &Path) -> Result<(rcgen::Certificate, KeyPair)> {
     let cert_pem = std::fs::read_to_string(dir.join("ca.cert.pem"))
         .context("reading ca.cert.pem: run `paygate certs init` first")?;
     let key_pem = std::fs::read_to_string(dir.join("ca.key.pem")).context("reading ca.key.pem")?;

@@ -82,9 +82,21 @@ pub fn server_config(settings: &Settings) -> Result<Arc<ServerConfig>> {
 
 /// The device id a verified client certificate names: its `urn:paygate:device:` URI SAN, or
 /// failing that its subject CN. Either must be a valid device id.
+///
+/// The certificate must say it is for client authentication (an extended key usage with
+/// `id-kp-clientAuth`): webpki accepts a certificate with no extended key usage at all for
+/// any purpose, and a device certificate is only ever issued with it (`pki::issue_device`), so
+/// one without it is not a device's.
 pub fn device_identity(cert: &CertificateDer<'_>) -> Result<DeviceId, ErrorCode> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|_| ErrorCode::DeviceIdInvalid)?;
+    let for_client_auth = matches!(
+        parsed.extended_key_usage(),
+        Ok(Some(usage)) if usage.value.client_auth
+    );
+    if !for_client_auth {
+        return Err(ErrorCode::TlsCertUntrusted);
+    }
     if let Ok(Some(san)) = parsed.subject_alternative_name() {
         for name in &san.value.general_names {
             if let x509_parser::extensions::GeneralName::URI(uri) = name {

@@ -312,6 +312,59 @@ async fn a_certificate_from_an_unknown_ca() {
     );
 }
 
+/// A certificate from the gateway's own CA, naming an enrolled device, but without the
+/// client-auth extended key usage (webpki takes a certificate without any EKU for every
+/// purpose): not a device certificate, refused at CONNECT with TLS_CERT_UNTRUSTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_without_the_client_auth_usage_is_not_a_device() {
+    let gateway = TestGateway::start().await;
+    gateway.device("pos-1", "10.00").await;
+    let before = gateway.ledger_fingerprint().await;
+    let bundle = gateway.bundle_dir("pos-1");
+    let (ca_cert, ca_key) = paygate_gateway::pki::load_ca(&gateway.pki_dir()).unwrap();
+    let device_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(bundle.join("device.key.pem")).unwrap())
+            .unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "pos-1");
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "urn:paygate:device:pos-1".try_into().unwrap(),
+    )];
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    assert!(params.extended_key_usages.is_empty());
+    let cert = params.signed_by(&device_key, &ca_cert, &ca_key).unwrap();
+    let forged = tempfile::tempdir().unwrap();
+    for file in ["ca.cert.pem", "device.key.pem"] {
+        std::fs::copy(bundle.join(file), forged.path().join(file)).unwrap();
+    }
+    std::fs::write(forged.path().join("device.cert.pem"), cert.pem()).unwrap();
+
+    let mut client = RawClient::connect_tls(
+        gateway.port(),
+        gateway.tls_client_config(Some(forged.path())),
+    )
+    .await
+    .unwrap();
+    let connack = client.mqtt_connect("pos-1").await;
+    assert!(
+        !matches!(connack, Ok(0)),
+        "a certificate without client auth got CONNACK {connack:?}"
+    );
+    assert_eq!(
+        gateway
+            .wait_for_refusals(ErrorCode::TlsCertUntrusted, 1)
+            .await,
+        1
+    );
+    assert_eq!(gateway.ledger_fingerprint().await, before);
+
+    // the real certificate of the same device still connects
+    let mut real = connected(&gateway, "pos-1").await;
+    real.send(Packet::Disconnect).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_certificate() {
     let gateway = TestGateway::start().await;
