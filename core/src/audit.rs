@@ -64,6 +64,14 @@ pub enum EventType {
     AuditShipping,
     /// The journal's torn tail (a write that never completed) was cut at start.
     JournalRepaired,
+    /// Nothing else happened for a seal interval: this record is sealed on its own, so a
+    /// checkpoint is made at least once per interval and an archive whose newest checkpoint
+    /// is older than that is visibly cut short (10.5.2, 10.6).
+    AuditHeartbeat,
+    /// The gateway's clock compared with the database server's: off by more than
+    /// `audit.clock_skew_max_ms` (failure: approvals stop) or back within it (success)
+    /// (10.6: time synchronisation).
+    ClockChecked,
     /// Key management: a data key made, the KEK rotated, or a key provider failure
     /// (PCI DSS 3.6, 3.7, 10.2.1.5).
     KeyOperation,
@@ -89,6 +97,8 @@ impl EventType {
             EventType::AuditLogRead => "audit_log_read",
             EventType::AuditShipping => "audit_shipping",
             EventType::JournalRepaired => "journal_repaired",
+            EventType::AuditHeartbeat => "audit_heartbeat",
+            EventType::ClockChecked => "clock_checked",
             EventType::KeyOperation => "key_operation",
             EventType::DataAccessed => "data_accessed",
             EventType::IdentityDecision => "identity_decision",
@@ -511,6 +521,10 @@ pub enum BreakKind {
     Truncated,
     /// The archive does not reach or does not agree with a checkpoint the auditor trusts.
     TrustedCheckpoint,
+    /// The newest checkpoint is older than the auditor allows: the gateway seals at least one
+    /// checkpoint per seal interval (heartbeats), so segments after it were removed, or the
+    /// gateway stopped sealing.
+    Stale,
 }
 
 impl BreakKind {
@@ -524,6 +538,7 @@ impl BreakKind {
             BreakKind::ChainBroken => "CHAIN_BROKEN",
             BreakKind::Truncated => "TRUNCATED",
             BreakKind::TrustedCheckpoint => "TRUSTED_CHECKPOINT",
+            BreakKind::Stale => "STALE",
         }
     }
 }
@@ -754,6 +769,42 @@ impl ArchiveVerifier {
             &path,
         )
         .map_err(|m| brk(format!("the archive is not an extension of it: {m}")))
+    }
+
+    /// When the newest checkpoint was sealed (milliseconds since the Unix epoch).
+    pub fn newest_sealed_at_ms(&self) -> Option<u64> {
+        self.bodies
+            .last()
+            .and_then(|body| parse_rfc3339_ms(&body.sealed_at))
+    }
+
+    /// Checks that the newest checkpoint was sealed within `max_age_ms` before `as_of_ms`.
+    /// The gateway seals at least once per seal interval, so an auditor who allows about two
+    /// intervals plus the shipping delay sees an archive whose last segments were removed.
+    pub fn check_fresh(&self, as_of_ms: u64, max_age_ms: u64) -> Result<(), AuditBreak> {
+        let stale = |message: String| AuditBreak {
+            kind: BreakKind::Stale,
+            location: self
+                .bodies
+                .last()
+                .map_or_else(|| "checkpoints/".to_owned(), |b| checkpoint_name(b.segment)),
+            message,
+        };
+        let Some(sealed_at) = self.newest_sealed_at_ms() else {
+            return Err(stale("the archive holds no checkpoint".into()));
+        };
+        let age = as_of_ms.saturating_sub(sealed_at);
+        if age > max_age_ms {
+            return Err(stale(format!(
+                "the newest checkpoint was sealed at {} ({} s before {}), more than the {} s allowed: \
+                 later segments were removed, or the gateway stopped sealing",
+                rfc3339_ms(sealed_at),
+                age / 1_000,
+                rfc3339_ms(as_of_ms),
+                max_age_ms / 1_000
+            )));
+        }
+        Ok(())
     }
 
     pub fn summary(&self, bytes: u64) -> ArchiveSummary {

@@ -7,8 +7,8 @@ use paygate_core::audit::{
     parse_rfc3339_ms, AuditEvent, AuditOutcome, AuditRecord, EventType, RecordProof,
 };
 use paygate_gateway::audit::archive;
-use paygate_gateway::audit::worm::{LocalWorm, S3Worm};
-use paygate_gateway::config::{AuditStoreKind, Settings};
+use paygate_gateway::audit::worm::AnyWorm;
+use paygate_gateway::config::Settings;
 use paygate_gateway::store::Store;
 use std::path::PathBuf;
 
@@ -28,6 +28,18 @@ pub enum AuditCommand {
         /// consistency proof), which also shows no segment was removed from the end.
         #[arg(long)]
         trusted_checkpoint: Option<PathBuf>,
+        /// A copy of the witness store (`paygate audit fetch --witness`, fetched before the
+        /// archive): the archive must reach and extend the witness's newest checkpoint.
+        #[arg(long)]
+        witness: Option<PathBuf>,
+        /// The newest checkpoint must be at most this old (seconds before --as-of). The
+        /// gateway seals at least once per `audit.seal_interval_ms`, idle or not, so about
+        /// two intervals plus the shipping delay shows an archive whose end was removed.
+        #[arg(long)]
+        max_age_seconds: Option<u64>,
+        /// The time the age is measured at (RFC 3339); default: now.
+        #[arg(long)]
+        as_of: Option<String>,
     },
     /// Write inclusion proofs (JSON) for every record of a transaction.
     Prove {
@@ -66,6 +78,10 @@ pub enum AuditCommand {
     Fetch {
         #[arg(long)]
         out: PathBuf,
+        /// Copy the witness store (`audit.witness`) instead: its checkpoints, for
+        /// `verify --witness`.
+        #[arg(long)]
+        witness: bool,
     },
 }
 
@@ -106,7 +122,7 @@ pub async fn run_audit(
         }
         AuditCommand::VerifyProof { proof, .. } => ("verify-proof", proof.display().to_string()),
         AuditCommand::Search { archive, .. } => ("search", archive.display().to_string()),
-        AuditCommand::Fetch { out } => ("fetch", out.display().to_string()),
+        AuditCommand::Fetch { out, .. } => ("fetch", out.display().to_string()),
     };
     if let Some(settings) = &settings {
         // 10.2.1.3: every access to the audit log is itself logged, before it happens
@@ -128,6 +144,9 @@ pub async fn run_audit(
             archive: dir,
             public_key,
             trusted_checkpoint,
+            witness,
+            max_age_seconds,
+            as_of,
         } => {
             let (key, key_id) =
                 archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
@@ -137,8 +156,27 @@ pub async fn run_audit(
                 ),
                 None => None,
             };
-            match archive::verify_archive(&dir, key, &key_id, trusted.as_deref(), true, |_| {}) {
-                Ok((_, summary)) => {
+            let as_of_ms = match &as_of {
+                Some(text) => parse_rfc3339_ms(text)
+                    .with_context(|| format!("--as-of {text:?} is not an RFC 3339 time"))?,
+                None => paygate_gateway::clock::now_ms(),
+            };
+            let checked =
+                archive::verify_archive(&dir, key, &key_id, trusted.as_deref(), true, |_| {})
+                    .and_then(|(verifier, summary)| {
+                        let witnessed = match &witness {
+                            Some(witness_dir) => {
+                                Some(archive::check_witness(&verifier, witness_dir)?)
+                            }
+                            None => None,
+                        };
+                        if let Some(seconds) = max_age_seconds {
+                            verifier.check_fresh(as_of_ms, seconds.saturating_mul(1_000))?;
+                        }
+                        Ok((verifier, summary, witnessed))
+                    });
+            match checked {
+                Ok((verifier, summary, witnessed)) => {
                     println!(
                         "OK: {} segments, {} records, {} bytes; log root {}",
                         summary.segments,
@@ -146,6 +184,17 @@ pub async fn run_audit(
                         summary.bytes,
                         hex::encode(summary.log_root)
                     );
+                    if let Some(sealed_at) = verifier.newest_sealed_at_ms() {
+                        println!(
+                            "newest checkpoint sealed {} ({} s before {})",
+                            paygate_core::audit::rfc3339_ms(sealed_at),
+                            as_of_ms.saturating_sub(sealed_at) / 1_000,
+                            paygate_core::audit::rfc3339_ms(as_of_ms)
+                        );
+                    }
+                    if let Some(newest) = witnessed {
+                        println!("witness: reaches and extends its newest checkpoint ({newest})");
+                    }
                 }
                 Err(found) => {
                     println!("BROKEN: {found}");
@@ -226,22 +275,17 @@ pub async fn run_audit(
                 std::process::exit(1);
             }
         }
-        AuditCommand::Fetch { out } => {
+        AuditCommand::Fetch { out, witness } => {
             let Some(settings) = settings else {
                 bail!("fetch needs --config to know which store to read");
             };
-            let copied = match settings.audit.store {
-                AuditStoreKind::Local => {
-                    let worm = LocalWorm::new(
-                        settings.resolve(&settings.audit.local.dir),
-                        &settings.audit.local,
-                    )?;
-                    archive::fetch(&worm, &out).await?
-                }
-                AuditStoreKind::S3 => {
-                    let worm = S3Worm::connect(&settings.audit.s3).await?;
-                    archive::fetch(&worm, &out).await?
-                }
+            let copied = if witness {
+                let Some(store) = AnyWorm::witness(&settings).await? else {
+                    bail!("audit.witness.store is \"none\" in this configuration");
+                };
+                archive::fetch(&store, &out).await?
+            } else {
+                archive::fetch(&AnyWorm::audit_store(&settings).await?, &out).await?
             };
             println!("copied {copied} objects to {}", out.display());
         }

@@ -1,10 +1,10 @@
 //! Assembles and starts a gateway: store, receipt key, TLS, the embedded broker, the pipeline
 //! attached to it by a local link, and the device front.
 
-use crate::audit::worm::{LocalWorm, S3Worm};
+use crate::audit::worm::AnyWorm;
 use crate::audit::{self, AuditLog};
 use crate::broker;
-use crate::config::{AuditStoreKind, Settings};
+use crate::config::Settings;
 use crate::front::{self, Front};
 use crate::keys::cipher::FieldCipher;
 use crate::keys::provider::KeyProvider;
@@ -117,34 +117,35 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     // the write-once store is checked before anything is accepted: a misconfigured bucket
     // (no versioning, no Object Lock) stops the start
-    let shipper = match settings.audit.store {
-        AuditStoreKind::Local => {
-            let worm = LocalWorm::new(
-                settings.resolve(&settings.audit.local.dir),
-                &settings.audit.local,
-            )?;
-            tokio::spawn(audit::shipper::run(
-                audit.clone(),
-                worm,
-                shutdown_rx.clone(),
-            ))
-        }
-        AuditStoreKind::S3 => {
-            let worm = S3Worm::connect(&settings.audit.s3)
-                .await
-                .context("checking the audit bucket")?;
-            tokio::spawn(audit::shipper::run(
-                audit.clone(),
-                worm,
-                shutdown_rx.clone(),
-            ))
-        }
-    };
+    let worm = AnyWorm::audit_store(&settings)
+        .await
+        .context("checking the audit store")?;
+    let witness = AnyWorm::witness(&settings)
+        .await
+        .context("checking the audit witness store")?;
+    let shipper = tokio::spawn(audit::shipper::run(
+        audit.clone(),
+        worm,
+        witness,
+        shutdown_rx.clone(),
+    ));
     tokio::spawn(audit::run_sealer(audit.clone(), shutdown_rx.clone()));
     audit
         .record(audit.system_event(EventType::AuditStarted, AuditOutcome::Success))
         .await
         .context("writing the first audit record")?;
+    // PCI DSS 10.6: audit times come from synchronised clocks; a gateway whose clock is off
+    // the database server's does not start (and stops approving if it drifts later)
+    let skew = audit
+        .check_clock()
+        .await
+        .context("comparing the clock with the database server's")?;
+    if skew.unsigned_abs() > settings.audit.clock_skew_max_ms {
+        anyhow::bail!(
+            "the gateway's clock is {skew} ms off the database server's, more than audit.clock_skew_max_ms = {}: synchronise both with NTP (PCI DSS 10.6)",
+            settings.audit.clock_skew_max_ms
+        );
+    }
     let acceptor = TlsAcceptor::from(tls::server_config(&settings)?);
     let embedded = broker::start(
         settings.mqtt.connections_max,

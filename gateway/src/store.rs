@@ -251,6 +251,22 @@ impl Store {
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
+
+    /// The database server's clock, in milliseconds since the Unix epoch (UTC). PostgreSQL's
+    /// `clock_timestamp()` (the time now, not the transaction's start); SQLite runs in this
+    /// process, so its clock is the gateway's own.
+    pub async fn database_now_ms(&self) -> Result<u64, StoreError> {
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS BIGINT)"
+            }
+            Backend::Postgres => {
+                "SELECT CAST(ROUND(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)"
+            }
+        };
+        let ms: i64 = sqlx::query_scalar(sql).fetch_one(&self.pool).await?;
+        Ok(u64::try_from(ms).unwrap_or(0))
+    }
 }
 
 /// A fresh transfer id.

@@ -50,7 +50,12 @@ async fn make_archive() -> (tempfile::TempDir, PathBuf, PathBuf) {
     log.seal_if_due(true).await.unwrap();
     let worm_dir = dir.path().join("audit/worm");
     let worm = LocalWorm::new(worm_dir.clone(), &settings.audit.local).unwrap();
-    assert_eq!(shipper::ship_pending(&log, &worm).await.unwrap(), 5);
+    assert_eq!(
+        shipper::ship_pending(&log, &worm, None::<&LocalWorm>)
+            .await
+            .unwrap(),
+        5
+    );
     let key = audit_log::public_jwk_path(&settings.resolve(&settings.audit.signing_key));
     (dir, worm_dir, key)
 }

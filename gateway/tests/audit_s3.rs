@@ -208,7 +208,7 @@ async fn the_shipper_resumes_after_the_endpoint_is_down_with_nothing_lost_or_dup
         .await
         .unwrap();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let shipping = tokio::spawn(shipper::run(log.clone(), worm, stop_rx));
+    let shipping = tokio::spawn(shipper::run(log.clone(), worm, None::<S3Worm>, stop_rx));
 
     let event = |i: u64| {
         let mut e = AuditEvent::new(

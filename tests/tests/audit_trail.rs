@@ -393,3 +393,77 @@ async fn a_card_number_in_any_field_a_device_sends_is_masked_in_the_audit_trail(
     }
     agent.disconnect().await;
 }
+
+/// PCI DSS 10.6: audit times come from synchronised clocks. Both databases' clocks are read
+/// (PostgreSQL's server clock; SQLite's is this process's). While the gateway's clock is off
+/// the database's by more than `audit.clock_skew_max_ms`, approvals stop with
+/// AUDIT_UNAVAILABLE and nothing moves; when they agree again the device's resend is approved;
+/// both changes are in the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_stop_while_the_clock_is_off_the_databases_and_resume_after() {
+    use paygate_tests::{Db, TestDb};
+    for db in [Db::Sqlite, Db::Postgres] {
+        let test_db = TestDb::new(db, 1).await;
+        let database = i64::try_from(test_db.store.database_now_ms().await.unwrap()).unwrap();
+        let ours = i64::try_from(paygate_agent::now_ms()).unwrap();
+        // a slip of units (seconds for milliseconds) would be off by years
+        assert!(
+            (database - ours).abs() < 5_000,
+            "{db:?}: {database} against {ours}"
+        );
+    }
+
+    let gateway = TestGateway::start().await;
+    gateway.device("pos-1", "100.00").await;
+    let audit = gateway.running.audit.clone();
+    assert!(audit.check_clock().await.unwrap().abs() < 1_000);
+    assert!(!audit.blocked());
+
+    // the clocks part by 5 s (the limit is 2 s)
+    audit.apply_clock_skew(5_000).await.unwrap();
+    audit.apply_clock_skew(6_000).await.unwrap();
+    assert!(audit.blocked());
+    let before = gateway.ledger_fingerprint().await;
+    let mut agent = gateway.agent("pos-1").await;
+    let payment = tokio::spawn(async move {
+        let merchant = AccountId::parse(MERCHANT).unwrap();
+        let reply = agent.pay(&merchant, inr("7.00")).await;
+        agent.disconnect().await;
+        reply
+    });
+    for _ in 0..200 {
+        let refused = gateway.running.metrics.snapshot();
+        if refused.refusals_of(ErrorCode::AuditUnavailable) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = gateway.running.metrics.snapshot();
+    assert!(metrics.refusals_of(ErrorCode::AuditUnavailable) > 0);
+    assert_eq!(gateway.ledger_fingerprint().await, before, "nothing moved");
+
+    // they agree again: the resend is approved
+    audit.apply_clock_skew(-300).await.unwrap();
+    assert!(!audit.blocked());
+    let reply = payment.await.unwrap().unwrap();
+    assert_eq!(reply.receipt.outcome, Outcome::Approved, "{reply:?}");
+    assert_eq!(gateway.balance(MERCHANT).await, 700);
+
+    let clock: Vec<AuditRecord> = all_records(&gateway)
+        .into_iter()
+        .filter(|r| r.event == EventType::ClockChecked)
+        .collect();
+    assert_eq!(
+        clock.len(),
+        2,
+        "one record per change, not per check: {clock:?}"
+    );
+    assert_eq!(clock[0].outcome, AuditOutcome::Failure);
+    assert!(clock[0]
+        .detail
+        .as_deref()
+        .unwrap()
+        .contains("5000 ms ahead of the database server's"));
+    assert_eq!(clock[1].outcome, AuditOutcome::Success);
+    gateway.assert_ledger_balanced().await;
+}

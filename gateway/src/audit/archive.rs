@@ -144,6 +144,39 @@ pub fn verify_archive(
     Ok((verifier, summary))
 }
 
+/// Checks a verified archive against a copy of the witness store (`paygate audit fetch
+/// --witness`): the witness's newest checkpoint must verify under the audit key and the
+/// archive must reach and extend it (the consistency proof of
+/// [`ArchiveVerifier::check_trusted`]). A witness that holds a checkpoint the archive lacks
+/// shows that the archive was cut short. Fetch the witness before the archive: the shipper
+/// writes a checkpoint to the audit store before it writes it to the witness.
+pub fn check_witness(verifier: &ArchiveVerifier, witness_dir: &Path) -> Result<u64, AuditBreak> {
+    let numbers =
+        numbers_in(&witness_dir.join("checkpoints"), ".cose").map_err(|e| AuditBreak {
+            kind: BreakKind::TrustedCheckpoint,
+            location: format!("witness {}", witness_dir.display()),
+            message: e.to_string(),
+        })?;
+    let Some(&newest) = numbers.last() else {
+        return Err(AuditBreak {
+            kind: BreakKind::TrustedCheckpoint,
+            location: format!("witness {}", witness_dir.display()),
+            message: "the witness holds no checkpoint".into(),
+        });
+    };
+    let name = checkpoint_name(newest);
+    let bytes = std::fs::read(witness_dir.join(&name)).map_err(|e| AuditBreak {
+        kind: BreakKind::TrustedCheckpoint,
+        location: format!("witness {name}"),
+        message: e.to_string(),
+    })?;
+    verifier.check_trusted(&bytes).map_err(|mut found| {
+        found.location = format!("witness {name}");
+        found
+    })?;
+    Ok(newest)
+}
+
 /// Inclusion proofs for every record of a transaction, against the newest checkpoint.
 pub fn prove_tx(
     dir: &Path,

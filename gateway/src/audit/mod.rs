@@ -56,6 +56,8 @@ struct Journal {
     log_tree: MerkleTree,
     prev_checkpoint_hash: Hash32,
     outbox_id_max: u64,
+    /// When the last checkpoint was sealed, or the journal opened (heartbeats count from it).
+    sealed_at_ms: u64,
 }
 
 /// The audit log of one gateway: the journal writer, shared by the pipeline and the tasks that
@@ -70,6 +72,8 @@ pub struct AuditLog {
     backlog_bytes: AtomicU64,
     /// Set when a journal write failed; cleared by the next good one.
     journal_failed: AtomicBool,
+    /// Set while the gateway's clock is off the database's by more than allowed.
+    clock_skewed: AtomicBool,
     /// Wakes the shipper when a segment is sealed.
     pub sealed: Notify,
 }
@@ -101,6 +105,7 @@ impl AuditLog {
             metrics,
             backlog_bytes: AtomicU64::new(0),
             journal_failed: AtomicBool::new(false),
+            clock_skewed: AtomicBool::new(false),
             sealed: Notify::new(),
         });
         if let Some(bytes) = repaired {
@@ -140,11 +145,67 @@ impl AuditLog {
         self.drain().await
     }
 
-    /// True when payments must not be approved: the journal cannot be written or too much
-    /// is waiting for write-once storage.
+    /// True when payments must not be approved: the journal cannot be written, too much
+    /// is waiting for write-once storage, or the audit times cannot be trusted (the clock).
     pub fn blocked(&self) -> bool {
         self.journal_failed.load(Ordering::Acquire)
+            || self.clock_skewed.load(Ordering::Acquire)
             || self.backlog_bytes.load(Ordering::Acquire) > self.settings.backlog_bytes_max
+    }
+
+    /// Measures the gateway's clock against the database server's: how far ahead the
+    /// gateway is, in milliseconds (negative: behind), taken at the middle of the query's
+    /// round trip, so the network's delay does not count as skew.
+    pub async fn measure_clock_skew(&self) -> Result<i64, AuditError> {
+        let before = now_ms();
+        let database = self.store.database_now_ms().await?;
+        let after = now_ms();
+        let middle = before / 2 + after / 2 + (before % 2 + after % 2) / 2;
+        let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        Ok(signed(middle) - signed(database))
+    }
+
+    /// Compares the clocks and acts on the difference: past `audit.clock_skew_max_ms`
+    /// approvals stop and a `clock_checked` failure is recorded, once; back within it they
+    /// resume and a success is recorded. Returns the skew measured.
+    pub async fn check_clock(&self) -> Result<i64, AuditError> {
+        let skew = self.measure_clock_skew().await?;
+        self.apply_clock_skew(skew).await?;
+        Ok(skew)
+    }
+
+    /// What [`AuditLog::check_clock`] does with a measured skew.
+    pub async fn apply_clock_skew(&self, skew_ms: i64) -> Result<(), AuditError> {
+        let limit = self.settings.clock_skew_max_ms;
+        let off = skew_ms.unsigned_abs() > limit;
+        let was_off = self.clock_skewed.swap(off, Ordering::AcqRel);
+        if off == was_off {
+            return Ok(());
+        }
+        let direction = if skew_ms >= 0 { "ahead of" } else { "behind" };
+        let detail = format!(
+            "the gateway's clock is {} ms {direction} the database server's (audit.clock_skew_max_ms = {limit})",
+            skew_ms.unsigned_abs()
+        );
+        if off {
+            tracing::error!(
+                skew_ms,
+                limit,
+                "clocks disagree; approvals stop until they agree (PCI DSS 10.6)"
+            );
+        } else {
+            tracing::info!(skew_ms, "clocks agree again; approvals resume");
+        }
+        let outcome = if off {
+            AuditOutcome::Failure
+        } else {
+            AuditOutcome::Success
+        };
+        self.record(
+            self.system_event(EventType::ClockChecked, outcome)
+                .with_detail(detail),
+        )
+        .await
     }
 
     pub fn backlog_bytes(&self) -> u64 {
@@ -245,11 +306,26 @@ impl AuditLog {
 
     /// Seals the active segment if it holds records and is old enough (or always, with
     /// `force`), after draining the outbox.
+    ///
+    /// When nothing at all was recorded for a whole seal interval, an `audit_heartbeat`
+    /// record is written and sealed on its own: a checkpoint is made at least once per
+    /// interval, busy or idle, so an auditor can tell an archive cut short (its newest
+    /// checkpoint too old, [`paygate_core::audit::ArchiveVerifier::check_fresh`]) from a
+    /// quiet gateway.
     pub async fn seal_if_due(&self, force: bool) -> Result<(), AuditError> {
         self.drain().await?;
+        let idle = {
+            let journal = self.journal.lock().await;
+            journal.tree.is_empty()
+                && now_ms().saturating_sub(journal.sealed_at_ms) >= self.settings.seal_interval_ms
+        };
+        if idle {
+            self.record(self.system_event(EventType::AuditHeartbeat, AuditOutcome::Success))
+                .await?;
+        }
         let mut journal = self.journal.lock().await;
         let age_ms = now_ms().saturating_sub(journal.opened_at_ms);
-        if !journal.tree.is_empty() && (force || age_ms >= self.settings.seal_interval_ms) {
+        if !journal.tree.is_empty() && (force || idle || age_ms >= self.settings.seal_interval_ms) {
             self.seal_locked(&mut journal).await?;
         }
         Ok(())
@@ -292,6 +368,7 @@ impl AuditLog {
         journal.tree = MerkleTree::new();
         journal.first_seq = journal.next_seq;
         journal.opened_at_ms = 0;
+        journal.sealed_at_ms = now_ms();
         self.backlog_bytes.fetch_add(
             u64::try_from(segment_bytes.len()).unwrap_or(u64::MAX),
             Ordering::AcqRel,
@@ -386,6 +463,9 @@ fn recover(
         log_tree: MerkleTree::new(),
         prev_checkpoint_hash: GENESIS_HASH,
         outbox_id_max: 0,
+        // a restart counts as a fresh start for heartbeats: the downtime shows in the
+        // audit_stopped / audit_started records and in the checkpoints' times
+        sealed_at_ms: now_ms(),
     };
     loop {
         let path = dir.join(checkpoint_name(journal.segment));
@@ -516,10 +596,18 @@ pub fn public_jwk(key: &SigningKey) -> String {
 /// Seals on age and picks up events other processes left in the outbox.
 pub async fn run_sealer(log: Arc<AuditLog>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let interval = std::time::Duration::from_millis(log.settings.seal_check_interval_ms);
+    let clock_interval = std::time::Duration::from_millis(log.settings.clock_check_interval_ms);
+    let mut clock_checked = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
+        }
+        if clock_checked.elapsed() >= clock_interval {
+            clock_checked = tokio::time::Instant::now();
+            if let Err(error) = log.check_clock().await {
+                tracing::error!(%error, "clock check failed");
+            }
         }
         if let Err(error) = log.seal_if_due(false).await {
             tracing::error!(%error, "audit sealer failed");

@@ -1,7 +1,8 @@
 //! Moves sealed segments and their checkpoints from the local journal to write-once storage.
 //!
 //! For each sealed segment still in the journal, in order: put the segment, put its
-//! checkpoint, then delete the local segment file (checkpoints stay: the journal resumes from
+//! checkpoint, put the checkpoint in the witness store too (when one is configured), then
+//! delete the local segment file (checkpoints stay: the journal resumes from
 //! them). A crash between any two steps repeats the puts on restart, which the store answers
 //! with [`PutOutcome::AlreadyStored`]: nothing is lost and nothing stored twice. While storage
 //! is down the segments wait on disk, the backlog metric grows, an `audit_shipping` failure
@@ -17,7 +18,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Ships everything sealed so far; returns how many segments were moved.
-pub async fn ship_pending<S: WormStore>(log: &AuditLog, store: &S) -> Result<u64, WormError> {
+pub async fn ship_pending<S: WormStore, W: WormStore>(
+    log: &AuditLog,
+    store: &S,
+    witness: Option<&W>,
+) -> Result<u64, WormError> {
     let dir = log.dir().await;
     let mut shipped = 0;
     for (segment, _) in sealed_unshipped(&dir)? {
@@ -27,6 +32,9 @@ pub async fn ship_pending<S: WormStore>(log: &AuditLog, store: &S) -> Result<u64
         let checkpoint_bytes = tokio::fs::read(dir.join(&checkpoint_key)).await?;
         let first = store.put_once(&segment_key, &segment_bytes).await?;
         let second = store.put_once(&checkpoint_key, &checkpoint_bytes).await?;
+        if let Some(witness) = witness {
+            witness.put_once(&checkpoint_key, &checkpoint_bytes).await?;
+        }
         if first == PutOutcome::AlreadyStored || second == PutOutcome::AlreadyStored {
             tracing::info!(
                 segment,
@@ -43,12 +51,17 @@ pub async fn ship_pending<S: WormStore>(log: &AuditLog, store: &S) -> Result<u64
 
 /// The shipper task: ships when a segment is sealed or every `ship_interval_ms`; after a
 /// failure retries with exponential backoff and jitter up to `ship_retry_delay_max_ms`.
-pub async fn run<S: WormStore>(log: Arc<AuditLog>, store: S, mut shutdown: watch::Receiver<bool>) {
+pub async fn run<S: WormStore, W: WormStore>(
+    log: Arc<AuditLog>,
+    store: S,
+    witness: Option<W>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let interval = Duration::from_millis(log.settings.ship_interval_ms);
     let delay_max = Duration::from_millis(log.settings.ship_retry_delay_max_ms);
     let mut failures: u32 = 0;
     loop {
-        let result = ship_pending(&log, &store).await;
+        let result = ship_pending(&log, &store, witness.as_ref()).await;
         log.refresh_backlog().await;
         let delay = match result {
             Ok(_) => {
@@ -89,7 +102,7 @@ pub async fn run<S: WormStore>(log: Arc<AuditLog>, store: S, mut shutdown: watch
             _ = log.sealed.notified(), if failures == 0 => {}
             _ = shutdown.changed() => {
                 // one last try, so a clean stop leaves nothing behind when storage is up
-                let _ = ship_pending(&log, &store).await;
+                let _ = ship_pending(&log, &store, witness.as_ref()).await;
                 log.refresh_backlog().await;
                 return;
             }

@@ -397,3 +397,64 @@ impl WormStore for S3Worm {
         Ok(keys)
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+
+/// The store the settings name: the audit store itself, or its witness.
+pub enum AnyWorm {
+    Local(LocalWorm),
+    S3(S3Worm),
+}
+
+impl AnyWorm {
+    /// The audit store (`audit.store`), checked: an S3 bucket without versioning or Object
+    /// Lock is refused.
+    pub async fn audit_store(settings: &crate::config::Settings) -> Result<AnyWorm, WormError> {
+        use crate::config::AuditStoreKind;
+        let audit = &settings.audit;
+        Ok(match audit.store {
+            AuditStoreKind::Local => AnyWorm::Local(LocalWorm::new(
+                settings.resolve(&audit.local.dir),
+                &audit.local,
+            )?),
+            AuditStoreKind::S3 => AnyWorm::S3(S3Worm::connect(&audit.s3).await?),
+        })
+    }
+
+    /// The witness store (`audit.witness.store`), checked the same way; `None` when off.
+    pub async fn witness(settings: &crate::config::Settings) -> Result<Option<AnyWorm>, WormError> {
+        use crate::config::WitnessStoreKind;
+        let witness = &settings.audit.witness;
+        Ok(match witness.store {
+            WitnessStoreKind::None => None,
+            WitnessStoreKind::Local => Some(AnyWorm::Local(LocalWorm::new(
+                settings.resolve(&witness.local.dir),
+                &witness.local,
+            )?)),
+            WitnessStoreKind::S3 => Some(AnyWorm::S3(S3Worm::connect(&witness.s3).await?)),
+        })
+    }
+}
+
+impl WormStore for AnyWorm {
+    async fn put_once(&self, key: &str, bytes: &[u8]) -> Result<PutOutcome, WormError> {
+        match self {
+            AnyWorm::Local(store) => store.put_once(key, bytes).await,
+            AnyWorm::S3(store) => store.put_once(key, bytes).await,
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, WormError> {
+        match self {
+            AnyWorm::Local(store) => store.get(key).await,
+            AnyWorm::S3(store) => store.get(key).await,
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, WormError> {
+        match self {
+            AnyWorm::Local(store) => store.list(prefix).await,
+            AnyWorm::S3(store) => store.list(prefix).await,
+        }
+    }
+}

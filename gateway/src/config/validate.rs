@@ -1,7 +1,8 @@
 //! Validation: ranges and relations between settings, checked before anything starts.
 
 use super::{
-    invalid, AuditStoreKind, ConfigError, KeyProviderKind, Settings, AUDIT_RETENTION_DAYS_MIN,
+    invalid, AuditStoreKind, ConfigError, KeyProviderKind, Settings, WitnessStoreKind,
+    AUDIT_RETENTION_DAYS_MIN,
 };
 
 impl Settings {
@@ -203,6 +204,8 @@ impl Settings {
             || audit.seal_check_interval_ms == 0
             || audit.ship_interval_ms == 0
             || audit.ship_retry_delay_max_ms == 0
+            || audit.clock_check_interval_ms == 0
+            || audit.clock_skew_max_ms == 0
         {
             return Err(invalid("audit.*_ms", "intervals must be positive"));
         }
@@ -282,6 +285,42 @@ impl Settings {
                 "audit.s3.bucket",
                 "is needed when audit.store = \"s3\"",
             ));
+        }
+        let witness = &audit.witness;
+        if witness.local.retention_days < AUDIT_RETENTION_DAYS_MIN
+            || witness.s3.retention_days < AUDIT_RETENTION_DAYS_MIN
+        {
+            return Err(invalid(
+                "audit.witness.*.retention_days",
+                format!("must be at least {AUDIT_RETENTION_DAYS_MIN} (PCI DSS 10.5.1)"),
+            ));
+        }
+        match witness.store {
+            WitnessStoreKind::S3 if witness.s3.bucket.is_empty() => {
+                return Err(invalid(
+                    "audit.witness.s3.bucket",
+                    "is needed when audit.witness.store = \"s3\"",
+                ));
+            }
+            WitnessStoreKind::S3
+                if audit.store == AuditStoreKind::S3
+                    && witness.s3.bucket == audit.s3.bucket
+                    && witness.s3.prefix == audit.s3.prefix =>
+            {
+                return Err(invalid(
+                    "audit.witness.s3",
+                    "is the audit store itself; a witness must be another bucket or prefix",
+                ));
+            }
+            WitnessStoreKind::Local
+                if audit.store == AuditStoreKind::Local && witness.local.dir == audit.local.dir =>
+            {
+                return Err(invalid(
+                    "audit.witness.local.dir",
+                    "is the audit store itself; a witness must be another directory",
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }
