@@ -749,6 +749,14 @@ impl ArchiveVerifier {
             message: m,
         };
         let trusted = CheckpointBody::open(trusted_bytes, &self.key, &self.key_id).map_err(brk)?;
+        if let Some(log_id) = &self.log_id {
+            if &trusted.log_id != log_id {
+                return Err(brk(format!(
+                    "it belongs to log {:?}, the archive to log {log_id:?}",
+                    trusted.log_id
+                )));
+            }
+        }
         if trusted.log_size > self.log_tree.len() {
             return Err(brk(format!(
                 "the archive holds {} segments but the trusted checkpoint covers {}: segments were removed from the end",

@@ -12,7 +12,7 @@
 use crate::config::Settings;
 use crate::front::{check_packet, decode_strict, encode, Verdict};
 use bytes::BytesMut;
-use paygate_core::audit::{ArchiveVerifier, AuditRecord, CheckpointBody};
+use paygate_core::audit::{ArchiveVerifier, AuditRecord, CheckpointBody, CHECKPOINT_CONTENT_TYPE};
 use paygate_core::envelope::{SigningAlgorithm, SigningKey, UnverifiedEnvelope};
 use paygate_core::receipt::{Receipt, RECEIPT_CONTENT_TYPE};
 use paygate_core::request::{decode_request, REQUEST_CONTENT_TYPE};
@@ -64,7 +64,11 @@ pub fn mqtt_frames(data: &[u8]) {
         let Ok(packet) = decode_strict(raw, PACKET_BYTES_MAX) else {
             return; // the front closes the connection
         };
-        assert_eq!(&encode(&packet)[..], raw, "accepted a non-canonical frame");
+        if !matches!(packet, rumqttc::mqttbytes::v4::Packet::Connect(_)) {
+            // CONNECT is never forwarded (the front sends rumqttd its own); all else must be
+            // canonical
+            assert_eq!(&encode(&packet)[..], raw, "accepted a non-canonical frame");
+        }
         if check_packet(&device, &packet) == Verdict::Forward {
             let mut stream = BytesMut::from(raw);
             let broker = rumqttd::protocol::v4::V4
@@ -86,9 +90,8 @@ pub fn mqtt_frames(data: &[u8]) {
 ///
 /// The first byte chooses: even bytes go through envelope parsing and verification under
 /// the test key (what the pipeline does to every publish), odd bytes go straight to the
-/// request decoder (what a signed but hostile payload meets). Properties: no panic; an
-/// envelope that verifies carries exactly the payload the parser saw; a decoded request
-/// names the device it was decoded for or is refused later, never here.
+/// request decoder (what a signed but hostile payload meets). Property: no panic, whatever the
+/// bytes (the decoders refuse with an error code, they never crash).
 pub fn request(data: &[u8]) {
     let Some((&mode, body)) = data.split_first() else {
         return;
@@ -97,14 +100,8 @@ pub fn request(data: &[u8]) {
         let Ok(envelope) = UnverifiedEnvelope::parse(body) else {
             return;
         };
-        let unverified = envelope.payload_unverified().map(<[u8]>::to_vec);
         let key = test_key().verifying_key();
         if let Ok(payload) = envelope.verify(&key, TEST_KEY_ID, REQUEST_CONTENT_TYPE) {
-            assert_eq!(
-                Some(payload.to_vec()),
-                unverified,
-                "verified another payload"
-            );
             let _ = decode_request(payload);
         }
     } else {
@@ -114,16 +111,14 @@ pub fn request(data: &[u8]) {
 
 /// Receipts as the edge agent checks them ([`paygate_agent::verify_receipt`]): even first
 /// bytes through the agent's whole check under the test key, odd ones straight to the receipt
-/// decoder. Properties: no panic; a receipt the agent accepts is for the agent's device.
+/// decoder. Property: no panic.
 pub fn receipt(data: &[u8]) {
     let Some((&mode, body)) = data.split_first() else {
         return;
     };
     if mode % 2 == 0 {
         let key = test_key().verifying_key();
-        if let Ok(receipt) = paygate_agent::verify_receipt(body, &key, TEST_KEY_ID, &device()) {
-            assert_eq!(receipt.receipt.device_id, DEVICE);
-        }
+        let _ = paygate_agent::verify_receipt(body, &key, TEST_KEY_ID, &device());
     } else {
         let _ = Receipt::decode(body);
     }
@@ -131,21 +126,23 @@ pub fn receipt(data: &[u8]) {
 
 /// The configuration file: any text, as `paygate serve --config` would read it (without the
 /// environment and without resolving `env:`/`file:` secrets, which read outside the input).
-/// Properties: no panic; settings that load also pass their own validation again.
+/// Properties: no panic; settings that load, written out as TOML, load back equal.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     if let Ok(settings) = Settings::parse_toml(text) {
-        assert!(
-            settings.validate().is_ok(),
-            "settings that loaded fail validation"
-        );
+        // what loads can be written out (`paygate config`) and loads back the same
+        let written = toml::to_string(&settings).expect("loaded settings serialise");
+        let again = Settings::parse_toml(&written)
+            .unwrap_or_else(|error| panic!("written settings do not load: {error}\n{written}"));
+        assert_eq!(again, settings, "settings change when written and loaded");
     }
 }
 
-/// The audit archive as the offline verifier reads it: one record line, one checkpoint, or a
-/// segment with its checkpoint, chosen by the first byte. Properties: no panic; a record line
+/// The audit archive as the offline verifier reads it: one record line, a checkpoint's body
+/// (signed by the target), a segment with its checkpoint's body, or a whole checkpoint file,
+/// chosen by the first byte. Properties: no panic; a record line
 /// that parses encodes back to a line that parses to the same record; a segment the verifier
 /// accepts moves it on by exactly one segment.
 pub fn audit(data: &[u8]) {
@@ -153,7 +150,7 @@ pub fn audit(data: &[u8]) {
         return;
     };
     let key = test_key().verifying_key();
-    match mode % 3 {
+    match mode % 4 {
         0 => {
             if let Ok(record) = AuditRecord::from_line(body) {
                 let again = AuditRecord::from_line(&record.to_line())
@@ -162,18 +159,22 @@ pub fn audit(data: &[u8]) {
             }
         }
         1 => {
-            let _ = CheckpointBody::open(body, &key, TEST_KEY_ID);
+            // the bytes as a checkpoint's JSON body, signed here so that the body's parser is
+            // reached (a mutated signed checkpoint never gets past the signature)
+            let sealed = test_key().seal(CHECKPOINT_CONTENT_TYPE, body);
+            let _ = CheckpointBody::open(&sealed, &key, TEST_KEY_ID);
         }
-        _ => {
-            // a two-byte big-endian length, then the segment, then its checkpoint
+        2 => {
+            // a two-byte big-endian length, the segment, then its checkpoint's JSON body
             let Some((length, rest)) = body.split_first_chunk::<2>() else {
                 return;
             };
             let split = usize::from(u16::from_be_bytes(*length)).min(rest.len());
-            let (segment, checkpoint) = rest.split_at(split);
+            let (segment, checkpoint_body) = rest.split_at(split);
+            let checkpoint = test_key().seal(CHECKPOINT_CONTENT_TYPE, checkpoint_body);
             let mut verifier = ArchiveVerifier::new(key, TEST_KEY_ID);
             if verifier
-                .add_segment(0, segment, checkpoint, |_, _, _| {})
+                .add_segment(0, segment, &checkpoint, |_, _, _| {})
                 .is_ok()
             {
                 assert_eq!(
@@ -182,6 +183,10 @@ pub fn audit(data: &[u8]) {
                     "one segment accepted, not one step"
                 );
             }
+        }
+        _ => {
+            // the bytes as a whole checkpoint file (COSE), signature and all
+            let _ = CheckpointBody::open(body, &key, TEST_KEY_ID);
         }
     }
 }
@@ -281,7 +286,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     }
     let mut log_tree = MerkleTree::new();
     log_tree.push(&tree.root());
-    let checkpoint = CheckpointBody {
+    let checkpoint_body = CheckpointBody {
         v: FORMAT_VERSION,
         log_id: "fuzz-log".to_owned(),
         segment: 0,
@@ -295,13 +300,14 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         prev_checkpoint_sha256: hex::encode(GENESIS_HASH),
         outbox_id_max: 2,
         sealed_at: rfc3339_ms(1_765_000_001_000),
-    }
-    .seal(key);
+    };
+    let checkpoint_json = serde_json::to_vec(&checkpoint_body).expect("serialises");
+    let checkpoint = checkpoint_body.seal(key);
     let segment_len = u16::try_from(segment.len()).expect("a small segment");
     let mut archive = vec![2u8];
     archive.extend_from_slice(&segment_len.to_be_bytes());
     archive.extend_from_slice(&segment);
-    archive.extend_from_slice(&checkpoint);
+    archive.extend_from_slice(&checkpoint_json);
 
     let prefixed = |mode: u8, body: &[u8]| [&[mode][..], body].concat();
     vec![
@@ -316,7 +322,12 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             Settings::default_file().as_bytes().to_vec(),
         ),
         ("audit", "seed-line", prefixed(0, &first_line)),
-        ("audit", "seed-checkpoint", prefixed(1, &checkpoint)),
+        (
+            "audit",
+            "seed-checkpoint-body",
+            prefixed(1, &checkpoint_json),
+        ),
+        ("audit", "seed-checkpoint", prefixed(3, &checkpoint)),
         ("audit", "seed-segment", archive),
     ]
 }

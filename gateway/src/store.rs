@@ -252,10 +252,12 @@ impl Store {
         &self.pool
     }
 
-    /// The database server's clock, in milliseconds since the Unix epoch (UTC). PostgreSQL's
-    /// `clock_timestamp()` (the time now, not the transaction's start); SQLite runs in this
-    /// process, so its clock is the gateway's own.
-    pub async fn database_now_ms(&self) -> Result<u64, StoreError> {
+    /// One reading of the database server's clock, in milliseconds since the Unix epoch
+    /// (UTC), with this process's clock just before and just after the query: `(before,
+    /// database, after)`. The connection is taken from the pool first, so waiting for one
+    /// does not count. PostgreSQL's `clock_timestamp()` is the time now, not the
+    /// transaction's start; SQLite runs in this process, so its clock is the gateway's own.
+    pub async fn database_clock_sample(&self) -> Result<(u64, u64, u64), StoreError> {
         let sql = match self.backend {
             Backend::Sqlite => {
                 "SELECT CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS BIGINT)"
@@ -264,8 +266,11 @@ impl Store {
                 "SELECT CAST(ROUND(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)"
             }
         };
-        let ms: i64 = sqlx::query_scalar(sql).fetch_one(&self.pool).await?;
-        Ok(u64::try_from(ms).unwrap_or(0))
+        let mut connection = self.pool.acquire().await?;
+        let before = crate::clock::now_ms();
+        let ms: i64 = sqlx::query_scalar(sql).fetch_one(&mut *connection).await?;
+        let after = crate::clock::now_ms();
+        Ok((before, u64::try_from(ms).unwrap_or(0), after))
     }
 }
 

@@ -45,8 +45,9 @@ fn records_of(segment: &Path) -> Vec<AuditRecord> {
         .collect()
 }
 
-/// Busy or idle, a checkpoint is sealed at least once per interval: an idle interval gets a
-/// segment holding one `audit_heartbeat` record; a busy one gets none.
+/// Busy or idle, a checkpoint is sealed once per interval: an idle interval gets a segment
+/// holding one `audit_heartbeat` record; a busy one gets none, and is sealed an interval after
+/// the last seal however late in it its first record came.
 #[tokio::test]
 async fn an_idle_journal_seals_a_heartbeat_every_interval() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,6 +83,29 @@ async fn an_idle_journal_seals_a_heartbeat_every_interval() {
     let records = records_of(&journal.join(segment_name(4)));
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].event, EventType::AdminAction);
+
+    // under steady traffic the interval counts from the last seal, not from the segment's
+    // first record: a record arriving late in the interval is sealed when the interval ends
+    tokio::time::sleep(Duration::from_millis(SEAL_INTERVAL_MS / 2)).await;
+    log.record(event_now()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(SEAL_INTERVAL_MS / 2 + 50)).await;
+    log.seal_if_due(false).await.unwrap();
+    assert!(journal.join(checkpoint_name(5)).exists());
+    let records = records_of(&journal.join(segment_name(5)));
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].event, EventType::AdminAction);
+}
+
+fn event_now() -> AuditEvent {
+    AuditEvent::new(
+        paygate_gateway::clock::now_ms(),
+        EventType::AdminAction,
+        "operator:ann",
+        "cli",
+        AuditOutcome::Success,
+        "cli",
+        "account:m-1",
+    )
 }
 
 /// Five segments sealed at least an interval apart, shipped to the audit store and the

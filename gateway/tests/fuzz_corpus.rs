@@ -112,13 +112,21 @@ fn the_seeds_are_committed_and_reach_past_every_check() {
             ("audit", "seed-checkpoint") => {
                 paygate_core::audit::CheckpointBody::open(body, &key, TEST_KEY_ID).unwrap();
             }
+            ("audit", "seed-checkpoint-body") => {
+                let sealed = test_key().seal(paygate_core::audit::CHECKPOINT_CONTENT_TYPE, body);
+                paygate_core::audit::CheckpointBody::open(&sealed, &key, TEST_KEY_ID).unwrap();
+            }
             ("audit", _) => {
                 let length = usize::from(u16::from_be_bytes([body[0], body[1]]));
-                let (segment, checkpoint) = body[2..].split_at(length);
+                let (segment, checkpoint_body) = body[2..].split_at(length);
+                let checkpoint = test_key().seal(
+                    paygate_core::audit::CHECKPOINT_CONTENT_TYPE,
+                    checkpoint_body,
+                );
                 let mut verifier =
                     paygate_core::audit::ArchiveVerifier::new(key.clone(), TEST_KEY_ID);
                 verifier
-                    .add_segment(0, segment, checkpoint, |_, _, _| {})
+                    .add_segment(0, segment, &checkpoint, |_, _, _| {})
                     .unwrap();
             }
             other => panic!("no check for seed {other:?}"),

@@ -404,8 +404,10 @@ async fn approvals_stop_while_the_clock_is_off_the_databases_and_resume_after() 
     use paygate_tests::{Db, TestDb};
     for db in [Db::Sqlite, Db::Postgres] {
         let test_db = TestDb::new(db, 1).await;
-        let database = i64::try_from(test_db.store.database_now_ms().await.unwrap()).unwrap();
-        let ours = i64::try_from(paygate_agent::now_ms()).unwrap();
+        let (before, database, after) = test_db.store.database_clock_sample().await.unwrap();
+        assert!(before <= after);
+        let database = i64::try_from(database).unwrap();
+        let ours = i64::try_from(after).unwrap();
         // a slip of units (seconds for milliseconds) would be off by years
         assert!(
             (database - ours).abs() < 5_000,

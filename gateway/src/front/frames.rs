@@ -51,10 +51,33 @@ impl std::fmt::Display for Malformed {
 /// CONNECT reserved flag, SUBSCRIBE's header flags, a subscription QoS of `0x41`) cannot mean
 /// something else to the broker. The `mqtt_frame` fuzz target checks this against rumqttd's
 /// decoder.
+///
+/// CONNECT is the exception: the front never forwards the device's CONNECT (it sends rumqttd
+/// one of its own, with the broker secret), and MQTT 3.1.1 lets a client send an empty
+/// username or password with its flag set, which re-encodes differently. A CONNECT must
+/// still have its fixed header flags and its reserved connect flag at zero.
 pub fn decode_strict(raw: &[u8], packet_bytes_max: usize) -> Result<Packet, Malformed> {
     let mut copy = BytesMut::from(raw);
     let packet = Packet::read(&mut copy, packet_bytes_max).map_err(Malformed::Decode)?;
-    if !copy.is_empty() || encode(&packet) != raw {
+    if !copy.is_empty() {
+        return Err(Malformed::NotCanonical);
+    }
+    if let Packet::Connect(_) = &packet {
+        // the fixed header: its first byte and the remaining length's bytes (the last one has
+        // its top bit clear); then the protocol name ("MQTT", checked by the decoder, 2 + 4
+        // bytes) and the level (1 byte); then the connect flags
+        let length_bytes = raw
+            .iter()
+            .skip(1)
+            .position(|b| b & 0x80 == 0)
+            .map_or(raw.len(), |at| at + 1);
+        let flags = raw.get(1 + length_bytes + 7).copied();
+        if raw.first() != Some(&0x10) || flags.is_none_or(|f| f & 0x01 != 0) {
+            return Err(Malformed::NotCanonical);
+        }
+        return Ok(packet);
+    }
+    if encode(&packet) != raw {
         return Err(Malformed::NotCanonical);
     }
     Ok(packet)
@@ -277,6 +300,17 @@ mod tests {
                 "{case} was accepted"
             );
         }
+        // an empty password with its flag set (allowed by MQTT 3.1.1; re-encodes without it)
+        let mut login = Connect::new("pos-1");
+        login.keep_alive = 30;
+        login.set_login("pos-1", "x");
+        let mut empty_password = frame(Packet::Connect(login));
+        let at = empty_password.len() - 3; // the password: length 00 01, then "x"
+        assert_eq!(&empty_password[at..], &[0x00, 0x01, b'x']);
+        empty_password.truncate(at);
+        empty_password.extend_from_slice(&[0x00, 0x00]);
+        empty_password[1] -= 1;
+        assert!(decode_strict(&empty_password, MAX).is_ok());
         for canonical in [
             canonical_connect,
             subscribe_own(),

@@ -256,7 +256,12 @@ where
     .await;
     let (connect, raw_len) = match first {
         Err(_) => return Err(ErrorCode::ProtocolViolation),
-        Ok(Err(error)) => return error.code().map_or(Ok(()), Err),
+        Ok(Err(error)) => {
+            if let FrameError::Malformed(detail) = &error {
+                tracing::info!(device = %device, %detail, "malformed CONNECT");
+            }
+            return error.code().map_or(Ok(()), Err);
+        }
         Ok(Ok((Packet::Connect(connect), raw))) => (connect, raw.len()),
         Ok(Ok(_)) => return Err(ErrorCode::ProtocolViolation),
     };
