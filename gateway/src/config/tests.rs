@@ -154,4 +154,43 @@ fn unknown_keys_and_bad_values_are_refused() {
             ..
         })
     ));
+    // the witness is never the audit store under another spelling, nor inside it
+    let data_dir = std::path::PathBuf::from("/srv/paygate");
+    for dir in [
+        "audit/worm",
+        "./audit/worm",
+        "/srv/paygate/audit/worm",
+        "audit/worm/witness",
+        "audit",
+        "audit/x/../worm",
+    ] {
+        let mut settings = Settings {
+            data_dir: data_dir.clone(),
+            ..Settings::default()
+        };
+        settings.audit.witness.store = WitnessStoreKind::Local;
+        settings.audit.witness.local.dir = dir.into();
+        assert!(
+            matches!(
+                settings.validate(),
+                Err(ConfigError::Invalid {
+                    field: "audit.witness.local.dir",
+                    ..
+                })
+            ),
+            "{dir}"
+        );
+    }
+    let mut settings = Settings::default();
+    settings.audit.witness.store = WitnessStoreKind::Local;
+    assert!(settings.validate().is_ok(), "the default witness directory");
+    for prefix in ["paygate-audit/", "paygate-audit", "paygate-audit/witness/"] {
+        let mut settings = Settings::default();
+        settings.audit.store = AuditStoreKind::S3;
+        settings.audit.s3.bucket = "audit".into();
+        settings.audit.witness.store = WitnessStoreKind::S3;
+        settings.audit.witness.s3.bucket = "audit".into();
+        settings.audit.witness.s3.prefix = prefix.into();
+        assert!(settings.validate().is_err(), "{prefix}");
+    }
 }

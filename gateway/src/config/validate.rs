@@ -305,23 +305,59 @@ impl Settings {
             WitnessStoreKind::S3
                 if audit.store == AuditStoreKind::S3
                     && witness.s3.bucket == audit.s3.bucket
-                    && witness.s3.prefix == audit.s3.prefix =>
+                    && nested(
+                        witness.s3.prefix.trim_end_matches('/'),
+                        audit.s3.prefix.trim_end_matches('/'),
+                    ) =>
             {
                 return Err(invalid(
                     "audit.witness.s3",
-                    "is the audit store itself; a witness must be another bucket or prefix",
+                    "is the audit store itself or inside it; a witness must be another bucket or prefix",
                 ));
             }
             WitnessStoreKind::Local
-                if audit.store == AuditStoreKind::Local && witness.local.dir == audit.local.dir =>
+                if audit.store == AuditStoreKind::Local
+                    && lexically_nested(
+                        &self.resolve(&witness.local.dir),
+                        &self.resolve(&audit.local.dir),
+                    ) =>
             {
                 return Err(invalid(
                     "audit.witness.local.dir",
-                    "is the audit store itself; a witness must be another directory",
+                    "is the audit store's directory, or inside it or around it; a witness must be another directory",
                 ));
             }
             _ => {}
         }
         Ok(())
     }
+}
+
+/// Whether one of two key prefixes contains the other (`a` and `a/b`, or equal).
+fn nested(a: &str, b: &str) -> bool {
+    let under = |inner: &str, outer: &str| {
+        inner == outer || outer.is_empty() || inner.starts_with(&format!("{outer}/"))
+    };
+    under(a, b) || under(b, a)
+}
+
+/// Whether one of two paths is the other or inside it, after removing `.` and resolving `..`
+/// by name (the directories need not exist yet).
+fn lexically_nested(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::path::{Component, PathBuf};
+    let normal = |path: &std::path::Path| {
+        let mut out = PathBuf::new();
+        for part in path.components() {
+            match part {
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    out.pop();
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    };
+    let (a, b) = (normal(a), normal(b));
+    a.starts_with(&b) || b.starts_with(&a)
 }
