@@ -335,23 +335,10 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::front::test_frames::{frame, subscribe_own};
     use proptest::prelude::*;
-    use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish, Subscribe, SubscribeFilter};
+    use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish};
     use rumqttc::mqttbytes::QoS;
-
-    fn frame(packet: Packet) -> Vec<u8> {
-        encode(&packet).to_vec()
-    }
-
-    fn subscribe_own() -> Vec<u8> {
-        frame(Packet::Subscribe(Subscribe {
-            pkid: 2,
-            filters: vec![SubscribeFilter::new(
-                "paygate/v1/devices/pos-1/replies".into(),
-                QoS::AtLeastOnce,
-            )],
-        }))
-    }
 
     fn canonical_frame() -> impl Strategy<Value = Vec<u8>> {
         let own = "paygate/v1/devices/pos-1/requests";

@@ -53,15 +53,7 @@ async fn an_idle_journal_seals_a_heartbeat_every_interval() {
     let dir = tempfile::tempdir().unwrap();
     let settings = settings(dir.path());
     let log = open(&settings).await;
-    let event = AuditEvent::new(
-        paygate_gateway::clock::now_ms(),
-        EventType::AdminAction,
-        "operator:ann",
-        "cli",
-        AuditOutcome::Success,
-        "cli",
-        "account:m-1",
-    );
+    let event = event_now();
     log.record(event.clone()).await.unwrap();
     log.seal_if_due(true).await.unwrap();
     // not idle for a whole interval yet: nothing

@@ -239,24 +239,11 @@ pub(super) const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_frames::{frame, subscribe_own};
     use super::*;
-    use rumqttc::mqttbytes::v4::{Connect, PubAck, Subscribe, SubscribeFilter};
+    use rumqttc::mqttbytes::v4::{Connect, PubAck};
 
     const MAX: usize = 64 * 1024;
-
-    fn frame(packet: Packet) -> Vec<u8> {
-        encode(&packet).to_vec()
-    }
-
-    fn subscribe_own() -> Vec<u8> {
-        frame(Packet::Subscribe(Subscribe {
-            pkid: 2,
-            filters: vec![SubscribeFilter::new(
-                "paygate/v1/devices/pos-1/replies".into(),
-                QoS::AtLeastOnce,
-            )],
-        }))
-    }
 
     #[test]
     fn frames_not_in_canonical_form_are_refused() {

@@ -480,3 +480,27 @@ where
     }
     ended_by.map_or(Ok(()), Err)
 }
+
+/// Frames for the tests of the guard's decoding (here and in `crate::fuzzing`).
+#[cfg(test)]
+pub(crate) mod test_frames {
+    use super::frames::encode;
+    use rumqttc::mqttbytes::v4::{Packet, Subscribe, SubscribeFilter};
+    use rumqttc::mqttbytes::QoS;
+
+    /// A packet's canonical encoding.
+    pub(crate) fn frame(packet: Packet) -> Vec<u8> {
+        encode(&packet).to_vec()
+    }
+
+    /// SUBSCRIBE (packet id 2) to pos-1's own replies at QoS 1.
+    pub(crate) fn subscribe_own() -> Vec<u8> {
+        frame(Packet::Subscribe(Subscribe {
+            pkid: 2,
+            filters: vec![SubscribeFilter::new(
+                "paygate/v1/devices/pos-1/replies".into(),
+                QoS::AtLeastOnce,
+            )],
+        }))
+    }
+}
