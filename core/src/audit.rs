@@ -72,6 +72,11 @@ pub enum EventType {
     /// `audit.clock_skew_max_ms` (failure: approvals stop) or back within it (success)
     /// (10.6: time synchronisation).
     ClockChecked,
+    /// An audit outbox row failed its check on the way into the journal: its MAC does not
+    /// match (inserted or altered in the database), rows are missing before it (removed), or
+    /// it repeats an earlier row's place. The row's content is not journaled as an event;
+    /// this record names the row and why (10.3.2: audit logs protected from modification).
+    AuditOutboxTampered,
     /// Key management: a data key made, the KEK rotated, or a key provider failure
     /// (PCI DSS 3.6, 3.7, 10.2.1.5).
     KeyOperation,
@@ -99,6 +104,7 @@ impl EventType {
             EventType::JournalRepaired => "journal_repaired",
             EventType::AuditHeartbeat => "audit_heartbeat",
             EventType::ClockChecked => "clock_checked",
+            EventType::AuditOutboxTampered => "audit_outbox_tampered",
             EventType::KeyOperation => "key_operation",
             EventType::DataAccessed => "data_accessed",
             EventType::IdentityDecision => "identity_decision",

@@ -16,7 +16,6 @@ use paygate_core::audit::{
 use paygate_gateway::audit::{archive, AuditLog};
 use paygate_gateway::config::Settings;
 use paygate_gateway::metrics::Metrics;
-use paygate_gateway::store::{self, Store};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -50,7 +49,9 @@ async fn main() {
         ..Settings::default()
     };
     settings.audit.records_per_segment_max = 1_000;
-    let store = Store::open(&settings.database_url(), 2).await.unwrap();
+    let store = paygate_gateway::audit::open_store(&settings, 2)
+        .await
+        .unwrap();
     let log = AuditLog::open(&settings, store.clone(), Arc::new(Metrics::default()))
         .await
         .unwrap();
@@ -60,7 +61,7 @@ async fn main() {
     for b in 0..BATCHES {
         let mut tx = store.begin_batch().await.unwrap();
         let events: Vec<_> = (0..BATCH).map(|i| event(b * BATCH + i)).collect();
-        store::add_audit_events(&mut tx, &events).await.unwrap();
+        store.add_audit_events(&mut tx, &events).await.unwrap();
         tx.commit().await.unwrap();
     }
     let reference = reference.elapsed();
@@ -73,7 +74,7 @@ async fn main() {
     for b in BATCHES..2 * BATCHES {
         let mut tx = store.begin_batch().await.unwrap();
         let events: Vec<_> = (0..BATCH).map(|i| event(b * BATCH + i)).collect();
-        store::add_audit_events(&mut tx, &events).await.unwrap();
+        store.add_audit_events(&mut tx, &events).await.unwrap();
         tx.commit().await.unwrap();
         log.drain().await.unwrap();
     }
@@ -101,7 +102,7 @@ async fn main() {
     for b in 2 * BATCHES..8 * BATCHES {
         let mut tx = store.begin_batch().await.unwrap();
         let events: Vec<_> = (0..BATCH).map(|i| event(b * BATCH + i)).collect();
-        store::add_audit_events(&mut tx, &events).await.unwrap();
+        store.add_audit_events(&mut tx, &events).await.unwrap();
         tx.commit().await.unwrap();
     }
     log.drain().await.unwrap();

@@ -9,7 +9,6 @@ use paygate_core::audit::{
 use paygate_gateway::audit::archive;
 use paygate_gateway::audit::worm::AnyWorm;
 use paygate_gateway::config::Settings;
-use paygate_gateway::store::Store;
 use std::path::PathBuf;
 
 use crate::{operator_name, origin};
@@ -126,7 +125,7 @@ pub async fn run_audit(
     };
     if let Some(settings) = &settings {
         // 10.2.1.3: every access to the audit log is itself logged, before it happens
-        let store = Store::open(&settings.database_url(), 1).await?;
+        let store = paygate_gateway::audit::open_store(settings, 1).await?;
         let mut event = AuditEvent::new(
             paygate_gateway::clock::now_ms(),
             EventType::AuditLogRead,

@@ -108,7 +108,8 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         settings.database.connections_max,
         tuning,
     )
-    .await?;
+    .await?
+    .with_audit_key(crate::audit::outbox_key(&settings)?);
     let receipt_key = Arc::new(load_receipt_key(&settings)?);
     let metrics = Arc::new(Metrics::default());
     let audit = AuditLog::open(&settings, store.clone(), metrics.clone())

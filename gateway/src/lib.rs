@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod audit;
+pub mod audit_outbox;
 pub mod aws;
 pub mod bench;
 pub mod broker;

@@ -415,7 +415,7 @@ async fn main() -> Result<()> {
             command: DevicesCommand::Enrol { id, currency },
         } => {
             let settings = Settings::load(config.as_deref())?;
-            let store = Store::open(&settings.database_url(), 1).await?;
+            let store = paygate_gateway::audit::open_store(&settings, 1).await?;
             let currency = Currency::parse(&currency).context("unknown currency")?;
             let wallet = demo::enrol_from_bundle(
                 &store,
@@ -435,7 +435,7 @@ async fn main() -> Result<()> {
         }
         Command::Ledger { config, command } => {
             let settings = Settings::load(config.as_deref())?;
-            let store = Store::open(&settings.database_url(), 1).await?;
+            let store = paygate_gateway::audit::open_store(&settings, 1).await?;
             let now = paygate_gateway::clock::now_ms();
             match command {
                 LedgerCommand::OpenMerchant {
@@ -681,7 +681,7 @@ async fn main() -> Result<()> {
 
 async fn open_cipher(settings: &Settings) -> Result<(Store, FieldCipher)> {
     std::fs::create_dir_all(&settings.data_dir)?;
-    let store = Store::open(&settings.database_url(), 2).await?;
+    let store = paygate_gateway::audit::open_store(settings, 2).await?;
     let provider = KeyProvider::from_settings(&settings.keys, &settings.data_dir).await?;
     let cipher = FieldCipher::new(provider, store.pool().clone(), settings.keys.clone());
     Ok((store, cipher))
@@ -707,7 +707,7 @@ async fn admin_event(
     detail: &str,
 ) -> Result<()> {
     std::fs::create_dir_all(&settings.data_dir)?;
-    let store = Store::open(&settings.database_url(), 1).await?;
+    let store = paygate_gateway::audit::open_store(settings, 1).await?;
     let mut event = AuditEvent::new(
         paygate_gateway::clock::now_ms(),
         event_type,

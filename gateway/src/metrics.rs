@@ -20,6 +20,7 @@ pub struct Metrics {
     audit_segments_shipped: AtomicU64,
     audit_journal_failures: AtomicU64,
     audit_shipping_failures: AtomicU64,
+    audit_outbox_tampered: AtomicU64,
     audit_backlog_bytes: AtomicU64,
     key_failures: AtomicU64,
     challenges_issued: AtomicU64,
@@ -43,6 +44,8 @@ pub struct MetricsSnapshot {
     pub audit_segments_shipped: u64,
     pub audit_journal_failures: u64,
     pub audit_shipping_failures: u64,
+    /// Outbox rows that failed their MAC or place check, and gaps found.
+    pub audit_outbox_tampered: u64,
     pub audit_backlog_bytes: u64,
     pub key_failures: u64,
     pub challenges_issued: u64,
@@ -108,6 +111,11 @@ impl Metrics {
     pub fn count_audit_shipping_failure(&self) {
         self.audit_shipping_failures.fetch_add(1, Ordering::Relaxed);
     }
+    /// PCI DSS 10.3.2: outbox rows that failed their check (alert on any increase).
+    pub fn count_audit_outbox_tampered(&self, count: usize) {
+        self.audit_outbox_tampered
+            .fetch_add(u64::try_from(count).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
     pub fn count_challenged(&self) {
         self.challenges_issued.fetch_add(1, Ordering::Relaxed);
     }
@@ -146,6 +154,7 @@ impl Metrics {
             audit_segments_shipped: self.audit_segments_shipped.load(Ordering::Relaxed),
             audit_journal_failures: self.audit_journal_failures.load(Ordering::Relaxed),
             audit_shipping_failures: self.audit_shipping_failures.load(Ordering::Relaxed),
+            audit_outbox_tampered: self.audit_outbox_tampered.load(Ordering::Relaxed),
             audit_backlog_bytes: self.audit_backlog_bytes.load(Ordering::Relaxed),
             key_failures: self.key_failures.load(Ordering::Relaxed),
             challenges_issued: self.challenges_issued.load(Ordering::Relaxed),
@@ -197,6 +206,10 @@ impl Metrics {
             (
                 "paygate_audit_shipping_failures_total",
                 s.audit_shipping_failures,
+            ),
+            (
+                "paygate_audit_outbox_tampered_total",
+                s.audit_outbox_tampered,
             ),
             ("paygate_audit_backlog_bytes", s.audit_backlog_bytes),
             ("paygate_key_failures_total", s.key_failures),

@@ -9,11 +9,13 @@
 //! transaction per batch of requests (group commit), one savepoint per request so a failure
 //! rolls back that request alone.
 
+use crate::audit_outbox::{OutboxKey, OutboxRow};
 use paygate_core::audit::AuditEvent;
 use paygate_core::envelope::{SigningAlgorithm, VerifyingKey};
 use paygate_core::{AccountId, DeviceId, ErrorCode, IdempotencyKey, TxId};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, Row};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -70,6 +72,9 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Authenticates the audit outbox rows this store writes; without it, writing an audit
+    /// event fails (every writer must hold the key: [`Store::with_audit_key`]).
+    audit_key: Option<Arc<OutboxKey>>,
 }
 
 pub type Batch<'a> = sqlx::Transaction<'a, sqlx::Any>;
@@ -148,7 +153,22 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            audit_key: None,
+        })
+    }
+
+    /// This store, writing audit events under `key` ([`crate::audit::outbox_key`]).
+    pub fn with_audit_key(mut self, key: OutboxKey) -> Store {
+        self.audit_key = Some(Arc::new(key));
+        self
+    }
+
+    /// The key outbox rows are checked with, if this store has one.
+    pub fn audit_key(&self) -> Option<&OutboxKey> {
+        self.audit_key.as_deref()
     }
 
     pub fn backend(&self) -> Backend {
@@ -463,29 +483,57 @@ pub async fn record_payers(
     Ok(())
 }
 
-/// Adds audit events to the outbox inside a batch, so they commit (or roll back) with what
-/// they describe.
-pub async fn add_audit_events(
-    batch: &mut Batch<'_>,
-    events: &[AuditEvent],
-) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    lock_audit_outbox(batch).await?;
-    // multi-row inserts, in order: the outbox ids follow the events' order
-    for chunk in events.chunks(rows_per_statement(batch, 1)) {
-        let sql = format!(
-            "INSERT INTO audit_outbox (event_json) VALUES {}",
-            placeholders(chunk.len(), 1, 1)
-        );
-        let mut query = sqlx::query(&sql);
-        for event in chunk {
-            query = query.bind(audit_event_json(event));
+impl Store {
+    /// Adds audit events to the outbox inside a batch, so they commit (or roll back) with
+    /// what they describe. Each row gets the next place in the outbox sequence and its MAC
+    /// (`audit_outbox`), taken under the outbox's writer lock.
+    pub async fn add_audit_events(
+        &self,
+        batch: &mut Batch<'_>,
+        events: &[AuditEvent],
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
         }
-        query.execute(&mut **batch).await?;
+        let key = self.audit_key.as_deref().ok_or_else(|| {
+            StoreError::Invariant(
+                "this store was opened without the audit outbox key: it cannot record audit events"
+                    .into(),
+            )
+        })?;
+        lock_audit_outbox(batch).await?;
+        // the place after the highest: SQLite's write lock (BEGIN IMMEDIATE) or the advisory
+        // lock above keeps it the highest until this transaction ends. A row copied from
+        // earlier cannot lower it; a forged one that raises it shows as missing places.
+        let highest: Option<i64> = sqlx::query_scalar("SELECT MAX(chain_seq) FROM audit_outbox")
+            .fetch_one(&mut **batch)
+            .await?;
+        let mut place = highest.and_then(|p| u64::try_from(p).ok()).unwrap_or(0);
+        // multi-row inserts, in order: the outbox ids follow the events' order
+        for chunk in events.chunks(rows_per_statement(batch, 3)) {
+            let sql = format!(
+                "INSERT INTO audit_outbox (event_json, chain_seq, mac) VALUES {}",
+                placeholders(chunk.len(), 3, 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for event in chunk {
+                place = place
+                    .checked_add(1)
+                    .filter(|p| i64::try_from(*p).is_ok())
+                    .ok_or_else(|| {
+                        StoreError::Invariant(
+                            "the audit outbox's highest place is at the limit: a row was forged"
+                                .into(),
+                        )
+                    })?;
+                let json = audit_event_json(event);
+                let mac = key.tag(place, &json);
+                query = query.bind(json).bind(ms(place)).bind(mac);
+            }
+            query.execute(&mut **batch).await?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The advisory lock key that orders audit outbox inserts on PostgreSQL.
@@ -516,19 +564,22 @@ impl Store {
     /// commands). The journal writer picks it up within `audit.seal_check_interval_ms`.
     pub async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let mut batch = self.begin_batch().await?;
-        add_audit_events(&mut batch, std::slice::from_ref(event)).await?;
+        self.add_audit_events(&mut batch, std::slice::from_ref(event))
+            .await?;
         batch.commit().await?;
         Ok(())
     }
 
-    /// Outbox rows after `outbox_id`, in id order, at most `limit`.
+    /// Outbox rows after `outbox_id`, in id order, at most `limit`, as stored (the journal
+    /// writer checks them).
     pub async fn audit_outbox_after(
         &self,
         outbox_id: u64,
         limit: u32,
-    ) -> Result<Vec<(u64, AuditEvent)>, StoreError> {
+    ) -> Result<Vec<OutboxRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT outbox_id, event_json FROM audit_outbox WHERE outbox_id > $1 ORDER BY outbox_id LIMIT $2",
+            "SELECT outbox_id, chain_seq, mac, event_json FROM audit_outbox
+             WHERE outbox_id > $1 ORDER BY outbox_id LIMIT $2",
         )
         .bind(ms(outbox_id))
         .bind(i64::from(limit))
@@ -537,21 +588,35 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let id: i64 = row.try_get("outbox_id")?;
-                let json: String = row.try_get("event_json")?;
-                let event = serde_json::from_str(&json).map_err(|e| {
-                    StoreError::Invariant(format!("audit outbox row {id} is not an event: {e}"))
-                })?;
-                let id = u64::try_from(id).map_err(|_| {
-                    StoreError::Invariant(format!("audit outbox row id {id} is negative"))
-                })?;
-                Ok((id, event))
+                let chain_seq: Option<i64> = row.try_get("chain_seq")?;
+                Ok(OutboxRow {
+                    outbox_id: u64::try_from(id).map_err(|_| {
+                        StoreError::Invariant(format!("audit outbox row id {id} is negative"))
+                    })?,
+                    // a negative place is no place: the row fails its check
+                    chain_seq: chain_seq.and_then(|p| u64::try_from(p).ok()),
+                    mac: row.try_get("mac")?,
+                    event_json: row.try_get("event_json")?,
+                })
             })
             .collect()
     }
 
-    /// Forgets outbox rows the journal holds in sealed segments.
+    /// The outbox place of row `outbox_id`, if the row is there: the journal writer's anchor
+    /// after a restart.
+    pub async fn audit_outbox_place(&self, outbox_id: u64) -> Result<Option<u64>, StoreError> {
+        let place: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT chain_seq FROM audit_outbox WHERE outbox_id = $1")
+                .bind(ms(outbox_id))
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(place.flatten().and_then(|p| u64::try_from(p).ok()))
+    }
+
+    /// Forgets outbox rows the journal holds in sealed segments, all but the newest of them:
+    /// that one stays as the anchor the next row's place is checked against.
     pub async fn prune_audit_outbox(&self, up_to_outbox_id: u64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM audit_outbox WHERE outbox_id <= $1")
+        sqlx::query("DELETE FROM audit_outbox WHERE outbox_id < $1")
             .bind(ms(up_to_outbox_id))
             .execute(&self.pool)
             .await?;

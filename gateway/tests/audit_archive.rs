@@ -13,7 +13,6 @@ use paygate_gateway::audit::worm::{LocalWorm, WormStore};
 use paygate_gateway::audit::{self as audit_log, shipper, AuditLog};
 use paygate_gateway::config::Settings;
 use paygate_gateway::metrics::Metrics;
-use paygate_gateway::store::Store;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,7 +27,9 @@ async fn make_archive() -> (tempfile::TempDir, PathBuf, PathBuf) {
         ..Settings::default()
     };
     settings.audit.records_per_segment_max = RECORDS_PER_SEGMENT;
-    let store = Store::open(&settings.database_url(), 2).await.unwrap();
+    let store = paygate_gateway::audit::open_store(&settings, 2)
+        .await
+        .unwrap();
     let log = AuditLog::open(&settings, store, Arc::new(Metrics::default()))
         .await
         .unwrap();
@@ -467,7 +468,9 @@ async fn reading_the_audit_log_with_the_gateways_configuration_is_audited() {
         .unwrap();
     assert!(output.status.success());
     let settings = Settings::load(Some(&config)).unwrap();
-    let store = Store::open(&settings.database_url(), 1).await.unwrap();
+    let store = paygate_gateway::audit::open_store(&settings, 1)
+        .await
+        .unwrap();
     let log = AuditLog::open(&settings, store, Arc::new(Metrics::default()))
         .await
         .unwrap();

@@ -19,7 +19,6 @@ use paygate_gateway::audit::worm::{PutOutcome, S3Worm, WormError, WormStore};
 use paygate_gateway::audit::{self as audit_log, shipper, AuditLog};
 use paygate_gateway::config::{S3WormSettings, Settings};
 use paygate_gateway::metrics::Metrics;
-use paygate_gateway::store::Store;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,7 +199,9 @@ async fn the_shipper_resumes_after_the_endpoint_is_down_with_nothing_lost_or_dup
     settings.audit.ship_interval_ms = 50;
     settings.audit.ship_retry_delay_max_ms = 300;
     let metrics = Arc::new(Metrics::default());
-    let store = Store::open(&settings.database_url(), 2).await.unwrap();
+    let store = paygate_gateway::audit::open_store(&settings, 2)
+        .await
+        .unwrap();
     let log = AuditLog::open(&settings, store, metrics.clone())
         .await
         .unwrap();

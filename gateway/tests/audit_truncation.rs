@@ -13,7 +13,6 @@ use paygate_gateway::audit::worm::LocalWorm;
 use paygate_gateway::audit::{self as audit_log, shipper, AuditLog};
 use paygate_gateway::config::Settings;
 use paygate_gateway::metrics::Metrics;
-use paygate_gateway::store::Store;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +29,9 @@ fn settings(dir: &Path) -> Settings {
 }
 
 async fn open(settings: &Settings) -> Arc<AuditLog> {
-    let store = Store::open(&settings.database_url(), 2).await.unwrap();
+    let store = paygate_gateway::audit::open_store(settings, 2)
+        .await
+        .unwrap();
     AuditLog::open(settings, store, Arc::new(Metrics::default()))
         .await
         .unwrap()

@@ -104,7 +104,9 @@ async fn kms_generates_unwraps_rotates_and_refuses_wrong_context_and_tampering()
         data_dir: dir.path().to_path_buf(),
         ..Settings::default()
     };
-    let store = Store::open(&settings.database_url(), 2).await.unwrap();
+    let store = paygate_gateway::audit::open_store(&settings, 2)
+        .await
+        .unwrap();
     let cipher = FieldCipher::new(
         provider,
         store.pool().clone(),
@@ -164,7 +166,9 @@ async fn throttling_and_an_unreachable_kms_are_retried_then_fail_closed_while_th
         data_dir: dir.path().to_path_buf(),
         ..Settings::default()
     };
-    let store = Store::open(&settings.database_url(), 2).await.unwrap();
+    let store = paygate_gateway::audit::open_store(&settings, 2)
+        .await
+        .unwrap();
     let keys = kms_settings(&via_switch, &key_id);
     let cipher = FieldCipher::new(
         KeyProvider::from_settings(&keys, dir.path()).await.unwrap(),

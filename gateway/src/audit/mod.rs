@@ -12,6 +12,7 @@ pub mod archive;
 pub mod shipper;
 pub mod worm;
 
+use crate::audit_outbox::{OutboxChain, OutboxKey};
 use crate::config::{AuditSettings, Settings};
 use crate::durable::{sync_dir, write_durably};
 use crate::metrics::Metrics;
@@ -60,6 +61,8 @@ struct Journal {
     outbox_id_max: u64,
     /// When the last checkpoint was sealed, or the journal opened (heartbeats count from it).
     sealed_at_ms: u64,
+    /// The outbox place expected next ([`crate::audit_outbox::OutboxChain`]).
+    chain: OutboxChain,
 }
 
 /// The audit log of one gateway: the journal writer, shared by the pipeline and the tasks that
@@ -98,7 +101,26 @@ impl AuditLog {
         std::fs::create_dir_all(dir.join("segments"))?;
         std::fs::create_dir_all(dir.join("checkpoints"))?;
         let log_id = log_id(&dir)?;
-        let (journal, repaired) = recover(&dir, log_id, &key)?;
+        let (mut journal, repaired) = recover(&dir, log_id, &key)?;
+        if store.audit_key().is_none() {
+            return Err(AuditError::Key(
+                "the store was opened without the audit outbox key".into(),
+            ));
+        }
+        // the anchor: the last row journaled stays in the outbox (pruning keeps it), and the
+        // next row must take the place after it
+        journal.chain = OutboxChain::after(if journal.outbox_id_max == 0 {
+            Some(0)
+        } else {
+            let place = store.audit_outbox_place(journal.outbox_id_max).await?;
+            if place.is_none() {
+                tracing::warn!(
+                    outbox_id = journal.outbox_id_max,
+                    "the audit outbox's anchor row is gone; the next authentic row is the new anchor"
+                );
+            }
+            place
+        });
         let log = Arc::new(AuditLog {
             journal: Mutex::new(journal),
             store,
@@ -139,6 +161,12 @@ impl AuditLog {
             "audit",
             "audit-log",
         )
+    }
+
+    /// The record that stands in the journal for an outbox row that failed its check.
+    fn tampered_event(&self, why: String) -> AuditEvent {
+        self.system_event(EventType::AuditOutboxTampered, AuditOutcome::Failure)
+            .with_detail(why)
     }
 
     /// Records one event now: outbox row, then journal, then fsync.
@@ -266,14 +294,35 @@ impl AuditLog {
             let mut seq = journal.next_seq;
             let mut prev = journal.prev_record_hash;
             let mut outbox_id_max = journal.outbox_id_max;
-            for (outbox_id, event) in rows {
-                let line = AuditRecord::place(event, seq, &prev, Some(outbox_id)).to_line();
-                prev = sha256(&line);
-                seq += 1;
+            let mut chain = journal.chain;
+            let key = self.store.audit_key().ok_or_else(|| {
+                AuditError::Key("the store was opened without the audit outbox key".into())
+            })?;
+            let mut tampered = 0;
+            for row in rows {
+                let outbox_id = row.outbox_id;
+                let checked = chain.check(key, &row);
+                let mut events = Vec::with_capacity(2);
+                if let Some(why) = checked.out_of_place {
+                    tampered += 1;
+                    events.push((self.tampered_event(why), None));
+                }
+                events.push(match checked.event {
+                    Ok(event) => (event, Some(outbox_id)),
+                    Err(why) => {
+                        tampered += 1;
+                        (self.tampered_event(why), Some(outbox_id))
+                    }
+                });
+                for (event, outbox_id) in events {
+                    let line = AuditRecord::place(event, seq, &prev, outbox_id).to_line();
+                    prev = sha256(&line);
+                    seq += 1;
+                    bytes.extend_from_slice(&line);
+                    bytes.push(b'\n');
+                    lines.push(line);
+                }
                 outbox_id_max = outbox_id;
-                bytes.extend_from_slice(&line);
-                bytes.push(b'\n');
-                lines.push(line);
             }
             self.append(journal, &bytes).await?;
             if journal.tree.is_empty() {
@@ -285,7 +334,15 @@ impl AuditLog {
             journal.next_seq = seq;
             journal.prev_record_hash = prev;
             journal.outbox_id_max = outbox_id_max;
+            journal.chain = chain;
             self.metrics.count_audit_records(lines.len());
+            if tampered > 0 {
+                self.metrics.count_audit_outbox_tampered(tampered);
+                tracing::error!(
+                    tampered,
+                    "audit outbox rows failed their check: recorded as audit_outbox_tampered"
+                );
+            }
             if journal.tree.len() >= self.settings.records_per_segment_max {
                 self.seal_locked(journal).await?;
             }
@@ -492,6 +549,7 @@ fn recover(
         // a restart counts as a fresh start for heartbeats: the downtime shows in the
         // audit_stopped / audit_started records and in the checkpoints' times
         sealed_at_ms: now_ms(),
+        chain: OutboxChain::after(None),
     };
     loop {
         let path = dir.join(checkpoint_name(journal.segment));
@@ -566,6 +624,24 @@ fn log_id(dir: &Path) -> Result<String, AuditError> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The key that authenticates audit outbox rows, derived from the audit signing key (made if
+/// missing). Every process that writes audit events opens its store with it
+/// ([`Store::with_audit_key`]).
+pub fn outbox_key(settings: &Settings) -> Result<OutboxKey, AuditError> {
+    let audit = &settings.audit;
+    let path = settings.resolve(&audit.signing_key);
+    load_or_make_key(&path, &audit.key_id)?;
+    Ok(OutboxKey::derive(&std::fs::read(&path)?))
+}
+
+/// Opens the settings' database as a process that records audit events: with the outbox key.
+pub async fn open_store(settings: &Settings, connections: u32) -> Result<Store, AuditError> {
+    let key = outbox_key(settings)?;
+    Ok(Store::open(&settings.database_url(), connections)
+        .await?
+        .with_audit_key(key))
 }
 
 /// The checkpoint signing key, made on first start (mode 0600) with its public JWK beside it.

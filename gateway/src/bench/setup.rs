@@ -6,7 +6,7 @@
 use crate::config::Settings;
 use crate::ledger::AccountKind;
 use crate::pki;
-use crate::store::{Backend, Store};
+use crate::store::Backend;
 use anyhow::{bail, Context, Result};
 use paygate_agent::DeviceBundle;
 use paygate_core::envelope::SigningAlgorithm;
@@ -63,7 +63,7 @@ pub async fn terminals(
             &settings.receipts.key_id,
         )?;
     }
-    let store = Store::open(&settings.database_url(), 4).await?;
+    let store = crate::audit::open_store(settings, 4).await?;
     let inr = Currency::parse("INR").context("INR")?;
     let now = crate::clock::now_ms();
     store
@@ -105,7 +105,7 @@ pub async fn preload(settings: &Settings, wallets: &[AccountId], payments: u64) 
     if payments == 0 || wallets.is_empty() {
         return Ok(());
     }
-    let store = Store::open(&settings.database_url(), 2).await?;
+    let store = crate::audit::open_store(settings, 2).await?;
     let postgres = store.backend() == Backend::Postgres;
     let hex_id = if postgres {
         "lpad(to_hex(i), 24, '0')"

@@ -199,7 +199,7 @@ async fn refuse_undecided(ctx: &Context, batch: &mut Batch) -> bool {
     refuse_prepared(ctx, batch, ErrorCode::InternalError, message);
     let written = async {
         let mut tx = ctx.store.begin_batch().await?;
-        store::add_audit_events(&mut tx, &batch.events).await?;
+        ctx.store.add_audit_events(&mut tx, &batch.events).await?;
         tx.commit().await?;
         Ok::<_, StoreError>(())
     };
@@ -268,7 +268,7 @@ async fn decide_and_record(ctx: &Context, batch: &mut Batch) -> Result<(), Store
         lane.flush(&scope, &mut tx, &mut known, &mut sinks, &mut replies)
             .await?;
         timing.decided_us = micros_since(started);
-        store::add_audit_events(&mut tx, sinks.events).await?;
+        ctx.store.add_audit_events(&mut tx, sinks.events).await?;
         timing.outbox_us = micros_since(started);
         tx.commit().await?;
         timing.committed_us = micros_since(started);

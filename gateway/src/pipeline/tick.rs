@@ -60,7 +60,7 @@ async fn expire_challenges(ctx: &Context) -> Result<Vec<Outbound>, StoreError> {
         .await;
         keep_or_skip(ctx, item, decided, &mut replies, &mut events, before).await?;
     }
-    finish(tx, events, replies).await
+    finish(ctx, tx, events, replies).await
 }
 
 /// Settles UPI payments the network has answered, and pushes their final receipts.
@@ -106,7 +106,7 @@ async fn settle_upi(ctx: &Context) -> Result<Vec<Outbound>, StoreError> {
             }
         }
     }
-    finish_changed(tx, events, replies, reversals_due).await
+    finish_changed(ctx, tx, events, replies, reversals_due).await
 }
 
 /// One tick item in its own savepoint: kept, or on a broken invariant rolled back alone (an
@@ -156,15 +156,17 @@ async fn record_tick(
 }
 
 async fn finish(
+    ctx: &Context,
     tx: store::Batch<'static>,
     events: Vec<paygate_core::audit::AuditEvent>,
     replies: Vec<Outbound>,
 ) -> Result<Vec<Outbound>, StoreError> {
-    finish_changed(tx, events, replies, false).await
+    finish_changed(ctx, tx, events, replies, false).await
 }
 
 /// As `finish`, committing also when `changed` (rows written with no reply to send).
 async fn finish_changed(
+    ctx: &Context,
     mut tx: store::Batch<'static>,
     events: Vec<paygate_core::audit::AuditEvent>,
     replies: Vec<Outbound>,
@@ -174,7 +176,7 @@ async fn finish_changed(
         tx.rollback().await?;
         return Ok(replies);
     }
-    store::add_audit_events(&mut tx, &events).await?;
+    ctx.store.add_audit_events(&mut tx, &events).await?;
     tx.commit().await?;
     Ok(replies)
 }

@@ -1,0 +1,317 @@
+//! PCI DSS 10.3.2 between the commit and the journal: audit events wait in the database's
+//! outbox, and someone with write access to the database (not to the gateway's keys) changes
+//! them there. On SQLite and PostgreSQL alike: rows inserted, altered, copied or removed are
+//! recorded as `audit_outbox_tampered`, forged content never reaches the journal as an event,
+//! every genuine row still does, and the gateway goes on approving payments.
+
+#![allow(clippy::unwrap_used)]
+
+use paygate_core::audit::{AuditEvent, AuditOutcome, AuditRecord, EventType};
+use paygate_core::receipt::Outcome;
+use paygate_core::AccountId;
+use paygate_gateway::audit::{self, AuditLog};
+use paygate_gateway::config::{Secret, Settings};
+use paygate_gateway::metrics::Metrics;
+use paygate_tests::{fresh_postgres_database, inr, Db, TestGateway, MERCHANT};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn event(n: u64) -> AuditEvent {
+    AuditEvent::new(
+        1_700_000_000_000 + n,
+        EventType::AdminAction,
+        "operator:alice",
+        "cli:host",
+        AuditOutcome::Success,
+        "cli",
+        format!("account:acct-{n}"),
+    )
+}
+
+fn journal(dir: &Path) -> Vec<AuditRecord> {
+    let mut out = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    for path in names {
+        for line in std::fs::read(path).unwrap().split(|&b| b == b'\n') {
+            if !line.is_empty() {
+                out.push(AuditRecord::from_line(line).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// The accounts of the admin events journaled, in order, and the tamper findings' details.
+fn read_back(records: &[AuditRecord]) -> (Vec<String>, Vec<String>) {
+    let accounts = records
+        .iter()
+        .filter(|r| r.event == EventType::AdminAction)
+        .map(|r| r.resource.clone())
+        .collect();
+    let findings = records
+        .iter()
+        .filter(|r| r.event == EventType::AuditOutboxTampered)
+        .map(|r| r.detail.clone().unwrap())
+        .collect();
+    (accounts, findings)
+}
+
+async fn settings_for(db: Db, dir: &Path) -> Settings {
+    let mut settings = Settings {
+        data_dir: dir.to_path_buf(),
+        ..Settings::default()
+    };
+    if db == Db::Postgres {
+        settings.database.url = Secret::new(fresh_postgres_database().await);
+    }
+    settings
+}
+
+async fn sql(store: &paygate_gateway::store::Store, statement: &str) {
+    sqlx::query(statement).execute(store.pool()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_rows_changed_in_the_database_are_recorded_as_tampered_and_never_journaled_as_events(
+) {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings_for(db, dir.path()).await;
+        let store = audit::open_store(&settings, 2).await.unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let log = AuditLog::open(&settings, store.clone(), metrics.clone())
+            .await
+            .unwrap();
+        for n in 1..=3 {
+            store.record_audit(&event(n)).await.unwrap();
+        }
+        log.drain().await.unwrap();
+        // written, committed, not yet journaled: the insider's window
+        for n in 4..=8 {
+            store.record_audit(&event(n)).await.unwrap();
+        }
+        // altered: acct-5 becomes acct-55
+        sql(
+            &store,
+            "UPDATE audit_outbox SET event_json = REPLACE(event_json, 'acct-5\"', 'acct-55\"')
+             WHERE event_json LIKE '%acct-5\"%'",
+        )
+        .await;
+        // removed: acct-7 (acct-6 stays, so the gap is not hidden by the altered row)
+        sql(
+            &store,
+            "DELETE FROM audit_outbox WHERE event_json LIKE '%acct-7\"%'",
+        )
+        .await;
+        // inserted: a made-up event, with and without a MAC of the right length
+        let forged = serde_json::to_string(&event(100)).unwrap();
+        sql(
+            &store,
+            &format!("INSERT INTO audit_outbox (event_json) VALUES ('{forged}')"),
+        )
+        .await;
+        let hex = if db == Db::Postgres {
+            format!("'\\x{}'", "5a".repeat(32))
+        } else {
+            format!("X'{}'", "5a".repeat(32))
+        };
+        let forged = serde_json::to_string(&event(101)).unwrap();
+        sql(
+            &store,
+            &format!(
+                "INSERT INTO audit_outbox (event_json, chain_seq, mac) VALUES ('{forged}', 9, {hex})"
+            ),
+        )
+        .await;
+        // copied: acct-4's row again, MAC and all
+        sql(
+            &store,
+            "INSERT INTO audit_outbox (event_json, chain_seq, mac)
+             SELECT event_json, chain_seq, mac FROM audit_outbox WHERE event_json LIKE '%acct-4\"%'",
+        )
+        .await;
+        // the honest writers carry on
+        for n in 9..=10 {
+            store.record_audit(&event(n)).await.unwrap();
+        }
+        log.drain().await.unwrap();
+
+        let (accounts, findings) = read_back(&journal(&log.dir().await));
+        let expected: Vec<String> = [1, 2, 3, 4, 6, 8, 4, 9, 10]
+            .iter()
+            .map(|n| format!("account:acct-{n}"))
+            .collect();
+        assert_eq!(accounts, expected, "{db:?}: {findings:#?}");
+        assert!(
+            !accounts
+                .iter()
+                .any(|a| a.contains("acct-55") || a.contains("acct-100") || a.contains("acct-101")),
+            "{db:?}: forged content journaled"
+        );
+        let has = |text: &str| findings.iter().any(|f| f.contains(text));
+        assert!(has("fails its MAC at place 5"), "{db:?}: {findings:#?}");
+        assert!(
+            has("places 7 to 7 are missing before"),
+            "{db:?}: {findings:#?}"
+        );
+        assert!(has("has no MAC"), "{db:?}: {findings:#?}");
+        assert!(has("fails its MAC at place 9"), "{db:?}: {findings:#?}");
+        assert!(
+            has("is at place 4, not after place 8"),
+            "{db:?}: {findings:#?}"
+        );
+        // the copy is journaled (its MAC holds) and becomes the anchor, so the honest row
+        // after it, at place 10 (the forged place 9 raised the highest), shows places 5 to 9
+        // missing: the altered, two forged, the removed, the copied, and that one
+        assert!(
+            has("places 5 to 9 are missing before"),
+            "{db:?}: {findings:#?}"
+        );
+        assert_eq!(findings.len(), 6, "{db:?}: {findings:#?}");
+        assert_eq!(metrics.snapshot().audit_outbox_tampered, 6);
+        assert!(!log.blocked(), "{db:?}: the journal keeps working");
+    }
+}
+
+/// The anchor survives a restart: pruning keeps the last row journaled, and a row removed while
+/// the gateway was down, right after it, is found when the next one is drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_removed_while_the_gateway_was_down_is_found_after_the_restart() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings_for(db, dir.path()).await;
+        let store = audit::open_store(&settings, 2).await.unwrap();
+        let log = AuditLog::open(&settings, store.clone(), Arc::new(Metrics::default()))
+            .await
+            .unwrap();
+        for n in 1..=3 {
+            store.record_audit(&event(n)).await.unwrap();
+        }
+        log.seal_if_due(true).await.unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_outbox")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(left, 1, "{db:?}: only the anchor is kept after the seal");
+        drop(log);
+        for n in 4..=5 {
+            store.record_audit(&event(n)).await.unwrap();
+        }
+        sql(
+            &store,
+            "DELETE FROM audit_outbox WHERE event_json LIKE '%acct-4\"%'",
+        )
+        .await;
+
+        let log = AuditLog::open(&settings, store.clone(), Arc::new(Metrics::default()))
+            .await
+            .unwrap();
+        log.drain().await.unwrap();
+        let (accounts, findings) = read_back(&journal(&log.dir().await));
+        assert_eq!(
+            accounts,
+            [
+                "account:acct-1",
+                "account:acct-2",
+                "account:acct-3",
+                "account:acct-5"
+            ],
+            "{db:?}"
+        );
+        assert_eq!(findings.len(), 1, "{db:?}: {findings:#?}");
+        assert!(
+            findings[0].contains("places 4 to 4 are missing"),
+            "{db:?}: {findings:#?}"
+        );
+    }
+}
+
+/// A store opened without the key cannot write audit events (so no writer can leave rows the
+/// journal would flag), and the journal cannot be opened on one.
+#[tokio::test]
+async fn a_store_without_the_outbox_key_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings_for(Db::Sqlite, dir.path()).await;
+    let keyless = paygate_gateway::store::Store::open(&settings.database_url(), 1)
+        .await
+        .unwrap();
+    let error = keyless.record_audit(&event(1)).await.unwrap_err();
+    assert!(
+        error.to_string().contains("without the audit outbox key"),
+        "{error}"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_outbox")
+        .fetch_one(keyless.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    assert!(
+        AuditLog::open(&settings, keyless, Arc::new(Metrics::default()))
+            .await
+            .is_err()
+    );
+}
+
+/// On a running gateway: an event forged into the outbox is recorded as tampering, the archive
+/// still verifies (the finding is part of it), and payments go on being approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_gateway_records_a_forged_outbox_row_and_keeps_approving() {
+    let gateway = TestGateway::start().await;
+    gateway.device("pos-1", "100.00").await;
+    let mut agent = gateway.agent("pos-1").await;
+    let merchant = AccountId::parse(MERCHANT).unwrap();
+    let reply = agent.pay(&merchant, inr("3.00")).await.unwrap();
+    assert_eq!(reply.receipt.outcome, Outcome::Approved);
+
+    let mut forged = event(7);
+    forged.detail = Some("refund approved by the manager".into());
+    let forged = serde_json::to_string(&forged).unwrap();
+    sql(
+        gateway.store(),
+        &format!("INSERT INTO audit_outbox (event_json) VALUES ('{forged}')"),
+    )
+    .await;
+    let journal_dir = gateway.dir.path().join("audit/journal");
+    let mut findings = Vec::new();
+    for _ in 0..100 {
+        findings = read_back(&journal(&journal_dir)).1;
+        if !findings.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert!(findings[0].contains("has no MAC"), "{}", findings[0]);
+    assert!(journal(&journal_dir)
+        .iter()
+        .all(|r| r.detail.as_deref() != Some("refund approved by the manager")));
+    assert_eq!(gateway.running.metrics.snapshot().audit_outbox_tampered, 1);
+
+    let reply = agent.pay(&merchant, inr("4.00")).await.unwrap();
+    assert_eq!(reply.receipt.outcome, Outcome::Approved, "{reply:?}");
+    agent.disconnect().await;
+    assert_eq!(gateway.balance(MERCHANT).await, 700);
+
+    // the journal, findings and all, is one unbroken chain
+    gateway.running.audit.seal_if_due(true).await.unwrap();
+    let key = audit::public_jwk_path(
+        &gateway
+            .settings
+            .resolve(&gateway.settings.audit.signing_key),
+    );
+    let (key, key_id) = paygate_gateway::audit::archive::read_public_jwk(&key).unwrap();
+    paygate_gateway::audit::archive::verify_archive(
+        &journal_dir,
+        key,
+        &key_id,
+        None,
+        false,
+        |_| {},
+    )
+    .unwrap();
+}
