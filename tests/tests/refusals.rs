@@ -783,3 +783,61 @@ async fn an_idle_tcp_connection_does_not_stop_another_device() {
     }
     agent.disconnect().await;
 }
+
+/// A PUBACK for a packet id the broker never sent goes no further than the guard: rumqttd
+/// 0.20 drops the device's broker link on one, and the device would wait for receipts that
+/// never come. The acknowledgements it did ask for still reach rumqttd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsolicited_puback_does_not_cut_the_devices_link() {
+    use rumqttc::mqttbytes::v4::PubAck;
+    let gateway = TestGateway::start().await;
+    let bundle = gateway.device("pos-1", "100.00").await;
+    let mut client = connected(&gateway, "pos-1").await;
+    client
+        .send(Packet::Subscribe(Subscribe::new(
+            "paygate/v1/devices/pos-1/replies",
+            QoS::AtLeastOnce,
+        )))
+        .await
+        .unwrap();
+    assert!(matches!(
+        client.recv(WAIT).await.unwrap(),
+        Packet::SubAck(ack) if ack.return_codes == [SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    ));
+    for (n, key) in [(1u16, "k-1"), (2, "k-2")] {
+        // an acknowledgement of nothing, then a payment on the same connection
+        client
+            .send(Packet::PubAck(PubAck::new(700 + n)))
+            .await
+            .unwrap();
+        let envelope = bundle.signing_key.seal(
+            REQUEST_CONTENT_TYPE,
+            payload("pos-1", key, u64::from(n), GOOD_AMOUNT).as_bytes(),
+        );
+        let mut publish = Publish::new(
+            "paygate/v1/devices/pos-1/requests",
+            QoS::AtLeastOnce,
+            envelope,
+        );
+        publish.pkid = n;
+        client.send(Packet::Publish(publish)).await.unwrap();
+        let receipt = loop {
+            match client.recv(WAIT).await {
+                Ok(Packet::Publish(reply)) => break reply,
+                Ok(_) => continue,
+                Err(error) => panic!("payment {n}: no receipt on the same connection: {error}"),
+            }
+        };
+        let verified = paygate_agent::DeviceBundle::load(&gateway.bundle_dir("pos-1"))
+            .unwrap()
+            .verify_receipt(&receipt.payload)
+            .unwrap();
+        assert_eq!(verified.receipt.outcome, Outcome::Approved, "{verified:?}");
+        // the acknowledgement the broker asked for
+        client
+            .send(Packet::PubAck(PubAck::new(receipt.pkid)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(gateway.balance(MERCHANT).await, 2_000);
+}

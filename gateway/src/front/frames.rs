@@ -143,6 +143,21 @@ pub fn encode(packet: &Packet) -> Bytes {
     buffer.freeze()
 }
 
+/// The packet id of a QoS 1 PUBLISH frame as the broker sent it (`None` for any other frame,
+/// or one too short to hold it): the ids a device may acknowledge.
+pub fn publish_packet_id(frame: &[u8]) -> Option<u16> {
+    let (&first, rest) = frame.split_first()?;
+    if first >> 4 != 3 || (first >> 1) & 0b11 != 1 {
+        return None;
+    }
+    // the remaining length: one to four bytes, the high bit meaning "more"
+    let length_bytes = rest.iter().take(4).position(|b| b & 0x80 == 0)? + 1;
+    let body = rest.get(length_bytes..)?;
+    let topic_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let id = body.get(2 + topic_len..4 + topic_len)?;
+    Some(u16::from_be_bytes([id[0], id[1]]))
+}
+
 pub(super) fn notice(front: &Front, device: &DeviceId, code: ErrorCode) -> Bytes {
     let receipt = rejected_receipt(
         device,
@@ -244,6 +259,33 @@ mod tests {
     use rumqttc::mqttbytes::v4::{Connect, PubAck};
 
     const MAX: usize = 64 * 1024;
+
+    #[test]
+    fn the_packet_id_of_a_qos_1_publish_is_read_from_its_frame() {
+        use proptest::prelude::*;
+        let ids = |topic: String, payload: Vec<u8>, id: u16, dup: bool, qos: u8| {
+            let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][usize::from(qos)];
+            let mut publish = Publish::new(topic, qos, payload);
+            publish.pkid = if qos == QoS::AtMostOnce { 0 } else { id };
+            publish.dup = dup;
+            let frame = encode(&Packet::Publish(publish));
+            let expected = (qos == QoS::AtLeastOnce).then_some(id);
+            assert_eq!(publish_packet_id(&frame), expected);
+            // a frame cut anywhere is never misread as another id
+            for cut in 0..frame.len() {
+                let read = publish_packet_id(&frame[..cut]);
+                assert!(read.is_none() || read == expected);
+            }
+        };
+        proptest!(|(topic in "[a-z/]{0,300}", payload in proptest::collection::vec(any::<u8>(), 0..20_000), id in 1u16.., dup: bool, qos in 0u8..3)| {
+            ids(topic, payload, id, dup, qos);
+        });
+        assert_eq!(
+            publish_packet_id(&frame(Packet::PubAck(PubAck::new(7)))),
+            None
+        );
+        assert_eq!(publish_packet_id(&subscribe_own()), None);
+    }
 
     #[test]
     fn frames_not_in_canonical_form_are_refused() {

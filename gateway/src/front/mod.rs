@@ -25,6 +25,7 @@ use paygate_core::envelope::SigningKey;
 use paygate_core::{DeviceId, ErrorCode};
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Login, Packet};
 use rumqttc::mqttbytes::{Protocol, QoS};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -368,6 +369,11 @@ where
         let _ = device_write.flush().await;
         let _ = device_write.shutdown().await;
     });
+    // the QoS 1 packet ids the broker has sent and the device not yet acknowledged: a PUBACK
+    // for any other id goes no further (rumqttd 0.20 drops the device's link on one). Bounded
+    // by rumqttd's in-flight limit, since it sends no more until acknowledged.
+    let awaiting_ack = Arc::new(std::sync::Mutex::new(HashSet::<u16>::new()));
+    let pump_awaiting = awaiting_ack.clone();
     let pump_sender = to_device.clone();
     let mut broker_pump = tokio::spawn(async move {
         let mut broker_reader = FrameReader::new(broker_read, 2 * 1024 * 1024);
@@ -379,6 +385,12 @@ where
             let Ok(frame) = broker_reader.next_raw().await else {
                 break;
             };
+            if let Some(id) = frames::publish_packet_id(&frame) {
+                pump_awaiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id);
+            }
             // a device that does not read its replies is dropped, never waited for
             match pump_sender.try_send(frame) {
                 Ok(()) => {}
@@ -414,16 +426,27 @@ where
             }
             Ok(Ok(frame)) => frame,
         };
+        if let Packet::PubAck(ack) = &packet {
+            let solicited = awaiting_ack
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&ack.pkid);
+            if !solicited {
+                tracing::debug!(device = %device, pkid = ack.pkid, "unsolicited PUBACK ignored");
+                continue;
+            }
+        }
         let verdict = match check_packet(device, &packet) {
             Verdict::Forward => admit(front, device, &packet, &mut overload_log),
             other => other,
         };
         match verdict {
+            // a DISCONNECT ends the session here: closing the broker link says the same to
+            // rumqttd (wills are refused at CONNECT, so none is discarded), and rumqttd 0.20,
+            // given both, handles the disconnection twice and logs an ERROR each time
+            Verdict::Forward if packet == Packet::Disconnect => break,
             Verdict::Forward => {
                 if broker_write.write_all(&raw).await.is_err() {
-                    break;
-                }
-                if packet == Packet::Disconnect {
                     break;
                 }
             }
