@@ -101,6 +101,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     let tuning = crate::store::SqliteTuning {
         busy_timeout_ms: settings.database.sqlite_busy_timeout_ms,
+        acquire_timeout_ms: settings.database.acquire_timeout_ms,
         cache_mib: settings.database.sqlite_cache_mib,
     };
     let store = Store::open_tuned(

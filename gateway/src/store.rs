@@ -84,11 +84,14 @@ pub type Batch<'a> = sqlx::Transaction<'a, sqlx::Any>;
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
      PRAGMA foreign_keys = ON;";
 
-/// What a SQLite connection may be tuned in (`database.sqlite_*`); PostgreSQL ignores it.
+/// How the pool and its connections are tuned (`database.*`); the SQLite settings are ignored
+/// on PostgreSQL.
 #[derive(Debug, Clone, Copy)]
 pub struct SqliteTuning {
     /// Writers queue this long for the lock before their transaction fails.
     pub busy_timeout_ms: u64,
+    /// Work waits this long for a connection (any backend) before it fails.
+    pub acquire_timeout_ms: u64,
     /// Page cache per connection.
     pub cache_mib: u32,
 }
@@ -97,6 +100,7 @@ impl Default for SqliteTuning {
     fn default() -> Self {
         SqliteTuning {
             busy_timeout_ms: 10_000,
+            acquire_timeout_ms: 5_000,
             cache_mib: 64,
         }
     }
@@ -138,6 +142,7 @@ impl Store {
         let pragmas: std::sync::Arc<str> = tuning.pragmas().into();
         let pool = AnyPoolOptions::new()
             .max_connections(connections_max)
+            .acquire_timeout(std::time::Duration::from_millis(tuning.acquire_timeout_ms))
             .after_connect(move |conn, _| {
                 let pragmas = pragmas.clone();
                 Box::pin(async move {

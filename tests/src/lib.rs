@@ -477,3 +477,71 @@ pub async fn fresh_postgres_database() -> String {
 }
 
 static NEXT_DB: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A TCP proxy on 127.0.0.1 in front of a server, which a test can take down (every
+/// connection through it cut, new ones closed at once) and bring back: a database that stops
+/// and returns, as a failover or a network partition looks to the gateway.
+pub struct OutageProxy {
+    pub port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OutageProxy {
+    pub async fn start(target: std::net::SocketAddr) -> OutageProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (up, up_rx) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !*up_rx.borrow() {
+                    drop(client);
+                    continue;
+                }
+                let mut down = up_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = down.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        OutageProxy { port, up, task }
+    }
+
+    /// Cuts every connection and refuses new ones until [`OutageProxy::restore`].
+    pub fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    pub fn restore(&self) {
+        self.up.send_replace(true);
+    }
+
+    /// `url` (a PostgreSQL URL on 127.0.0.1) through this proxy.
+    pub fn postgres_url(&self, url: &str) -> String {
+        let (scheme_host, rest) = url.rsplit_once(':').unwrap();
+        let (_, path) = rest.split_once('/').unwrap();
+        format!("{scheme_host}:{}/{path}", self.port)
+    }
+}
+
+impl Drop for OutageProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The address a PostgreSQL URL of the test server points at.
+pub fn postgres_address(url: &str) -> std::net::SocketAddr {
+    let (_, rest) = url.rsplit_once(':').unwrap();
+    let port: u16 = rest.split_once('/').unwrap().0.parse().unwrap();
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}

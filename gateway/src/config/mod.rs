@@ -368,6 +368,9 @@ pub struct DatabaseSettings {
     /// Empty: `sqlite://{data_dir}/paygate.db`. May carry a password: a [`Secret`].
     pub url: Secret,
     pub connections_max: u32,
+    /// How long a task waits for a database connection (or for one to be made) before its
+    /// work fails: while the database is away, a batch waits at most this, then is refused.
+    pub acquire_timeout_ms: u64,
     /// SQLite: how long a writer waits for the write lock before its transaction fails.
     pub sqlite_busy_timeout_ms: u64,
     /// SQLite: page cache per connection, in MiB.
@@ -565,6 +568,7 @@ impl Default for DatabaseSettings {
         DatabaseSettings {
             url: Secret::default(),
             connections_max: 4,
+            acquire_timeout_ms: 5_000,
             sqlite_busy_timeout_ms: 10_000,
             sqlite_cache_mib: 64,
         }

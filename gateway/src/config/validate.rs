@@ -170,6 +170,12 @@ impl Settings {
         if self.database.connections_max == 0 {
             return Err(invalid("database.connections_max", "must be at least 1"));
         }
+        if !(100..=600_000).contains(&self.database.acquire_timeout_ms) {
+            return Err(invalid(
+                "database.acquire_timeout_ms",
+                "must be 100 to 600000",
+            ));
+        }
         if !(1..=600_000).contains(&self.database.sqlite_busy_timeout_ms) {
             return Err(invalid(
                 "database.sqlite_busy_timeout_ms",
