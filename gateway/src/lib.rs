@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod identity;
 pub mod keys;
 pub mod ledger;
+pub mod logs;
 pub mod metrics;
 pub mod pipeline;
 pub mod pki;

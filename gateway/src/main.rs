@@ -259,13 +259,21 @@ async fn main() -> Result<()> {
         _ => "info,rumqttd=warn",
     };
     // logs go to standard error: standard output is the commands' answer (scripts read it)
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .init();
+    // and at most a burst of lines per place in the code per window (paygate_gateway::logs)
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::{filter::FilterExt, Layer};
+        let levels = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| default_filter.into());
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(levels.and(paygate_gateway::logs::RepeatLimit::on_stderr())),
+            )
+            .init();
+    }
     match cli.command {
         Command::Serve { config } => {
             let settings = Settings::load(config.as_deref())?;
