@@ -25,7 +25,6 @@ use paygate_core::envelope::{SigningAlgorithm, SigningKey};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, Notify};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +47,11 @@ struct Journal {
     log_id: String,
     /// The active (unsealed) segment's number.
     segment: u64,
-    file: Option<tokio::fs::File>,
+    /// The active segment, opened for appending. Written with std's blocking calls on the
+    /// blocking pool: tokio's `File` reports a failed background write only at the next
+    /// operation, and its `sync_data` swallows it, so a short write (a full disk) would read as
+    /// durable.
+    file: Option<Arc<std::fs::File>>,
     file_len: u64,
     tree: MerkleTree,
     first_seq: u64,
@@ -353,30 +356,38 @@ impl AuditLog {
     async fn append(&self, journal: &mut Journal, bytes: &[u8]) -> Result<(), AuditError> {
         if journal.file.is_none() {
             let path = journal.dir.join(segment_name(journal.segment));
-            let file = tokio::fs::OpenOptions::new()
+            let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(&path)
-                .await?;
-            journal.file_len = file.metadata().await?.len();
-            journal.file = Some(file);
+                .open(&path)?;
+            journal.file_len = file.metadata()?.len();
+            journal.file = Some(Arc::new(file));
             sync_dir(&journal.dir.join("segments"))?;
         }
-        let Some(file) = journal.file.as_mut() else {
+        let Some(file) = journal.file.clone() else {
             return Err(AuditError::Corrupt("the journal file is not open".into()));
         };
-        let written = async {
-            file.write_all(bytes).await?;
-            file.sync_data().await
-        }
-        .await;
+        let bytes = bytes.to_vec();
+        let written_len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        let keep = journal.file_len;
+        let written = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let result = (&*file).write_all(&bytes).and_then(|()| file.sync_data());
+            if result.is_err() {
+                // a short write leaves part of a record: cut it, so the next append starts on
+                // a line boundary (truncating needs no free space)
+                let _ = file.set_len(keep);
+            }
+            result
+        })
+        .await
+        .map_err(|e| AuditError::Io(std::io::Error::other(e)))?;
         match written {
             Ok(()) => {
-                journal.file_len += u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+                journal.file_len += written_len;
                 Ok(())
             }
             Err(error) => {
-                let _ = file.set_len(journal.file_len).await;
                 journal.file = None;
                 Err(error.into())
             }
