@@ -9,6 +9,7 @@ pub mod bench;
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod crash;
 pub mod demo;
 pub mod descriptors;
 pub mod durable;

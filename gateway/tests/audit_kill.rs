@@ -5,6 +5,8 @@
 //! terminal saw approved is posted exactly once and nothing else is, each wallet holds what the
 //! approved requests say, the ledger balances, the archive verifies, and every decision is in it
 //! exactly once. The number of kills and requests is bounded; the test stops by itself.
+//! A second run aborts the gateway at each named crash point instead (`crash::POINTS`): in
+//! the middle of a batch, of a segment seal and of a shipment.
 
 #![allow(clippy::unwrap_used)]
 
@@ -70,8 +72,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_under_load_posts_each_approved_request_once_and_loses_no_audit_record() {
+/// A data directory with the PKI, a merchant and funded terminals, and the gateway's config.
+struct Scenario {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    port: u16,
+    config: PathBuf,
+}
+
+fn scenario() -> Scenario {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let port = free_port();
@@ -95,24 +104,114 @@ async fn sigkill_under_load_posts_each_approved_request_once_and_loses_no_audit_
             &["ledger", "fund", &format!("wallet-{id}"), "1000.00", "INR"],
         );
     }
-
-    let mut server = serve(&config);
-    wait_listening(port).await;
-
-    let mut terminals = Vec::new();
-    for n in 0..DEVICES {
-        let bundle_dir = data.join(format!("pki/devices/pos-{n}"));
-        terminals.push(tokio::spawn(run_terminal(bundle_dir, port, n)));
+    Scenario {
+        _dir: dir,
+        data,
+        port,
+        config,
     }
+}
 
+fn start_terminals(s: &Scenario) -> Vec<tokio::task::JoinHandle<Vec<Seen>>> {
+    (0..DEVICES)
+        .map(|n| {
+            let bundle_dir = s.data.join(format!("pki/devices/pos-{n}"));
+            tokio::spawn(run_terminal(bundle_dir, s.port, n))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_posts_each_approved_request_once_and_loses_no_audit_record() {
+    let s = scenario();
+    let mut server = serve(&s.config);
+    wait_listening(s.port).await;
+    let terminals = start_terminals(&s);
     let mut rng = rand::thread_rng();
     for _ in 0..KILLS {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(400..1500))).await;
         server.kill().unwrap(); // SIGKILL
         server.wait().unwrap();
-        server = serve(&config);
-        wait_listening(port).await;
+        server = serve(&s.config);
+        wait_listening(s.port).await;
     }
+    check_after_restarts(&s, server, terminals, KILLS + 1).await;
+}
+
+/// The gateway aborts at each crash point in turn (`paygate_gateway::crash::POINTS`: after a
+/// batch's commit and before its journal write, before and after a checkpoint is written,
+/// after a segment and after its checkpoint reach write-once storage), each time restarted,
+/// while the terminals pay on. The same checks as after random kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_every_point_of_a_payments_life_loses_and_doubles_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    let s = scenario();
+    let mut terminals = None;
+    for point in paygate_gateway::crash::POINTS {
+        let mut server = Command::new(env!("CARGO_BIN_EXE_paygate"))
+            .args(["serve", "--config"])
+            .arg(&s.config)
+            .env("RUST_LOG", "warn,rumqttd=off")
+            .env("PAYGATE_CRASH_AT", point)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        // a crash point may come during the start (a recovered segment sealed at once)
+        let mut listening = false;
+        for _ in 0..200 {
+            if server.try_wait().unwrap().is_some() {
+                break;
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+                .await
+                .is_ok()
+            {
+                listening = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if listening && terminals.is_none() {
+            terminals = Some(start_terminals(&s));
+        }
+        let mut status = None;
+        for _ in 0..400 {
+            status = server.try_wait().unwrap();
+            if status.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let Some(status) = status else {
+            server.kill().unwrap();
+            panic!("the gateway never reached {point}");
+        };
+        assert_eq!(
+            status.signal(),
+            Some(6),
+            "{point}: it aborted there ({status:?})"
+        );
+    }
+    let server = serve(&s.config);
+    wait_listening(s.port).await;
+    check_after_restarts(
+        &s,
+        server,
+        terminals.unwrap(),
+        paygate_gateway::crash::POINTS.len() + 1,
+    )
+    .await;
+}
+
+/// Waits for the terminals, stops the gateway cleanly, and checks the archive, the trail and
+/// the ledger against what the terminals saw.
+async fn check_after_restarts(
+    s: &Scenario,
+    mut server: Child,
+    terminals: Vec<tokio::task::JoinHandle<Vec<Seen>>>,
+    starts_expected: usize,
+) {
+    let data = &s.data;
     let mut approved_by_terminals = BTreeSet::new();
     let mut receipts = 0;
     // every wallet starts with 1000.00; apply what the terminals saw approved
@@ -181,7 +280,7 @@ async fn sigkill_under_load_posts_each_approved_request_once_and_loses_no_audit_
         }
     })
     .unwrap();
-    assert_eq!(starts, KILLS + 1, "one audit_started per start");
+    assert_eq!(starts, starts_expected, "one audit_started per start");
     // certs init, merchant, and per device: issue, enrol, fund
     assert_eq!(
         admin,

@@ -450,10 +450,12 @@ impl AuditLog {
             sealed_at: rfc3339_ms(now_ms()),
         };
         let checkpoint = body.seal(&self.key);
+        crate::crash::point("seal.before_checkpoint");
         write_durably(
             &journal.dir.join(checkpoint_name(journal.segment)),
             &checkpoint,
         )?;
+        crate::crash::point("seal.checkpoint_written");
         journal.log_tree = log_tree;
         journal.prev_checkpoint_hash = sha256(&checkpoint);
         journal.segment += 1;

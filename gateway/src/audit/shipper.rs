@@ -31,7 +31,9 @@ pub async fn ship_pending<S: WormStore, W: WormStore>(
         let segment_bytes = tokio::fs::read(dir.join(&segment_key)).await?;
         let checkpoint_bytes = tokio::fs::read(dir.join(&checkpoint_key)).await?;
         let first = store.put_once(&segment_key, &segment_bytes).await?;
+        crate::crash::point("ship.segment_stored");
         let second = store.put_once(&checkpoint_key, &checkpoint_bytes).await?;
+        crate::crash::point("ship.checkpoint_stored");
         if let Some(witness) = witness {
             witness.put_once(&checkpoint_key, &checkpoint_bytes).await?;
         }

@@ -271,6 +271,7 @@ async fn decide_and_record(ctx: &Context, batch: &mut Batch) -> Result<(), Store
         ctx.store.add_audit_events(&mut tx, sinks.events).await?;
         timing.outbox_us = micros_since(started);
         tx.commit().await?;
+        crate::crash::point("batch.committed");
         timing.committed_us = micros_since(started);
         Ok::<_, StoreError>(replies)
     }
