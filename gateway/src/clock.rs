@@ -1,13 +1,52 @@
 //! Time, for everything in the gateway: the wall clock in milliseconds since the Unix epoch
 //! (UTC), and the business calendar (the one configured time zone in which days and months
 //! start, for limits). Imports nothing from the rest of the crate.
+//!
+//! The gateway's time is the system clock read once, at the first call, and advanced from then
+//! on by the monotonic clock. Both are slewed alike by NTP, so they agree unless the system
+//! clock is stepped (set by hand, a big NTP correction, a VM resumed): then the gateway's time
+//! does not jump with it. Audit times stay in order, durations never go negative, and a step
+//! forward does not expire every pending challenge at once. [`system_step_ms`] measures the
+//! difference; the audit log stops approvals while it is over `audit.clock_skew_max_ms`
+//! (`AuditLog::check_system_clock`), and a restart takes the system clock again.
 
-/// Milliseconds since the Unix epoch, UTC.
-pub fn now_ms() -> u64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// The system clock now, milliseconds since the Unix epoch.
+pub fn system_now_ms() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+struct Anchor {
+    system_ms: u64,
+    at: Instant,
+}
+
+fn anchor() -> &'static Anchor {
+    static ANCHOR: OnceLock<Anchor> = OnceLock::new();
+    ANCHOR.get_or_init(|| Anchor {
+        system_ms: system_now_ms(),
+        at: Instant::now(),
+    })
+}
+
+/// The gateway's time: milliseconds since the Unix epoch, UTC, never going back.
+pub fn now_ms() -> u64 {
+    let anchor = anchor();
+    let elapsed = u64::try_from(anchor.at.elapsed().as_millis()).unwrap_or(u64::MAX);
+    anchor.system_ms.saturating_add(elapsed)
+}
+
+/// How far the system clock is ahead of the gateway's time (negative: behind), in ms.
+pub fn system_step_ms() -> i64 {
+    let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    // the gateway's time first: a step between the two reads only adds to the difference
+    let ours = signed(now_ms());
+    signed(system_now_ms()) - ours
 }
 
 const DAY_MS: i64 = 86_400_000;

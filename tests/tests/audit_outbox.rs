@@ -315,3 +315,53 @@ async fn a_running_gateway_records_a_forged_outbox_row_and_keeps_approving() {
     )
     .unwrap();
 }
+
+/// An event stamped earlier than the latest record journaled (a process whose clock went back,
+/// or differs from the gateway's) is journaled after a `clock_checked` failure that says by
+/// how much, so audit times never go back silently. Within the tolerance, nothing is added.
+#[tokio::test]
+async fn an_event_stamped_before_the_latest_record_comes_after_a_clock_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings_for(Db::Sqlite, dir.path()).await;
+    let store = audit::open_store(&settings, 1).await.unwrap();
+    let log = AuditLog::open(&settings, store.clone(), Arc::new(Metrics::default()))
+        .await
+        .unwrap();
+    let now = paygate_gateway::clock::now_ms();
+    let at = |time_ms: u64, n: u64| {
+        let mut e = event(n);
+        e.time_ms = time_ms;
+        e
+    };
+    log.record(at(now, 1)).await.unwrap();
+    log.record(at(now - 1_000, 2)).await.unwrap(); // within audit.clock_skew_max_ms
+    log.record(at(now - 60_000, 3)).await.unwrap();
+    let records = journal(&log.dir().await);
+    let kinds: Vec<(EventType, String)> = records
+        .iter()
+        .filter(|r| r.event != EventType::AuditStarted)
+        .map(|r| (r.event, r.resource.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventType::AdminAction, "account:acct-1".to_owned()),
+            (EventType::AdminAction, "account:acct-2".to_owned()),
+            (EventType::ClockChecked, "audit-log".to_owned()),
+            (EventType::AdminAction, "account:acct-3".to_owned()),
+        ]
+    );
+    let clock = records
+        .iter()
+        .find(|r| r.event == EventType::ClockChecked)
+        .unwrap();
+    assert_eq!(clock.outcome, AuditOutcome::Failure);
+    assert!(
+        clock
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("is stamped 60000 ms before the latest record journaled"),
+        "{clock:?}"
+    );
+}

@@ -9,19 +9,23 @@
 //! outbox row, and the writer resumes after the highest one it holds).
 
 pub mod archive;
+mod clock;
+mod keys;
 pub mod shipper;
 pub mod worm;
 
-use crate::audit_outbox::{OutboxChain, OutboxKey};
+pub use keys::{load_or_make_key, open_store, outbox_key, public_jwk, public_jwk_path};
+
+use crate::audit_outbox::OutboxChain;
 use crate::config::{AuditSettings, Settings};
 use crate::durable::{sync_dir, write_durably};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use paygate_core::audit::{
-    checkpoint_name, rfc3339_ms, segment_name, sha256, AuditEvent, AuditOutcome, AuditRecord,
-    CheckpointBody, EventType, Hash32, MerkleTree, FORMAT_VERSION, GENESIS_HASH,
+    checkpoint_name, parse_rfc3339_ms, rfc3339_ms, segment_name, sha256, AuditEvent, AuditOutcome,
+    AuditRecord, CheckpointBody, EventType, Hash32, MerkleTree, FORMAT_VERSION, GENESIS_HASH,
 };
-use paygate_core::envelope::{SigningAlgorithm, SigningKey};
+use paygate_core::envelope::SigningKey;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -66,6 +70,9 @@ struct Journal {
     sealed_at_ms: u64,
     /// The outbox place expected next ([`crate::audit_outbox::OutboxChain`]).
     chain: OutboxChain,
+    /// The latest time of a record journaled (or of a checkpoint): a record stamped earlier,
+    /// by more than the clock tolerance, comes after a `clock_checked` failure.
+    last_time_ms: u64,
 }
 
 /// The audit log of one gateway: the journal writer, shared by the pipeline and the tasks that
@@ -82,6 +89,9 @@ pub struct AuditLog {
     journal_failed: AtomicBool,
     /// Set while the gateway's clock is off the database's by more than allowed.
     clock_skewed: AtomicBool,
+    /// Set while the system clock is off the gateway's own time by more than allowed (it
+    /// was stepped: [`crate::clock`]).
+    clock_stepped: AtomicBool,
     /// Wakes the shipper when a segment is sealed.
     pub sealed: Notify,
 }
@@ -133,6 +143,7 @@ impl AuditLog {
             backlog_bytes: AtomicU64::new(0),
             journal_failed: AtomicBool::new(false),
             clock_skewed: AtomicBool::new(false),
+            clock_stepped: AtomicBool::new(false),
             sealed: Notify::new(),
         });
         if let Some(bytes) = repaired {
@@ -166,6 +177,20 @@ impl AuditLog {
         )
     }
 
+    /// The record before one stamped earlier than the journal's latest time.
+    fn out_of_order_event(&self, event: &AuditEvent, latest_ms: u64) -> AuditEvent {
+        let mut record = self.system_event(EventType::ClockChecked, AuditOutcome::Failure);
+        // stamped with the latest time, so this record is itself in order
+        record.time_ms = record.time_ms.max(latest_ms);
+        record.with_detail(format!(
+            "the next record ({} by {}) is stamped {} ms before the latest record journaled: the \
+             clock of the process that wrote it went back, or differs from the gateway's",
+            event.event.as_str(),
+            event.actor,
+            latest_ms - event.time_ms
+        ))
+    }
+
     /// The record that stands in the journal for an outbox row that failed its check.
     fn tampered_event(&self, why: String) -> AuditEvent {
         self.system_event(EventType::AuditOutboxTampered, AuditOutcome::Failure)
@@ -183,82 +208,8 @@ impl AuditLog {
     pub fn blocked(&self) -> bool {
         self.journal_failed.load(Ordering::Acquire)
             || self.clock_skewed.load(Ordering::Acquire)
+            || self.clock_stepped.load(Ordering::Acquire)
             || self.backlog_bytes.load(Ordering::Acquire) > self.settings.backlog_bytes_max
-    }
-
-    /// Measures the gateway's clock against the database server's: how far ahead the
-    /// gateway is, in milliseconds (negative: behind), taken at the middle of the query's
-    /// round trip, so the network's delay does not count as skew. Always 0 on SQLite, whose
-    /// clock is this process's.
-    pub async fn measure_clock_skew(&self) -> Result<i64, AuditError> {
-        // SQLite runs in this process: its clock is the gateway's own
-        if self.store.backend() == crate::store::Backend::Sqlite {
-            return Ok(0);
-        }
-        // best of three: only the query's own round trip is timed (the connection is taken
-        // first), and the sample with the shortest round trip bounds the error best
-        let mut best: Option<(u64, i64)> = None;
-        for _ in 0..3 {
-            let (before, database, after) = self.store.database_clock_sample().await?;
-            let round_trip = after.saturating_sub(before);
-            let middle = before / 2 + after / 2 + (before % 2 + after % 2) / 2;
-            let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-            let skew = signed(middle) - signed(database);
-            if best.is_none_or(|(shortest, _)| round_trip < shortest) {
-                best = Some((round_trip, skew));
-            }
-        }
-        let (round_trip, skew) = best.unwrap_or((0, 0));
-        if round_trip > self.settings.clock_skew_max_ms {
-            // a round trip longer than the limit cannot tell skew from delay: no verdict
-            return Err(AuditError::ClockInconclusive(format!(
-                "the database answered in {round_trip} ms at best, more than the limit"
-            )));
-        }
-        Ok(skew)
-    }
-
-    /// Compares the clocks and acts on the difference: past `audit.clock_skew_max_ms`
-    /// approvals stop and a `clock_checked` failure is recorded, once; back within it they
-    /// resume and a success is recorded. Returns the skew measured.
-    pub async fn check_clock(&self) -> Result<i64, AuditError> {
-        let skew = self.measure_clock_skew().await?;
-        self.apply_clock_skew(skew).await?;
-        Ok(skew)
-    }
-
-    /// What [`AuditLog::check_clock`] does with a measured skew.
-    pub async fn apply_clock_skew(&self, skew_ms: i64) -> Result<(), AuditError> {
-        let limit = self.settings.clock_skew_max_ms;
-        let off = skew_ms.unsigned_abs() > limit;
-        let was_off = self.clock_skewed.swap(off, Ordering::AcqRel);
-        if off == was_off {
-            return Ok(());
-        }
-        let direction = if skew_ms >= 0 { "ahead of" } else { "behind" };
-        let detail = format!(
-            "the gateway's clock is {} ms {direction} the database server's (audit.clock_skew_max_ms = {limit})",
-            skew_ms.unsigned_abs()
-        );
-        if off {
-            tracing::error!(
-                skew_ms,
-                limit,
-                "clocks disagree; approvals stop until they agree (PCI DSS 10.6)"
-            );
-        } else {
-            tracing::info!(skew_ms, "clocks agree again; approvals resume");
-        }
-        let outcome = if off {
-            AuditOutcome::Failure
-        } else {
-            AuditOutcome::Success
-        };
-        self.record(
-            self.system_event(EventType::ClockChecked, outcome)
-                .with_detail(detail),
-        )
-        .await
     }
 
     pub fn backlog_bytes(&self) -> u64 {
@@ -302,6 +253,8 @@ impl AuditLog {
                 AuditError::Key("the store was opened without the audit outbox key".into())
             })?;
             let mut tampered = 0;
+            let mut out_of_order = 0;
+            let mut last_time_ms = journal.last_time_ms;
             for row in rows {
                 let outbox_id = row.outbox_id;
                 let checked = chain.check(key, &row);
@@ -310,13 +263,25 @@ impl AuditLog {
                     tampered += 1;
                     events.push((self.tampered_event(why), None));
                 }
-                events.push(match checked.event {
-                    Ok(event) => (event, Some(outbox_id)),
+                let row_event = match checked.event {
+                    Ok(event) => {
+                        if event
+                            .time_ms
+                            .saturating_add(self.settings.clock_skew_max_ms)
+                            < last_time_ms
+                        {
+                            out_of_order += 1;
+                            events.push((self.out_of_order_event(&event, last_time_ms), None));
+                        }
+                        last_time_ms = last_time_ms.max(event.time_ms);
+                        (event, Some(outbox_id))
+                    }
                     Err(why) => {
                         tampered += 1;
                         (self.tampered_event(why), Some(outbox_id))
                     }
-                });
+                };
+                events.push(row_event);
                 for (event, outbox_id) in events {
                     let line = AuditRecord::place(event, seq, &prev, outbox_id).to_line();
                     prev = sha256(&line);
@@ -338,6 +303,13 @@ impl AuditLog {
             journal.prev_record_hash = prev;
             journal.outbox_id_max = outbox_id_max;
             journal.chain = chain;
+            journal.last_time_ms = last_time_ms;
+            if out_of_order > 0 {
+                tracing::error!(
+                    records = out_of_order,
+                    "audit records stamped earlier than the one before them: recorded as clock_checked"
+                );
+            }
             self.metrics.count_audit_records(lines.len());
             if tampered > 0 {
                 self.metrics.count_audit_outbox_tampered(tampered);
@@ -563,6 +535,7 @@ fn recover(
         // audit_stopped / audit_started records and in the checkpoints' times
         sealed_at_ms: now_ms(),
         chain: OutboxChain::after(None),
+        last_time_ms: 0,
     };
     loop {
         let path = dir.join(checkpoint_name(journal.segment));
@@ -583,6 +556,9 @@ fn recover(
             .and_then(|h| h.try_into().ok())
             .ok_or_else(|| AuditError::Corrupt(format!("{}: bad record hash", path.display())))?;
         journal.outbox_id_max = body.outbox_id_max;
+        journal.last_time_ms = journal
+            .last_time_ms
+            .max(parse_rfc3339_ms(&body.sealed_at).unwrap_or(0));
         journal.segment += 1;
     }
     journal.first_seq = journal.next_seq;
@@ -609,6 +585,9 @@ fn recover(
         journal.tree.push(line);
         journal.prev_record_hash = sha256(line);
         journal.next_seq += 1;
+        journal.last_time_ms = journal
+            .last_time_ms
+            .max(parse_rfc3339_ms(&record.time).unwrap_or(0));
         if let Some(id) = record.outbox_id {
             journal.outbox_id_max = journal.outbox_id_max.max(id);
         }
@@ -639,75 +618,6 @@ fn log_id(dir: &Path) -> Result<String, AuditError> {
     }
 }
 
-/// The key that authenticates audit outbox rows, derived from the audit signing key (made if
-/// missing). Every process that writes audit events opens its store with it
-/// ([`Store::with_audit_key`]).
-pub fn outbox_key(settings: &Settings) -> Result<OutboxKey, AuditError> {
-    let audit = &settings.audit;
-    let path = settings.resolve(&audit.signing_key);
-    load_or_make_key(&path, &audit.key_id)?;
-    Ok(OutboxKey::derive(&std::fs::read(&path)?))
-}
-
-/// Opens the settings' database as a process that records audit events: with the outbox key.
-pub async fn open_store(settings: &Settings, connections: u32) -> Result<Store, AuditError> {
-    let key = outbox_key(settings)?;
-    Ok(Store::open(&settings.database_url(), connections)
-        .await?
-        .with_audit_key(key))
-}
-
-/// The checkpoint signing key, made on first start (mode 0600) with its public JWK beside it.
-pub fn load_or_make_key(path: &Path, key_id: &str) -> Result<SigningKey, AuditError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if !path.exists() {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let pkcs8 = SigningKey::generate_pkcs8(SigningAlgorithm::Ed25519)
-            .map_err(|e| AuditError::Key(e.to_string()))?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
-        std::io::Write::write_all(&mut file, &pkcs8)?;
-        file.sync_all()?;
-    }
-    let pkcs8 = std::fs::read(path)?;
-    let key = SigningKey::from_pkcs8(SigningAlgorithm::Ed25519, key_id, &pkcs8)
-        .map_err(|e| AuditError::Key(e.to_string()))?;
-    let public = public_jwk_path(path);
-    if !public.exists() {
-        write_durably(&public, public_jwk(&key).as_bytes())?;
-    }
-    Ok(key)
-}
-
-/// Where the public key of a private key file is published.
-pub fn public_jwk_path(private: &Path) -> PathBuf {
-    let name = private
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("audit-signing");
-    private.with_file_name(format!("{name}.pub.jwk.json"))
-}
-
-/// The public half as an RFC 8037 OKP JSON Web Key, with its key id.
-pub fn public_jwk(key: &SigningKey) -> String {
-    use base64::Engine;
-    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().public_key);
-    serde_json::json!({
-        "kty": "OKP",
-        "crv": "Ed25519",
-        "alg": "EdDSA",
-        "use": "sig",
-        "kid": key.key_id(),
-        "x": x,
-    })
-    .to_string()
-}
-
 /// Seals on age and picks up events other processes left in the outbox.
 pub async fn run_sealer(log: Arc<AuditLog>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let interval = std::time::Duration::from_millis(log.settings.seal_check_interval_ms);
@@ -717,6 +627,10 @@ pub async fn run_sealer(log: Arc<AuditLog>, mut shutdown: tokio::sync::watch::Re
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
+        }
+        // cheap (two clock reads): every tick, so a step stops approvals within one
+        if let Err(error) = log.check_system_clock().await {
+            tracing::error!(%error, "system clock check failed");
         }
         if clock_checked.elapsed() >= clock_interval {
             clock_checked = tokio::time::Instant::now();
