@@ -36,13 +36,17 @@ async fn closed_within(socket: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
-/// 300 sockets that open TCP and then trickle a byte of a TLS ClientHello every 200 ms never
+/// 2,000 sockets that open TCP and then trickle a byte of a TLS ClientHello every 200 ms never
 /// finish a handshake: a device pays while they hang, and the gateway closes each of them at
 /// its handshake timeout, whatever they keep sending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_on_the_tls_handshake() {
-    const SOCKETS: usize = 300;
-    let gateway = TestGateway::start_with(|s| s.mqtt.handshake_timeout_ms = 1_500).await;
+    const SOCKETS: usize = 2_000;
+    let gateway = TestGateway::start_with(|s| {
+        s.mqtt.handshake_timeout_ms = 1_500;
+        s.mqtt.connections_max = 3_000;
+    })
+    .await;
     gateway.device("pos-1", "10.00").await;
     let mut sockets = Vec::new();
     for _ in 0..SOCKETS {
@@ -160,12 +164,12 @@ async fn connections_over_the_maximum_are_closed_at_once() {
     agent.disconnect().await;
 }
 
-/// 100 terminals connect at once, drop, and connect again, three times over; then every one
+/// 1,000 terminals connect at once, drop, and connect again, three times over; then every one
 /// of them pays and is approved, and the gateway's connection count is back to what is open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reconnect_storm_of_a_hundred_terminals() {
-    const TERMINALS: usize = 100;
-    let gateway = TestGateway::start().await;
+async fn a_reconnect_storm_of_a_thousand_terminals() {
+    const TERMINALS: usize = 1_000;
+    let gateway = TestGateway::start_with(|s| s.mqtt.connections_max = 2_000).await;
     for n in 0..TERMINALS {
         gateway.device(&format!("storm-{n}"), "10.00").await;
     }
