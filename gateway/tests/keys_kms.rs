@@ -169,7 +169,12 @@ async fn throttling_and_an_unreachable_kms_are_retried_then_fail_closed_while_th
     let store = paygate_gateway::audit::open_store(&settings, 2)
         .await
         .unwrap();
-    let keys = kms_settings(&via_switch, &key_id);
+    // each failure here is followed by a call that must reach KMS: no pause after failures
+    // (the pause is shown by a_stalled_kms_holds_up_only_the_request_that_needs_a_new_key)
+    let keys = KeySettings {
+        unavailable_for_ms: 0,
+        ..kms_settings(&via_switch, &key_id)
+    };
     let cipher = FieldCipher::new(
         KeyProvider::from_settings(&keys, dir.path()).await.unwrap(),
         store.pool().clone(),
@@ -412,4 +417,172 @@ async fn the_gateway_fails_closed_without_kms_and_keeps_paying_what_needs_no_new
     assert_eq!(receipt.receipt.outcome, Outcome::Approved, "{receipt:?}");
     assert_eq!(receipt.receipt.payer.as_deref(), Some("upi a**a@okbank"));
     gateway.shutdown();
+}
+
+/// KMS stalls (connections accepted, requests never answered, pooled connections too) while
+/// one terminal pays with a UPI payer whose data key is not cached and another pays plainly.
+/// The plain payments are approved meanwhile: the stalled call holds up only the request that
+/// needs the key. That one is refused KEY_UNAVAILABLE once the calls time out, nothing posted,
+/// and its resend is approved once KMS answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_kms_holds_up_only_the_request_that_needs_a_new_key() {
+    use paygate_agent::{Agent, AgentSettings, DeviceBundle};
+    use paygate_core::payer::{Payer, PayerWire};
+    use paygate_core::receipt::Outcome;
+    use paygate_core::{AccountId, Currency, DeviceId, ErrorCode, Money};
+    use paygate_gateway::ledger::AccountKind;
+    use std::time::{Duration, Instant};
+
+    let moto = start_moto().await;
+    let switch = start_switch(moto.port).await;
+    let admin = kms_admin(&format!("http://127.0.0.1:{}", moto.port)).await;
+    let key_id = new_key(&admin).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings {
+        data_dir: dir.path().to_path_buf(),
+        ..Settings::default()
+    };
+    settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    settings.mqtt.connections_max = 100;
+    settings.keys = KeySettings {
+        attempt_timeout_ms: 500,
+        unavailable_for_ms: 3_000,
+        ..kms_settings(&format!("http://{}", switch.address), &key_id)
+    };
+    let pki = dir.path().join("pki");
+    paygate_gateway::pki::init(
+        &pki,
+        &["localhost".into(), "127.0.0.1".into()],
+        "paygate-receipts-1",
+    )
+    .unwrap();
+    let gateway = paygate_gateway::gateway::start(settings.clone())
+        .await
+        .unwrap();
+    let inr = Currency::parse("INR").unwrap();
+    let merchant = AccountId::parse("m-1").unwrap();
+    gateway
+        .store
+        .open_account(&merchant, AccountKind::Merchant, inr, 0)
+        .await
+        .unwrap();
+    let mut agents = Vec::new();
+    for id in ["pos-1", "pos-2"] {
+        let device = DeviceId::parse(id).unwrap();
+        let wallet = AccountId::parse(&format!("wallet-{id}")).unwrap();
+        paygate_gateway::pki::issue_device(
+            &pki,
+            &device,
+            &wallet,
+            paygate_core::envelope::SigningAlgorithm::Ed25519,
+        )
+        .unwrap();
+        paygate_gateway::demo::enrol_from_bundle(&gateway.store, &pki, &device, inr)
+            .await
+            .unwrap();
+        paygate_gateway::products::wallet::fund(
+            &gateway.store,
+            &Default::default(),
+            &wallet,
+            Money::parse_decimal("100.00", "INR").unwrap(),
+            0,
+        )
+        .await
+        .unwrap();
+        let bundle_dir = paygate_gateway::pki::device_dir(&pki, &device);
+        agents.push(
+            Agent::connect(
+                DeviceBundle::load(&bundle_dir).unwrap(),
+                AgentSettings {
+                    host: "127.0.0.1".into(),
+                    port: gateway.mqtt_address.port(),
+                    keep_alive: Duration::from_secs(30),
+                    resend_interval: Duration::from_millis(500),
+                    receipt_timeout: Duration::from_secs(60),
+                    outbox_dir: bundle_dir.join("outbox"),
+                },
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let mut plain = agents.pop().unwrap();
+    let mut keyed = agents.pop().unwrap();
+    let one = || Money::parse_decimal("1.00", "INR").unwrap();
+    // KMS answers: a first payment warms the pooled connection
+    let warm = plain.pay(&merchant, one()).await.unwrap();
+    assert_eq!(warm.receipt.outcome, Outcome::Approved);
+
+    switch.stall.store(true, Ordering::SeqCst);
+    let stalled_at = Instant::now();
+    let upi = Payer::decode(&PayerWire::Upi {
+        vpa: "asha@okbank".into(),
+        credential_block: "c2VjcmV0LXBpbi1ibG9jay0xMjM0NTY=".into(),
+    })
+    .unwrap();
+    let pending = {
+        let merchant = merchant.clone();
+        tokio::spawn(async move {
+            let receipt = keyed.pay_with_payer(&merchant, one(), Some(upi)).await;
+            keyed.disconnect().await;
+            receipt
+        })
+    };
+    // while the keyed request waits on KMS, the other terminal pays five times
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let receipt = plain.pay(&merchant, one()).await.unwrap();
+        assert_eq!(receipt.receipt.outcome, Outcome::Approved);
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(
+        !pending.is_finished(),
+        "the keyed payment is still waiting on KMS"
+    );
+    // the first keyed attempts time out (3 x 500 ms); after that, for keys.unavailable_for_ms,
+    // key operations fail at once instead of stalling the batch again at every resend (which
+    // held every payment up for over a minute before)
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a plain payment took {slowest:?} while KMS stalled"
+    );
+    for _ in 0..600 {
+        if gateway
+            .metrics
+            .snapshot()
+            .refusals_of(ErrorCode::KeyUnavailable)
+            > 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gateway
+            .metrics
+            .snapshot()
+            .refusals_of(ErrorCode::KeyUnavailable)
+            > 0,
+        "refused once the stalled calls timed out"
+    );
+    let refused_after = stalled_at.elapsed();
+    let upi_rows: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM payment_instruments WHERE kind = 'upi'")
+            .fetch_one(gateway.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(upi_rows, 0, "nothing written for the refused request");
+
+    switch.stall.store(false, Ordering::SeqCst);
+    let receipt = pending.await.unwrap().unwrap();
+    assert_eq!(receipt.receipt.outcome, Outcome::Approved, "{receipt:?}");
+    assert_eq!(
+        gateway.store.balance(&merchant).await.unwrap().unwrap(),
+        700
+    );
+    plain.disconnect().await;
+    gateway.shutdown();
+    eprintln!("KMS stall: refused after {refused_after:?}; slowest plain payment {slowest:?}");
 }

@@ -469,6 +469,12 @@ pub struct KeySettings {
     /// Calls to the provider per operation, retries included.
     pub attempts_max: u32,
     pub retry_delay_max_ms: u64,
+    /// One KMS call's limit (connect and answer): a stalled endpoint fails the attempt here.
+    pub attempt_timeout_ms: u64,
+    /// After an operation fails for want of KMS (every attempt unreachable, throttled or
+    /// timed out), further operations fail at once for this long, so a stalled KMS holds up
+    /// the pipeline for one operation, not for every request that needs a key.
+    pub unavailable_for_ms: u64,
     /// A data key encrypts new values for at most this long...
     pub data_key_age_max_ms: u64,
     /// ...and at most this many times; then a new one is made.
@@ -488,6 +494,8 @@ impl Default for KeySettings {
             tenant: "default".to_owned(),
             attempts_max: 4,
             retry_delay_max_ms: 2_000,
+            attempt_timeout_ms: 1_000,
+            unavailable_for_ms: 5_000,
             data_key_age_max_ms: 3_600_000,
             data_key_uses_max: 100_000,
             cache_entries_max: 1_024,

@@ -277,6 +277,12 @@ impl Settings {
                 "is needed when keys.provider = \"aws_kms\"",
             ));
         }
+        if !(100..=60_000).contains(&keys.attempt_timeout_ms) {
+            return Err(invalid("keys.attempt_timeout_ms", "must be 100 to 60000"));
+        }
+        if keys.unavailable_for_ms > 600_000 {
+            return Err(invalid("keys.unavailable_for_ms", "must be 0 to 600000"));
+        }
         if keys.attempts_max == 0 || keys.attempts_max > 10 {
             return Err(invalid("keys.attempts_max", "must be 1 to 10"));
         }

@@ -320,6 +320,10 @@ pub struct AwsKms {
     attempts_max: u32,
     retry_delay_max: Duration,
     calls: ProviderCalls,
+    /// `keys.unavailable_for_ms`, and until when operations fail at once after one failed
+    /// for want of KMS.
+    unavailable_for: Duration,
+    unavailable_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 fn classify<E>(error: aws_sdk_kms::error::SdkError<E>) -> KeyError
@@ -360,8 +364,8 @@ impl AwsKms {
         let mut loader = crate::aws::defaults()
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(2))
-                    .operation_attempt_timeout(Duration::from_secs(5))
+                    .connect_timeout(Duration::from_millis(settings.attempt_timeout_ms))
+                    .operation_attempt_timeout(Duration::from_millis(settings.attempt_timeout_ms))
                     .build(),
             )
             // paygate's own retry loop (below) does backoff with jitter and counts retries
@@ -379,6 +383,8 @@ impl AwsKms {
             attempts_max: settings.attempts_max,
             retry_delay_max: Duration::from_millis(settings.retry_delay_max_ms),
             calls: ProviderCalls::default(),
+            unavailable_for: Duration::from_millis(settings.unavailable_for_ms),
+            unavailable_until: std::sync::Mutex::new(None),
         }
     }
 
@@ -390,7 +396,40 @@ impl AwsKms {
             .collect()
     }
 
-    async fn with_retry<T, F, Fut>(&self, mut call: F) -> Result<T, KeyError>
+    async fn with_retry<T, F, Fut>(&self, call: F) -> Result<T, KeyError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, KeyError>>,
+    {
+        let now = std::time::Instant::now();
+        if let Some(until) = *self
+            .unavailable_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            if now < until {
+                return Err(KeyError::Unreachable(format!(
+                    "KMS failed moments ago; not called again for {} ms (keys.unavailable_for_ms)",
+                    until.duration_since(now).as_millis()
+                )));
+            }
+        }
+        let result = self.with_retry_now(call).await;
+        let mut until = self
+            .unavailable_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *until = match &result {
+            Err(error) if error.is_transient() && !self.unavailable_for.is_zero() => {
+                tracing::warn!(%error, for_ms = self.unavailable_for.as_millis(), "KMS unavailable; key operations fail at once for a while");
+                Some(std::time::Instant::now() + self.unavailable_for)
+            }
+            _ => None,
+        };
+        result
+    }
+
+    async fn with_retry_now<T, F, Fut>(&self, mut call: F) -> Result<T, KeyError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, KeyError>>,

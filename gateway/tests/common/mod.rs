@@ -65,6 +65,9 @@ pub fn aws_env() {
 /// or made to answer the next requests with an AWS throttling error.
 pub struct Switch {
     pub up: Arc<AtomicBool>,
+    /// While set, new connections are accepted and then never answered (nothing read, nothing
+    /// written) until it is cleared: an endpoint that stalls.
+    pub stall: Arc<AtomicBool>,
     /// Requests still to answer with the error `fail_with` (HTTP 400) instead of forwarding.
     pub throttle_next: Arc<AtomicU32>,
     /// The AWS error type those answers carry; `ThrottlingException` unless changed.
@@ -109,6 +112,8 @@ pub async fn start_switch(target: u16) -> Switch {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let up = Arc::new(AtomicBool::new(true));
+    let stall = Arc::new(AtomicBool::new(false));
+    let stalling = stall.clone();
     let throttle_next = Arc::new(AtomicU32::new(0));
     let fail_with = Arc::new(std::sync::Mutex::new("ThrottlingException".to_owned()));
     let flag = up.clone();
@@ -123,6 +128,16 @@ pub async fn start_switch(target: u16) -> Switch {
                 drop(inbound);
                 continue;
             }
+            if stalling.load(Ordering::SeqCst) {
+                let stalling = stalling.clone();
+                tokio::spawn(async move {
+                    while stalling.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    drop(inbound);
+                });
+                continue;
+            }
             let throttled = throttle
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
@@ -132,27 +147,38 @@ pub async fn start_switch(target: u16) -> Switch {
                 continue;
             }
             let flag = flag.clone();
+            let stalling = stalling.clone();
             tokio::spawn(async move {
                 let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
                     return;
                 };
-                let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                tokio::pin!(copy);
-                loop {
-                    tokio::select! {
-                        _ = &mut copy => return,
-                        _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                            if !flag.load(Ordering::SeqCst) {
-                                return; // the link goes down: both sockets drop
+                {
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    tokio::pin!(copy);
+                    loop {
+                        tokio::select! {
+                            _ = &mut copy => return,
+                            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                                if !flag.load(Ordering::SeqCst) {
+                                    return; // the link goes down: both sockets drop
+                                }
+                                if stalling.load(Ordering::SeqCst) {
+                                    break; // a pooled connection stalls too
+                                }
                             }
                         }
                     }
                 }
+                while stalling.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                drop(inbound);
             });
         }
     });
     Switch {
         up,
+        stall,
         throttle_next,
         fail_with,
         address,
