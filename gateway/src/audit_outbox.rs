@@ -3,18 +3,20 @@
 //! it to the fsync'd, hash-chained journal. In that window someone with write access to the
 //! database, and not to the gateway's keys, could insert, alter or remove a row.
 //!
-//! Every row therefore carries its place in the outbox's own sequence (`chain_seq`, one more
-//! than the row before it, taken under the outbox's writer lock) and an HMAC-SHA256 over that
-//! place and its text, under a key derived from the audit signing key. The journal writer
-//! checks each row as it drains. A row whose MAC fails (inserted or altered) becomes an
+//! A row's id is therefore its place in the outbox's sequence, taken by the writer (one more
+//! than the highest, under the outbox's writer lock; no database sequence an insider could
+//! reset), and every row carries an HMAC-SHA256 over that place and its text, under a key
+//! derived from the audit signing key. The journal writer knows the last place it journaled
+//! from the journal itself, never from the database, and checks each row as it drains. A row
+//! whose MAC fails (inserted, altered, or copied or moved to another id) becomes an
 //! `audit_outbox_tampered` record in the journal instead of an event: its content is never
-//! journaled as if it were genuine. A row whose MAC holds is always journaled, so no genuine
-//! event can be kept out; when its place does not follow the last one (rows removed before
-//! it, or an earlier row copied or moved) an `audit_outbox_tampered` record comes first.
+//! journaled as if it were genuine. A row whose MAC holds is always journaled; when places
+//! are missing before it (rows removed), an `audit_outbox_tampered` record comes first.
 //!
-//! What it cannot see: the newest rows removed before any later row is written and before the
-//! writer drains them. The gateway drains its own rows before it publishes the receipts they
-//! belong to, so for payments that window is the time between commit and drain.
+//! What it cannot see (docs/security.md lists it all): the newest rows removed before any
+//! later row is written and before the writer drains them. The gateway drains its own rows
+//! before it publishes the receipts they belong to, so for payments that window is the time
+//! between commit and drain.
 
 use paygate_core::audit::{sha256, AuditEvent};
 use ring::{hkdf, hmac};
@@ -44,30 +46,30 @@ impl OutboxKey {
         OutboxKey(key)
     }
 
-    fn message(chain_seq: u64, event_json: &str) -> Vec<u8> {
+    fn message(place: u64, event_json: &str) -> Vec<u8> {
         let mut message = Vec::with_capacity(8 + event_json.len());
-        message.extend_from_slice(&chain_seq.to_be_bytes());
+        message.extend_from_slice(&place.to_be_bytes());
         message.extend_from_slice(event_json.as_bytes());
         message
     }
 
-    /// The MAC of the row at `chain_seq` holding `event_json`.
-    pub fn tag(&self, chain_seq: u64, event_json: &str) -> Vec<u8> {
-        hmac::sign(&self.0, &OutboxKey::message(chain_seq, event_json))
+    /// The MAC of the row at `place` (its id) holding `event_json`.
+    pub fn tag(&self, place: u64, event_json: &str) -> Vec<u8> {
+        hmac::sign(&self.0, &OutboxKey::message(place, event_json))
             .as_ref()
             .to_vec()
     }
 
-    fn verify(&self, chain_seq: u64, event_json: &str, mac: &[u8]) -> bool {
-        hmac::verify(&self.0, &OutboxKey::message(chain_seq, event_json), mac).is_ok()
+    fn verify(&self, place: u64, event_json: &str, mac: &[u8]) -> bool {
+        hmac::verify(&self.0, &OutboxKey::message(place, event_json), mac).is_ok()
     }
 }
 
 /// An outbox row as the database holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
+    /// The row's place in the outbox sequence.
     pub outbox_id: u64,
-    pub chain_seq: Option<u64>,
     pub mac: Option<Vec<u8>>,
     pub event_json: String,
 }
@@ -122,23 +124,24 @@ impl OutboxChain {
                 )),
             }
         };
-        let (Some(place), Some(mac)) = (row.chain_seq, row.mac.as_deref()) else {
+        let place = row.outbox_id;
+        let Some(mac) = row.mac.as_deref() else {
             return untrusted(self, "has no MAC".into());
         };
         if !key.verify(place, &row.event_json, mac) {
             return untrusted(
                 self,
-                format!("fails its MAC at place {place}: inserted or altered outside the gateway"),
+                "fails its MAC: inserted, altered or moved outside the gateway".into(),
             );
         }
         let out_of_place = match self.last {
             Some(last) if place <= last => Some(format!(
-                "outbox row {id} is at place {place}, not after place {last}: an earlier row \
-                 copied or moved, or the rows after it removed"
+                "outbox row {id} is not after row {last}, the last journaled: the rows after \
+                 it were removed and the outbox written again from lower"
             )),
             // each untrusted row in between may be a genuine one altered, so it fills a place
             Some(last) if place > last + 1 + self.untrusted => Some(format!(
-                "outbox rows at places {} to {} are missing before outbox row {id} \
+                "outbox rows {} to {} are missing before outbox row {id} \
                  ({} rows in between failed their MAC): removed",
                 last + 1,
                 place - 1,
@@ -181,61 +184,59 @@ mod tests {
         .unwrap()
     }
 
-    /// Rows as honest writers make them: places 1.. in id order.
+    /// Rows as honest writers make them: places (ids) 1.. in order.
     fn honest(key: &OutboxKey, count: u64) -> Vec<OutboxRow> {
         (1..=count)
             .map(|n| OutboxRow {
-                outbox_id: n * 2,
-                chain_seq: Some(n),
+                outbox_id: n,
                 mac: Some(key.tag(n, &event(n))),
                 event_json: event(n),
             })
             .collect()
     }
 
-    /// What a database insider can do to rows not yet journaled, without the key.
+    /// What a database insider can do to rows not yet journaled, without the key: the table
+    /// is theirs (ids are unique; the reader sees rows in id order).
     #[derive(Debug, Clone)]
     enum Tamper {
-        /// Insert a row with a made-up MAC (or none) after row `at`.
-        Insert { at: usize, seq: u64, with_mac: bool },
-        /// Change a row's text, keeping its place and MAC.
+        /// Insert a row at a free id, with a made-up MAC or none.
+        Insert { id: u64, with_mac: bool },
+        /// Change a row's text, keeping its id and MAC.
         Alter { at: usize },
         /// Remove a row that has a successor.
         Remove { at: usize },
-        /// Put a copy of an earlier row (its place and MAC) after row `at`.
-        Replay { from: usize, at: usize },
-        /// Swap two rows' contents (place, MAC and text) between their ids.
-        Swap { a: usize, b: usize },
+        /// Give a row another (free) id, text and MAC kept.
+        Move { at: usize, to: u64 },
+        /// Put a copy of a row (text and MAC) at a free id.
+        Copy { at: usize, to: u64 },
     }
 
     fn tamper() -> impl Strategy<Value = Tamper> {
         prop_oneof![
-            (0usize..64, 0u64..80, any::<bool>()).prop_map(|(at, seq, with_mac)| Tamper::Insert {
-                at,
-                seq,
-                with_mac
-            }),
+            (0u64..90, any::<bool>()).prop_map(|(id, with_mac)| Tamper::Insert { id, with_mac }),
             (0usize..64).prop_map(|at| Tamper::Alter { at }),
             (0usize..64).prop_map(|at| Tamper::Remove { at }),
-            (0usize..64, 0usize..64).prop_map(|(from, at)| Tamper::Replay { from, at }),
-            (0usize..64, 0usize..64).prop_map(|(a, b)| Tamper::Swap { a, b }),
+            (0usize..64, 0u64..90).prop_map(|(at, to)| Tamper::Move { at, to }),
+            (0usize..64, 0u64..90).prop_map(|(at, to)| Tamper::Copy { at, to }),
         ]
     }
 
-    /// Applies the tamper; false when it changes nothing (or removes the tail, which the
-    /// chain cannot see and the module's documentation says so).
+    /// Applies the tamper; false when it changes nothing (or removes the newest row, which
+    /// the chain cannot see and the module's documentation says so).
     fn apply(rows: &mut Vec<OutboxRow>, tamper: &Tamper) -> bool {
         let len = rows.len();
-        match *tamper {
-            Tamper::Insert { at, seq, with_mac } => {
-                let at = at % len;
-                let forged = OutboxRow {
-                    outbox_id: rows[at].outbox_id + 1,
-                    chain_seq: Some(seq),
+        let free =
+            |rows: &Vec<OutboxRow>, id: u64| id > 0 && rows.iter().all(|r| r.outbox_id != id);
+        let changed = match *tamper {
+            Tamper::Insert { id, with_mac } => {
+                if !free(rows, id) {
+                    return false;
+                }
+                rows.push(OutboxRow {
+                    outbox_id: id,
                     mac: with_mac.then(|| vec![0x5a; 32]),
-                    event_json: event(1000 + seq),
-                };
-                rows.insert(at + 1, forged);
+                    event_json: event(1000 + id),
+                });
                 true
             }
             Tamper::Alter { at } => {
@@ -251,25 +252,28 @@ mod tests {
                 rows.remove(at);
                 true
             }
-            Tamper::Replay { from, at } => {
-                let (from, at) = (from % len, at % len);
-                let mut copy = rows[from].clone();
-                copy.outbox_id = rows[at].outbox_id + 1;
-                rows.insert(at + 1, copy);
-                true
-            }
-            Tamper::Swap { a, b } => {
-                let (a, b) = (a % len, b % len);
-                if a == b {
+            Tamper::Move { at, to } => {
+                let at = at % len;
+                if !free(rows, to) || (at + 1 == len && to < rows[at].outbox_id) {
+                    // moving the newest row down is removing it from the tail
                     return false;
                 }
-                let (id_a, id_b) = (rows[a].outbox_id, rows[b].outbox_id);
-                rows.swap(a, b);
-                rows[a].outbox_id = id_a;
-                rows[b].outbox_id = id_b;
+                rows[at].outbox_id = to;
                 true
             }
-        }
+            Tamper::Copy { at, to } => {
+                let at = at % len;
+                if !free(rows, to) {
+                    return false;
+                }
+                let mut copy = rows[at].clone();
+                copy.outbox_id = to;
+                rows.push(copy);
+                true
+            }
+        };
+        rows.sort_by_key(|r| r.outbox_id);
+        changed
     }
 
     #[derive(Debug, PartialEq, Eq)]
@@ -354,7 +358,7 @@ mod tests {
             );
             let authentic = rows
                 .iter()
-                .filter(|r| key.verify(r.chain_seq.unwrap_or(0), &r.event_json, r.mac.as_deref().unwrap_or(&[])))
+                .filter(|r| key.verify(r.outbox_id, &r.event_json, r.mac.as_deref().unwrap_or(&[])))
                 .count();
             prop_assert_eq!(events.len(), authentic, "{:?}", entries);
         }
@@ -370,7 +374,7 @@ mod tests {
         assert_eq!(
             checked[2].out_of_place.as_deref(),
             Some(
-                "outbox rows at places 3 to 3 are missing before outbox row 8 \
+                "outbox rows 3 to 3 are missing before outbox row 4 \
                  (0 rows in between failed their MAC): removed"
             )
         );
@@ -390,12 +394,12 @@ mod tests {
             .event
             .as_ref()
             .unwrap_err()
-            .starts_with("outbox row 4 fails its MAC at place 2"));
+            .starts_with("outbox row 2 fails its MAC"));
         assert!(checked[2]
             .event
             .as_ref()
             .unwrap_err()
-            .starts_with("outbox row 6 has no MAC"));
+            .starts_with("outbox row 3 has no MAC"));
         // the two untrusted rows stand for places 2 and 3: no rows are missing
         assert!(checked[3].out_of_place.is_none() && checked[3].event.is_ok());
         assert_eq!(chain.last(), Some(4));

@@ -75,6 +75,9 @@ pub struct Store {
     /// Authenticates the audit outbox rows this store writes; without it, writing an audit
     /// event fails (every writer must hold the key: [`Store::with_audit_key`]).
     audit_key: Option<Arc<OutboxKey>>,
+    /// The last outbox place the journal holds, as its writer in this process last saw it
+    /// ([`Store::raise_audit_floor`]); shared by the clones of this store.
+    audit_floor: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub type Batch<'a> = sqlx::Transaction<'a, sqlx::Any>;
@@ -162,6 +165,7 @@ impl Store {
             pool,
             backend,
             audit_key: None,
+            audit_floor: Arc::default(),
         })
     }
 
@@ -169,6 +173,13 @@ impl Store {
     pub fn with_audit_key(mut self, key: OutboxKey) -> Store {
         self.audit_key = Some(Arc::new(key));
         self
+    }
+
+    /// Tells this store's writers the last place the journal holds: they place new rows after
+    /// it even if the rows up to it were removed from the database.
+    pub fn raise_audit_floor(&self, place: u64) {
+        self.audit_floor
+            .fetch_max(place, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The key outbox rows are checked with, if this store has one.
@@ -508,16 +519,17 @@ impl Store {
         })?;
         lock_audit_outbox(batch).await?;
         // the place after the highest: SQLite's write lock (BEGIN IMMEDIATE) or the advisory
-        // lock above keeps it the highest until this transaction ends. A row copied from
-        // earlier cannot lower it; a forged one that raises it shows as missing places.
-        let highest: Option<i64> = sqlx::query_scalar("SELECT MAX(chain_seq) FROM audit_outbox")
+        // lock above keeps it the highest until this transaction ends. The journal's last
+        // place is a floor, so rows never land where the journal writer would not look.
+        let highest: Option<i64> = sqlx::query_scalar("SELECT MAX(outbox_id) FROM audit_outbox")
             .fetch_one(&mut **batch)
             .await?;
-        let mut place = highest.and_then(|p| u64::try_from(p).ok()).unwrap_or(0);
+        let highest = highest.and_then(|p| u64::try_from(p).ok()).unwrap_or(0);
+        let mut place = highest.max(self.audit_floor.load(std::sync::atomic::Ordering::Acquire));
         // multi-row inserts, in order: the outbox ids follow the events' order
         for chunk in events.chunks(rows_per_statement(batch, 3)) {
             let sql = format!(
-                "INSERT INTO audit_outbox (event_json, chain_seq, mac) VALUES {}",
+                "INSERT INTO audit_outbox (outbox_id, event_json, mac) VALUES {}",
                 placeholders(chunk.len(), 3, 1)
             );
             let mut query = sqlx::query(&sql);
@@ -527,13 +539,13 @@ impl Store {
                     .filter(|p| i64::try_from(*p).is_ok())
                     .ok_or_else(|| {
                         StoreError::Invariant(
-                            "the audit outbox's highest place is at the limit: a row was forged"
+                            "the audit outbox's highest id is at the limit: a row was forged"
                                 .into(),
                         )
                     })?;
                 let json = audit_event_json(event);
                 let mac = key.tag(place, &json);
-                query = query.bind(json).bind(ms(place)).bind(mac);
+                query = query.bind(ms(place)).bind(json).bind(mac);
             }
             query.execute(&mut **batch).await?;
         }
@@ -583,7 +595,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT outbox_id, chain_seq, mac, event_json FROM audit_outbox
+            "SELECT outbox_id, mac, event_json FROM audit_outbox
              WHERE outbox_id > $1 ORDER BY outbox_id LIMIT $2",
         )
         .bind(ms(outbox_id))
@@ -593,13 +605,10 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let id: i64 = row.try_get("outbox_id")?;
-                let chain_seq: Option<i64> = row.try_get("chain_seq")?;
                 Ok(OutboxRow {
                     outbox_id: u64::try_from(id).map_err(|_| {
                         StoreError::Invariant(format!("audit outbox row id {id} is negative"))
                     })?,
-                    // a negative place is no place: the row fails its check
-                    chain_seq: chain_seq.and_then(|p| u64::try_from(p).ok()),
                     mac: row.try_get("mac")?,
                     event_json: row.try_get("event_json")?,
                 })
@@ -607,15 +616,18 @@ impl Store {
             .collect()
     }
 
-    /// The outbox place of row `outbox_id`, if the row is there: the journal writer's anchor
-    /// after a restart.
-    pub async fn audit_outbox_place(&self, outbox_id: u64) -> Result<Option<u64>, StoreError> {
-        let place: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT chain_seq FROM audit_outbox WHERE outbox_id = $1")
-                .bind(ms(outbox_id))
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(place.flatten().and_then(|p| u64::try_from(p).ok()))
+    /// Outbox row `outbox_id`'s MAC as stored (`Some(None)`: the row has none; `None`: no
+    /// such row).
+    pub async fn audit_outbox_mac(
+        &self,
+        outbox_id: u64,
+    ) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        let row = sqlx::query("SELECT mac FROM audit_outbox WHERE outbox_id = $1")
+            .bind(ms(outbox_id))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| row.try_get("mac").map_err(StoreError::from))
+            .transpose()
     }
 
     /// Forgets outbox rows the journal holds in sealed segments, all but the newest of them:

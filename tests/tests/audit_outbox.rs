@@ -108,11 +108,11 @@ async fn outbox_rows_changed_in_the_database_are_recorded_as_tampered_and_never_
             "DELETE FROM audit_outbox WHERE event_json LIKE '%acct-7\"%'",
         )
         .await;
-        // inserted: a made-up event, with and without a MAC of the right length
+        // inserted: a made-up event without a MAC, and one with a MAC of the right length
         let forged = serde_json::to_string(&event(100)).unwrap();
         sql(
             &store,
-            &format!("INSERT INTO audit_outbox (event_json) VALUES ('{forged}')"),
+            &format!("INSERT INTO audit_outbox (outbox_id, event_json) VALUES (9, '{forged}')"),
         )
         .await;
         let hex = if db == Db::Postgres {
@@ -124,56 +124,49 @@ async fn outbox_rows_changed_in_the_database_are_recorded_as_tampered_and_never_
         sql(
             &store,
             &format!(
-                "INSERT INTO audit_outbox (event_json, chain_seq, mac) VALUES ('{forged}', 9, {hex})"
+                "INSERT INTO audit_outbox (outbox_id, event_json, mac) VALUES (10, '{forged}', {hex})"
             ),
         )
         .await;
-        // copied: acct-4's row again, MAC and all
+        // copied: acct-4's row again under a new id, MAC and all
         sql(
             &store,
-            "INSERT INTO audit_outbox (event_json, chain_seq, mac)
-             SELECT event_json, chain_seq, mac FROM audit_outbox WHERE event_json LIKE '%acct-4\"%'",
+            "INSERT INTO audit_outbox (outbox_id, event_json, mac)
+             SELECT 11, event_json, mac FROM audit_outbox WHERE event_json LIKE '%acct-4\"%'",
         )
         .await;
-        // the honest writers carry on
+        // the honest writers carry on, after the highest row (12 and 13)
         for n in 9..=10 {
             store.record_audit(&event(n)).await.unwrap();
         }
         log.drain().await.unwrap();
 
         let (accounts, findings) = read_back(&journal(&log.dir().await));
-        let expected: Vec<String> = [1, 2, 3, 4, 6, 8, 4, 9, 10]
+        let expected: Vec<String> = [1, 2, 3, 4, 6, 8, 9, 10]
             .iter()
             .map(|n| format!("account:acct-{n}"))
             .collect();
         assert_eq!(accounts, expected, "{db:?}: {findings:#?}");
         assert!(
-            !accounts
-                .iter()
-                .any(|a| a.contains("acct-55") || a.contains("acct-100") || a.contains("acct-101")),
+            !accounts.iter().any(
+                |a| ["account:acct-55", "account:acct-100", "account:acct-101"]
+                    .contains(&a.as_str())
+            ),
             "{db:?}: forged content journaled"
         );
         let has = |text: &str| findings.iter().any(|f| f.contains(text));
-        assert!(has("fails its MAC at place 5"), "{db:?}: {findings:#?}");
+        assert!(has("outbox row 5 fails its MAC"), "{db:?}: {findings:#?}");
         assert!(
-            has("places 7 to 7 are missing before"),
+            has("outbox rows 7 to 7 are missing before outbox row 8"),
             "{db:?}: {findings:#?}"
         );
-        assert!(has("has no MAC"), "{db:?}: {findings:#?}");
-        assert!(has("fails its MAC at place 9"), "{db:?}: {findings:#?}");
-        assert!(
-            has("is at place 4, not after place 8"),
-            "{db:?}: {findings:#?}"
-        );
-        // the copy is journaled (its MAC holds) and becomes the anchor, so the honest row
-        // after it, at place 10 (the forged place 9 raised the highest), shows places 5 to 9
-        // missing: the altered, two forged, the removed, the copied, and that one
-        assert!(
-            has("places 5 to 9 are missing before"),
-            "{db:?}: {findings:#?}"
-        );
-        assert_eq!(findings.len(), 6, "{db:?}: {findings:#?}");
-        assert_eq!(metrics.snapshot().audit_outbox_tampered, 6);
+        assert!(has("outbox row 9 has no MAC"), "{db:?}: {findings:#?}");
+        assert!(has("outbox row 10 fails its MAC"), "{db:?}: {findings:#?}");
+        assert!(has("outbox row 11 fails its MAC"), "{db:?}: {findings:#?}");
+        // the altered, the removed, the two forged and the copy; rows 9 to 11 stand for places,
+        // so the honest row 12 after them shows nothing missing
+        assert_eq!(findings.len(), 5, "{db:?}: {findings:#?}");
+        assert_eq!(metrics.snapshot().audit_outbox_tampered, 5);
         assert!(!log.blocked(), "{db:?}: the journal keeps working");
     }
 }
@@ -225,7 +218,50 @@ async fn a_row_removed_while_the_gateway_was_down_is_found_after_the_restart() {
         );
         assert_eq!(findings.len(), 1, "{db:?}: {findings:#?}");
         assert!(
-            findings[0].contains("places 4 to 4 are missing"),
+            findings[0].contains("outbox rows 4 to 4 are missing"),
+            "{db:?}: {findings:#?}"
+        );
+    }
+}
+
+/// The insider empties the outbox, the journal's anchor row included, so that another
+/// process's writer starts again from the bottom, below the journal's last row, where the
+/// journal writer does not read. The gateway's own writers keep placing rows after the
+/// journal's last (they are journaled); the anchor's absence is recorded as tampering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_emptied_below_the_journal_is_recorded_and_the_gateways_rows_still_journaled() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings_for(db, dir.path()).await;
+        let store = audit::open_store(&settings, 2).await.unwrap();
+        let log = AuditLog::open(&settings, store.clone(), Arc::new(Metrics::default()))
+            .await
+            .unwrap();
+        for n in 1..=3 {
+            store.record_audit(&event(n)).await.unwrap();
+        }
+        log.drain().await.unwrap();
+        sql(&store, "DELETE FROM audit_outbox").await;
+        // another process (the CLI) writes: it starts again at 1
+        let other = audit::open_store(&settings, 1).await.unwrap();
+        other.record_audit(&event(4)).await.unwrap();
+        // the gateway writes: after the journal's last row
+        store.record_audit(&event(5)).await.unwrap();
+        log.seal_if_due(false).await.unwrap();
+        let (accounts, findings) = read_back(&journal(&log.dir().await));
+        assert_eq!(
+            accounts,
+            [
+                "account:acct-1",
+                "account:acct-2",
+                "account:acct-3",
+                "account:acct-5"
+            ],
+            "{db:?}: {findings:#?}"
+        );
+        assert_eq!(findings.len(), 1, "{db:?}: {findings:#?}");
+        assert!(
+            findings[0].contains("outbox row 1, journaled and kept as the anchor, was replaced"),
             "{db:?}: {findings:#?}"
         );
     }

@@ -1,9 +1,15 @@
--- Authenticated outbox rows (gateway/src/audit_outbox.rs): each row's place in the outbox's
--- own sequence and an HMAC-SHA256 over that place and its text, under a key derived from the
--- audit signing key. Rows written before this migration have neither and are journaled as
--- audit_outbox_tampered records ("has no MAC"): stop the gateway cleanly before upgrading
--- (a clean stop seals and empties the outbox).
-ALTER TABLE audit_outbox ADD COLUMN chain_seq INTEGER;
-ALTER TABLE audit_outbox ADD COLUMN mac BLOB;
--- writers take the place after the highest one (a copied row cannot lower it)
-CREATE INDEX audit_outbox_place ON audit_outbox (chain_seq);
+-- Authenticated outbox rows (gateway/src/audit_outbox.rs): a row's id is its place in the
+-- outbox sequence, taken by the writer (one more than the highest, under the write lock)
+-- rather than by AUTOINCREMENT, so nothing outside the gateway's writers can move the sequence;
+-- each row carries an HMAC-SHA256 over its id and its text, under a key derived from the
+-- audit signing key. Rows written before this migration have no MAC and are journaled as
+-- audit_outbox_tampered records ("has no MAC"): stop the gateway cleanly before upgrading.
+CREATE TABLE audit_outbox_mac (
+    outbox_id  INTEGER PRIMARY KEY,
+    event_json TEXT NOT NULL,
+    mac        BLOB
+);
+INSERT INTO audit_outbox_mac (outbox_id, event_json)
+    SELECT outbox_id, event_json FROM audit_outbox;
+DROP TABLE audit_outbox;
+ALTER TABLE audit_outbox_mac RENAME TO audit_outbox;

@@ -70,6 +70,12 @@ struct Journal {
     sealed_at_ms: u64,
     /// The outbox place expected next ([`crate::audit_outbox::OutboxChain`]).
     chain: OutboxChain,
+    /// A row this process journaled that must still be in the outbox, with its MAC as read:
+    /// the first journaled after the start, then the one each seal's pruning keeps. Gone or
+    /// different, rows were removed and the outbox written again below the journal's place.
+    anchor: Option<(u64, Option<Vec<u8>>)>,
+    /// The last row journaled, with its MAC as read (the anchor after the next seal).
+    last_row: Option<(u64, Option<Vec<u8>>)>,
     /// The latest time of a record journaled (or of a checkpoint): a record stamped earlier,
     /// by more than the clock tolerance, comes after a `clock_checked` failure.
     last_time_ms: u64,
@@ -85,6 +91,8 @@ pub struct AuditLog {
     pub(crate) metrics: Arc<Metrics>,
     /// Bytes of sealed segments still waiting for write-once storage.
     backlog_bytes: AtomicU64,
+    /// Set once the outbox's journaled rows were found removed (recorded once per process).
+    outbox_cut: AtomicBool,
     /// Set when a journal write failed; cleared by the next good one.
     journal_failed: AtomicBool,
     /// Set while the gateway's clock is off the database's by more than allowed.
@@ -120,20 +128,10 @@ impl AuditLog {
                 "the store was opened without the audit outbox key".into(),
             ));
         }
-        // the anchor: the last row journaled stays in the outbox (pruning keeps it), and the
-        // next row must take the place after it
-        journal.chain = OutboxChain::after(if journal.outbox_id_max == 0 {
-            Some(0)
-        } else {
-            let place = store.audit_outbox_place(journal.outbox_id_max).await?;
-            if place.is_none() {
-                tracing::warn!(
-                    outbox_id = journal.outbox_id_max,
-                    "the audit outbox's anchor row is gone; the next authentic row is the new anchor"
-                );
-            }
-            place
-        });
+        // the last place journaled comes from the journal itself, never from the database;
+        // this store's writers place new rows after it
+        journal.chain = OutboxChain::after(Some(journal.outbox_id_max));
+        store.raise_audit_floor(journal.outbox_id_max);
         let log = Arc::new(AuditLog {
             journal: Mutex::new(journal),
             store,
@@ -142,6 +140,7 @@ impl AuditLog {
             metrics,
             backlog_bytes: AtomicU64::new(0),
             journal_failed: AtomicBool::new(false),
+            outbox_cut: AtomicBool::new(false),
             clock_skewed: AtomicBool::new(false),
             clock_stepped: AtomicBool::new(false),
             sealed: Notify::new(),
@@ -255,8 +254,12 @@ impl AuditLog {
             let mut tampered = 0;
             let mut out_of_order = 0;
             let mut last_time_ms = journal.last_time_ms;
+            let mut first_row = None;
+            let mut last_row = None;
             for row in rows {
                 let outbox_id = row.outbox_id;
+                first_row.get_or_insert_with(|| (outbox_id, row.mac.clone()));
+                last_row = Some((outbox_id, row.mac.clone()));
                 let checked = chain.check(key, &row);
                 let mut events = Vec::with_capacity(2);
                 if let Some(why) = checked.out_of_place {
@@ -304,6 +307,11 @@ impl AuditLog {
             journal.outbox_id_max = outbox_id_max;
             journal.chain = chain;
             journal.last_time_ms = last_time_ms;
+            if journal.anchor.is_none() {
+                journal.anchor = first_row;
+            }
+            journal.last_row = last_row;
+            self.store.raise_audit_floor(outbox_id_max);
             if out_of_order > 0 {
                 tracing::error!(
                     records = out_of_order,
@@ -376,6 +384,7 @@ impl AuditLog {
     /// quiet gateway.
     pub async fn seal_if_due(&self, force: bool) -> Result<(), AuditError> {
         self.drain().await?;
+        self.check_outbox_anchor().await?;
         let idle = {
             let journal = self.journal.lock().await;
             journal.tree.is_empty()
@@ -395,6 +404,40 @@ impl AuditLog {
             self.seal_locked(&mut journal).await?;
         }
         Ok(())
+    }
+
+    /// The anchor row ([`Journal::anchor`]) must still be in the outbox as it was journaled:
+    /// if it is gone or changed, rows were removed and other processes may have written again
+    /// below the journal's last place, where it does not read. Recorded once, as tampering.
+    async fn check_outbox_anchor(&self) -> Result<(), AuditError> {
+        let (anchor, last) = {
+            let journal = self.journal.lock().await;
+            (journal.anchor.clone(), journal.outbox_id_max)
+        };
+        let Some((id, mac)) = anchor else {
+            return Ok(());
+        };
+        if self.outbox_cut.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let now = self.store.audit_outbox_mac(id).await?;
+        if now.as_ref() == Some(&mac) {
+            return Ok(());
+        }
+        self.outbox_cut.store(true, Ordering::Release);
+        self.metrics.count_audit_outbox_tampered(1);
+        tracing::error!(
+            id,
+            last,
+            "audit outbox rows the journal holds were removed from the database"
+        );
+        let what = if now.is_some() { "replaced" } else { "removed" };
+        self.record(self.tampered_event(format!(
+            "outbox row {id}, journaled and kept as the anchor, was {what} in the database: \
+             rows were removed and the outbox written again below the journal's last row \
+             ({last}); rows other processes wrote there are not read into the journal"
+        )))
+        .await
     }
 
     async fn seal_locked(&self, journal: &mut Journal) -> Result<(), AuditError> {
@@ -447,6 +490,10 @@ impl AuditLog {
             records = body.record_count,
             "audit segment sealed"
         );
+        // the row pruning keeps is the anchor from now on
+        if let Some(last) = journal.last_row.clone() {
+            journal.anchor = Some(last);
+        }
         // rows in sealed segments are safe to forget; failing to prune only keeps them longer
         if let Err(error) = self.store.prune_audit_outbox(journal.outbox_id_max).await {
             tracing::warn!(%error, "audit outbox not pruned");
@@ -536,6 +583,8 @@ fn recover(
         sealed_at_ms: now_ms(),
         chain: OutboxChain::after(None),
         last_time_ms: 0,
+        anchor: None,
+        last_row: None,
     };
     loop {
         let path = dir.join(checkpoint_name(journal.segment));
