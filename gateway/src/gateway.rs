@@ -25,6 +25,27 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 /// A gateway that is up: its address, its store and its counters.
+/// The parts a payment needs, each usable or not ([`RunningGateway::readiness`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    /// The database answers a query.
+    pub database: bool,
+    /// The audit journal takes records (writable, backlog within bounds, clocks agree).
+    pub audit_journal: bool,
+    /// The key provider is not known to be failing (KMS not in its `keys.unavailable_for_ms`).
+    pub key_provider: bool,
+    /// The embedded broker accepts the front's connections.
+    pub broker: bool,
+    /// The pipeline runs.
+    pub pipeline: bool,
+}
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.database && self.audit_journal && self.key_provider && self.broker && self.pipeline
+    }
+}
+
 pub struct RunningGateway {
     pub mqtt_address: SocketAddr,
     /// rumqttd's internal loopback listener (guarded by the broker secret; exposed for tests
@@ -57,6 +78,27 @@ impl RunningGateway {
     pub async fn wait_pipeline_ended(&self) {
         let mut ended = self.pipeline_ended.clone();
         let _ = ended.wait_for(|ended| *ended).await;
+    }
+
+    /// Whether the gateway can decide payments now, part by part: what `/readyz` reports
+    /// (issue 13 serves it over HTTP). Each probe is bounded by a second.
+    pub async fn readiness(&self) -> Readiness {
+        let within = std::time::Duration::from_secs(1);
+        let database = matches!(
+            tokio::time::timeout(within, self.store.ping()).await,
+            Ok(Ok(()))
+        );
+        let broker = matches!(
+            tokio::time::timeout(within, tokio::net::TcpStream::connect(self.broker_address)).await,
+            Ok(Ok(_))
+        );
+        Readiness {
+            database,
+            audit_journal: !self.audit.blocked(),
+            key_provider: self.cipher.provider().available(),
+            broker,
+            pipeline: !self.pipeline_ended(),
+        }
     }
 
     /// A clean stop: records `audit_stopped`, seals the last segment, then stops the tasks

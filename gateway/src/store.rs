@@ -187,6 +187,12 @@ impl Store {
         self.audit_key.as_deref()
     }
 
+    /// One round trip to the database.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

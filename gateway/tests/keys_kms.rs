@@ -568,6 +568,10 @@ async fn a_stalled_kms_holds_up_only_the_request_that_needs_a_new_key() {
         "refused once the stalled calls timed out"
     );
     let refused_after = stalled_at.elapsed();
+    assert!(
+        !gateway.cipher.provider().available(),
+        "in its pause after the failure"
+    );
     let upi_rows: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM payment_instruments WHERE kind = 'upi'")
             .fetch_one(gateway.store.pool())
@@ -577,6 +581,7 @@ async fn a_stalled_kms_holds_up_only_the_request_that_needs_a_new_key() {
 
     switch.stall.store(false, Ordering::SeqCst);
     let receipt = pending.await.unwrap().unwrap();
+    assert!(gateway.readiness().await.ready());
     assert_eq!(receipt.receipt.outcome, Outcome::Approved, "{receipt:?}");
     assert_eq!(
         gateway.store.balance(&merchant).await.unwrap().unwrap(),

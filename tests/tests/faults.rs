@@ -73,6 +73,7 @@ async fn the_database_stopping_and_returning_loses_and_doubles_nothing() {
     let first = agent.pay(&merchant, inr("1.00")).await.unwrap();
     assert_eq!(first.receipt.outcome, Outcome::Approved);
     let approved_before = gateway.running.metrics.snapshot().requests_approved;
+    assert!(gateway.running.readiness().await.ready());
 
     proxy.cut();
     let cut_at = Instant::now();
@@ -104,6 +105,8 @@ async fn the_database_stopping_and_returning_loses_and_doubles_nothing() {
         "nothing is approved while the database is away"
     );
     assert!(!paying.is_finished(), "the terminal is still waiting");
+    let readiness = gateway.running.readiness().await;
+    assert!(!readiness.database && !readiness.ready(), "{readiness:?}");
     proxy.restore();
     let (mut agent, reply, answered_at) = paying.await.unwrap();
     let reply = reply.unwrap();
@@ -131,6 +134,7 @@ async fn the_database_stopping_and_returning_loses_and_doubles_nothing() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), 4, "{decided:?}");
+    assert!(gateway.running.readiness().await.ready());
 }
 
 /// A tmpfs of `size` mounted on `dir` for the test, unmounted when dropped. Needs root (or
@@ -258,6 +262,11 @@ async fn a_full_disk_under_the_journal_holds_receipts_back_and_loses_nothing() {
         "approvals stop while the journal fails"
     );
     assert!(gateway.running.metrics.snapshot().audit_journal_failures > 0);
+    let readiness = gateway.running.readiness().await;
+    assert!(
+        !readiness.audit_journal && readiness.database && !readiness.ready(),
+        "{readiness:?}"
+    );
 
     std::fs::remove_file(filler).unwrap();
     let (mut agent, reply, answered_at) = held.await.unwrap();

@@ -68,6 +68,19 @@ impl KeyProvider {
         }
     }
 
+    /// False while AWS KMS is in its pause after a failed operation (`keys.unavailable_for_ms`);
+    /// the local keyring is always available.
+    pub fn available(&self) -> bool {
+        match self {
+            KeyProvider::Local(_) => true,
+            KeyProvider::AwsKms(kms) => kms
+                .unavailable_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none_or(|until| std::time::Instant::now() >= until),
+        }
+    }
+
     pub fn calls(&self) -> &ProviderCalls {
         match self {
             KeyProvider::Local(p) => &p.calls,
