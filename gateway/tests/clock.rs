@@ -7,27 +7,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use paygate_agent::{Agent, AgentSettings, DeviceBundle};
+mod serve;
+
+use paygate_agent::{Agent, DeviceBundle};
 use paygate_core::audit::{parse_rfc3339_ms, AuditOutcome, EventType};
 use paygate_core::receipt::Outcome;
 use paygate_core::AccountId;
 use paygate_gateway::audit::archive;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use serve::inr;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
-
-fn paygate(config: &Path, args: &[&str]) {
-    let status = Command::new(env!("CARGO_BIN_EXE_paygate"))
-        .arg(args[0])
-        .arg("--config")
-        .arg(config)
-        .args(&args[1..])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "paygate {args:?}");
-}
 
 /// Debian's libfaketime (package `faketime`, which `scripts/test` installs).
 fn libfaketime() -> PathBuf {
@@ -42,71 +32,29 @@ fn libfaketime() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stepped_system_clock_stops_approvals_until_it_agrees_and_audit_times_stay_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.path().join("paygate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\nconnections_max = 1000\n[audit]\nseal_check_interval_ms = 100\nseal_interval_ms = 500\nship_interval_ms = 100\n",
-            data.display()
-        ),
-    )
-    .unwrap();
-    paygate(&config, &["certs", "init"]);
-    paygate(&config, &["ledger", "open-merchant", "m-1", "INR"]);
-    paygate(&config, &["certs", "issue-device", "pos-1"]);
-    paygate(&config, &["devices", "enrol", "pos-1"]);
-    paygate(
-        &config,
-        &["ledger", "fund", "wallet-pos-1", "100.00", "INR"],
+    let prepared = serve::prepare(
+        "",
+        "[audit]\nseal_check_interval_ms = 100\nseal_interval_ms = 500\nship_interval_ms = 100",
+        1,
     );
-
-    let offset = dir.path().join("faketime");
+    let data = &prepared.data;
+    let offset = prepared.dir.path().join("faketime");
     std::fs::write(&offset, "+0\n").unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_paygate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn,rumqttd=off")
-        .env("LD_PRELOAD", libfaketime())
-        .env("FAKETIME_TIMESTAMP_FILE", &offset)
-        .env("FAKETIME_CACHE_DURATION", "0")
-        .env("FAKETIME_NO_CACHE", "1")
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let bundle_dir = data.join("pki/devices/pos-1");
-    let settings = AgentSettings {
-        host: "127.0.0.1".into(),
-        port,
-        keep_alive: Duration::from_secs(5),
-        resend_interval: Duration::from_millis(500),
-        receipt_timeout: Duration::from_secs(30),
-        outbox_dir: bundle_dir.join("outbox"),
-    };
-    let mut agent = Agent::connect(DeviceBundle::load(&bundle_dir).unwrap(), settings)
-        .await
-        .unwrap();
+    let library = libfaketime();
+    let mut server = prepared.serve(&[
+        ("LD_PRELOAD", library.as_os_str()),
+        ("FAKETIME_TIMESTAMP_FILE", offset.as_os_str()),
+        ("FAKETIME_NO_CACHE", "1".as_ref()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".as_ref()),
+    ]);
+    serve::wait_listening(prepared.port).await;
+    let mut agent = Agent::connect(
+        DeviceBundle::load(&prepared.bundle_dir(0)).unwrap(),
+        prepared.agent_settings(0),
+    )
+    .await
+    .unwrap();
     let merchant = AccountId::parse("m-1").unwrap();
-    let inr = |minor| {
-        paygate_core::Money::new(minor, paygate_core::Currency::parse("INR").unwrap()).unwrap()
-    };
     let first = agent.pay(&merchant, inr(100)).await.unwrap();
     assert_eq!(first.receipt.outcome, Outcome::Approved);
 

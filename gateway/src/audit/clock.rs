@@ -70,16 +70,7 @@ impl AuditLog {
         } else {
             tracing::info!(skew_ms, "clocks agree again; approvals resume");
         }
-        let outcome = if off {
-            AuditOutcome::Failure
-        } else {
-            AuditOutcome::Success
-        };
-        self.record(
-            self.system_event(EventType::ClockChecked, outcome)
-                .with_detail(detail),
-        )
-        .await
+        self.record_clock_change(off, detail).await
     }
 
     /// Compares the system clock with the gateway's own time ([`crate::clock`]): stepped by
@@ -115,6 +106,13 @@ impl AuditLog {
                 "the system clock agrees with the gateway's time again; approvals resume"
             );
         }
+        self.record_clock_change(off, detail).await?;
+        Ok(step_ms)
+    }
+
+    /// The `clock_checked` record of a change: a failure when the clocks part, a success
+    /// when they agree again.
+    async fn record_clock_change(&self, off: bool, detail: String) -> Result<(), AuditError> {
         let outcome = if off {
             AuditOutcome::Failure
         } else {
@@ -124,7 +122,6 @@ impl AuditLog {
             self.system_event(EventType::ClockChecked, outcome)
                 .with_detail(detail),
         )
-        .await?;
-        Ok(step_ms)
+        .await
     }
 }
