@@ -8,7 +8,10 @@
 //! does not jump with it. Audit times stay in order, durations never go negative, and a step
 //! forward does not expire every pending challenge at once. [`system_step_ms`] measures the
 //! difference; the audit log stops approvals while it is over `audit.clock_skew_max_ms`
-//! (`AuditLog::check_system_clock`), and a restart takes the system clock again.
+//! (`AuditLog::check_system_clock`). A system clock that stays ahead for 10 s (a VM resumed,
+//! a suspended host woken, a clock behind corrected) is followed: the gateway's time moves
+//! forward to it, and timers due in that span fire then. One that stays behind is not: times
+//! never go back, so approvals stay stopped until the clocks agree or the gateway restarts.
 
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -34,11 +37,23 @@ fn anchor() -> &'static Anchor {
     })
 }
 
+/// How far the gateway's time was moved forward to meet the system clock ([`move_forward`]).
+static MOVED_FORWARD_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The gateway's time: milliseconds since the Unix epoch, UTC, never going back.
 pub fn now_ms() -> u64 {
     let anchor = anchor();
     let elapsed = u64::try_from(anchor.at.elapsed().as_millis()).unwrap_or(u64::MAX);
-    anchor.system_ms.saturating_add(elapsed)
+    anchor
+        .system_ms
+        .saturating_add(elapsed)
+        .saturating_add(MOVED_FORWARD_MS.load(std::sync::atomic::Ordering::Acquire))
+}
+
+/// Moves the gateway's time forward by `ms` (never back): for a system clock that has stayed
+/// ahead, as after a VM was resumed or a clock behind was corrected.
+pub fn move_forward(ms: u64) {
+    MOVED_FORWARD_MS.fetch_add(ms, std::sync::atomic::Ordering::AcqRel);
 }
 
 /// How far the system clock is ahead of the gateway's time (negative: behind), in ms.

@@ -135,7 +135,7 @@ async fn sigkill_under_load_posts_each_approved_request_once_and_loses_no_audit_
         server = serve(&s.config);
         wait_listening(s.port).await;
     }
-    check_after_restarts(&s, server, terminals, KILLS + 1).await;
+    check_after_restarts(&s, server, terminals, KILLS + 1..=KILLS + 1).await;
 }
 
 /// The gateway aborts at each crash point in turn (`paygate_gateway::crash::POINTS`: after a
@@ -147,6 +147,9 @@ async fn a_crash_at_every_point_of_a_payments_life_loses_and_doubles_nothing() {
     use std::os::unix::process::ExitStatusExt;
     let s = scenario();
     let mut terminals = None;
+    // starts that listened certainly recorded audit_started; one that crashed while starting
+    // (sealing a recovered segment) may not have
+    let mut listened = 0;
     for point in paygate_gateway::crash::POINTS {
         let mut server = Command::new(env!("CARGO_BIN_EXE_paygate"))
             .args(["serve", "--config"])
@@ -171,6 +174,7 @@ async fn a_crash_at_every_point_of_a_payments_life_loses_and_doubles_nothing() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        listened += usize::from(listening);
         if listening && terminals.is_none() {
             terminals = Some(start_terminals(&s));
         }
@@ -198,7 +202,7 @@ async fn a_crash_at_every_point_of_a_payments_life_loses_and_doubles_nothing() {
         &s,
         server,
         terminals.unwrap(),
-        paygate_gateway::crash::POINTS.len() + 1,
+        listened + 1..=paygate_gateway::crash::POINTS.len() + 1,
     )
     .await;
 }
@@ -209,7 +213,7 @@ async fn check_after_restarts(
     s: &Scenario,
     mut server: Child,
     terminals: Vec<tokio::task::JoinHandle<Vec<Seen>>>,
-    starts_expected: usize,
+    starts_expected: std::ops::RangeInclusive<usize>,
 ) {
     let data = &s.data;
     let mut approved_by_terminals = BTreeSet::new();
@@ -280,7 +284,10 @@ async fn check_after_restarts(
         }
     })
     .unwrap();
-    assert_eq!(starts, starts_expected, "one audit_started per start");
+    assert!(
+        starts_expected.contains(&starts),
+        "one audit_started per start: {starts}, expected {starts_expected:?}"
+    );
     // certs init, merchant, and per device: issue, enrol, fund
     assert_eq!(
         admin,

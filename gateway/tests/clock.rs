@@ -2,7 +2,8 @@
 //! runs; the monotonic clock is left alone, as NTP or an operator stepping the clock would):
 //! an hour forward and back, then an hour back and forward. While the system clock is off the
 //! gateway's own time, nothing is approved and terminals are told to retry; once it agrees
-//! again, the terminal's resend is approved once. The trail says so, each step once, and its
+//! again, the terminal's resend is approved once; a step forward that stays is followed after
+//! 10 s. The trail says so, each step once, and its
 //! times never go back.
 
 #![allow(clippy::unwrap_used)]
@@ -80,6 +81,23 @@ async fn a_stepped_system_clock_stops_approvals_until_it_agrees_and_audit_times_
         assert_eq!(reply.unwrap().receipt.outcome, Outcome::Approved, "{step}");
         approved += 1;
     }
+    // a step forward that stays (a VM resumed): after 10 s the gateway's time follows it,
+    // forward, and approvals resume without the clock coming back
+    std::fs::write(&offset, "+30\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let paying = tokio::spawn(async move {
+        let reply = agent.pay(&merchant_of(), inr(300)).await;
+        (agent, reply)
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!paying.is_finished(), "+30 s: stopped at first");
+    let (back_agent, reply) = tokio::time::timeout(Duration::from_secs(25), paying)
+        .await
+        .expect("approved once the gateway's time follows the clock forward")
+        .unwrap();
+    agent = back_agent;
+    assert_eq!(reply.unwrap().receipt.outcome, Outcome::Approved);
+    approved += 1;
     agent.disconnect().await;
     Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
@@ -110,7 +128,7 @@ async fn a_stepped_system_clock_stops_approvals_until_it_agrees_and_audit_times_
     );
     assert_eq!(
         clock.len(),
-        4,
+        6,
         "each step and each return, once: {clock:#?}"
     );
     assert_eq!(clock[0].0, AuditOutcome::Failure);
@@ -125,6 +143,14 @@ async fn a_stepped_system_clock_stops_approvals_until_it_agrees_and_audit_times_
         "{clock:#?}"
     );
     assert_eq!(clock[3].0, AuditOutcome::Success);
+    assert_eq!(clock[4].0, AuditOutcome::Failure);
+    assert_eq!(clock[5].0, AuditOutcome::Success);
+    assert!(
+        clock[5]
+            .1
+            .contains("the gateway's time moved forward to it"),
+        "{clock:#?}"
+    );
 }
 
 fn merchant_of() -> AccountId {

@@ -6,6 +6,9 @@ use super::{AuditError, AuditLog, WithDetail};
 use paygate_core::audit::{AuditOutcome, EventType};
 use std::sync::atomic::Ordering;
 
+/// How long the system clock must stay ahead before the gateway's time follows it.
+const FOLLOW_AHEAD_AFTER_MS: u64 = 10_000;
+
 impl AuditLog {
     /// Measures the gateway's clock against the database server's: how far ahead the
     /// gateway is, in milliseconds (negative: behind), taken at the middle of the query's
@@ -70,7 +73,12 @@ impl AuditLog {
         } else {
             tracing::info!(skew_ms, "clocks agree again; approvals resume");
         }
-        self.record_clock_change(off, detail).await
+        let recorded = self.record_clock_change(off, detail).await;
+        if recorded.is_err() {
+            // not recorded: the change is seen again, and recorded, at the next check
+            self.clock_skewed.store(!off, Ordering::Release);
+        }
+        recorded
     }
 
     /// Compares the system clock with the gateway's own time ([`crate::clock`]): stepped by
@@ -78,7 +86,37 @@ impl AuditLog {
     /// recorded, once; back within it (stepped back again), they resume with a success. The
     /// gateway's time itself never jumps: audit times stay in order and no timer fires early.
     pub async fn check_system_clock(&self) -> Result<i64, AuditError> {
-        self.apply_system_step(crate::clock::system_step_ms()).await
+        let step_ms = crate::clock::system_step_ms();
+        let limit = self.settings.clock_skew_max_ms;
+        let ahead_ms = u64::try_from(step_ms).unwrap_or(0);
+        let now = crate::clock::now_ms();
+        if ahead_ms <= limit {
+            self.ahead_since_ms.store(0, Ordering::Release);
+            return self.apply_system_step(step_ms).await;
+        }
+        let since = self.ahead_since_ms.load(Ordering::Acquire);
+        if since == 0 {
+            self.ahead_since_ms.store(now, Ordering::Release);
+        } else if now.saturating_sub(since) >= FOLLOW_AHEAD_AFTER_MS {
+            // ahead for long enough: not a blip; follow it forward (never back)
+            crate::clock::move_forward(ahead_ms);
+            self.ahead_since_ms.store(0, Ordering::Release);
+            self.clock_stepped.store(false, Ordering::Release);
+            tracing::warn!(
+                ahead_ms,
+                "the gateway's time moved forward to the system clock"
+            );
+            self.record_clock_change(
+                false,
+                format!(
+                    "the system clock stayed {ahead_ms} ms ahead of the gateway's own time for {} s: the gateway's time moved forward to it (a VM resumed, or a clock behind corrected); timers due in that span fire now",
+                    FOLLOW_AHEAD_AFTER_MS / 1000
+                ),
+            )
+            .await?;
+            return Ok(step_ms);
+        }
+        self.apply_system_step(step_ms).await
     }
 
     /// What [`AuditLog::check_system_clock`] does with a measured step.
@@ -106,7 +144,11 @@ impl AuditLog {
                 "the system clock agrees with the gateway's time again; approvals resume"
             );
         }
-        self.record_clock_change(off, detail).await?;
+        if let Err(error) = self.record_clock_change(off, detail).await {
+            // not recorded: the change is seen again, and recorded, at the next check
+            self.clock_stepped.store(!off, Ordering::Release);
+            return Err(error);
+        }
         Ok(step_ms)
     }
 

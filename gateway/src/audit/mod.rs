@@ -100,6 +100,8 @@ pub struct AuditLog {
     /// Set while the system clock is off the gateway's own time by more than allowed (it
     /// was stepped: [`crate::clock`]).
     clock_stepped: AtomicBool,
+    /// When (gateway time) the system clock was first seen ahead by more than allowed; 0: not.
+    ahead_since_ms: AtomicU64,
     /// Wakes the shipper when a segment is sealed.
     pub sealed: Notify,
 }
@@ -143,6 +145,7 @@ impl AuditLog {
             outbox_cut: AtomicBool::new(false),
             clock_skewed: AtomicBool::new(false),
             clock_stepped: AtomicBool::new(false),
+            ahead_since_ms: AtomicU64::new(0),
             sealed: Notify::new(),
         });
         if let Some(bytes) = repaired {
