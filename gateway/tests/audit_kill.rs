@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod serve;
+
 use paygate_agent::{Agent, AgentSettings, DeviceBundle};
 use paygate_core::audit::EventType;
 use paygate_core::receipt::Outcome;
@@ -18,122 +20,43 @@ use paygate_core::AccountId;
 use paygate_gateway::audit::archive;
 use paygate_gateway::store::Store;
 use rand::Rng;
+use serve::Prepared;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 const DEVICES: usize = 3;
 const PAYMENTS_PER_DEVICE: usize = 25;
 const KILLS: usize = 3;
 
-fn paygate(config: &Path, args: &[&str]) {
-    // --config belongs to the command group: `paygate certs --config F init`
-    let status = Command::new(env!("CARGO_BIN_EXE_paygate"))
-        .arg(args[0])
-        .arg("--config")
-        .arg(config)
-        .args(&args[1..])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "paygate {args:?}");
-}
-
-fn serve(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_paygate"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn,rumqttd=off")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_listening(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the gateway did not listen on {port}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A data directory with the PKI, a merchant and funded terminals, and the gateway's config.
-struct Scenario {
-    _dir: tempfile::TempDir,
-    data: PathBuf,
-    port: u16,
-    config: PathBuf,
-}
-
-fn scenario() -> Scenario {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let port = free_port();
-    let config = dir.path().join("paygate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\nconnections_max = 1000\n[audit]\nrecords_per_segment_max = 3\nseal_interval_ms = 200\nseal_check_interval_ms = 50\nship_interval_ms = 20\n",
-            data.display()
-        ),
+fn scenario() -> Prepared {
+    serve::prepare(
+        "",
+        "[audit]\nrecords_per_segment_max = 3\nseal_interval_ms = 200\nseal_check_interval_ms = 50\nship_interval_ms = 20",
+        DEVICES,
     )
-    .unwrap();
-    paygate(&config, &["certs", "init"]);
-    paygate(&config, &["ledger", "open-merchant", "m-1", "INR"]);
-    for n in 0..DEVICES {
-        let id = format!("pos-{n}");
-        paygate(&config, &["certs", "issue-device", &id]);
-        paygate(&config, &["devices", "enrol", &id]);
-        paygate(
-            &config,
-            &["ledger", "fund", &format!("wallet-{id}"), "1000.00", "INR"],
-        );
-    }
-    Scenario {
-        _dir: dir,
-        data,
-        port,
-        config,
-    }
 }
 
-fn start_terminals(s: &Scenario) -> Vec<tokio::task::JoinHandle<Vec<Seen>>> {
+fn start_terminals(s: &Prepared) -> Vec<tokio::task::JoinHandle<Vec<Seen>>> {
     (0..DEVICES)
-        .map(|n| {
-            let bundle_dir = s.data.join(format!("pki/devices/pos-{n}"));
-            tokio::spawn(run_terminal(bundle_dir, s.port, n))
-        })
+        .map(|n| tokio::spawn(run_terminal(s.bundle_dir(n), s.port, n)))
         .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_posts_each_approved_request_once_and_loses_no_audit_record() {
     let s = scenario();
-    let mut server = serve(&s.config);
-    wait_listening(s.port).await;
+    let mut server = s.serve(&[]);
+    serve::wait_listening(s.port).await;
     let terminals = start_terminals(&s);
     let mut rng = rand::thread_rng();
     for _ in 0..KILLS {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(400..1500))).await;
         server.kill().unwrap(); // SIGKILL
         server.wait().unwrap();
-        server = serve(&s.config);
-        wait_listening(s.port).await;
+        server = s.serve(&[]);
+        serve::wait_listening(s.port).await;
     }
     check_after_restarts(&s, server, terminals, KILLS + 1..=KILLS + 1).await;
 }
@@ -151,14 +74,7 @@ async fn a_crash_at_every_point_of_a_payments_life_loses_and_doubles_nothing() {
     // (sealing a recovered segment) may not have
     let mut listened = 0;
     for point in paygate_gateway::crash::POINTS {
-        let mut server = Command::new(env!("CARGO_BIN_EXE_paygate"))
-            .args(["serve", "--config"])
-            .arg(&s.config)
-            .env("RUST_LOG", "warn,rumqttd=off")
-            .env("PAYGATE_CRASH_AT", point)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut server = s.serve(&[("PAYGATE_CRASH_AT", point.as_ref())]);
         // a crash point may come during the start (a recovered segment sealed at once)
         let mut listening = false;
         for _ in 0..200 {
@@ -196,8 +112,8 @@ async fn a_crash_at_every_point_of_a_payments_life_loses_and_doubles_nothing() {
             "{point}: it aborted there ({status:?})"
         );
     }
-    let server = serve(&s.config);
-    wait_listening(s.port).await;
+    let server = s.serve(&[]);
+    serve::wait_listening(s.port).await;
     check_after_restarts(
         &s,
         server,
@@ -210,7 +126,7 @@ async fn a_crash_at_every_point_of_a_payments_life_loses_and_doubles_nothing() {
 /// Waits for the terminals, stops the gateway cleanly, and checks the archive, the trail and
 /// the ledger against what the terminals saw.
 async fn check_after_restarts(
-    s: &Scenario,
+    s: &Prepared,
     mut server: Child,
     terminals: Vec<tokio::task::JoinHandle<Vec<Seen>>>,
     starts_expected: std::ops::RangeInclusive<usize>,
@@ -456,7 +372,7 @@ fn more_connections_than_descriptors_refuses_to_start_with_the_way_out() {
         ),
     )
     .unwrap();
-    paygate(&config, &["certs", "init"]);
+    serve::paygate(&config, &["certs", "init"]);
     let output = Command::new(env!("CARGO_BIN_EXE_paygate"))
         .args(["serve", "--config"])
         .arg(&config)

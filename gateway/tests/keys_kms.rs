@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{aws_env, start_moto, start_switch};
+use common::{aws_env, start_moto, start_switch, Switch};
 use paygate_gateway::config::{KeyProviderKind, KeySettings, Settings};
 use paygate_gateway::keys::cipher::FieldCipher;
 use paygate_gateway::keys::provider::KeyProvider;
@@ -259,23 +259,23 @@ async fn throttling_and_an_unreachable_kms_are_retried_then_fail_closed_while_th
     );
 }
 
-/// End to end with the real gateway on AWS KMS (moto behind a switch): a payment naming a card
-/// is approved; with KMS unreachable, a payment with a new payer field whose key is not cached
-/// is refused with KEY_UNAVAILABLE and nothing is posted, while payments needing no new key
-/// still go through; when KMS is back the refused request's retry is approved.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_gateway_fails_closed_without_kms_and_keeps_paying_what_needs_no_new_key() {
+/// The real gateway on AWS KMS behind `switch` (its key settings as `keys` makes them from
+/// the test defaults), merchant `m-1` open, and per id a terminal enrolled, its wallet funded
+/// with 100.00 INR and its agent connected.
+async fn kms_gateway(
+    switch: &Switch,
+    key_id: &str,
+    keys: impl FnOnce(KeySettings) -> KeySettings,
+    terminals: &[&str],
+) -> (
+    tempfile::TempDir,
+    paygate_gateway::gateway::RunningGateway,
+    Vec<paygate_agent::Agent>,
+) {
     use paygate_agent::{Agent, AgentSettings, DeviceBundle};
-    use paygate_core::payer::{Payer, PayerWire};
-    use paygate_core::receipt::Outcome;
-    use paygate_core::{AccountId, Currency, DeviceId, ErrorCode, Money};
+    use paygate_core::{AccountId, Currency, DeviceId, Money};
     use paygate_gateway::ledger::AccountKind;
     use std::time::Duration;
-
-    let moto = start_moto().await;
-    let switch = start_switch(moto.port).await;
-    let admin = kms_admin(&format!("http://127.0.0.1:{}", moto.port)).await;
-    let key_id = new_key(&admin).await;
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings {
         data_dir: dir.path().to_path_buf(),
@@ -283,7 +283,7 @@ async fn the_gateway_fails_closed_without_kms_and_keeps_paying_what_needs_no_new
     };
     settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
     settings.mqtt.connections_max = 100;
-    settings.keys = kms_settings(&format!("http://{}", switch.address), &key_id);
+    settings.keys = keys(kms_settings(&format!("http://{}", switch.address), key_id));
     let pki = dir.path().join("pki");
     paygate_gateway::pki::init(
         &pki,
@@ -291,22 +291,10 @@ async fn the_gateway_fails_closed_without_kms_and_keeps_paying_what_needs_no_new
         "paygate-receipts-1",
     )
     .unwrap();
-    let device = DeviceId::parse("pos-1").unwrap();
-    let wallet = AccountId::parse("wallet-pos-1").unwrap();
-    paygate_gateway::pki::issue_device(
-        &pki,
-        &device,
-        &wallet,
-        paygate_core::envelope::SigningAlgorithm::Ed25519,
-    )
-    .unwrap();
     let gateway = paygate_gateway::gateway::start(settings.clone())
         .await
         .unwrap();
     let inr = Currency::parse("INR").unwrap();
-    paygate_gateway::demo::enrol_from_bundle(&gateway.store, &pki, &device, inr)
-        .await
-        .unwrap();
     gateway
         .store
         .open_account(
@@ -317,29 +305,67 @@ async fn the_gateway_fails_closed_without_kms_and_keeps_paying_what_needs_no_new
         )
         .await
         .unwrap();
-    paygate_gateway::products::wallet::fund(
-        &gateway.store,
-        &Default::default(),
-        &wallet,
-        Money::parse_decimal("100.00", "INR").unwrap(),
-        0,
-    )
-    .await
-    .unwrap();
-    let bundle_dir = paygate_gateway::pki::device_dir(&pki, &device);
-    let mut agent = Agent::connect(
-        DeviceBundle::load(&bundle_dir).unwrap(),
-        AgentSettings {
-            host: "127.0.0.1".into(),
-            port: gateway.mqtt_address.port(),
-            keep_alive: Duration::from_secs(30),
-            resend_interval: Duration::from_millis(500),
-            receipt_timeout: Duration::from_secs(20),
-            outbox_dir: bundle_dir.join("outbox"),
-        },
-    )
-    .await
-    .unwrap();
+    let mut agents = Vec::new();
+    for id in terminals {
+        let device = DeviceId::parse(id).unwrap();
+        let wallet = AccountId::parse(&format!("wallet-{id}")).unwrap();
+        paygate_gateway::pki::issue_device(
+            &pki,
+            &device,
+            &wallet,
+            paygate_core::envelope::SigningAlgorithm::Ed25519,
+        )
+        .unwrap();
+        paygate_gateway::demo::enrol_from_bundle(&gateway.store, &pki, &device, inr)
+            .await
+            .unwrap();
+        paygate_gateway::products::wallet::fund(
+            &gateway.store,
+            &Default::default(),
+            &wallet,
+            Money::parse_decimal("100.00", "INR").unwrap(),
+            0,
+        )
+        .await
+        .unwrap();
+        let bundle_dir = paygate_gateway::pki::device_dir(&pki, &device);
+        agents.push(
+            Agent::connect(
+                DeviceBundle::load(&bundle_dir).unwrap(),
+                AgentSettings {
+                    host: "127.0.0.1".into(),
+                    port: gateway.mqtt_address.port(),
+                    keep_alive: Duration::from_secs(30),
+                    resend_interval: Duration::from_millis(500),
+                    receipt_timeout: Duration::from_secs(60),
+                    outbox_dir: bundle_dir.join("outbox"),
+                },
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    (dir, gateway, agents)
+}
+
+/// End to end with the real gateway on AWS KMS (moto behind a switch): a payment naming a card
+/// is approved; with KMS unreachable, a payment with a new payer field whose key is not cached
+/// is refused with KEY_UNAVAILABLE and nothing is posted, while payments needing no new key
+/// still go through; when KMS is back the refused request's retry is approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_fails_closed_without_kms_and_keeps_paying_what_needs_no_new_key() {
+    use paygate_core::payer::{Payer, PayerWire};
+    use paygate_core::receipt::Outcome;
+    use paygate_core::{AccountId, ErrorCode, Money};
+    use std::time::Duration;
+
+    let moto = start_moto().await;
+    let switch = start_switch(moto.port).await;
+    let admin = kms_admin(&format!("http://127.0.0.1:{}", moto.port)).await;
+    let key_id = new_key(&admin).await;
+    let (_dir, gateway, mut agents) = kms_gateway(&switch, &key_id, |k| k, &["pos-1"]).await;
+    let mut agent = agents.pop().unwrap();
+    let wallet = AccountId::parse("wallet-pos-1").unwrap();
     let merchant = AccountId::parse("m-1").unwrap();
     let one = || Money::parse_decimal("1.00", "INR").unwrap();
     let card = || {
@@ -426,86 +452,27 @@ async fn the_gateway_fails_closed_without_kms_and_keeps_paying_what_needs_no_new
 /// and its resend is approved once KMS answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_kms_holds_up_only_the_request_that_needs_a_new_key() {
-    use paygate_agent::{Agent, AgentSettings, DeviceBundle};
     use paygate_core::payer::{Payer, PayerWire};
     use paygate_core::receipt::Outcome;
-    use paygate_core::{AccountId, Currency, DeviceId, ErrorCode, Money};
-    use paygate_gateway::ledger::AccountKind;
+    use paygate_core::{AccountId, ErrorCode, Money};
     use std::time::{Duration, Instant};
 
     let moto = start_moto().await;
     let switch = start_switch(moto.port).await;
     let admin = kms_admin(&format!("http://127.0.0.1:{}", moto.port)).await;
     let key_id = new_key(&admin).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings {
-        data_dir: dir.path().to_path_buf(),
-        ..Settings::default()
-    };
-    settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
-    settings.mqtt.connections_max = 100;
-    settings.keys = KeySettings {
-        attempt_timeout_ms: 500,
-        unavailable_for_ms: 3_000,
-        ..kms_settings(&format!("http://{}", switch.address), &key_id)
-    };
-    let pki = dir.path().join("pki");
-    paygate_gateway::pki::init(
-        &pki,
-        &["localhost".into(), "127.0.0.1".into()],
-        "paygate-receipts-1",
+    let (_dir, gateway, mut agents) = kms_gateway(
+        &switch,
+        &key_id,
+        |k| KeySettings {
+            attempt_timeout_ms: 500,
+            unavailable_for_ms: 3_000,
+            ..k
+        },
+        &["pos-1", "pos-2"],
     )
-    .unwrap();
-    let gateway = paygate_gateway::gateway::start(settings.clone())
-        .await
-        .unwrap();
-    let inr = Currency::parse("INR").unwrap();
+    .await;
     let merchant = AccountId::parse("m-1").unwrap();
-    gateway
-        .store
-        .open_account(&merchant, AccountKind::Merchant, inr, 0)
-        .await
-        .unwrap();
-    let mut agents = Vec::new();
-    for id in ["pos-1", "pos-2"] {
-        let device = DeviceId::parse(id).unwrap();
-        let wallet = AccountId::parse(&format!("wallet-{id}")).unwrap();
-        paygate_gateway::pki::issue_device(
-            &pki,
-            &device,
-            &wallet,
-            paygate_core::envelope::SigningAlgorithm::Ed25519,
-        )
-        .unwrap();
-        paygate_gateway::demo::enrol_from_bundle(&gateway.store, &pki, &device, inr)
-            .await
-            .unwrap();
-        paygate_gateway::products::wallet::fund(
-            &gateway.store,
-            &Default::default(),
-            &wallet,
-            Money::parse_decimal("100.00", "INR").unwrap(),
-            0,
-        )
-        .await
-        .unwrap();
-        let bundle_dir = paygate_gateway::pki::device_dir(&pki, &device);
-        agents.push(
-            Agent::connect(
-                DeviceBundle::load(&bundle_dir).unwrap(),
-                AgentSettings {
-                    host: "127.0.0.1".into(),
-                    port: gateway.mqtt_address.port(),
-                    keep_alive: Duration::from_secs(30),
-                    resend_interval: Duration::from_millis(500),
-                    receipt_timeout: Duration::from_secs(60),
-                    outbox_dir: bundle_dir.join("outbox"),
-                },
-            )
-            .await
-            .unwrap(),
-        );
-    }
     let mut plain = agents.pop().unwrap();
     let mut keyed = agents.pop().unwrap();
     let one = || Money::parse_decimal("1.00", "INR").unwrap();
