@@ -197,6 +197,40 @@ fn spawn(
     Ok(((link_tx, link_rx), stopped))
 }
 
+/// What one MQTT connect with the broker's secret got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// A CONNACK: accepted (true) or refused (false).
+    ConnAck(bool),
+    /// Not listening, or not answering MQTT (yet).
+    NoBroker,
+    /// Nothing within the time.
+    Silent,
+}
+
+async fn connect_once(address: SocketAddr, secret: &BrokerSecret, client_id: &str) -> Answer {
+    use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
+    let mut options = MqttOptions::new(client_id, address.ip().to_string(), address.port());
+    options.set_credentials(client_id, secret.expose());
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut events) = AsyncClient::new(options, 1);
+    let answer = tokio::time::timeout(Duration::from_secs(1), events.poll()).await;
+    let _ = client.disconnect().await;
+    match answer {
+        Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+            Answer::ConnAck(ack.code == ConnectReturnCode::Success)
+        }
+        Ok(Err(_)) | Ok(Ok(_)) => Answer::NoBroker,
+        Err(_) => Answer::Silent,
+    }
+}
+
+/// Whether the embedded broker accepts a session with its secret now (readiness): a full
+/// MQTT connect, so rumqttd sees an ordinary session and logs no error.
+pub async fn accepts_sessions(address: SocketAddr, secret: &BrokerSecret) -> bool {
+    connect_once(address, secret, "paygate-readyz").await == Answer::ConnAck(true)
+}
+
 /// Whether the listener on `address` is the broker holding `secret`: it accepts an MQTT
 /// connect with the secret within the time given, while the broker's thread still runs.
 async fn answers_as_ours(
@@ -204,26 +238,16 @@ async fn answers_as_ours(
     secret: &BrokerSecret,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) -> bool {
-    use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
     for _ in 0..200 {
         if stopped.try_recv().is_ok() {
             return false;
         }
-        let mut options =
-            MqttOptions::new("paygate-probe", address.ip().to_string(), address.port());
-        options.set_credentials("paygate-probe", secret.expose());
-        options.set_keep_alive(Duration::from_secs(5));
-        let (client, mut events) = AsyncClient::new(options, 1);
-        let answer = tokio::time::timeout(Duration::from_secs(1), events.poll()).await;
-        let _ = client.disconnect().await;
-        match answer {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
-                return ack.code == ConnectReturnCode::Success;
-            }
+        match connect_once(address, secret, "paygate-probe").await {
+            Answer::ConnAck(accepted) => return accepted,
             // not listening yet, or something else that is not an MQTT broker
-            Ok(Err(_)) | Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(25)).await,
+            Answer::NoBroker => tokio::time::sleep(Duration::from_millis(25)).await,
             // a listener that does not answer MQTT is not ours
-            Err(_) => return false,
+            Answer::Silent => return false,
         }
     }
     false

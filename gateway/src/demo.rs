@@ -72,6 +72,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary> {
         ..Settings::default()
     };
     settings.mqtt.listen = "127.0.0.1:0".parse()?;
+    settings.http.listen = "127.0.0.1:0".parse()?;
     // room for the demo's own terminals, whatever this machine's descriptor limit
     settings.mqtt.connections_max = options.terminals + 64;
     let pki_dir = settings.data_dir.join("pki");

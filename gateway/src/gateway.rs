@@ -46,8 +46,45 @@ impl Readiness {
     }
 }
 
+/// What readiness is measured on; shared by [`RunningGateway`] and `/readyz`.
+#[derive(Clone)]
+pub struct Probes {
+    store: Store,
+    broker_address: SocketAddr,
+    broker_secret: broker::BrokerSecret,
+    audit: Arc<AuditLog>,
+    cipher: Arc<FieldCipher>,
+    pipeline_ended: watch::Receiver<bool>,
+}
+
+impl Probes {
+    /// Each part probed, each probe bounded by a second.
+    pub async fn readiness(&self) -> Readiness {
+        let within = std::time::Duration::from_secs(1);
+        let database = matches!(
+            tokio::time::timeout(within, self.store.ping()).await,
+            Ok(Ok(()))
+        );
+        let broker = tokio::time::timeout(
+            within,
+            broker::accepts_sessions(self.broker_address, &self.broker_secret),
+        )
+        .await
+        .unwrap_or(false);
+        Readiness {
+            database,
+            audit_journal: !self.audit.blocked(),
+            key_provider: self.cipher.provider().available(),
+            broker,
+            pipeline: !*self.pipeline_ended.borrow(),
+        }
+    }
+}
+
 pub struct RunningGateway {
     pub mqtt_address: SocketAddr,
+    http_address: Option<SocketAddr>,
+    probes: Probes,
     /// rumqttd's internal loopback listener (guarded by the broker secret; exposed for tests
     /// that prove it cannot be used to bypass the front).
     pub broker_address: SocketAddr,
@@ -80,25 +117,14 @@ impl RunningGateway {
         let _ = ended.wait_for(|ended| *ended).await;
     }
 
-    /// Whether the gateway can decide payments now, part by part: what `/readyz` reports
-    /// (issue 13 serves it over HTTP). Each probe is bounded by a second.
+    /// Whether the gateway can decide payments now, part by part: what `/readyz` reports.
     pub async fn readiness(&self) -> Readiness {
-        let within = std::time::Duration::from_secs(1);
-        let database = matches!(
-            tokio::time::timeout(within, self.store.ping()).await,
-            Ok(Ok(()))
-        );
-        let broker = matches!(
-            tokio::time::timeout(within, tokio::net::TcpStream::connect(self.broker_address)).await,
-            Ok(Ok(_))
-        );
-        Readiness {
-            database,
-            audit_journal: !self.audit.blocked(),
-            key_provider: self.cipher.provider().available(),
-            broker,
-            pipeline: !self.pipeline_ended(),
-        }
+        self.probes.readiness().await
+    }
+
+    /// The HTTP API's address, when `http.enabled`.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http_address
     }
 
     /// A clean stop: records `audit_stopped`, seals the last segment, then stops the tasks
@@ -290,13 +316,36 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         settings: settings.mqtt.clone(),
         acceptor,
         broker_address: embedded.address,
-        broker_secret: embedded.secret,
+        broker_secret: embedded.secret.clone(),
         store: store.clone(),
         receipt_key,
         metrics: metrics.clone(),
     });
-    tokio::spawn(front::serve(front, listener, shutdown_rx));
+    tokio::spawn(front::serve(front, listener, shutdown_rx.clone()));
     tracing::info!(%mqtt_address, "gateway listening for devices");
+    let probes = Probes {
+        store: store.clone(),
+        broker_address,
+        broker_secret: embedded.secret.clone(),
+        audit: audit.clone(),
+        cipher: cipher.clone(),
+        pipeline_ended: pipeline_ended.clone(),
+    };
+    let http_address = if settings.http.enabled {
+        Some(
+            crate::http::start(
+                &settings,
+                store.clone(),
+                metrics.clone(),
+                audit.clone(),
+                probes.clone(),
+                shutdown_rx,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     Ok(RunningGateway {
         mqtt_address,
         broker_address,
@@ -307,6 +356,8 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         shutdown,
         shipper: std::sync::Mutex::new(Some(shipper)),
         pipeline_ended,
+        http_address,
+        probes,
     })
 }
 

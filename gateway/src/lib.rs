@@ -16,6 +16,7 @@ pub mod durable;
 pub mod front;
 pub mod fuzzing;
 pub mod gateway;
+pub mod http;
 pub mod identity;
 pub mod keys;
 pub mod ledger;

@@ -120,6 +120,13 @@ enum Command {
         #[command(subcommand)]
         command: WalletsCommand,
     },
+    /// The HTTP API's development token issuer (made by `certs init`).
+    Api {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ApiCommand,
+    },
     /// Envelope-encryption keys.
     Keys {
         #[arg(long)]
@@ -168,6 +175,21 @@ enum WalletsCommand {
     Show { wallet: String },
     /// Set the holder's PIN for step-up, read from standard input (stored as an Argon2id hash).
     SetPin { wallet: String },
+}
+
+#[derive(Subcommand)]
+enum ApiCommand {
+    /// Print a bearer token signed by the development issuer, e.g. `--sub auditor-1 --scope
+    /// audit:read`, or `--sub wallet-1 --scope wallet` for a holder's own wallet.
+    Token {
+        #[arg(long)]
+        sub: String,
+        /// Space-separated: wallet, wallets:read, wallets:write, audit:read.
+        #[arg(long)]
+        scope: String,
+        #[arg(long, default_value_t = 900)]
+        lifetime_s: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -363,6 +385,29 @@ async fn main() -> Result<()> {
         Command::Config {
             command: ConfigCommand::PrintDefault,
         } => print!("{}", Settings::default_file()),
+        Command::Api {
+            config,
+            command:
+                ApiCommand::Token {
+                    sub,
+                    scope,
+                    lifetime_s,
+                },
+        } => {
+            let settings = Settings::load(config.as_deref())?;
+            let jwt = &settings.http.jwt;
+            let token = paygate_gateway::http::dev_issuer::token(
+                &pki_dir(&settings),
+                &paygate_gateway::http::dev_issuer::TokenAsk {
+                    issuer: &jwt.issuer,
+                    audience: &jwt.audience,
+                    subject: &sub,
+                    scope: &scope,
+                    lifetime_s,
+                },
+            )?;
+            println!("{token}");
+        }
         Command::Certs { config, command } => {
             let settings = Settings::load(config.as_deref())?;
             let dir = pki_dir(&settings);

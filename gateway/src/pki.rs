@@ -142,7 +142,8 @@ pub fn is_initialised(dir: &Path) -> bool {
     dir.join("ca.cert.pem").exists() && dir.join("receipt-signing.pk8").exists()
 }
 
-/// Makes the CA, the server certificate (for `server_names`), the receipt key and an empty CRL.
+/// Makes the CA, the server certificate (for `server_names`), the receipt key, an empty CRL,
+/// and the development token issuer of the HTTP API.
 pub fn init(dir: &Path, server_names: &[String], receipt_key_id: &str) -> Result<()> {
     if dir.join("ca.key.pem").exists() {
         bail!(
@@ -207,6 +208,7 @@ pub fn init(dir: &Path, server_names: &[String], receipt_key_id: &str) -> Result
     )?;
 
     write_crl(dir, &ca_cert, &ca_key, &RevocationList::default())?;
+    crate::http::dev_issuer::init(dir)?;
     Ok(())
 }
 

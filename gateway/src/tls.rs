@@ -80,6 +80,21 @@ pub fn server_config(settings: &Settings) -> Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
+/// The HTTP API's server configuration: the same certificate, TLS 1.2 and 1.3, no client
+/// certificate (callers present bearer tokens), HTTP/1.1 by ALPN.
+pub fn http_server_config(settings: &Settings) -> Result<Arc<ServerConfig>> {
+    let provider = Arc::new(provider::default_provider());
+    let chain = load_certs(&settings.resolve(&settings.tls.server_cert))?;
+    let key = load_key(&settings.resolve(&settings.tls.server_key))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("loading the server certificate and key")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The device id a verified client certificate names: its `urn:paygate:device:` URI SAN, or
 /// failing that its subject CN. Either must be a valid device id.
 ///

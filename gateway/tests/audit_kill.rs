@@ -367,7 +367,7 @@ fn more_connections_than_descriptors_refuses_to_start_with_the_way_out() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\nconnections_max = 100000000\n",
+            "data_dir = \"{}\"\n[http]\nenabled = false\n[mqtt]\nlisten = \"127.0.0.1:0\"\nconnections_max = 100000000\n",
             dir.path().join("data").display()
         ),
     )

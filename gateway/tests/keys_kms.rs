@@ -282,6 +282,7 @@ async fn kms_gateway(
         ..Settings::default()
     };
     settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    settings.http.listen = "127.0.0.1:0".parse().unwrap();
     settings.mqtt.connections_max = 100;
     settings.keys = keys(kms_settings(&format!("http://{}", switch.address), key_id));
     let pki = dir.path().join("pki");

@@ -121,7 +121,7 @@ async fn planted_secrets_appear_nowhere_in_clear() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\nconnections_max = 1000\n[audit]\nrecords_per_segment_max = 4\nseal_check_interval_ms = 50\nship_interval_ms = 50\n{STEP_UP}",
+            "data_dir = \"{}\"\n[http]\nenabled = false\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\nconnections_max = 1000\n[audit]\nrecords_per_segment_max = 4\nseal_check_interval_ms = 50\nship_interval_ms = 50\n{STEP_UP}",
             data.display()
         ),
     )

@@ -56,6 +56,7 @@ impl TestGateway {
             ..Settings::default()
         };
         settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+        settings.http.listen = "127.0.0.1:0".parse().unwrap();
         settings.mqtt.handshake_timeout_ms = 2_000;
         // a test gateway needs few connections; the default's descriptors may not be there
         settings.mqtt.connections_max = 1_000;

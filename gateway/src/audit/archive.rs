@@ -282,12 +282,34 @@ pub fn csv_row(record: &AuditRecord) -> Vec<String> {
 /// Copies every segment and checkpoint from a write-once store into a local directory, so an
 /// auditor can work offline.
 pub async fn fetch<S: WormStore>(store: &S, out: &Path) -> Result<u64, WormError> {
+    copy_objects(store, out, false).await
+}
+
+/// Brings a local copy up to date with a write-once store: copies only the objects the copy
+/// lacks (objects never change once stored). Returns how many were copied.
+pub async fn sync<S: WormStore>(store: &S, out: &Path) -> Result<u64, WormError> {
+    copy_objects(store, out, true).await
+}
+
+/// Copies the store's segments and checkpoints into `out`, each written whole before it is
+/// named; with `only_missing`, objects already there are left as they are.
+async fn copy_objects<S: WormStore>(
+    store: &S,
+    out: &Path,
+    only_missing: bool,
+) -> Result<u64, WormError> {
     let mut copied = 0;
     for prefix in ["segments/", "checkpoints/"] {
         std::fs::create_dir_all(out.join(prefix))?;
         for key in store.list(prefix).await? {
+            let target = out.join(&key);
+            if only_missing && target.exists() {
+                continue;
+            }
             if let Some(bytes) = store.get(&key).await? {
-                std::fs::write(out.join(&key), bytes)?;
+                let partial = out.join(format!("{key}.partial"));
+                std::fs::write(&partial, bytes)?;
+                std::fs::rename(&partial, &target)?;
                 copied += 1;
             }
         }

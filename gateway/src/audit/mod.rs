@@ -10,7 +10,7 @@
 
 pub mod archive;
 mod clock;
-mod keys;
+pub mod keys;
 pub mod shipper;
 pub mod worm;
 

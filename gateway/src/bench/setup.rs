@@ -25,6 +25,8 @@ pub fn gateway_settings(data_dir: &Path, database_url: Option<&str>, port: u16) 
         ..Settings::default()
     };
     settings.mqtt.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // the bench measures the device plane; the HTTP API stays off
+    settings.http.enabled = false;
     settings.mqtt.connections_max = crate::descriptors::connections_that_fit().min(20_000);
     if let Some(url) = database_url {
         settings.database.url = crate::config::Secret::new(url);

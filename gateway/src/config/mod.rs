@@ -9,10 +9,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod audit;
+mod http;
 pub use audit::{
     AuditSettings, AuditStoreKind, LocalWormSettings, S3WormSettings, WitnessSettings,
     WitnessStoreKind,
 };
+pub use http::{HttpSettings, JwtSettings};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,6 +33,7 @@ pub struct Settings {
     pub wallet: WalletSettings,
     pub rewards: RewardsSettings,
     pub upi: UpiSettings,
+    pub http: HttpSettings,
 }
 
 /// UPI through the `UpiSwitch` connector (the sandbox switch ships with paygate). Timers follow
@@ -517,6 +520,7 @@ impl Default for Settings {
             wallet: WalletSettings::default(),
             rewards: RewardsSettings::default(),
             upi: UpiSettings::default(),
+            http: HttpSettings::default(),
             receipts: ReceiptSettings::default(),
             audit: AuditSettings::default(),
             keys: KeySettings::default(),

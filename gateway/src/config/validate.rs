@@ -341,6 +341,67 @@ impl Settings {
             }
             _ => {}
         }
+        self.validate_http()
+    }
+
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        let http = &self.http;
+        if http.enabled && http.listen == self.mqtt.listen {
+            return Err(invalid("http.listen", "must differ from mqtt.listen"));
+        }
+        if http.connections_max == 0 || http.callers_max == 0 {
+            return Err(invalid(
+                "http.connections_max",
+                "connections_max and callers_max must be at least 1",
+            ));
+        }
+        if http.handshake_timeout_ms == 0
+            || http.header_read_timeout_ms == 0
+            || http.request_timeout_ms == 0
+        {
+            return Err(invalid("http.*_timeout_ms", "timeouts must be positive"));
+        }
+        if !(1_024..=16 * 1024 * 1024).contains(&http.body_bytes_max) {
+            return Err(invalid("http.body_bytes_max", "must be 1024 to 16777216"));
+        }
+        if !(1..=1_000_000).contains(&http.caller_requests_per_s)
+            || !(1..=1_000_000).contains(&http.caller_requests_burst)
+        {
+            return Err(invalid(
+                "http.caller_requests_per_s",
+                "the rate and the burst must be 1 to 1000000",
+            ));
+        }
+        if !(1..=10_000).contains(&http.page_entries_max) {
+            return Err(invalid("http.page_entries_max", "must be 1 to 10000"));
+        }
+        if http.audit_records_max == 0 {
+            return Err(invalid("http.audit_records_max", "must be at least 1"));
+        }
+        let jwt = &http.jwt;
+        if jwt.issuer.is_empty() || jwt.audience.is_empty() {
+            return Err(invalid(
+                "http.jwt.issuer",
+                "the issuer and the audience must not be empty",
+            ));
+        }
+        if jwt.algorithms.is_empty() {
+            return Err(invalid("http.jwt.algorithms", "must name at least one"));
+        }
+        for name in &jwt.algorithms {
+            if crate::http::auth::algorithm(name).is_none() {
+                return Err(invalid(
+                    "http.jwt.algorithms",
+                    "takes EdDSA, ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512 (HMAC and none are never accepted)",
+                ));
+            }
+        }
+        if jwt.lifetime_max_s == 0 || jwt.leeway_s > 300 {
+            return Err(invalid(
+                "http.jwt.lifetime_max_s",
+                "lifetime_max_s must be positive and leeway_s at most 300",
+            ));
+        }
         Ok(())
     }
 }

@@ -220,14 +220,14 @@ pub(super) fn seal_reply(
 
 /// A log line that repeats at most once per interval, saying how many times it happened since
 /// it was last written: no input can fill the disk through the log.
-pub(super) struct Throttled {
+pub(crate) struct Throttled {
     pub(super) interval: Duration,
     pub(super) last: Option<Instant>,
     pub(super) unlogged: u64,
 }
 
 impl Throttled {
-    pub(super) fn every(interval: Duration) -> Throttled {
+    pub(crate) fn every(interval: Duration) -> Throttled {
         Throttled {
             interval,
             last: None,
@@ -236,7 +236,7 @@ impl Throttled {
     }
 
     /// Counts one occurrence; `Some(count)` when it is time to log them.
-    pub(super) fn occurred(&mut self) -> Option<u64> {
+    pub(crate) fn occurred(&mut self) -> Option<u64> {
         self.unlogged += 1;
         let now = Instant::now();
         if self
@@ -250,7 +250,7 @@ impl Throttled {
     }
 }
 
-pub(super) const LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

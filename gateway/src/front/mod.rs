@@ -38,7 +38,8 @@ mod frames;
 mod policy;
 
 pub use frames::{decode_strict, encode, Malformed};
-use frames::{notice, overloaded_notice, FrameError, FrameReader, Throttled, LOG_INTERVAL};
+use frames::{notice, overloaded_notice, FrameError, FrameReader};
+pub(crate) use frames::{Throttled, LOG_INTERVAL};
 pub use policy::{check_packet, Verdict};
 
 /// Everything a connection task needs.

@@ -28,6 +28,8 @@ pub struct Prepared {
     pub dir: tempfile::TempDir,
     pub data: PathBuf,
     pub port: u16,
+    /// The HTTP API's port.
+    pub http_port: u16,
     pub config: PathBuf,
 }
 
@@ -36,16 +38,13 @@ pub struct Prepared {
 pub fn prepare(mqtt: &str, rest: &str, terminals: usize) -> Prepared {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
+    let http_port = free_port();
     let config = dir.path().join("paygate.toml");
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\nconnections_max = 1000\n{mqtt}\n{rest}\n",
+            "data_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\nconnections_max = 1000\n{mqtt}\n{rest}\n",
             data.display()
         ),
     )
@@ -65,8 +64,18 @@ pub fn prepare(mqtt: &str, rest: &str, terminals: usize) -> Prepared {
         dir,
         data,
         port,
+        http_port,
         config,
     }
+}
+
+/// A loopback port free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Prepared {

@@ -1,0 +1,13 @@
+-- HTTP API writes: the first answer to each (caller, Idempotency-Key), kept so a retry gets
+-- it again, and the hash of what was asked, so the same key with another request is refused.
+CREATE TABLE http_idempotency (
+    caller           TEXT NOT NULL,
+    idempotency_key  TEXT NOT NULL,
+    request_sha256   BYTEA NOT NULL,
+    status           INTEGER NOT NULL,
+    response_json    TEXT NOT NULL,
+    created_at_ms    BIGINT NOT NULL,
+    PRIMARY KEY (caller, idempotency_key)
+);
+-- a wallet's history, newest first, a page at a time
+CREATE INDEX postings_by_account_newest ON postings (account_id, posting_id);
