@@ -23,6 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+pub mod http;
+
 pub const MERCHANT: &str = "m-1";
 
 pub struct TestGateway {
@@ -297,9 +299,66 @@ impl TestGateway {
         self.running.metrics.snapshot().refusals_of(code)
     }
 
+    /// Every record of this gateway's audit trail, in order, after the outbox is drained: the
+    /// segments shipped to the local write-once store and those still in the journal.
+    pub async fn journal_records(&self) -> Vec<paygate_core::audit::AuditRecord> {
+        self.running.audit.drain().await.unwrap();
+        let mut records = journal_in(&self.running.audit.dir().await);
+        let shipped = self.settings.resolve(&self.settings.audit.local.dir);
+        if shipped.join("segments").exists() {
+            records.extend(journal_in(&shipped));
+        }
+        records.sort_by_key(|r| r.seq);
+        records.dedup_by_key(|r| r.seq);
+        records
+    }
+
+    /// A client of this gateway's HTTP API.
+    pub fn http(&self) -> http::HttpClient {
+        let address = self
+            .running
+            .http_address()
+            .expect("the test gateway serves HTTP");
+        http::HttpClient::new(address, &self.pki_dir().join("ca.cert.pem"))
+    }
+
+    /// A bearer token from the development issuer, for `subject` with `scope`.
+    pub fn token(&self, subject: &str, scope: &str) -> String {
+        let jwt = &self.settings.http.jwt;
+        paygate_gateway::http::dev_issuer::token(
+            &self.pki_dir(),
+            &paygate_gateway::http::dev_issuer::TokenAsk {
+                issuer: &jwt.issuer,
+                audience: &jwt.audience,
+                subject,
+                scope,
+                lifetime_s: 600,
+            },
+        )
+        .unwrap()
+    }
+
     pub fn tls_client_config(&self, client_bundle: Option<&Path>) -> Arc<rustls::ClientConfig> {
         tls_client_config(&self.pki_dir().join("ca.cert.pem"), client_bundle)
     }
+}
+
+/// The records of the audit journal in `dir`, in order.
+pub fn journal_in(dir: &Path) -> Vec<paygate_core::audit::AuditRecord> {
+    let mut out = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    for path in names {
+        for line in std::fs::read(path).unwrap().split(|&b| b == b'\n') {
+            if !line.is_empty() {
+                out.push(paygate_core::audit::AuditRecord::from_line(line).unwrap());
+            }
+        }
+    }
+    out
 }
 
 fn read_certs(path: &Path) -> Vec<rustls_pki_types::CertificateDer<'static>> {

@@ -30,20 +30,7 @@ fn event(n: u64) -> AuditEvent {
 }
 
 fn journal(dir: &Path) -> Vec<AuditRecord> {
-    let mut out = Vec::new();
-    let mut names: Vec<_> = std::fs::read_dir(dir.join("segments"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    names.sort();
-    for path in names {
-        for line in std::fs::read(path).unwrap().split(|&b| b == b'\n') {
-            if !line.is_empty() {
-                out.push(AuditRecord::from_line(line).unwrap());
-            }
-        }
-    }
-    out
+    paygate_tests::journal_in(dir)
 }
 
 /// The accounts of the admin events journaled, in order, and the tamper findings' details.

@@ -73,7 +73,7 @@ async fn the_database_stopping_and_returning_loses_and_doubles_nothing() {
     let first = agent.pay(&merchant, inr("1.00")).await.unwrap();
     assert_eq!(first.receipt.outcome, Outcome::Approved);
     let approved_before = gateway.running.metrics.snapshot().requests_approved;
-    assert!(gateway.running.readiness().await.ready());
+    assert_eq!(readyz(&gateway).await.0, 200);
 
     proxy.cut();
     let cut_at = Instant::now();
@@ -105,8 +105,14 @@ async fn the_database_stopping_and_returning_loses_and_doubles_nothing() {
         "nothing is approved while the database is away"
     );
     assert!(!paying.is_finished(), "the terminal is still waiting");
-    let readiness = gateway.running.readiness().await;
-    assert!(!readiness.database && !readiness.ready(), "{readiness:?}");
+    // what a load balancer or Kubernetes sees: /readyz over HTTPS
+    let (status, parts) = readyz(&gateway).await;
+    assert_eq!(status, 503, "{parts}");
+    assert_eq!(
+        (parts["ready"].clone(), parts["database"].clone()),
+        (false.into(), false.into()),
+        "{parts}"
+    );
     proxy.restore();
     let (mut agent, reply, answered_at) = paying.await.unwrap();
     let reply = reply.unwrap();
@@ -134,7 +140,17 @@ async fn the_database_stopping_and_returning_loses_and_doubles_nothing() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), 4, "{decided:?}");
-    assert!(gateway.running.readiness().await.ready());
+    assert_eq!(readyz(&gateway).await.0, 200);
+}
+
+/// `/readyz` as a probe reads it: the status and the parts.
+async fn readyz(gateway: &TestGateway) -> (u16, serde_json::Value) {
+    let answer = gateway
+        .http()
+        .send("GET", "/readyz", &[], None)
+        .await
+        .unwrap();
+    (answer.status, answer.json())
 }
 
 /// A tmpfs of `size` mounted on `dir` for the test, unmounted when dropped. Needs root (or
@@ -262,10 +278,12 @@ async fn a_full_disk_under_the_journal_holds_receipts_back_and_loses_nothing() {
         "approvals stop while the journal fails"
     );
     assert!(gateway.running.metrics.snapshot().audit_journal_failures > 0);
-    let readiness = gateway.running.readiness().await;
-    assert!(
-        !readiness.audit_journal && readiness.database && !readiness.ready(),
-        "{readiness:?}"
+    let (status, parts) = readyz(&gateway).await;
+    assert_eq!(status, 503, "{parts}");
+    assert_eq!(
+        (parts["audit_journal"].clone(), parts["database"].clone()),
+        (false.into(), true.into()),
+        "{parts}"
     );
 
     std::fs::remove_file(filler).unwrap();
