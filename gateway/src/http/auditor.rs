@@ -130,7 +130,10 @@ impl RecordFilter {
 #[utoipa::path(get, path = "/v1/audit/records", params(RecordFilter),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "the records (application/x-ndjson or text/csv)", body = String),
+        (status = 200, description = "the records, one per line", content(
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+        )),
         (status = 409, description = "the archive does not verify (AUDIT_BROKEN); nothing is served from it", body = ErrorBody),
         (status = "4XX", description = "refused", body = ErrorBody),
         (status = "5XX", description = "failed", body = ErrorBody),
@@ -233,10 +236,13 @@ fn broken(found: paygate_core::audit::AuditBreak) -> ApiError {
     )
 }
 
+const MAX_AGE_SECONDS_MAX: u64 = 3_153_600_000;
+
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyAsk {
-    /// The newest checkpoint must be at most this old, in seconds.
+    /// The newest checkpoint must be at most this old, in seconds (at most 100 years).
+    #[schema(minimum = 0, maximum = 3_153_600_000_u64)]
     pub max_age_seconds: Option<u64>,
 }
 
@@ -274,6 +280,15 @@ pub async fn verify(
     ask: Json<VerifyAsk>,
 ) -> Result<axum::Json<Verification>, ApiError> {
     caller.require(Scope::AuditRead)?;
+    if ask
+        .value
+        .max_age_seconds
+        .is_some_and(|s| s > MAX_AGE_SECONDS_MAX)
+    {
+        return Err(bad_query(
+            "max_age_seconds is at most 3153600000 (100 years)",
+        ));
+    }
     let (dir, _guard) = audited_copy(
         &api,
         &caller,
@@ -324,7 +339,7 @@ pub async fn verify(
 
 /// Inclusion proofs for every record of a transaction, each checkable offline with the
 /// audit public key alone (`paygate audit verify-proof`).
-#[utoipa::path(get, path = "/v1/audit/transactions/{tx_id}/proofs", params(("tx_id" = String, Path)),
+#[utoipa::path(get, path = "/v1/audit/transactions/{tx_id}/proofs", params(("tx_id" = String, Path, max_length = 128, min_length = 1)),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "the proofs, as `paygate audit prove` writes them", body = Object),

@@ -35,19 +35,36 @@ pub fn routes() -> Router<Arc<Api>> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenWallet {
-    /// 1 to 64 characters of `[A-Za-z0-9._:-]`.
+    /// 1 to 64 characters of `[A-Za-z0-9._-]`, starting with a letter or digit.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     pub wallet_id: String,
     /// ISO 4217, e.g. `INR`.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
-    /// `min` (minimum KYC: lower limits) or `full`.
-    pub kyc_tier: String,
+    pub kyc_tier: Tier,
+}
+
+/// `min` (minimum KYC: lower limits) or `full`.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Min,
+    Full,
+}
+
+impl Tier {
+    fn kyc(self) -> KycTier {
+        match self {
+            Tier::Min => KycTier::Min,
+            Tier::Full => KycTier::Full,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetTier {
-    /// `min` or `full`.
-    pub kyc_tier: String,
+    pub kyc_tier: Tier,
 }
 
 /// A wallet as the ledger holds it.
@@ -67,15 +84,6 @@ fn wallet_id(text: &str) -> Result<AccountId, ApiError> {
         ApiError::new(
             ErrorCode::MalformedRequest,
             format!("the wallet id is not valid: {e}"),
-        )
-    })
-}
-
-fn tier(text: &str) -> Result<KycTier, ApiError> {
-    KycTier::parse(text).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::MalformedRequest,
-            "kyc_tier is \"min\" or \"full\"",
         )
     })
 }
@@ -121,7 +129,7 @@ fn admin_event(
 
 /// Opens a wallet.
 #[utoipa::path(post, path = "/v1/wallets", request_body = OpenWallet,
-    params(("Idempotency-Key" = String, Header, description = "1 to 64 of [A-Za-z0-9._:-]")),
+    params(("Idempotency-Key" = String, Header, pattern = "^[A-Za-z0-9._:-]{1,64}$", description = "the same key and request get the first answer again")),
     security(("bearer" = [])),
     responses(
         (status = 201, description = "opened", body = WalletView),
@@ -144,7 +152,7 @@ pub async fn open_wallet(
     let asked = &body.value;
     let answer = async {
         let id = wallet_id(&asked.wallet_id)?;
-        let kyc_tier = tier(&asked.kyc_tier)?;
+        let kyc_tier = asked.kyc_tier.kyc();
         let currency = paygate_core::money::Currency::parse(&asked.currency).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::CurrencyUnknown,
@@ -194,7 +202,7 @@ pub async fn open_wallet(
 
 /// Changes a wallet's KYC tier.
 #[utoipa::path(put, path = "/v1/wallets/{wallet_id}/kyc-tier", request_body = SetTier,
-    params(("wallet_id" = String, Path), ("Idempotency-Key" = String, Header, description = "1 to 64 of [A-Za-z0-9._:-]")),
+    params(("wallet_id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"), ("Idempotency-Key" = String, Header, pattern = "^[A-Za-z0-9._:-]{1,64}$", description = "the same key and request get the first answer again")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "changed", body = WalletView),
@@ -218,7 +226,7 @@ pub async fn set_tier(
         };
     let answer = async {
         let id = wallet_id(&wallet)?;
-        let kyc_tier = tier(&body.value.kyc_tier)?;
+        let kyc_tier = body.value.kyc_tier.kyc();
         ledger::set_kyc_tier(&mut batch, &id, kyc_tier).await?;
         let view = view(&mut batch, &id).await?;
         let event = admin_event(
@@ -244,7 +252,7 @@ pub async fn set_tier(
 }
 
 /// A wallet: currency, tier, status and balance.
-#[utoipa::path(get, path = "/v1/wallets/{wallet_id}", params(("wallet_id" = String, Path)),
+#[utoipa::path(get, path = "/v1/wallets/{wallet_id}", params(("wallet_id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
     security(("bearer" = [])),
     responses((status = 200, description = "the wallet", body = WalletView), (status = "4XX", description = "refused", body = ErrorBody)))]
 pub async fn wallet(
@@ -262,8 +270,10 @@ pub async fn wallet(
 #[serde(deny_unknown_fields)]
 pub struct Page {
     /// Entries per page, 1 to `http.page_entries_max` (default 50).
+    #[param(minimum = 1)]
     pub limit: Option<u32>,
     /// `next_cursor` of the page before; absent for the newest entries.
+    #[param(pattern = "^[1-9][0-9]{0,18}$")]
     pub cursor: Option<String>,
 }
 
@@ -289,7 +299,7 @@ pub struct History {
 }
 
 /// A wallet's postings, newest first, a page at a time.
-#[utoipa::path(get, path = "/v1/wallets/{wallet_id}/transactions", params(("wallet_id" = String, Path), Page),
+#[utoipa::path(get, path = "/v1/wallets/{wallet_id}/transactions", params(("wallet_id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"), Page),
     security(("bearer" = [])),
     responses((status = 200, description = "a page", body = History), (status = "4XX", description = "refused", body = ErrorBody)))]
 pub async fn history(
@@ -377,7 +387,7 @@ pub struct Points {
 }
 
 /// A wallet's reward points: redeemable now, and pending.
-#[utoipa::path(get, path = "/v1/wallets/{wallet_id}/points", params(("wallet_id" = String, Path)),
+#[utoipa::path(get, path = "/v1/wallets/{wallet_id}/points", params(("wallet_id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
     security(("bearer" = [])),
     responses((status = 200, description = "the points", body = Points), (status = "4XX", description = "refused", body = ErrorBody)))]
 pub async fn points(
