@@ -10,6 +10,7 @@
 pub mod auditor;
 pub mod auth;
 pub mod body;
+pub mod console;
 pub mod dev_issuer;
 pub mod error;
 pub mod idempotency;
@@ -72,6 +73,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(ops::routes())
         .merge(wallets::routes())
         .merge(auditor::routes())
+        .merge(console::routes())
         .fallback(route_unknown)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(api.clone(), front))
