@@ -31,6 +31,28 @@ pub struct HttpSettings {
     /// Records one audit search or export returns at most (the answer says when it stopped).
     pub audit_records_max: usize,
     pub jwt: JwtSettings,
+    pub operator: OperatorSettings,
+}
+
+/// The operator API (`/v1/ops/...`): tokens with roles and a recent second factor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OperatorSettings {
+    /// An operator's sign-in with a second factor (the token's `auth_time`) counts this long
+    /// (PCI DSS 8.2.8: 15 minutes idle).
+    pub second_factor_max_age_s: u64,
+    /// A funding of at least this many minor units of its currency waits for a second
+    /// operator's approval.
+    pub funding_approval_min_minor: i64,
+}
+
+impl Default for OperatorSettings {
+    fn default() -> Self {
+        OperatorSettings {
+            second_factor_max_age_s: 900,
+            funding_approval_min_minor: 1_000_000,
+        }
+    }
 }
 
 impl Default for HttpSettings {
@@ -49,6 +71,7 @@ impl Default for HttpSettings {
             page_entries_max: 100,
             audit_records_max: 100_000,
             jwt: JwtSettings::default(),
+            operator: OperatorSettings::default(),
         }
     }
 }

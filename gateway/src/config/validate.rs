@@ -396,6 +396,14 @@ impl Settings {
                 ));
             }
         }
+        if http.operator.second_factor_max_age_s == 0
+            || http.operator.funding_approval_min_minor < 1
+        {
+            return Err(invalid(
+                "http.operator.second_factor_max_age_s",
+                "second_factor_max_age_s and funding_approval_min_minor must be positive",
+            ));
+        }
         if jwt.lifetime_max_s == 0 || jwt.leeway_s > 300 {
             return Err(invalid(
                 "http.jwt.lifetime_max_s",

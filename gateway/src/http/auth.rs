@@ -56,12 +56,59 @@ impl Scope {
     }
 }
 
+/// An operator's role (the token's `roles` claim): what operator calls it may make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Merchants, agents, KYC tiers, rule and limit views.
+    Operator,
+    /// Funding wallets, and approving another operator's funding.
+    Finance,
+    /// Key rotation.
+    Security,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Finance => "finance",
+            Role::Security => "security",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Role> {
+        [Role::Operator, Role::Finance, Role::Security]
+            .into_iter()
+            .find(|role| role.as_str() == text)
+    }
+}
+
+/// RFC 8176 methods that are a factor of possession or inherence, and of knowledge.
+const POSSESSION_OR_INHERENCE: &[&str] = &[
+    "otp", "hwk", "swk", "sms", "tel", "sc", "fpt", "face", "iris", "retina", "vbm", "pop",
+];
+const KNOWLEDGE: &[&str] = &["pwd", "pin", "kba"];
+
+/// Whether `amr` says the user signed in with more than one kind of factor (PCI DSS 8.4,
+/// 8.5): `mfa`, or a knowledge factor with a possession or inherence one.
+fn multi_factor(amr: &[String]) -> bool {
+    amr.iter().any(|m| m == "mfa")
+        || (amr.iter().any(|m| KNOWLEDGE.contains(&m.as_str()))
+            && amr
+                .iter()
+                .any(|m| POSSESSION_OR_INHERENCE.contains(&m.as_str())))
+}
+
 /// Who is calling, as the verified token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     /// The token's `sub`; for a [`Scope::Wallet`] token, the holder's wallet id.
     pub subject: String,
     pub scopes: BTreeSet<Scope>,
+    pub roles: BTreeSet<Role>,
+    /// When the caller last signed in with more than one factor (`auth_time`, when `amr`
+    /// shows several factors), seconds since the epoch.
+    pub multi_factor_at_s: Option<u64>,
     /// The token's `jti` when it has one (recorded in the audit trail).
     pub token_id: Option<String>,
 }
@@ -81,6 +128,29 @@ impl Caller {
                 format!("this call needs the {} scope", scope.as_str()),
             ))
         }
+    }
+
+    /// An operator call: the role, and a sign-in with a second factor at most `max_age_s`
+    /// ago (PCI DSS 8.4.2).
+    pub fn require_operator(&self, role: Role, now_s: u64, max_age_s: u64) -> Result<(), ApiError> {
+        let fresh = self.multi_factor_at_s.is_some_and(|at| {
+            at <= now_s.saturating_add(60) && now_s.saturating_sub(at) <= max_age_s
+        });
+        if !fresh {
+            return Err(ApiError::new(
+                ErrorCode::SecondFactorRequired,
+                format!(
+                    "operator calls need a token whose amr shows a second factor and whose auth_time is at most {max_age_s} s old (http.operator.second_factor_max_age_s)"
+                ),
+            ));
+        }
+        if !self.roles.contains(&role) {
+            return Err(ApiError::new(
+                ErrorCode::ScopeMissing,
+                format!("this call needs the {} role", role.as_str()),
+            ));
+        }
+        Ok(())
     }
 
     /// A wallet's data: the backend (`wallets:read`), or its holder (`wallet`, `sub` = id).
@@ -117,6 +187,12 @@ struct Claims {
     scope: String,
     #[serde(default)]
     jti: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    amr: Vec<String>,
+    #[serde(default)]
+    auth_time: Option<u64>,
 }
 
 /// The JWA name of an algorithm paygate accepts, `None` for any other (HMAC, `none`).
@@ -273,6 +349,8 @@ impl Verifier {
         Ok(Caller {
             subject: claims.sub,
             scopes: claims.scope.split(' ').filter_map(Scope::parse).collect(),
+            roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+            multi_factor_at_s: claims.auth_time.filter(|_| multi_factor(&claims.amr)),
             token_id: claims.jti,
         })
     }

@@ -433,28 +433,51 @@ pub async fn fund(
     amount: Money,
     now_ms: u64,
 ) -> Result<TxId, StoreError> {
+    let mut batch = store.begin_batch().await?;
+    let tx_id = fund_in(&mut batch, limits, wallet_id, amount, now_ms).await?;
+    batch.commit().await?;
+    Ok(tx_id)
+}
+
+/// [`fund`] inside a transaction the caller commits (with its audit events).
+pub async fn fund_in(
+    batch: &mut Batch<'_>,
+    limits: &WalletSettings,
+    wallet_id: &AccountId,
+    amount: Money,
+    now_ms: u64,
+) -> Result<TxId, StoreError> {
     let issuance = AccountId::parse(&format!(
         "issuance-{}",
         amount.currency.code().to_lowercase()
     ))
     .map_err(|e| StoreError::Invariant(e.to_string()))?;
-    store
-        .open_account(&issuance, AccountKind::Issuance, amount.currency, now_ms)
-        .await?;
     let unit = amount.currency.code();
+    ledger::open_account(
+        batch,
+        &ledger::NewAccount {
+            account_id: issuance.clone(),
+            kind: AccountKind::Issuance,
+            unit: unit.to_owned(),
+            kyc_tier: None,
+            category: None,
+            owner: None,
+        },
+        now_ms,
+    )
+    .await?;
     let minor = amount.minor_signed();
-    let mut batch = store.begin_batch().await?;
-    let account = wallet(&mut batch, wallet_id)
+    let account = wallet(batch, wallet_id)
         .await?
         .ok_or(StoreError::Refused(ErrorCode::UnknownWallet))?;
     if let Some((code, _)) =
-        super::limits::check_load(&mut batch, limits, &account, minor, unit, now_ms).await?
+        super::limits::check_load(batch, limits, &account, minor, unit, now_ms).await?
     {
         return Err(StoreError::Refused(code));
     }
     let tx_id = crate::store::new_tx_id();
     ledger::post(
-        &mut batch,
+        batch,
         &NewTransfer {
             tx_id: &tx_id,
             kind: "funding",
@@ -469,6 +492,5 @@ pub async fn fund(
         },
     )
     .await?;
-    batch.commit().await?;
     Ok(tx_id)
 }

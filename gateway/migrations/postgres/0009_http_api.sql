@@ -11,3 +11,18 @@ CREATE TABLE http_idempotency (
 );
 -- a wallet's history, newest first, a page at a time
 CREATE INDEX postings_by_account_newest ON postings (account_id, posting_id);
+
+-- Operator actions that wait for a second operator (a funding above
+-- http.operator.funding_approval_min_minor): who asked, who decided, and what came of it.
+CREATE TABLE operator_approvals (
+    approval_id    TEXT PRIMARY KEY,
+    action         TEXT NOT NULL CHECK (action IN ('funding')),
+    request_json   TEXT NOT NULL,
+    requested_by   TEXT NOT NULL,
+    requested_at_ms BIGINT NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN ('awaiting_approval', 'done', 'rejected', 'refused')),
+    decided_by     TEXT,
+    decided_at_ms  BIGINT,
+    tx_id          TEXT,
+    code           TEXT
+);

@@ -1,0 +1,26 @@
+-- HTTP API writes: the first answer to each (caller, Idempotency-Key), kept so a retry gets
+-- it again, and the hash of what was asked, so the same key with another request is refused.
+CREATE TABLE http_idempotency (
+    caller           TEXT NOT NULL,
+    idempotency_key  TEXT NOT NULL,
+    request_sha256   BLOB NOT NULL,
+    status           INTEGER NOT NULL,
+    response_json    TEXT NOT NULL,
+    created_at_ms    INTEGER NOT NULL,
+    PRIMARY KEY (caller, idempotency_key)
+);
+
+-- Operator actions that wait for a second operator (a funding above
+-- http.operator.funding_approval_min_minor): who asked, who decided, and what came of it.
+CREATE TABLE operator_approvals (
+    approval_id    TEXT PRIMARY KEY,
+    action         TEXT NOT NULL CHECK (action IN ('funding')),
+    request_json   TEXT NOT NULL,
+    requested_by   TEXT NOT NULL,
+    requested_at_ms INTEGER NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN ('awaiting_approval', 'done', 'rejected', 'refused')),
+    decided_by     TEXT,
+    decided_at_ms  INTEGER,
+    tx_id          TEXT,
+    code           TEXT
+);
