@@ -282,7 +282,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
                 path: settings.resolve(&settings.identity.notifier_file),
             },
         },
-        devices,
+        devices: devices.clone(),
         upi_handoffs: upi_tx,
     });
     let (link_tx, link_rx) = embedded.pipeline_link;
@@ -335,10 +335,14 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         Some(
             crate::http::start(
                 &settings,
-                store.clone(),
-                metrics.clone(),
-                audit.clone(),
-                probes.clone(),
+                crate::http::Services {
+                    store: store.clone(),
+                    metrics: metrics.clone(),
+                    audit: audit.clone(),
+                    probes: probes.clone(),
+                    cipher: cipher.clone(),
+                    devices: devices.clone(),
+                },
                 shutdown_rx,
             )
             .await?,

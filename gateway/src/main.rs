@@ -180,15 +180,23 @@ enum WalletsCommand {
 #[derive(Subcommand)]
 enum ApiCommand {
     /// Print a bearer token signed by the development issuer, e.g. `--sub auditor-1 --scope
-    /// audit:read`, or `--sub wallet-1 --scope wallet` for a holder's own wallet.
+    /// audit:read`, `--sub wallet-1 --scope wallet` for a holder's own wallet, or `--sub alice
+    /// --roles finance --second-factor` for an operator who just signed in with two factors.
     Token {
         #[arg(long)]
         sub: String,
         /// Space-separated: wallet, wallets:read, wallets:write, audit:read.
-        #[arg(long)]
+        #[arg(long, default_value = "")]
         scope: String,
         #[arg(long, default_value_t = 900)]
         lifetime_s: u64,
+        /// Operator roles, space- or comma-separated: operator, finance, security.
+        #[arg(long, default_value = "")]
+        roles: String,
+        /// The token says its holder signed in just now with a password and a one-time code
+        /// (`amr` pwd otp, `auth_time` now), as operator calls need.
+        #[arg(long)]
+        second_factor: bool,
     },
 }
 
@@ -392,8 +400,12 @@ async fn main() -> Result<()> {
                     sub,
                     scope,
                     lifetime_s,
+                    roles,
+                    second_factor,
                 },
         } => {
+            let roles: Vec<&str> = roles.split([' ', ',']).filter(|r| !r.is_empty()).collect();
+            let now_s = paygate_gateway::clock::now_ms() / 1_000;
             let settings = Settings::load(config.as_deref())?;
             let jwt = &settings.http.jwt;
             let token = paygate_gateway::http::dev_issuer::token(
@@ -404,6 +416,8 @@ async fn main() -> Result<()> {
                     subject: &sub,
                     scope: &scope,
                     lifetime_s,
+                    roles: &roles,
+                    second_factor_at_s: second_factor.then_some(now_s),
                 },
             )?;
             println!("{token}");

@@ -324,6 +324,34 @@ impl TestGateway {
 
     /// A bearer token from the development issuer, for `subject` with `scope`.
     pub fn token(&self, subject: &str, scope: &str) -> String {
+        self.token_with(subject, scope, &[], None)
+    }
+
+    /// An operator's token: `roles`, and a second factor `second_factor_age_s` ago (none:
+    /// a single-factor token).
+    pub fn operator_token(
+        &self,
+        subject: &str,
+        roles: &[&str],
+        second_factor_age_s: Option<u64>,
+    ) -> String {
+        let now_s = paygate_gateway::clock::now_ms() / 1_000;
+        self.token_with(
+            subject,
+            "",
+            roles,
+            second_factor_age_s.map(|age| now_s - age),
+        )
+    }
+
+    /// A token with `scope`, operator `roles` and, when given, a second factor at that time.
+    pub fn token_with(
+        &self,
+        subject: &str,
+        scope: &str,
+        roles: &[&str],
+        second_factor_at_s: Option<u64>,
+    ) -> String {
         let jwt = &self.settings.http.jwt;
         paygate_gateway::http::dev_issuer::token(
             &self.pki_dir(),
@@ -333,6 +361,8 @@ impl TestGateway {
                 subject,
                 scope,
                 lifetime_s: 600,
+                roles,
+                second_factor_at_s,
             },
         )
         .unwrap()

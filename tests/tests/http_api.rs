@@ -69,6 +69,7 @@ async fn run_token_refusals(db: Db) {
         subject,
         scope: "wallets:read wallets:write",
         lifetime_s: 600,
+        ..TokenAsk::default()
     };
     assert_eq!(jwt.issuer, "paygate-dev-issuer");
     let good = gateway.token("backend", "wallets:read wallets:write");

@@ -25,7 +25,14 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_openapi_docume
         .pay(&AccountId::parse(MERCHANT).unwrap(), inr("1.00"))
         .await
         .unwrap();
-    let token = gateway.token("schemathesis", "wallets:read wallets:write audit:read");
+    // every scope and every operator role, signed in with a second factor: each operation is
+    // reached past its authorization
+    let token = gateway.token_with(
+        "schemathesis",
+        "wallets:read wallets:write audit:read",
+        &["operator", "finance", "security"],
+        Some(paygate_gateway::clock::now_ms() / 1_000),
+    );
     let address = gateway.running.http_address().unwrap();
     let ca = gateway.pki_dir().join("ca.cert.pem");
     let mut command = tokio::process::Command::new("python3");
@@ -58,7 +65,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_openapi_docume
         String::from_utf8_lossy(&run.stderr)
     );
     // it really tested the operations (a run that reached nothing would also exit 0)
-    assert!(out.contains("Tested: 12"), "{out}");
+    assert!(out.contains("Tested: 23"), "{out}");
     assert!(!gateway.running.pipeline_ended());
     gateway.assert_ledger_balanced().await;
 }

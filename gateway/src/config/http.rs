@@ -110,3 +110,9 @@ impl Default for JwtSettings {
         }
     }
 }
+
+/// The JWA names `http.jwt.algorithms` may list: asymmetric signatures only (never HMAC, whose
+/// key the gateway would share with every issuer, nor `none`).
+pub const JWT_ALGORITHMS: [&str; 9] = [
+    "EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+];

@@ -14,7 +14,7 @@ pub use audit::{
     AuditSettings, AuditStoreKind, LocalWormSettings, S3WormSettings, WitnessSettings,
     WitnessStoreKind,
 };
-pub use http::{HttpSettings, JwtSettings, OperatorSettings};
+pub use http::{HttpSettings, JwtSettings, OperatorSettings, JWT_ALGORITHMS};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

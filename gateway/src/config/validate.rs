@@ -389,7 +389,7 @@ impl Settings {
             return Err(invalid("http.jwt.algorithms", "must name at least one"));
         }
         for name in &jwt.algorithms {
-            if crate::http::auth::algorithm(name).is_none() {
+            if !super::http::JWT_ALGORITHMS.contains(&name.as_str()) {
                 return Err(invalid(
                     "http.jwt.algorithms",
                     "takes EdDSA, ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512 (HMAC and none are never accepted)",

@@ -355,3 +355,75 @@ impl Verifier {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_algorithm_the_configuration_takes_is_one_the_verifier_knows() {
+        for name in crate::config::JWT_ALGORITHMS {
+            assert!(algorithm(name).is_some(), "{name}");
+        }
+        for name in ["HS256", "HS512", "none", "None", "eddsa", ""] {
+            assert!(algorithm(name).is_none(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_second_factor_is_two_kinds_of_factor_or_mfa() {
+        let amr = |methods: &[&str]| methods.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+        assert!(multi_factor(&amr(&["mfa"])));
+        assert!(multi_factor(&amr(&["pwd", "otp"])));
+        assert!(multi_factor(&amr(&["pin", "hwk"])));
+        assert!(multi_factor(&amr(&["otp", "kba"])));
+        // two of one kind is one factor (PCI DSS 8.4: different kinds)
+        assert!(!multi_factor(&amr(&["pwd", "pin"])));
+        assert!(!multi_factor(&amr(&["otp", "sms"])));
+        assert!(!multi_factor(&amr(&["pwd"])));
+        assert!(!multi_factor(&amr(&[])));
+        assert!(!multi_factor(&amr(&["MFA", "PWD+OTP"])));
+    }
+
+    fn operator(roles: &[Role], at: Option<u64>) -> Caller {
+        Caller {
+            subject: "alice".into(),
+            scopes: BTreeSet::new(),
+            roles: roles.iter().copied().collect(),
+            multi_factor_at_s: at,
+            token_id: None,
+        }
+    }
+
+    #[test]
+    fn an_operator_call_needs_its_role_and_a_second_factor_within_the_age() {
+        let now = 1_800_000_000;
+        let code = |caller: &Caller, role| {
+            caller
+                .require_operator(role, now, 900)
+                .err()
+                .map(|e| e.code)
+        };
+        let fresh = operator(&[Role::Finance], Some(now - 900));
+        assert_eq!(code(&fresh, Role::Finance), None);
+        assert_eq!(code(&fresh, Role::Security), Some(ErrorCode::ScopeMissing));
+        let stale = operator(&[Role::Finance], Some(now - 901));
+        assert_eq!(
+            code(&stale, Role::Finance),
+            Some(ErrorCode::SecondFactorRequired)
+        );
+        let single = operator(&[Role::Finance], None);
+        assert_eq!(
+            code(&single, Role::Finance),
+            Some(ErrorCode::SecondFactorRequired)
+        );
+        // a sign-in from the future (beyond a minute's skew) is not a sign-in
+        let ahead = operator(&[Role::Finance], Some(now + 61));
+        assert_eq!(
+            code(&ahead, Role::Finance),
+            Some(ErrorCode::SecondFactorRequired)
+        );
+        let skewed = operator(&[Role::Finance], Some(now + 60));
+        assert_eq!(code(&skewed, Role::Finance), None);
+    }
+}

@@ -43,7 +43,7 @@ pub fn jwks_of(keys: &[&SigningKey]) -> String {
 }
 
 /// What a development token says.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TokenAsk<'a> {
     pub issuer: &'a str,
     pub audience: &'a str,
@@ -51,13 +51,18 @@ pub struct TokenAsk<'a> {
     /// Space-separated scopes, e.g. `wallets:read wallets:write`.
     pub scope: &'a str,
     pub lifetime_s: u64,
+    /// Operator roles (`operator`, `finance`, `security`).
+    pub roles: &'a [&'a str],
+    /// When the operator signed in with a password and a one-time code (`amr` `pwd otp`,
+    /// `auth_time`); absent: a single-factor token.
+    pub second_factor_at_s: Option<u64>,
 }
 
 /// Signs a token with an Ed25519 key given as PKCS#8.
 pub fn sign(pkcs8: &[u8], key_id: &str, ask: &TokenAsk<'_>, now_s: u64) -> Result<String> {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.kid = Some(key_id.to_owned());
-    let claims = serde_json::json!({
+    let mut claims = serde_json::json!({
         "iss": ask.issuer,
         "aud": ask.audience,
         "sub": ask.subject,
@@ -67,6 +72,13 @@ pub fn sign(pkcs8: &[u8], key_id: &str, ask: &TokenAsk<'_>, now_s: u64) -> Resul
         "exp": now_s + ask.lifetime_s,
         "jti": uuid::Uuid::new_v4().to_string(),
     });
+    if !ask.roles.is_empty() {
+        claims["roles"] = serde_json::json!(ask.roles);
+    }
+    if let Some(at) = ask.second_factor_at_s {
+        claims["amr"] = serde_json::json!(["pwd", "otp"]);
+        claims["auth_time"] = serde_json::json!(at);
+    }
     jsonwebtoken::encode(
         &header,
         &claims,

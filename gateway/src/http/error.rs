@@ -42,6 +42,20 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The refusal's body, as [`IntoResponse`] sends it.
+    pub fn body_json(&self) -> Result<String, ApiError> {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str().to_owned(),
+                message: self.message.clone(),
+                request_id: current_request_id(),
+            },
+        };
+        serde_json::to_string(&body).map_err(ApiError::internal)
+    }
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(error: crate::store::StoreError) -> ApiError {
         match error {

@@ -155,14 +155,7 @@ pub async fn finish(
             batch.rollback().await.map_err(ApiError::internal)?;
             let status =
                 StatusCode::from_u16(refused.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-            let body = super::error::ErrorBody {
-                error: super::error::ErrorDetail {
-                    code: refused.code.as_str().to_owned(),
-                    message: refused.message,
-                    request_id: super::error::current_request_id(),
-                },
-            };
-            let json = serde_json::to_string(&body).map_err(ApiError::internal)?;
+            let json = refused.body_json()?;
             let mut batch = api.store.begin_batch().await?;
             // another request with this key may have finished meanwhile
             if let Some(response) = kept(&mut batch, &write).await? {
@@ -204,6 +197,41 @@ pub async fn finish(
         .await
         .map_err(|_| ApiError::new(ErrorCode::AuditUnavailable, "the change is made; the audit journal is behind: retry with the same Idempotency-Key to get the answer"))?;
     Ok(replay_fresh(status, json))
+}
+
+/// What a write made: its answer and the audit events kept with it.
+pub struct Written {
+    pub status: StatusCode,
+    pub json: String,
+    pub events: Vec<AuditEvent>,
+}
+
+impl Written {
+    pub fn new(
+        status: StatusCode,
+        answer: &impl serde::Serialize,
+        events: Vec<AuditEvent>,
+    ) -> Result<Written, ApiError> {
+        Ok(Written {
+            status,
+            json: serde_json::to_string(answer).map_err(ApiError::internal)?,
+            events,
+        })
+    }
+}
+
+/// [`finish`] for a handler's [`Written`] answer.
+pub async fn finish_written(
+    api: &Api,
+    batch: Batch<'static>,
+    write: Write,
+    written: Result<Written, ApiError>,
+) -> Result<Response, ApiError> {
+    let (answer, events) = match written {
+        Ok(written) => (Ok((written.status, written.json)), written.events),
+        Err(refused) => (Err(refused), Vec::new()),
+    };
+    finish(api, batch, write, answer, events).await
 }
 
 fn replay_fresh(status: StatusCode, json: String) -> Response {

@@ -15,6 +15,7 @@ pub mod dev_issuer;
 pub mod error;
 pub mod idempotency;
 pub mod limits;
+pub mod operator;
 pub mod ops;
 pub mod wallets;
 
@@ -52,6 +53,10 @@ pub struct Api {
     pub limiter: limits::CallerLimiter,
     /// The gateway's whole configuration (the auditor's reads open its write-once store).
     pub gateway_settings: Settings,
+    /// The field cipher (the operators' key rotation).
+    pub cipher: Arc<crate::keys::cipher::FieldCipher>,
+    /// The pipeline's cache of devices (a suspension takes effect from the next request).
+    pub devices: Arc<crate::pipeline::devices::DeviceCache>,
     /// Held while the local copy of the audit store is updated and read.
     pub audit_copy_lock: tokio::sync::Mutex<()>,
 }
@@ -72,6 +77,7 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .merge(ops::routes())
         .merge(wallets::routes())
+        .merge(operator::routes())
         .merge(auditor::routes())
         .merge(console::routes())
         .fallback(route_unknown)
@@ -301,15 +307,30 @@ pub async fn serve(
     }
 }
 
+/// The gateway's parts the API works with.
+pub struct Services {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub audit: Arc<AuditLog>,
+    pub probes: Probes,
+    pub cipher: Arc<crate::keys::cipher::FieldCipher>,
+    pub devices: Arc<crate::pipeline::devices::DeviceCache>,
+}
+
 /// Binds `http.listen` and serves the API until shutdown; returns the bound address.
 pub async fn start(
     settings: &Settings,
-    store: Store,
-    metrics: Arc<Metrics>,
-    audit: Arc<AuditLog>,
-    probes: Probes,
+    services: Services,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<SocketAddr> {
+    let Services {
+        store,
+        metrics,
+        audit,
+        probes,
+        cipher,
+        devices,
+    } = services;
     use anyhow::Context;
     let http = &settings.http;
     let verifier = auth::Verifier::open(&http.jwt, settings.resolve(&http.jwt.jwks_file))
@@ -329,6 +350,8 @@ pub async fn start(
         audit,
         probes,
         verifier,
+        cipher,
+        devices,
         gateway_settings: settings.clone(),
         audit_copy_lock: tokio::sync::Mutex::new(()),
     });

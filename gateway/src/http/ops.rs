@@ -3,7 +3,7 @@
 //! handlers). None needs a token: probes and scrapers reach them from the cluster network.
 
 use super::error::ErrorBody;
-use super::{auditor, wallets, Api};
+use super::{auditor, operator, wallets, Api};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -26,12 +26,17 @@ pub fn routes() -> Router<Arc<Api>> {
 #[openapi(
     info(
         title = "paygate HTTP API",
-        description = "The wallet backend's and auditors' API. Errors are `{\"error\": {\"code\", \"message\", \"request_id\"}}` with a code from docs/protocol.md.",
+        description = "The wallet backend's, operators' and auditors' API. Errors are `{\"error\": {\"code\", \"message\", \"request_id\"}}` with a code from docs/protocol.md.",
     ),
     paths(
         livez, readyz, metrics,
         wallets::open_wallet, wallets::wallet, wallets::set_tier, wallets::history, wallets::points,
         auditor::records, auditor::verify, auditor::proofs, auditor::public_key,
+        operator::accounts::open_merchant, operator::accounts::open_agent, operator::accounts::set_tier,
+        operator::devices::enrol_device, operator::devices::set_device_status,
+        operator::fundings::request_funding, operator::fundings::funding,
+        operator::fundings::approve_funding, operator::fundings::reject_funding,
+        operator::keys::rotate_keys, operator::keys::limits,
     ),
     components(schemas(ErrorBody, Ready)),
     modifiers(&BearerAuth),

@@ -53,7 +53,7 @@ pub enum Tier {
 }
 
 impl Tier {
-    fn kyc(self) -> KycTier {
+    pub(super) fn kyc(self) -> KycTier {
         match self {
             Tier::Min => KycTier::Min,
             Tier::Full => KycTier::Full,
@@ -92,7 +92,7 @@ fn unknown_wallet() -> ApiError {
     ApiError::new(ErrorCode::UnknownWallet, "no wallet has this id")
 }
 
-async fn view(batch: &mut Batch<'_>, id: &AccountId) -> Result<WalletView, ApiError> {
+pub(super) async fn view(batch: &mut Batch<'_>, id: &AccountId) -> Result<WalletView, ApiError> {
     let account = ledger::account(batch, id)
         .await?
         .filter(|a| a.kind == AccountKind::Wallet)

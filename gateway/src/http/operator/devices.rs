@@ -1,0 +1,229 @@
+//! Device enrolment and suspension.
+
+use super::{account_id, authorize, operator_event};
+use crate::http::auth::{Caller, Role};
+use crate::http::body::{Json, PathText};
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::idempotency::{self, Begun, IdempotencyKey, Written};
+use crate::http::{Api, Peer};
+use crate::ledger::{self, AccountKind};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Extension;
+use paygate_core::audit::EventType;
+use paygate_core::envelope::SigningAlgorithm;
+use paygate_core::{DeviceId, ErrorCode};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use std::sync::Arc;
+use utoipa::ToSchema;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolDevice {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    pub device_id: String,
+    /// The wallet (or agent float) account the device pays from; it must exist.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    pub account_id: String,
+    /// `ed25519` or `es256`.
+    pub algorithm: String,
+    /// Base64: Ed25519 32 bytes, ES256 the 65-byte uncompressed point.
+    pub public_key: String,
+}
+
+/// A device's enrolment.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceView {
+    pub device_id: String,
+    pub account_id: String,
+    pub algorithm: String,
+    /// `active` or `suspended`.
+    pub status: String,
+}
+
+fn device_id(text: &str) -> Result<DeviceId, ApiError> {
+    DeviceId::parse(text).map_err(|e| {
+        ApiError::new(
+            ErrorCode::MalformedRequest,
+            format!("the device id is not valid: {e}"),
+        )
+    })
+}
+
+/// Enrols a device's signing key on an existing account (role `operator`); a device
+/// enrolled already is refused (suspend it, or re-key it through the CLI's bundle).
+#[utoipa::path(post, path = "/v1/ops/devices", request_body = EnrolDevice,
+    params(("Idempotency-Key" = String, Header, pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "enrolled", body = DeviceView),
+        (status = "4XX", description = "refused", body = ErrorBody),
+        (status = "5XX", description = "failed; retry with the same key", body = ErrorBody),
+    ))]
+pub async fn enrol_device(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    peer: Option<Extension<Peer>>,
+    key: IdempotencyKey,
+    body: Json<EnrolDevice>,
+) -> Result<Response, ApiError> {
+    let peer = peer.as_deref().copied();
+    let path = "/v1/ops/devices";
+    authorize(&api, &caller, peer, Role::Operator, path).await?;
+    let asked = &body.value;
+    let (mut owned, write) =
+        match idempotency::begin(&api, &caller, &key, "POST", path, &body.bytes).await? {
+            Begun::Replay(response) => return Ok(response),
+            Begun::New(batch, write) => (batch, write),
+        };
+    let batch = &mut owned;
+    let written = async {
+        let device = device_id(&asked.device_id)?;
+        let account = account_id("account id", &asked.account_id)?;
+        let algorithm = SigningAlgorithm::parse(&asked.algorithm).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::AlgorithmNotAllowed,
+                "the algorithm is ed25519 or es256",
+            )
+        })?;
+        use base64::Engine;
+        let public_key = base64::engine::general_purpose::STANDARD
+            .decode(&asked.public_key)
+            .ok()
+            .filter(|key| match algorithm {
+                SigningAlgorithm::Ed25519 => key.len() == 32,
+                SigningAlgorithm::Es256 => key.len() == 65 && key[0] == 4,
+            })
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::MalformedRequest,
+                    "the public key is not base64 of a 32-byte Ed25519 key or a 65-byte uncompressed P-256 point",
+                )
+            })?;
+        let holder = ledger::account(batch, &account)
+            .await?
+            .filter(|a| matches!(a.kind, AccountKind::Wallet | AccountKind::Agent))
+            .ok_or_else(|| ApiError::new(ErrorCode::UnknownWallet, "no wallet or agent account has this id"))?;
+        let added = sqlx::query(
+            "INSERT INTO devices (device_id, algorithm, public_key, wallet_account_id, status, enrolled_at_ms)
+             VALUES ($1, $2, $3, $4, 'active', $5) ON CONFLICT (device_id) DO NOTHING",
+        )
+        .bind(device.as_str())
+        .bind(algorithm.name())
+        .bind(&public_key)
+        .bind(account.as_str())
+        .bind(i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX))
+        .execute(&mut **batch)
+        .await
+        .map_err(ApiError::internal)?
+        .rows_affected();
+        if added == 0 {
+            return Err(ApiError::new(
+                ErrorCode::AccountExists,
+                "a device with this id is enrolled already",
+            ));
+        }
+        let event = operator_event(
+            &caller,
+            peer,
+            EventType::DeviceEnrolled,
+            format!("device:{device}"),
+            format!("enrolled on {} account {account} ({})", holder.kind.as_str(), algorithm.name()),
+        );
+        let view = DeviceView {
+            device_id: device.as_str().to_owned(),
+            account_id: account.as_str().to_owned(),
+            algorithm: algorithm.name().to_owned(),
+            status: "active".to_owned(),
+        };
+        Written::new(StatusCode::CREATED, &view, vec![event])
+    }
+    .await;
+    idempotency::finish_written(&api, owned, write, written).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetDeviceStatus {
+    pub status: DeviceStatus,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    Active,
+    Suspended,
+}
+
+/// Suspends a device (its requests are refused `DEVICE_NOT_ENROLLED` from the next one on)
+/// or makes it active again (role `operator`). Revoking its certificate stays with the PKI
+/// (`paygate certs revoke`).
+#[utoipa::path(put, path = "/v1/ops/devices/{device_id}/status", request_body = SetDeviceStatus,
+    params(("device_id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"), ("Idempotency-Key" = String, Header, pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "changed", body = DeviceView),
+        (status = "4XX", description = "refused", body = ErrorBody),
+        (status = "5XX", description = "failed; retry with the same key", body = ErrorBody),
+    ))]
+pub async fn set_device_status(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    PathText(device): PathText,
+    peer: Option<Extension<Peer>>,
+    key: IdempotencyKey,
+    body: Json<SetDeviceStatus>,
+) -> Result<Response, ApiError> {
+    let peer = peer.as_deref().copied();
+    let path = format!("/v1/ops/devices/{device}/status");
+    authorize(&api, &caller, peer, Role::Operator, &path).await?;
+    let status = match body.value.status {
+        DeviceStatus::Active => "active",
+        DeviceStatus::Suspended => "suspended",
+    };
+    let parsed = device_id(&device);
+    let (mut owned, write) =
+        match idempotency::begin(&api, &caller, &key, "PUT", &path, &body.bytes).await? {
+            Begun::Replay(response) => return Ok(response),
+            Begun::New(batch, write) => (batch, write),
+        };
+    let batch = &mut owned;
+    let written = async {
+        let device = parsed.clone()?;
+        let row = sqlx::query(
+            "UPDATE devices SET status = $1 WHERE device_id = $2
+             RETURNING wallet_account_id, algorithm",
+        )
+        .bind(status)
+        .bind(device.as_str())
+        .fetch_optional(&mut **batch)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::new(ErrorCode::DeviceNotEnrolled, "no device has this id"))?;
+        let view = DeviceView {
+            device_id: device.as_str().to_owned(),
+            account_id: row
+                .try_get("wallet_account_id")
+                .map_err(ApiError::internal)?,
+            algorithm: row.try_get("algorithm").map_err(ApiError::internal)?,
+            status: status.to_owned(),
+        };
+        let event = operator_event(
+            &caller,
+            peer,
+            EventType::CredentialChanged,
+            format!("device:{device}"),
+            format!("device status set to {status}"),
+        );
+        Written::new(StatusCode::OK, &view, vec![event])
+    }
+    .await;
+    let answer = idempotency::finish_written(&api, owned, write, written).await;
+    // the pipeline's cache of devices takes the change from the next request on
+    if let Ok(device) = &parsed {
+        api.devices.forget(device);
+    }
+    answer
+}

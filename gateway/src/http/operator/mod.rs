@@ -1,0 +1,125 @@
+//! The operators' calls (`/v1/ops/...`): merchant and agent accounts, KYC tiers, device
+//! enrolment and suspension, wallet funding with a second approver above
+//! `http.operator.funding_approval_min_minor`, key rotation, and the limits in force.
+//!
+//! Every call needs a token with the call's role (`roles`: `operator`, `finance`, `security`)
+//! and a sign-in with a second factor (`amr`) at most `http.operator.second_factor_max_age_s`
+//! ago (`auth_time`) (PCI DSS 8.4.2). A refused call is audited as an access refusal; every
+//! change is audited with the operator's identity (`operator:<sub>`) in the same commit as the
+//! change (PCI DSS 10.2.1.2, 10.2.1.5, 10.2.2).
+
+use super::auth::{Caller, Role};
+use super::error::ApiError;
+use super::{origin, Api, Peer};
+use axum::routing::{get, post, put};
+use axum::Router;
+use paygate_core::audit::{AuditEvent, AuditOutcome, EventType};
+use paygate_core::money::Currency;
+use paygate_core::{AccountId, ErrorCode};
+use std::sync::Arc;
+
+pub mod accounts;
+pub mod devices;
+pub mod fundings;
+pub mod keys;
+
+pub fn routes() -> Router<Arc<Api>> {
+    Router::new()
+        .route("/v1/ops/merchants", post(accounts::open_merchant))
+        .route("/v1/ops/agents", post(accounts::open_agent))
+        .route(
+            "/v1/ops/wallets/:wallet_id/kyc-tier",
+            put(accounts::set_tier),
+        )
+        .route("/v1/ops/devices", post(devices::enrol_device))
+        .route(
+            "/v1/ops/devices/:device_id/status",
+            put(devices::set_device_status),
+        )
+        .route("/v1/ops/fundings", post(fundings::request_funding))
+        .route("/v1/ops/fundings/:funding_id", get(fundings::funding))
+        .route(
+            "/v1/ops/fundings/:funding_id/approve",
+            post(fundings::approve_funding),
+        )
+        .route(
+            "/v1/ops/fundings/:funding_id/reject",
+            post(fundings::reject_funding),
+        )
+        .route("/v1/ops/keys/rotate", post(keys::rotate_keys))
+        .route("/v1/ops/limits", get(keys::limits))
+}
+
+/// An operator call's check: the role and a fresh second factor; a refusal is audited
+/// (PCI DSS 10.2.1.4).
+pub(super) async fn authorize(
+    api: &Api,
+    caller: &Caller,
+    peer: Option<Peer>,
+    role: Role,
+    path: &str,
+) -> Result<(), ApiError> {
+    let now_s = crate::clock::now_ms() / 1_000;
+    let checked =
+        caller.require_operator(role, now_s, api.settings.operator.second_factor_max_age_s);
+    if let Err(refused) = &checked {
+        api.metrics.count_refusal(refused.code);
+        let mut event = operator_event(
+            caller,
+            peer,
+            EventType::AccessRefused,
+            format!("http:{path}"),
+            refused.message.clone(),
+        );
+        event.outcome = AuditOutcome::Failure;
+        event.code = Some(refused.code.as_str().to_owned());
+        api.audit.record(event).await.map_err(|_| {
+            ApiError::new(
+                ErrorCode::AuditUnavailable,
+                "the refusal could not be audited; nothing was changed",
+            )
+        })?;
+    }
+    checked
+}
+
+pub(super) fn operator_event(
+    caller: &Caller,
+    peer: Option<Peer>,
+    event_type: EventType,
+    resource: String,
+    what: String,
+) -> AuditEvent {
+    let mut event = AuditEvent::new(
+        crate::clock::now_ms(),
+        event_type,
+        format!("operator:{}", caller.subject),
+        origin(peer.map(|p| p.0)),
+        AuditOutcome::Success,
+        "http",
+        resource,
+    );
+    event.detail = Some(match &caller.token_id {
+        Some(jti) => format!("{what} (token {jti})"),
+        None => what,
+    });
+    event
+}
+
+pub(super) fn account_id(what: &str, text: &str) -> Result<AccountId, ApiError> {
+    AccountId::parse(text).map_err(|e| {
+        ApiError::new(
+            ErrorCode::MalformedRequest,
+            format!("the {what} is not valid: {e}"),
+        )
+    })
+}
+
+pub(super) fn currency(code: &str) -> Result<Currency, ApiError> {
+    Currency::parse(code).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::CurrencyUnknown,
+            "the currency is not an ISO 4217 code",
+        )
+    })
+}
