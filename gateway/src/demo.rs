@@ -23,10 +23,14 @@ pub struct DemoOptions {
     pub data_dir: PathBuf,
     pub terminals: usize,
     pub payments_per_terminal: usize,
+    /// After the summary, keep the gateway (MQTT, the HTTP API, the console) up until Ctrl-C.
+    pub keep_serving: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct DemoSummary {
+    /// The auditors' console of this run's gateway.
+    pub console: Option<String>,
     pub sent: u64,
     pub approved: u64,
     pub declined: BTreeMap<String, u64>,
@@ -85,6 +89,28 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary> {
         )?;
     }
     let running = gateway::start(settings.clone()).await?;
+    let console = running
+        .http_address()
+        .map(|address| format!("https://{address}/console/"));
+    if let Some(console) = &console {
+        let jwt = &settings.http.jwt;
+        let token = crate::http::dev_issuer::token(
+            &pki_dir,
+            &crate::http::dev_issuer::TokenAsk {
+                issuer: &jwt.issuer,
+                audience: &jwt.audience,
+                subject: "demo-auditor",
+                scope: "audit:read",
+                lifetime_s: 3_600,
+                ..Default::default()
+            },
+        )?;
+        eprintln!(
+            "auditors' console: {console} (its certificate is signed by {})",
+            pki_dir.join("ca.cert.pem").display()
+        );
+        eprintln!("auditor sign-in token (1 hour): {token}");
+    }
     let store = running.store.clone();
     let inr = Currency::parse("INR").context("INR")?;
     let now = crate::clock::now_ms();
@@ -209,6 +235,12 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary> {
         && trial.iter().all(|t| {
             t.balance_sum_minor == 0 && t.posting_sum_minor == 0 && t.unbalanced_transfers == 0
         });
+    summary.console = console;
+    if options.keep_serving {
+        println!("{summary}");
+        eprintln!("the gateway keeps serving (MQTT, HTTP API, console); Ctrl-C stops it");
+        tokio::signal::ctrl_c().await?;
+    }
     running.shutdown();
     Ok(summary)
 }
@@ -224,6 +256,9 @@ fn percentile(sorted: &[f64], permille: usize) -> f64 {
 impl std::fmt::Display for DemoSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "== paygate demo summary ==")?;
+        if let Some(console) = &self.console {
+            writeln!(f, "console    {console}")?;
+        }
         writeln!(f, "sent       {}", self.sent)?;
         writeln!(f, "approved   {}", self.approved)?;
         let declined: u64 = self.declined.values().sum();

@@ -45,6 +45,9 @@ enum Command {
         terminals: usize,
         #[arg(long, default_value_t = 25)]
         payments: usize,
+        /// After the summary, keep the gateway and its console up until Ctrl-C.
+        #[arg(long)]
+        keep_serving: bool,
     },
     /// Measure throughput and latency on 127.0.0.1 against the references of the same run
     /// (mosquitto, pgbench); prints one table (docs/benchmarks.md).
@@ -328,14 +331,18 @@ async fn main() -> Result<()> {
             data_dir,
             terminals,
             payments,
+            keep_serving,
         } => {
             let summary = demo::run(demo::DemoOptions {
                 data_dir,
                 terminals,
                 payments_per_terminal: payments,
+                keep_serving,
             })
             .await?;
-            println!("{summary}");
+            if !keep_serving {
+                println!("{summary}");
+            }
             if !summary.ledger_balanced {
                 bail!("the ledger does not balance");
             }

@@ -14,6 +14,7 @@ async fn the_demo_pays_declines_by_reason_and_balances_twice_on_one_data_dir() {
             data_dir: dir.path().join("paygate-data"),
             terminals: 2,
             payments_per_terminal: 14,
+            keep_serving: false,
         })
         .await
         .unwrap();
@@ -31,5 +32,8 @@ async fn the_demo_pays_declines_by_reason_and_balances_twice_on_one_data_dir() {
         assert!(summary.latency_p50_ms > 0.0 && summary.latency_p50_ms <= summary.latency_p99_ms);
         let text = summary.to_string();
         assert!(text.contains("ledger     balanced"), "{text}");
+        let console = summary.console.as_deref().unwrap();
+        assert!(console.starts_with("https://127.0.0.1:") && console.ends_with("/console/"));
+        assert!(text.contains(&format!("console    {console}")), "{text}");
     }
 }

@@ -483,6 +483,32 @@ async fn run_writes(db: Db) {
         (409, "ACCOUNT_EXISTS")
     );
 
+    // the status of a write, by its key: the first answer, to its caller only
+    let status = http.get("/v1/requests/open-w-1", &backend).await;
+    assert_eq!(
+        status.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&status.body)
+    );
+    assert_eq!(status.json()["status"], 201);
+    assert_eq!(status.json()["answer"], first.json());
+    let refused = http.get("/v1/requests/k-exists", &backend).await;
+    assert_eq!(refused.json()["status"], 409);
+    assert_eq!(refused.json()["answer"]["error"]["code"], "ACCOUNT_EXISTS");
+    for (key, token) in [
+        ("never-sent", backend.clone()),
+        ("k-json", backend.clone()),
+        ("open-w-1", gateway.token("another-backend", "wallets:read")),
+    ] {
+        let unknown = http.get(&format!("/v1/requests/{key}"), &token).await;
+        assert_eq!(
+            (unknown.status, unknown.code().as_str()),
+            (404, "REQUEST_UNKNOWN"),
+            "{key}"
+        );
+    }
+
     // a tier change, recorded with the caller's identity
     let tier = http
         .write(

@@ -242,3 +242,59 @@ fn replay_fresh(status: StatusCode, json: String) -> Response {
     )
         .into_response()
 }
+
+pub fn routes() -> axum::Router<Arc<Api>> {
+    axum::Router::new().route("/v1/requests/:idempotency_key", axum::routing::get(status))
+}
+
+/// The first answer to one of the caller's writes, found by its key.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RequestStatus {
+    pub idempotency_key: String,
+    /// The HTTP status the write was answered with.
+    pub status: u16,
+    /// The body it was answered with: the resource, or the refusal (`{"error": ...}`).
+    #[schema(value_type = Object)]
+    pub answer: serde_json::Value,
+    /// RFC 3339, UTC.
+    pub answered_at: String,
+}
+
+/// What became of one of the caller's writes (any token; its own keys only): the answer it
+/// got, or `REQUEST_UNKNOWN` (never received, or it failed and may be retried under the same
+/// key).
+#[utoipa::path(get, path = "/v1/requests/{idempotency_key}",
+    params(("idempotency_key" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "the first answer", body = RequestStatus), (status = "4XX", description = "refused", body = super::error::ErrorBody)))]
+pub async fn status(
+    axum::extract::State(api): axum::extract::State<Arc<Api>>,
+    caller: Caller,
+    super::body::PathText(key): super::body::PathText,
+) -> Result<axum::Json<RequestStatus>, ApiError> {
+    let mut batch = api.store.begin_snapshot().await?;
+    let row = sqlx::query(
+        "SELECT status, response_json, created_at_ms FROM http_idempotency
+         WHERE caller = $1 AND idempotency_key = $2",
+    )
+    .bind(&caller.subject)
+    .bind(&key)
+    .fetch_optional(&mut *batch)
+    .await
+    .map_err(ApiError::internal)?
+    .ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::RequestUnknown,
+            "no write of yours with this Idempotency-Key is recorded: never received, or failed; send it again under the same key",
+        )
+    })?;
+    let status: i64 = row.try_get("status").map_err(ApiError::internal)?;
+    let json: String = row.try_get("response_json").map_err(ApiError::internal)?;
+    let at: i64 = row.try_get("created_at_ms").map_err(ApiError::internal)?;
+    Ok(axum::Json(RequestStatus {
+        idempotency_key: key,
+        status: u16::try_from(status).map_err(ApiError::internal)?,
+        answer: serde_json::from_str(&json).map_err(ApiError::internal)?,
+        answered_at: paygate_core::audit::rfc3339_ms(u64::try_from(at).unwrap_or(0)),
+    }))
+}

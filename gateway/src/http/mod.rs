@@ -78,6 +78,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(ops::routes())
         .merge(wallets::routes())
         .merge(operator::routes())
+        .merge(idempotency::routes())
         .merge(auditor::routes())
         .merge(console::routes())
         .fallback(route_unknown)
