@@ -11,7 +11,7 @@ use paygate_gateway::audit::worm::AnyWorm;
 use paygate_gateway::config::Settings;
 use std::path::PathBuf;
 
-use crate::{operator_name, origin};
+use crate::cli_identity::{operator_name, origin};
 
 #[derive(Subcommand)]
 pub enum AuditCommand {

@@ -24,63 +24,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+pub use crate::readiness::{Probes, Readiness};
+
 /// A gateway that is up: its address, its store and its counters.
-/// The parts a payment needs, each usable or not ([`RunningGateway::readiness`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Readiness {
-    /// The database answers a query.
-    pub database: bool,
-    /// The audit journal takes records (writable, backlog within bounds, clocks agree).
-    pub audit_journal: bool,
-    /// The key provider is not known to be failing (KMS not in its `keys.unavailable_for_ms`).
-    pub key_provider: bool,
-    /// The embedded broker accepts the front's connections.
-    pub broker: bool,
-    /// The pipeline runs.
-    pub pipeline: bool,
-}
-
-impl Readiness {
-    pub fn ready(&self) -> bool {
-        self.database && self.audit_journal && self.key_provider && self.broker && self.pipeline
-    }
-}
-
-/// What readiness is measured on; shared by [`RunningGateway`] and `/readyz`.
-#[derive(Clone)]
-pub struct Probes {
-    store: Store,
-    broker_address: SocketAddr,
-    broker_secret: broker::BrokerSecret,
-    audit: Arc<AuditLog>,
-    cipher: Arc<FieldCipher>,
-    pipeline_ended: watch::Receiver<bool>,
-}
-
-impl Probes {
-    /// Each part probed, each probe bounded by a second.
-    pub async fn readiness(&self) -> Readiness {
-        let within = std::time::Duration::from_secs(1);
-        let database = matches!(
-            tokio::time::timeout(within, self.store.ping()).await,
-            Ok(Ok(()))
-        );
-        let broker = tokio::time::timeout(
-            within,
-            broker::accepts_sessions(self.broker_address, &self.broker_secret),
-        )
-        .await
-        .unwrap_or(false);
-        Readiness {
-            database,
-            audit_journal: !self.audit.blocked(),
-            key_provider: self.cipher.provider().available(),
-            broker,
-            pipeline: !*self.pipeline_ended.borrow(),
-        }
-    }
-}
-
 pub struct RunningGateway {
     pub mqtt_address: SocketAddr,
     http_address: Option<SocketAddr>,

@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod pki;
 pub mod products;
 pub mod profiles;
+pub mod readiness;
 pub mod rewards;
 pub mod store;
 pub mod tls;

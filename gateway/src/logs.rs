@@ -99,6 +99,40 @@ impl<S> Filter<S> for RepeatLimit {
     }
 }
 
+/// A log line that repeats at most once per interval, saying how many times it happened since
+/// it was last written: no input can fill the disk through the log.
+pub struct Throttled {
+    interval: Duration,
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Throttled {
+    pub fn every(interval: Duration) -> Throttled {
+        Throttled {
+            interval,
+            last: None,
+            unlogged: 0,
+        }
+    }
+
+    /// Counts one occurrence; `Some(count)` when it is time to log them.
+    pub fn occurred(&mut self) -> Option<u64> {
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.interval)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

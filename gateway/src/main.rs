@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use paygate_core::audit::{AuditEvent, AuditOutcome, EventType};
+use paygate_core::audit::EventType;
 use paygate_core::envelope::SigningAlgorithm;
 use paygate_core::{AccountId, Currency, DeviceId, Money};
 use paygate_gateway::audit::{self};
@@ -16,7 +16,9 @@ use paygate_gateway::{demo, gateway, pki};
 use std::path::PathBuf;
 
 mod cli_audit;
+mod cli_identity;
 use cli_audit::{run_audit, AuditCommand};
+use cli_identity::admin_event;
 
 #[derive(Parser)]
 #[command(
@@ -144,7 +146,7 @@ enum Command {
         /// recorded in the audit log (PCI DSS 10.2.1.3), and `fetch` reads its store.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Who is reading (recorded with --config); defaults to $USER.
+        /// Who is reading (recorded with --config, followed by the OS account running it).
         #[arg(long)]
         operator: Option<String>,
         #[command(subcommand)]
@@ -759,39 +761,4 @@ async fn open_cipher(settings: &Settings) -> Result<(Store, FieldCipher)> {
     let provider = KeyProvider::from_settings(&settings.keys, &settings.data_dir).await?;
     let cipher = FieldCipher::new(provider, store.pool().clone(), settings.keys.clone());
     Ok((store, cipher))
-}
-
-fn operator_name(operator: Option<String>) -> String {
-    operator
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-fn origin() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-    format!("cli:{}", host.trim())
-}
-
-/// Records an operator's action in the audit outbox (PCI DSS 10.2.1.2, .5, .7); the running
-/// gateway journals it within a second, or the next one at its start.
-async fn admin_event(
-    settings: &Settings,
-    event_type: EventType,
-    resource: &str,
-    detail: &str,
-) -> Result<()> {
-    std::fs::create_dir_all(&settings.data_dir)?;
-    let store = paygate_gateway::audit::open_store(settings, 1).await?;
-    let mut event = AuditEvent::new(
-        paygate_gateway::clock::now_ms(),
-        event_type,
-        format!("operator:{}", operator_name(None)),
-        origin(),
-        AuditOutcome::Success,
-        "cli",
-        resource,
-    );
-    event.detail = Some(detail.to_owned());
-    store.record_audit(&event).await?;
-    Ok(())
 }

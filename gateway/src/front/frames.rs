@@ -12,7 +12,6 @@ use paygate_core::topics::replies_topic;
 use paygate_core::{DeviceId, ErrorCode};
 use rumqttc::mqttbytes::v4::{Packet, Publish};
 use rumqttc::mqttbytes::{self, QoS};
-use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub(super) enum FrameError {
@@ -217,40 +216,6 @@ pub(super) fn seal_reply(
         sealed,
     )))
 }
-
-/// A log line that repeats at most once per interval, saying how many times it happened since
-/// it was last written: no input can fill the disk through the log.
-pub(crate) struct Throttled {
-    pub(super) interval: Duration,
-    pub(super) last: Option<Instant>,
-    pub(super) unlogged: u64,
-}
-
-impl Throttled {
-    pub(crate) fn every(interval: Duration) -> Throttled {
-        Throttled {
-            interval,
-            last: None,
-            unlogged: 0,
-        }
-    }
-
-    /// Counts one occurrence; `Some(count)` when it is time to log them.
-    pub(crate) fn occurred(&mut self) -> Option<u64> {
-        self.unlogged += 1;
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < self.interval)
-        {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.unlogged))
-    }
-}
-
-pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

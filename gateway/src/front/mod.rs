@@ -37,9 +37,9 @@ use tokio_rustls::TlsAcceptor;
 mod frames;
 mod policy;
 
+pub(crate) use crate::logs::{Throttled, LOG_INTERVAL};
 pub use frames::{decode_strict, encode, Malformed};
 use frames::{notice, overloaded_notice, FrameError, FrameReader};
-pub(crate) use frames::{Throttled, LOG_INTERVAL};
 pub use policy::{check_packet, Verdict};
 
 /// Everything a connection task needs.

@@ -11,7 +11,6 @@ pub mod auditor;
 pub mod auth;
 pub mod body;
 pub mod console;
-pub mod dev_issuer;
 pub mod error;
 pub mod idempotency;
 pub mod limits;
@@ -19,11 +18,14 @@ pub mod operator;
 pub mod ops;
 pub mod wallets;
 
+/// The development token issuer lives with the development PKI it is made with.
+pub use crate::pki::dev_issuer;
+
 use crate::audit::AuditLog;
 use crate::config::{HttpSettings, Settings};
-use crate::front::{Throttled, LOG_INTERVAL};
-use crate::gateway::Probes;
+use crate::logs::{Throttled, LOG_INTERVAL};
 use crate::metrics::Metrics;
+use crate::readiness::Probes;
 use crate::store::Store;
 use auth::Caller;
 use axum::extract::{FromRequestParts, Request, State};

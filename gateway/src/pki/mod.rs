@@ -11,6 +11,8 @@
 //!                gateway-receipt.pub.json enrolment.json
 //! ```
 
+pub mod dev_issuer;
+
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use paygate_core::envelope::{SigningAlgorithm, SigningKey, VerifyingKey};
@@ -208,7 +210,7 @@ pub fn init(dir: &Path, server_names: &[String], receipt_key_id: &str) -> Result
     )?;
 
     write_crl(dir, &ca_cert, &ca_key, &RevocationList::default())?;
-    crate::http::dev_issuer::init(dir)?;
+    dev_issuer::init(dir)?;
     Ok(())
 }
 

@@ -1,0 +1,65 @@
+//! Whether the parts a payment needs are usable: what `/readyz` and the running gateway report.
+
+use crate::audit::AuditLog;
+use crate::broker;
+use crate::keys::cipher::FieldCipher;
+use crate::store::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// The parts a payment needs, each usable or not (`RunningGateway::readiness`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    /// The database answers a query.
+    pub database: bool,
+    /// The audit journal takes records (writable, backlog within bounds, clocks agree).
+    pub audit_journal: bool,
+    /// The key provider is not known to be failing (KMS not in its `keys.unavailable_for_ms`).
+    pub key_provider: bool,
+    /// The embedded broker accepts the front's connections.
+    pub broker: bool,
+    /// The pipeline runs.
+    pub pipeline: bool,
+}
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.database && self.audit_journal && self.key_provider && self.broker && self.pipeline
+    }
+}
+
+/// What readiness is measured on; shared by the running gateway and `/readyz`.
+#[derive(Clone)]
+pub struct Probes {
+    pub(crate) store: Store,
+    pub(crate) broker_address: SocketAddr,
+    pub(crate) broker_secret: broker::BrokerSecret,
+    pub(crate) audit: Arc<AuditLog>,
+    pub(crate) cipher: Arc<FieldCipher>,
+    pub(crate) pipeline_ended: watch::Receiver<bool>,
+}
+
+impl Probes {
+    /// Each part probed, each probe bounded by a second.
+    pub async fn readiness(&self) -> Readiness {
+        let within = std::time::Duration::from_secs(1);
+        let database = matches!(
+            tokio::time::timeout(within, self.store.ping()).await,
+            Ok(Ok(()))
+        );
+        let broker = tokio::time::timeout(
+            within,
+            broker::accepts_sessions(self.broker_address, &self.broker_secret),
+        )
+        .await
+        .unwrap_or(false);
+        Readiness {
+            database,
+            audit_journal: !self.audit.blocked(),
+            key_provider: self.cipher.provider().available(),
+            broker,
+            pipeline: !*self.pipeline_ended.borrow(),
+        }
+    }
+}
