@@ -7,18 +7,18 @@ use paygate_core::envelope::SigningAlgorithm;
 use paygate_core::{AccountId, Currency, DeviceId, Money};
 use paygate_gateway::audit::{self};
 use paygate_gateway::config::Settings;
-use paygate_gateway::keys::cipher::FieldCipher;
 use paygate_gateway::keys::provider::KeyProvider;
 use paygate_gateway::ledger::AccountKind;
-use paygate_gateway::profiles;
-use paygate_gateway::store::Store;
 use paygate_gateway::{demo, gateway, pki};
 use std::path::PathBuf;
 
+mod cli_api;
 mod cli_audit;
 mod cli_identity;
+mod cli_wallets;
 use cli_audit::{run_audit, AuditCommand};
 use cli_identity::admin_event;
+use cli_wallets::{open_cipher, WalletsCommand};
 
 #[derive(Parser)]
 #[command(
@@ -108,6 +108,8 @@ enum Command {
     Devices {
         #[arg(long)]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        remote: cli_api::Remote,
         #[command(subcommand)]
         command: DevicesCommand,
     },
@@ -115,6 +117,8 @@ enum Command {
     Ledger {
         #[arg(long)]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        remote: cli_api::Remote,
         #[command(subcommand)]
         command: LedgerCommand,
     },
@@ -136,6 +140,8 @@ enum Command {
     Keys {
         #[arg(long)]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        remote: cli_api::Remote,
         #[command(subcommand)]
         command: KeysCommand,
     },
@@ -152,34 +158,6 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-}
-
-#[derive(Subcommand)]
-enum WalletsCommand {
-    /// Store (encrypted) the holder's name, phone and UPI address; `--new-totp` also makes a
-    /// TOTP secret and prints it once, for the holder's authenticator.
-    SetProfile {
-        wallet: String,
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        phone: String,
-        #[arg(long)]
-        vpa: String,
-        #[arg(long)]
-        new_totp: bool,
-    },
-    /// The wallet of a holder, found by phone or VPA (blind index).
-    Find {
-        #[arg(long)]
-        phone: Option<String>,
-        #[arg(long)]
-        vpa: Option<String>,
-    },
-    /// A holder's profile, decrypted and shown masked (the access is audited).
-    Show { wallet: String },
-    /// Set the holder's PIN for step-up, read from standard input (stored as an Argon2id hash).
-    SetPin { wallet: String },
 }
 
 #[derive(Subcommand)]
@@ -243,12 +221,17 @@ enum CertsCommand {
 
 #[derive(Subcommand)]
 enum DevicesCommand {
-    /// Enrol a device from its bundle's enrolment.json; opens its wallet if needed.
+    /// Enrol a device from its bundle's enrolment.json; opens its wallet if needed (locally;
+    /// through --api the wallet must exist).
     Enrol {
         id: String,
         #[arg(long, default_value = "INR")]
         currency: String,
     },
+    /// Suspend a device: its requests are refused from the next one on (--api only).
+    Suspend { id: String },
+    /// Make a suspended device active again (--api only).
+    Resume { id: String },
 }
 
 #[derive(Subcommand)]
@@ -279,6 +262,22 @@ enum LedgerCommand {
     },
     /// Check that the books balance.
     Check,
+    /// Approve another finance operator's funding (--api only).
+    ApproveFunding {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Reject a funding waiting for approval (--api only).
+    RejectFunding {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// A funding and its state (--api only).
+    Funding { id: String },
+    /// The limits and rules in force (--api only).
+    Limits,
 }
 
 fn pki_dir(settings: &Settings) -> PathBuf {
@@ -488,9 +487,16 @@ async fn main() -> Result<()> {
         }
         Command::Devices {
             config,
-            command: DevicesCommand::Enrol { id, currency },
+            remote,
+            command,
         } => {
             let settings = Settings::load(config.as_deref())?;
+            if let Some(api) = remote.connect(&settings)? {
+                return cli_api::devices(&api, &settings, &command).await;
+            }
+            let DevicesCommand::Enrol { id, currency } = command else {
+                bail!("suspend and resume go through the operator API: give --api");
+            };
             let store = paygate_gateway::audit::open_store(&settings, 1).await?;
             let currency = Currency::parse(&currency).context("unknown currency")?;
             let wallet = demo::enrol_from_bundle(
@@ -509,8 +515,15 @@ async fn main() -> Result<()> {
             )
             .await?;
         }
-        Command::Ledger { config, command } => {
+        Command::Ledger {
+            config,
+            remote,
+            command,
+        } => {
             let settings = Settings::load(config.as_deref())?;
+            if let Some(api) = remote.connect(&settings)? {
+                return cli_api::ledger(&api, &command).await;
+            }
             let store = paygate_gateway::audit::open_store(&settings, 1).await?;
             let now = paygate_gateway::clock::now_ms();
             match command {
@@ -626,6 +639,12 @@ async fn main() -> Result<()> {
                         store.balances_match_postings().await?
                     );
                 }
+                LedgerCommand::ApproveFunding { .. }
+                | LedgerCommand::RejectFunding { .. }
+                | LedgerCommand::Funding { .. }
+                | LedgerCommand::Limits => {
+                    bail!("approvals and views go through the operator API: give --api")
+                }
             }
         }
         Command::Audit {
@@ -633,107 +652,17 @@ async fn main() -> Result<()> {
             operator,
             command,
         } => return run_audit(config, operator, command).await,
-        Command::Wallets { config, command } => {
-            let settings = Settings::load(config.as_deref())?;
-            let (store, cipher) = open_cipher(&settings).await?;
-            match command {
-                WalletsCommand::SetProfile {
-                    wallet,
-                    name,
-                    phone,
-                    vpa,
-                    new_totp,
-                } => {
-                    let wallet = AccountId::parse(&wallet)?;
-                    let secret = new_totp.then(rand::random::<[u8; 20]>);
-                    let profile = profiles::WalletProfile { name, phone, vpa };
-                    profiles::save(
-                        &cipher,
-                        store.pool(),
-                        &wallet,
-                        &profile,
-                        secret.as_ref().map(|s| &s[..]),
-                    )
-                    .await?;
-                    println!("profile of {wallet} stored, encrypted");
-                    if let Some(secret) = secret {
-                        // shown once, for the holder's authenticator app; never stored in clear
-                        println!(
-                            "TOTP secret (base32, shown once): {}",
-                            data_encoding::BASE32_NOPAD.encode(&secret)
-                        );
-                    }
-                    admin_event(
-                        &settings,
-                        EventType::AdminAction,
-                        &format!("account:{wallet}"),
-                        "wallet profile stored (encrypted)",
-                    )
-                    .await?;
-                }
-                WalletsCommand::Find { phone, vpa } => {
-                    match profiles::find(&cipher, store.pool(), phone.as_deref(), vpa.as_deref())
-                        .await?
-                    {
-                        Some(wallet) => println!("{wallet}"),
-                        None => bail!("no wallet holder matches"),
-                    }
-                    admin_event(
-                        &settings,
-                        EventType::DataAccessed,
-                        "wallet_profiles",
-                        "lookup by blind index",
-                    )
-                    .await?;
-                }
-                WalletsCommand::SetPin { wallet } => {
-                    let wallet = AccountId::parse(&wallet)?;
-                    let mut pin = zeroize::Zeroizing::new(String::new());
-                    std::io::stdin().read_line(&mut pin)?;
-                    paygate_gateway::identity::set_pin(
-                        store.pool(),
-                        &wallet,
-                        pin.trim(),
-                        paygate_gateway::clock::now_ms(),
-                    )
-                    .await?;
-                    println!("PIN of {wallet} set (Argon2id hash)");
-                    admin_event(
-                        &settings,
-                        EventType::CredentialChanged,
-                        &format!("account:{wallet}"),
-                        "customer PIN set",
-                    )
-                    .await?;
-                }
-                WalletsCommand::Show { wallet } => {
-                    let wallet = AccountId::parse(&wallet)?;
-                    admin_event(
-                        &settings,
-                        EventType::DataAccessed,
-                        &format!("account:{wallet}"),
-                        "wallet profile decrypted and shown masked",
-                    )
-                    .await?;
-                    match profiles::show(&cipher, store.pool(), &wallet).await? {
-                        Some(p) => println!(
-                            "{} name {} phone {} vpa {} totp {}",
-                            p.wallet,
-                            p.name,
-                            p.phone,
-                            p.vpa,
-                            if p.has_totp_secret { "set" } else { "none" }
-                        ),
-                        None => bail!("no profile for {wallet}"),
-                    }
-                }
-            }
-        }
+        Command::Wallets { config, command } => cli_wallets::run(config, command).await?,
         Command::Keys {
             config,
-            command: KeysCommand::Rotate { to_kms_key },
+            remote,
+            command,
         } => {
             let settings = Settings::load(config.as_deref())?;
+            if let Some(api) = remote.connect(&settings)? {
+                return cli_api::keys(&api, &command).await;
+            }
+            let KeysCommand::Rotate { to_kms_key } = command;
             let (_store, cipher) = open_cipher(&settings).await?;
             if let KeyProvider::Local(keyring) = cipher.provider() {
                 let id = keyring.rotate()?;
@@ -753,12 +682,4 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
-}
-
-async fn open_cipher(settings: &Settings) -> Result<(Store, FieldCipher)> {
-    std::fs::create_dir_all(&settings.data_dir)?;
-    let store = paygate_gateway::audit::open_store(settings, 2).await?;
-    let provider = KeyProvider::from_settings(&settings.keys, &settings.data_dir).await?;
-    let cipher = FieldCipher::new(provider, store.pool().clone(), settings.keys.clone());
-    Ok((store, cipher))
 }

@@ -10,6 +10,7 @@
 pub mod auditor;
 pub mod auth;
 pub mod body;
+pub mod client;
 pub mod console;
 pub mod error;
 pub mod idempotency;
