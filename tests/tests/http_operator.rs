@@ -108,8 +108,16 @@ async fn an_operator_call_without_its_role_or_a_fresh_second_factor_is_refused_a
             gateway.token("backend", "wallets:read wallets:write"),
             "/v1/ops/fundings",
             funding.clone(),
-            401,
-            "SECOND_FACTOR_REQUIRED",
+            403,
+            "SCOPE_MISSING",
+        ),
+        (
+            "no role and a bad body: the role is checked first",
+            gateway.operator_token("mallory", &["operator"], None),
+            "/v1/ops/fundings",
+            json!({"wallet_id": 7}),
+            403,
+            "SCOPE_MISSING",
         ),
         (
             "operator role funding",
@@ -141,7 +149,7 @@ async fn an_operator_call_without_its_role_or_a_fresh_second_factor_is_refused_a
         .journal_records()
         .await
         .iter()
-        .filter(|r| r.event == EventType::AccessRefused && r.actor.starts_with("operator:"))
+        .filter(|r| r.event == EventType::AccessRefused && r.actor != "api:unauthenticated")
         .count();
     for (n, (what, token, path, body, status, code)) in cases.iter().enumerate() {
         let answer = post(&http, path, token, &format!("k-{n}"), body.clone()).await;
@@ -167,11 +175,11 @@ async fn an_operator_call_without_its_role_or_a_fresh_second_factor_is_refused_a
     let records = gateway.journal_records().await;
     let refused: Vec<_> = records
         .iter()
-        .filter(|r| r.event == EventType::AccessRefused && r.actor.starts_with("operator:"))
+        .filter(|r| r.event == EventType::AccessRefused && r.actor != "api:unauthenticated")
         .collect();
-    // each case and the limits read, as the token's subject (mallory, or backend)
+    // each case and the limits read, as the token names its caller (an operator, or a service)
     assert_eq!(refused.len() - refusals_before, cases.len() + 1);
-    assert!(refused.iter().any(|r| r.actor == "operator:backend"));
+    assert!(refused.iter().any(|r| r.actor == "api:backend"));
     assert!(refused.iter().all(|r| r.outcome == AuditOutcome::Failure
         && r.code.is_some()
         && r.resource.starts_with("http:/v1/ops/")));
@@ -460,6 +468,34 @@ async fn run_four_eyes(db: Db) {
     );
     assert_eq!(small.json()["state"], "done");
     assert_eq!(gateway.balance("w-big").await, 999_999);
+    // a part that brings what alice funded alone today to the threshold waits too
+    let split = post(
+        &http,
+        "/v1/ops/fundings",
+        &alice,
+        "f-split",
+        json!({"wallet_id": "w-big", "amount_minor": 1, "currency": "INR"}),
+    )
+    .await;
+    assert_eq!(
+        split.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&split.body)
+    );
+    assert_eq!(gateway.balance("w-big").await, 999_999);
+    let withdraw = post(
+        &http,
+        &format!(
+            "/v1/ops/fundings/{}/reject",
+            split.json()["funding_id"].as_str().unwrap()
+        ),
+        &alice,
+        "f-split-withdrawn",
+        json!({"reason": "asked in two parts by mistake"}),
+    )
+    .await;
+    assert_eq!(withdraw.json()["state"], "rejected");
 
     // at the threshold: waits
     let big = post(
@@ -601,6 +637,38 @@ async fn run_four_eyes(db: Db) {
     .await;
     assert_eq!(late.code(), "APPROVAL_NOT_PENDING");
     assert_eq!(gateway.balance("w-big").await, 999_999 + 1_500_000);
+
+    // two approvers and a rejecter at once: exactly one decides, the money moves at most once
+    let carol = gateway.operator_token("carol", &["finance"], Some(10));
+    let raced = post(
+        &http,
+        "/v1/ops/fundings",
+        &bob,
+        "f-5",
+        json!({"wallet_id": "w-big", "amount_minor": 1_000_000, "currency": "INR"}),
+    )
+    .await;
+    let raced_id = raced.json()["funding_id"].as_str().unwrap().to_owned();
+    let approve_raced = format!("/v1/ops/fundings/{raced_id}/approve");
+    let reject_raced = format!("/v1/ops/fundings/{raced_id}/reject");
+    let (one, two, three) = tokio::join!(
+        post(&http, &approve_raced, &alice, "race-1", json!({})),
+        post(&http, &approve_raced, &carol, "race-2", json!({})),
+        post(&http, &reject_raced, &carol, "race-3", json!({})),
+    );
+    let answers = [&one, &two, &three];
+    let decided: Vec<_> = answers.iter().filter(|a| a.status == 200).collect();
+    assert_eq!(decided.len(), 1, "{answers:?}");
+    assert!(answers
+        .iter()
+        .filter(|a| a.status != 200)
+        .all(|a| a.code() == "APPROVAL_NOT_PENDING"));
+    let moved = if decided[0].json()["state"] == "done" {
+        1_000_000
+    } else {
+        0
+    };
+    assert_eq!(gateway.balance("w-big").await, 999_999 + 1_500_000 + moved);
     gateway.assert_ledger_balanced().await;
 
     // the trail names both operators of the approved funding
@@ -624,6 +692,11 @@ async fn run_four_eyes(db: Db) {
         detail.contains("asked by operator:alice") && detail.contains("KYC file checked"),
         "{detail}"
     );
+    let own = records
+        .iter()
+        .find(|r| r.actor == "operator:alice" && r.code.as_deref() == Some("APPROVER_IS_REQUESTER"))
+        .expect("the refused self-approval is audited");
+    assert_eq!(own.outcome, AuditOutcome::Failure);
     let limit = records
         .iter()
         .find(|r| r.actor == "operator:alice" && r.code.as_deref() == Some("LIMIT_EXCEEDED"))
@@ -680,6 +753,8 @@ async fn random_fundings_approvals_and_rejections_by_random_operators_keep_the_l
     let threshold = gateway.settings.http.operator.funding_approval_min_minor;
     let mut fundings: Vec<Funding> = Vec::new();
     let mut balances = [0i64; 3];
+    // what each operator funded without a second approver (all of the run is within 24 h)
+    let mut alone = [0i64; 3];
     let mut steps: Vec<String> = Vec::new();
     // how often each kind of decision came up: the run must reach every one
     let mut seen = std::collections::BTreeMap::<&str, u32>::new();
@@ -693,7 +768,7 @@ async fn random_fundings_approvals_and_rejections_by_random_operators_keep_the_l
         if action < 4 || pending.is_empty() && action < 8 {
             let wallet = rng.gen_range(0..wallets.len());
             let amount = if rng.gen_bool(0.5) {
-                rng.gen_range(1..threshold)
+                rng.gen_range(1..threshold / 8)
             } else {
                 rng.gen_range(threshold..threshold * 3)
             };
@@ -711,14 +786,15 @@ async fn random_fundings_approvals_and_rejections_by_random_operators_keep_the_l
             .await;
             let body = answer.json();
             let context = format!("seed {seed}, steps {steps:#?}, answer {body}");
-            if amount < threshold && answer.status != 201 {
+            let waits = amount + alone[who] >= threshold;
+            if !waits && answer.status != 201 {
                 // posted at once or refused at once by the wallet's limits
                 assert_eq!(answer.code(), "LIMIT_EXCEEDED", "{context}");
                 check_balances(&gateway, &wallets, &balances, seed, &steps).await;
                 continue;
             }
             let id = body["funding_id"].as_str().expect(&context).to_owned();
-            let state = if amount >= threshold {
+            let state = if waits {
                 assert_eq!(
                     (answer.status, &body["state"]),
                     (202, &json!("awaiting_approval")),
@@ -728,6 +804,7 @@ async fn random_fundings_approvals_and_rejections_by_random_operators_keep_the_l
             } else {
                 assert_eq!(body["state"], "done", "{context}");
                 balances[wallet] += amount;
+                alone[who] += amount;
                 "done"
             };
             fundings.push(Funding {
@@ -866,6 +943,36 @@ async fn a_security_operator_rotates_the_key_encryption_key_and_the_fields_still
     let rotations: Vec<_> = records
         .iter()
         .filter(|r| r.event == EventType::KeyOperation && r.actor == "operator:sam")
+        .filter_map(|r| r.detail.clone())
         .collect();
-    assert_eq!(rotations.len(), 1);
+    assert_eq!(rotations.len(), 2, "{rotations:?}");
+    assert!(rotations[0].starts_with("key-encryption key rotation begun"));
+    assert!(rotations[1].contains(&format!("rotated to {new_key}")));
+    let refused = records
+        .iter()
+        .find(|r| r.actor == "operator:sam" && r.code.as_deref() == Some("MALFORMED_REQUEST"))
+        .expect("the refused rotation is audited");
+    assert_eq!(refused.outcome, AuditOutcome::Failure);
+
+    // three at once under one key: one rotation, and its key is the one in force
+    let (a, b, c) = tokio::join!(
+        post(&http, "/v1/ops/keys/rotate", &sam, "rot-3", json!({})),
+        post(&http, "/v1/ops/keys/rotate", &sam, "rot-3", json!({})),
+        post(&http, "/v1/ops/keys/rotate", &sam, "rot-3", json!({})),
+    );
+    assert_eq!((a.status, b.status, c.status), (200, 200, 200));
+    assert!(a.body == b.body && b.body == c.body);
+    let third = a.json()["key_encryption_key"].as_str().unwrap().to_owned();
+    assert_eq!(cipher.provider().active_kek_id(), third);
+    let rotated = gateway
+        .journal_records()
+        .await
+        .iter()
+        .filter(|r| {
+            r.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("rotated to"))
+        })
+        .count();
+    assert_eq!(rotated, 2);
 }

@@ -376,7 +376,7 @@ pub async fn proofs(
 /// band before trusting a verification made with it.
 #[utoipa::path(get, path = "/v1/audit/public-key",
     security(("bearer" = [])),
-    responses((status = 200, description = "the JWK", body = Object), (status = "4XX", description = "refused", body = ErrorBody)))]
+    responses((status = 200, description = "the JWK", body = Object), (status = "4XX", description = "refused", body = ErrorBody), (status = "5XX", description = "failed or overloaded; retry", body = ErrorBody)))]
 pub async fn public_key(State(api): State<Arc<Api>>, caller: Caller) -> Result<Response, ApiError> {
     caller.require(Scope::AuditRead)?;
     let jwk = crate::audit::keys::public_jwk(api.audit.signing_key());

@@ -6,14 +6,26 @@ use axum::response::{IntoResponse, Response};
 use paygate_core::ErrorCode;
 use serde::Serialize;
 
+/// What the front layer knows of the request being answered.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub id: String,
+    pub peer: Option<std::net::SocketAddr>,
+}
+
 tokio::task_local! {
-    /// The id of the request being answered (set by the request-id layer).
-    pub static REQUEST_ID: String;
+    /// The request being answered (set by the front layer).
+    pub static REQUEST: RequestContext;
 }
 
 /// The request id of the request this task is answering, if any.
 pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
+    REQUEST.try_with(|r| r.id.clone()).ok()
+}
+
+/// The peer of the request this task is answering, if known.
+pub fn current_peer() -> Option<std::net::SocketAddr> {
+    REQUEST.try_with(|r| r.peer).ok().flatten()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -53,9 +53,12 @@ impl FromRequestParts<Arc<Api>> for IdempotencyKey {
 
 /// One write in progress.
 pub struct Write {
+    /// The caller's kind and subject ([`Caller::actor`]): kept answers are per caller.
     caller: String,
     key: String,
     request_sha256: Vec<u8>,
+    /// `http:<METHOD> <path>`, for the audit record of a refusal kept under the key.
+    resource: String,
 }
 
 /// What [`begin`] found.
@@ -127,9 +130,10 @@ pub async fn begin(
     body: &[u8],
 ) -> Result<Begun, ApiError> {
     let write = Write {
-        caller: caller.subject.clone(),
+        caller: caller.actor(),
         key: key.0.clone(),
         request_sha256: request_hash(method, path, body),
+        resource: format!("http:{method} {path}"),
     };
     let mut batch = api.store.begin_batch().await?;
     match kept(&mut batch, &write).await? {
@@ -148,6 +152,7 @@ pub async fn finish(
     answer: Result<(StatusCode, String), ApiError>,
     events: Vec<AuditEvent>,
 ) -> Result<Response, ApiError> {
+    let mut refusal_events = Vec::new();
     let (mut batch, status, json) = match answer {
         Ok((status, json)) => (batch, status, json),
         Err(refused) if refused.code.http_status() >= 500 => return Err(refused),
@@ -161,6 +166,20 @@ pub async fn finish(
             if let Some(response) = kept(&mut batch, &write).await? {
                 return Ok(response);
             }
+            // the refusal is recorded with the answer kept for it (PCI DSS 10.2.1.4, 10.2.1.2)
+            api.metrics.count_refusal(refused.code);
+            let mut event = AuditEvent::new(
+                crate::clock::now_ms(),
+                paygate_core::audit::EventType::RequestRejected,
+                write.caller.clone(),
+                super::origin(super::error::current_peer()),
+                paygate_core::audit::AuditOutcome::Failure,
+                "http",
+                write.resource.clone(),
+            );
+            event.code = Some(refused.code.as_str().to_owned());
+            event.detail = Some(refused.message.clone());
+            refusal_events = vec![event];
             (batch, status, json)
         }
     };
@@ -179,6 +198,9 @@ pub async fn finish(
         .execute(&mut *batch)
         .await?;
         api.store.add_audit_events(&mut batch, &events).await?;
+        api.store
+            .add_audit_events(&mut batch, &refusal_events)
+            .await?;
         batch.commit().await?;
         Ok::<(), crate::store::StoreError>(())
     }
@@ -266,7 +288,7 @@ pub struct RequestStatus {
 #[utoipa::path(get, path = "/v1/requests/{idempotency_key}",
     params(("idempotency_key" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,64}$")),
     security(("bearer" = [])),
-    responses((status = 200, description = "the first answer", body = RequestStatus), (status = "4XX", description = "refused", body = super::error::ErrorBody)))]
+    responses((status = 200, description = "the first answer", body = RequestStatus), (status = "4XX", description = "refused", body = super::error::ErrorBody), (status = "5XX", description = "failed or overloaded; retry", body = super::error::ErrorBody)))]
 pub async fn status(
     axum::extract::State(api): axum::extract::State<Arc<Api>>,
     caller: Caller,
@@ -277,7 +299,7 @@ pub async fn status(
         "SELECT status, response_json, created_at_ms FROM http_idempotency
          WHERE caller = $1 AND idempotency_key = $2",
     )
-    .bind(&caller.subject)
+    .bind(caller.actor())
     .bind(&key)
     .fetch_optional(&mut *batch)
     .await

@@ -35,7 +35,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use error::{ApiError, REQUEST_ID};
+use error::{ApiError, RequestContext, REQUEST};
 use paygate_core::audit::{AuditEvent, AuditOutcome, EventType};
 use paygate_core::ErrorCode;
 use std::net::SocketAddr;
@@ -60,6 +60,8 @@ pub struct Api {
     pub cipher: Arc<crate::keys::cipher::FieldCipher>,
     /// The pipeline's cache of devices (a suspension takes effect from the next request).
     pub devices: Arc<crate::pipeline::devices::DeviceCache>,
+    /// Held by a key rotation: one at a time.
+    pub rotation: tokio::sync::Mutex<()>,
     /// Held while the local copy of the audit store is updated and read.
     pub audit_copy_lock: tokio::sync::Mutex<()>,
 }
@@ -138,9 +140,12 @@ fn bearer_of(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
 /// The layer every request passes: request id, token, rate limit, timeout, headers.
 async fn front(State(api): State<Arc<Api>>, mut request: Request, next: Next) -> Response {
     let request_id = request_id_of(request.headers());
-    let scope_id = request_id.clone();
-    REQUEST_ID
-        .scope(scope_id, async move {
+    let context = RequestContext {
+        id: request_id.clone(),
+        peer: request.extensions().get::<Peer>().map(|p| p.0),
+    };
+    REQUEST
+        .scope(context, async move {
             let timeout = Duration::from_millis(api.settings.request_timeout_ms);
             let answer = async {
                 let token = match bearer_of(request.headers()) {
@@ -152,7 +157,7 @@ async fn front(State(api): State<Arc<Api>>, mut request: Request, next: Next) ->
                 };
                 let peer = request.extensions().get::<Peer>().map(|p| p.0);
                 let key = match &token {
-                    Token::Checked(Ok(caller)) => format!("sub:{}", caller.subject),
+                    Token::Checked(Ok(caller)) => caller.actor(),
                     _ => format!("ip:{}", peer.map(|p| p.ip().to_string()).unwrap_or_default()),
                 };
                 if let Err(refused) = api.limiter.check(&key) {
@@ -222,7 +227,7 @@ impl FromRequestParts<Arc<Api>> for Caller {
                 origin(peer),
                 AuditOutcome::Failure,
                 "http",
-                format!("http:{}", parts.uri.path()),
+                format!("http:{}", route_of(parts)),
             );
             event.code = Some(refused.code.as_str().to_owned());
             event.detail = Some(refused.message.clone());
@@ -231,6 +236,19 @@ impl FromRequestParts<Arc<Api>> for Caller {
             }
         }
         checked
+    }
+}
+
+/// The route a request matched (`/v1/wallets/:wallet_id`), never the raw path: what a caller
+/// without a token can put in the audit trail is bounded.
+fn route_of(parts: &Parts) -> String {
+    match parts.extensions.get::<axum::extract::MatchedPath>() {
+        Some(route) => route.as_str().to_owned(),
+        None => {
+            let path = parts.uri.path();
+            let cut = path.char_indices().nth(64).map_or(path.len(), |(at, _)| at);
+            format!("{}(unrouted)", &path[..cut])
+        }
     }
 }
 
@@ -358,6 +376,7 @@ pub async fn start(
         devices,
         gateway_settings: settings.clone(),
         audit_copy_lock: tokio::sync::Mutex::new(()),
+        rotation: tokio::sync::Mutex::new(()),
     });
     tokio::spawn(sweep_callers(api.clone(), shutdown.clone()));
     tokio::spawn(serve(api, listener, acceptor, shutdown));

@@ -140,10 +140,12 @@ pub async fn open_wallet(
     State(api): State<Arc<Api>>,
     caller: Caller,
     peer: Option<Extension<Peer>>,
-    key: IdempotencyKey,
-    body: Json<OpenWallet>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<Json<OpenWallet>, ApiError>,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::WalletsWrite)?;
+    // the role or scope first: a caller without it learns nothing of the body's checks
+    let (key, body) = (key?, body?);
     let (mut batch, write) =
         match idempotency::begin(&api, &caller, &key, "POST", "/v1/wallets", &body.bytes).await? {
             Begun::Replay(response) => return Ok(response),
@@ -214,10 +216,12 @@ pub async fn set_tier(
     caller: Caller,
     PathText(wallet): PathText,
     peer: Option<Extension<Peer>>,
-    key: IdempotencyKey,
-    body: Json<SetTier>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<Json<SetTier>, ApiError>,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::WalletsWrite)?;
+    // the role or scope first: a caller without it learns nothing of the body's checks
+    let (key, body) = (key?, body?);
     let path = format!("/v1/wallets/{wallet}/kyc-tier");
     let (mut batch, write) =
         match idempotency::begin(&api, &caller, &key, "PUT", &path, &body.bytes).await? {
@@ -254,7 +258,7 @@ pub async fn set_tier(
 /// A wallet: currency, tier, status and balance.
 #[utoipa::path(get, path = "/v1/wallets/{wallet_id}", params(("wallet_id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
     security(("bearer" = [])),
-    responses((status = 200, description = "the wallet", body = WalletView), (status = "4XX", description = "refused", body = ErrorBody)))]
+    responses((status = 200, description = "the wallet", body = WalletView), (status = "4XX", description = "refused", body = ErrorBody), (status = "5XX", description = "failed or overloaded; retry", body = ErrorBody)))]
 pub async fn wallet(
     State(api): State<Arc<Api>>,
     caller: Caller,
@@ -301,7 +305,7 @@ pub struct History {
 /// A wallet's postings, newest first, a page at a time.
 #[utoipa::path(get, path = "/v1/wallets/{wallet_id}/transactions", params(("wallet_id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"), Page),
     security(("bearer" = [])),
-    responses((status = 200, description = "a page", body = History), (status = "4XX", description = "refused", body = ErrorBody)))]
+    responses((status = 200, description = "a page", body = History), (status = "4XX", description = "refused", body = ErrorBody), (status = "5XX", description = "failed or overloaded; retry", body = ErrorBody)))]
 pub async fn history(
     State(api): State<Arc<Api>>,
     caller: Caller,
@@ -389,7 +393,7 @@ pub struct Points {
 /// A wallet's reward points: redeemable now, and pending.
 #[utoipa::path(get, path = "/v1/wallets/{wallet_id}/points", params(("wallet_id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
     security(("bearer" = [])),
-    responses((status = 200, description = "the points", body = Points), (status = "4XX", description = "refused", body = ErrorBody)))]
+    responses((status = 200, description = "the points", body = Points), (status = "4XX", description = "refused", body = ErrorBody), (status = "5XX", description = "failed or overloaded; retry", body = ErrorBody)))]
 pub async fn points(
     State(api): State<Arc<Api>>,
     caller: Caller,

@@ -2,8 +2,9 @@
 //! `pipeline.device_cache_ttl_ms` instead of once per request. A change made by another process
 //! (the CLI writing the database) takes effect within the
 //! time to live, whether it suspends, re-activates or re-keys the device (a suspended device
-//! is cached too, so its refusal is as quick as an approval). Today every change of a device
-//! is made by another process (the CLI); the operator API will call [`DeviceCache::forget`].
+//! is cached too, so its refusal is as quick as an approval). A change through the operator
+//! API calls [`DeviceCache::forget`] after its commit and takes effect from the next lookup: a
+//! lookup that read the database before the change does not put what it read in the cache.
 //! Bounded by `pipeline.device_cache_entries_max`.
 
 use crate::store::{Device, Store};
@@ -16,6 +17,8 @@ pub struct DeviceCache {
     ttl: Duration,
     entries_max: usize,
     entries: Mutex<HashMap<DeviceId, (Instant, Device)>>,
+    /// Counts [`DeviceCache::forget`]s: a lookup keeps what it read only if none came between.
+    forgotten: std::sync::atomic::AtomicU64,
 }
 
 impl DeviceCache {
@@ -24,6 +27,7 @@ impl DeviceCache {
             ttl: Duration::from_millis(ttl_ms),
             entries_max,
             entries: Mutex::new(HashMap::new()),
+            forgotten: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -33,16 +37,24 @@ impl DeviceCache {
         if let Some(device) = self.cached(id) {
             return Ok(Some(device));
         }
+        let before = self.forgotten.load(std::sync::atomic::Ordering::SeqCst);
         let found = store.device(id).await.map_err(|e| e.to_string())?;
         if let Some(device) = &found {
-            self.keep(device.clone());
+            // a forget while the database was read may have been for this very device
+            let entries = self.lock();
+            if self.forgotten.load(std::sync::atomic::Ordering::SeqCst) == before {
+                self.keep_locked(entries, device.clone());
+            }
         }
         Ok(found)
     }
 
     /// Drops one device (after its enrolment, key or status changed).
     pub fn forget(&self, id: &DeviceId) {
-        self.lock().remove(id);
+        let mut entries = self.lock();
+        self.forgotten
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        entries.remove(id);
     }
 
     fn cached(&self, id: &DeviceId) -> Option<Device> {
@@ -54,11 +66,14 @@ impl DeviceCache {
         (at.elapsed() < self.ttl).then(|| device.clone())
     }
 
-    fn keep(&self, device: Device) {
+    fn keep_locked(
+        &self,
+        mut entries: std::sync::MutexGuard<'_, HashMap<DeviceId, (Instant, Device)>>,
+        device: Device,
+    ) {
         if self.ttl.is_zero() {
             return;
         }
-        let mut entries = self.lock();
         if entries.len() >= self.entries_max {
             let ttl = self.ttl;
             entries.retain(|_, (at, _)| at.elapsed() < ttl);

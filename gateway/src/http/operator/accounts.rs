@@ -57,12 +57,14 @@ pub async fn open_merchant(
     State(api): State<Arc<Api>>,
     caller: Caller,
     peer: Option<Extension<Peer>>,
-    key: IdempotencyKey,
-    body: Json<OpenMerchant>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<Json<OpenMerchant>, ApiError>,
 ) -> Result<Response, ApiError> {
     let peer = peer.as_deref().copied();
     let path = "/v1/ops/merchants";
     authorize(&api, &caller, peer, Role::Operator, path).await?;
+    // the role or scope first: a caller without it learns nothing of the body's checks
+    let (key, body) = (key?, body?);
     let asked = &body.value;
     let (mut owned, write) =
         match idempotency::begin(&api, &caller, &key, "POST", path, &body.bytes).await? {
@@ -170,12 +172,14 @@ pub async fn open_agent(
     State(api): State<Arc<Api>>,
     caller: Caller,
     peer: Option<Extension<Peer>>,
-    key: IdempotencyKey,
-    body: Json<OpenAgent>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<Json<OpenAgent>, ApiError>,
 ) -> Result<Response, ApiError> {
     let peer = peer.as_deref().copied();
     let path = "/v1/ops/agents";
     authorize(&api, &caller, peer, Role::Operator, path).await?;
+    // the role or scope first: a caller without it learns nothing of the body's checks
+    let (key, body) = (key?, body?);
     let asked = &body.value;
     let (mut owned, write) =
         match idempotency::begin(&api, &caller, &key, "POST", path, &body.bytes).await? {
@@ -232,12 +236,14 @@ pub async fn set_tier(
     caller: Caller,
     PathText(wallet): PathText,
     peer: Option<Extension<Peer>>,
-    key: IdempotencyKey,
-    body: Json<crate::http::wallets::SetTier>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<Json<crate::http::wallets::SetTier>, ApiError>,
 ) -> Result<Response, ApiError> {
     let peer = peer.as_deref().copied();
     let path = format!("/v1/ops/wallets/{wallet}/kyc-tier");
     authorize(&api, &caller, peer, Role::Operator, &path).await?;
+    // the role or scope first: a caller without it learns nothing of the body's checks
+    let (key, body) = (key?, body?);
     let tier: KycTier = body.value.kyc_tier.kyc();
     let (mut owned, write) =
         match idempotency::begin(&api, &caller, &key, "PUT", &path, &body.bytes).await? {

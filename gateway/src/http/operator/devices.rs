@@ -66,12 +66,14 @@ pub async fn enrol_device(
     State(api): State<Arc<Api>>,
     caller: Caller,
     peer: Option<Extension<Peer>>,
-    key: IdempotencyKey,
-    body: Json<EnrolDevice>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<Json<EnrolDevice>, ApiError>,
 ) -> Result<Response, ApiError> {
     let peer = peer.as_deref().copied();
     let path = "/v1/ops/devices";
     authorize(&api, &caller, peer, Role::Operator, path).await?;
+    // the role or scope first: a caller without it learns nothing of the body's checks
+    let (key, body) = (key?, body?);
     let asked = &body.value;
     let (mut owned, write) =
         match idempotency::begin(&api, &caller, &key, "POST", path, &body.bytes).await? {
@@ -104,7 +106,7 @@ pub async fn enrol_device(
             })?;
         let holder = ledger::account(batch, &account)
             .await?
-            .filter(|a| matches!(a.kind, AccountKind::Wallet | AccountKind::Agent))
+            .filter(|a| a.active && matches!(a.kind, AccountKind::Wallet | AccountKind::Agent))
             .ok_or_else(|| ApiError::new(ErrorCode::UnknownWallet, "no wallet or agent account has this id"))?;
         let added = sqlx::query(
             "INSERT INTO devices (device_id, algorithm, public_key, wallet_account_id, status, enrolled_at_ms)
@@ -173,12 +175,14 @@ pub async fn set_device_status(
     caller: Caller,
     PathText(device): PathText,
     peer: Option<Extension<Peer>>,
-    key: IdempotencyKey,
-    body: Json<SetDeviceStatus>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<Json<SetDeviceStatus>, ApiError>,
 ) -> Result<Response, ApiError> {
     let peer = peer.as_deref().copied();
     let path = format!("/v1/ops/devices/{device}/status");
     authorize(&api, &caller, peer, Role::Operator, &path).await?;
+    // the role or scope first: a caller without it learns nothing of the body's checks
+    let (key, body) = (key?, body?);
     let status = match body.value.status {
         DeviceStatus::Active => "active",
         DeviceStatus::Suspended => "suspended",

@@ -85,6 +85,34 @@ async fn load_funding(batch: &mut Batch<'_>, id: &str) -> Result<FundingView, Ap
     })
 }
 
+/// Minor units of `currency` that `operator` asked for and posted without a second approver in
+/// the last 24 hours.
+async fn funded_alone(
+    batch: &mut Batch<'_>,
+    operator: &str,
+    currency: &str,
+) -> Result<i64, ApiError> {
+    let since = crate::clock::now_ms().saturating_sub(24 * 3_600 * 1_000);
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT request_json FROM operator_approvals
+         WHERE action = 'funding' AND state = 'done' AND requested_by = $1 AND decided_by = $1
+           AND requested_at_ms >= $2",
+    )
+    .bind(operator)
+    .bind(i64::try_from(since).unwrap_or(0))
+    .fetch_all(&mut **batch)
+    .await
+    .map_err(ApiError::internal)?;
+    let mut total: i64 = 0;
+    for json in rows {
+        let ask: FundingAsk = serde_json::from_str(&json).map_err(ApiError::internal)?;
+        if ask.currency == currency {
+            total = total.saturating_add(ask.amount_minor);
+        }
+    }
+    Ok(total)
+}
+
 /// Posts the funding; a ledger refusal (a load limit) is its outcome, not an error.
 async fn execute_funding(
     api: &Api,
@@ -208,12 +236,14 @@ pub async fn request_funding(
     State(api): State<Arc<Api>>,
     caller: Caller,
     peer: Option<Extension<Peer>>,
-    key: IdempotencyKey,
-    body: Json<RequestFunding>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<Json<RequestFunding>, ApiError>,
 ) -> Result<Response, ApiError> {
     let peer = peer.as_deref().copied();
     let path = "/v1/ops/fundings";
     authorize(&api, &caller, peer, Role::Finance, path).await?;
+    // the role or scope first: a caller without it learns nothing of the body's checks
+    let (key, body) = (key?, body?);
     let asked = &body.value;
     let api_ref = &api;
     let (mut owned, write) =
@@ -241,8 +271,11 @@ pub async fn request_funding(
             currency: currency.code().to_owned(),
         };
         let id = format!("fund-{}", uuid::Uuid::new_v4());
-        let needs_approval =
-            asked.amount_minor >= api_ref.settings.operator.funding_approval_min_minor;
+        // the threshold counts what this operator funded alone in the last 24 hours too, so
+        // splitting a funding into parts below it does not avoid the second approver
+        let alone = funded_alone(batch, &caller.subject, currency.code()).await?;
+        let needs_approval = asked.amount_minor.saturating_add(alone)
+            >= api_ref.settings.operator.funding_approval_min_minor;
         sqlx::query(
             "INSERT INTO operator_approvals (approval_id, action, request_json, requested_by, requested_at_ms, state)
              VALUES ($1, 'funding', $2, $3, $4, 'awaiting_approval')",
@@ -283,7 +316,7 @@ pub async fn request_funding(
 #[utoipa::path(get, path = "/v1/ops/fundings/{funding_id}",
     params(("funding_id" = String, Path, pattern = "^fund-[0-9a-f-]{36}$")),
     security(("bearer" = [])),
-    responses((status = 200, description = "the funding", body = FundingView), (status = "4XX", description = "refused", body = ErrorBody)))]
+    responses((status = 200, description = "the funding", body = FundingView), (status = "4XX", description = "refused", body = ErrorBody), (status = "5XX", description = "failed or overloaded; retry", body = ErrorBody)))]
 pub async fn funding(
     State(api): State<Arc<Api>>,
     caller: Caller,
@@ -316,13 +349,15 @@ async fn review(
     caller: Caller,
     id: String,
     peer: Option<Peer>,
-    key: IdempotencyKey,
-    body: Json<Review>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<Json<Review>, ApiError>,
     approve: bool,
 ) -> Result<Response, ApiError> {
     let verb = if approve { "approve" } else { "reject" };
     let path = format!("/v1/ops/fundings/{id}/{verb}");
     authorize(&api, &caller, peer, Role::Finance, &path).await?;
+    // the role or scope first: a caller without it learns nothing of the body's checks
+    let (key, body) = (key?, body?);
     let reason = body.value.reason.clone().unwrap_or_default();
     if reason.chars().count() > 500 {
         return Err(ApiError::new(
@@ -412,8 +447,8 @@ pub async fn approve_funding(
     caller: Caller,
     PathText(id): PathText,
     peer: Option<Extension<Peer>>,
-    key: IdempotencyKey,
-    body: Json<Review>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<Json<Review>, ApiError>,
 ) -> Result<Response, ApiError> {
     review(api, caller, id, peer.as_deref().copied(), key, body, true).await
 }
@@ -432,8 +467,8 @@ pub async fn reject_funding(
     caller: Caller,
     PathText(id): PathText,
     peer: Option<Extension<Peer>>,
-    key: IdempotencyKey,
-    body: Json<Review>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<Json<Review>, ApiError>,
 ) -> Result<Response, ApiError> {
     review(api, caller, id, peer.as_deref().copied(), key, body, false).await
 }

@@ -93,7 +93,7 @@ pub(super) fn operator_event(
     let mut event = AuditEvent::new(
         crate::clock::now_ms(),
         event_type,
-        format!("operator:{}", caller.subject),
+        caller.actor(),
         origin(peer.map(|p| p.0)),
         AuditOutcome::Success,
         "http",
