@@ -97,6 +97,7 @@ error_codes! {
     TlsCertRevoked => ("TLS_CERT_REVOKED", 401, 0, "the client certificate is revoked by a loaded CRL"),
     TlsHandshakeFailed => ("TLS_HANDSHAKE_FAILED", 400, 0, "the TLS handshake failed or timed out"),
     AccountExists => ("ACCOUNT_EXISTS", 409, 0, "an account with this id exists already"),
+    AliasTaken => ("ALIAS_TAKEN", 409, 0, "the phone or VPA is linked to another wallet already; one alias names one wallet"),
     AuditBroken => ("AUDIT_BROKEN", 409, 0, "the audit archive does not verify; the message says what broke and where"),
     TokenMissing => ("TOKEN_MISSING", 401, 0, "the HTTP request carries no bearer token"),
     TokenInvalid => ("TOKEN_INVALID", 401, 0, "the bearer token is malformed, not signed by a key in the configured JWKS, signed with an algorithm off the allow-list, or for another issuer or audience"),

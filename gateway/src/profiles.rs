@@ -13,6 +13,9 @@ const TABLE: &str = "wallet_profiles";
 pub enum ProfileError {
     #[error("{field} is not valid: {why}")]
     Invalid { field: &'static str, why: String },
+    /// The phone or VPA is linked to another wallet already.
+    #[error("the {field} is linked to another wallet")]
+    Taken { field: &'static str },
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error("database: {0}")]
@@ -116,7 +119,22 @@ pub async fn save(
         Some(secret) => Some(cipher.encrypt(TABLE, "totp_secret", record, secret).await?),
         None => None,
     };
-    sqlx::query(
+    for (column, field, index) in [
+        ("phone_bidx", "phone", &phone_bidx),
+        ("vpa_bidx", "vpa", &vpa_bidx),
+    ] {
+        let holder: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT wallet_account_id FROM wallet_profiles WHERE {column} = $1"
+        ))
+        .bind(index.to_vec())
+        .fetch_optional(pool)
+        .await?;
+        if holder.is_some_and(|holder| holder != record) {
+            return Err(ProfileError::Taken { field });
+        }
+    }
+    // the unique indexes refuse what a concurrent save slipped in between
+    let saved = sqlx::query(
         "INSERT INTO wallet_profiles (wallet_account_id, name_ct, phone_ct, phone_bidx, vpa_ct, vpa_bidx, totp_secret_ct, updated_at_ms)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (wallet_account_id) DO UPDATE SET name_ct = excluded.name_ct,
@@ -134,8 +152,16 @@ pub async fn save(
     .bind(totp_ct)
     .bind(i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX))
     .execute(pool)
-    .await?;
-    Ok(())
+    .await;
+    match saved {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            Err(ProfileError::Taken {
+                field: "phone or vpa",
+            })
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The wallet whose holder has this phone or VPA (looked up by blind index).

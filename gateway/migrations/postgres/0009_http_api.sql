@@ -26,3 +26,10 @@ CREATE TABLE operator_approvals (
     tx_id          TEXT,
     code           TEXT
 );
+
+-- A phone or VPA names one wallet: a P2P transfer to an alias must never reach whichever of two
+-- wallets a lookup happens to find first.
+DROP INDEX wallet_profiles_by_phone;
+DROP INDEX wallet_profiles_by_vpa;
+CREATE UNIQUE INDEX wallet_profiles_by_phone ON wallet_profiles (phone_bidx);
+CREATE UNIQUE INDEX wallet_profiles_by_vpa ON wallet_profiles (vpa_bidx);

@@ -7,6 +7,7 @@
 //! which checks the caller's scope and reads its body through [`body::Json`] (size limit,
 //! strict JSON). Every refusal is an [`error::ApiError`] with a code from the one list.
 
+pub mod aliases;
 pub mod auditor;
 pub mod auth;
 pub mod body;
@@ -17,6 +18,7 @@ pub mod idempotency;
 pub mod limits;
 pub mod operator;
 pub mod ops;
+pub mod points;
 pub mod wallets;
 
 /// The development token issuer lives with the development PKI it is made with.
@@ -82,6 +84,8 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .merge(ops::routes())
         .merge(wallets::routes())
+        .merge(aliases::routes())
+        .merge(points::routes())
         .merge(operator::routes())
         .merge(idempotency::routes())
         .merge(auditor::routes())

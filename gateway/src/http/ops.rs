@@ -3,7 +3,7 @@
 //! handlers). None needs a token: probes and scrapers reach them from the cluster network.
 
 use super::error::ErrorBody;
-use super::{auditor, idempotency, operator, wallets, Api};
+use super::{aliases, auditor, idempotency, operator, points, wallets, Api};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -31,7 +31,7 @@ pub fn routes() -> Router<Arc<Api>> {
     paths(
         livez, readyz, metrics,
         wallets::open_wallet, wallets::wallet, wallets::set_tier, wallets::history, wallets::points,
-        idempotency::status,
+        idempotency::status, aliases::link, aliases::lookup, points::lots,
         auditor::records, auditor::verify, auditor::proofs, auditor::public_key,
         operator::accounts::open_merchant, operator::accounts::open_agent, operator::accounts::set_tier,
         operator::devices::enrol_device, operator::devices::set_device_status,

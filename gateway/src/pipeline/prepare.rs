@@ -161,7 +161,9 @@ async fn resolve_party(
     };
     match profiles::find(&ctx.cipher, ctx.store.pool(), phone, vpa).await {
         Ok(found) => Ok(found.and_then(|id| AccountId::parse(&id).ok())),
-        Err(profiles::ProfileError::Invalid { .. }) => Ok(None),
+        Err(profiles::ProfileError::Invalid { .. } | profiles::ProfileError::Taken { .. }) => {
+            Ok(None)
+        }
         Err(profiles::ProfileError::Key(error)) => {
             ctx.metrics.count_key_failure();
             tracing::error!(%error, device = %request.device_id, "wallet alias not resolved; request refused");
