@@ -53,7 +53,7 @@ LABEL org.opencontainers.image.title="paygate" \
       org.opencontainers.image.description="MQTT edge gateway for POS terminals and mobile wallets" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/usr/local/bin/paygate /usr/local/bin/paygate
-# the data directory (data_dir in deploy/kubernetes/configmap.yaml): a volume in Kubernetes;
+# the data directory (data_dir in deploy/kubernetes/base/configmap.yaml): a volume in Kubernetes;
 # created here, owned by the runtime user, for `docker run -v` as well. The root filesystem is
 # meant to be read-only: nothing else is written outside this directory and /tmp.
 COPY --from=builder --chown=65532:65532 /out/var/lib/paygate /var/lib/paygate
