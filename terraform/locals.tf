@@ -22,6 +22,10 @@ locals {
   audit_bucket_name      = "${local.name}-audit-${local.account_id}"
   witness_bucket_name    = "${local.name}-audit-witness-${data.aws_caller_identity.witness.account_id}"
   cloudtrail_bucket_name = "${local.name}-cloudtrail-${local.account_id}"
-  cloudtrail_name        = "${local.name}-trail"
-  cloudtrail_arn         = "arn:${local.partition}:cloudtrail:${var.region}:${local.account_id}:trail/${local.cloudtrail_name}"
+  # Named (iam.tf gives the role this name) rather than referenced: the bucket and key policies
+  # match it by aws:PrincipalArn, so they need not wait for the role, and checkov can still
+  # resolve the audit buckets' settings (a resource reference in a module's arguments stops it).
+  gateway_role_arn = "arn:${local.partition}:iam::${local.account_id}:role/${local.name}-gateway"
+  cloudtrail_name  = "${local.name}-trail"
+  cloudtrail_arn   = "arn:${local.partition}:cloudtrail:${var.region}:${local.account_id}:trail/${local.cloudtrail_name}"
 }

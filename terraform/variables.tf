@@ -50,13 +50,13 @@ variable "single_nat_gateway" {
   default     = false
 }
 
-variable "flow_log_retention_days" {
-  description = "Retention of VPC flow logs, EKS control-plane logs and the CloudTrail log group."
+variable "cloudwatch_log_retention_days" {
+  description = "Retention of the CloudWatch log groups: VPC flow logs, EKS control plane, RDS, WAF, CloudTrail."
   type        = number
   default     = 365
 
   validation {
-    condition     = var.flow_log_retention_days >= 365
+    condition     = var.cloudwatch_log_retention_days >= 365
     error_message = "PCI DSS 10.5.1: keep logs at least 12 months."
   }
 }
@@ -200,9 +200,9 @@ variable "gateway_namespace" {
 }
 
 variable "gateway_service_account" {
-  description = "Kubernetes service account of the gateway pods."
+  description = "Kubernetes service account of the gateway pods (deploy/kubernetes/base/serviceaccount.yaml)."
   type        = string
-  default     = "paygate-gateway"
+  default     = "paygate"
 }
 
 variable "gateway_tenant" {
@@ -240,7 +240,7 @@ variable "secrets_sync_service_account" {
 # ---------------------------------------------------------------------------------------------
 
 variable "mqtt_allowed_cidrs" {
-  description = "Where devices connect from (MQTT over TLS, 8883)."
+  description = "Where devices connect from (MQTT over TLS, 8883): the NLB keeps their addresses, so the pods admit these too."
   type        = list(string)
   default     = ["0.0.0.0/0"]
 }

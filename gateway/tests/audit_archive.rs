@@ -543,3 +543,32 @@ async fn an_independent_python_verifier_written_from_the_format_document_agrees(
     let theirs = run(copy.path());
     assert_eq!(theirs["kind"], "CHECKPOINT_SIGNATURE", "{theirs}");
 }
+
+/// One writer per journal: a second gateway on the same data directory (another process, or
+/// one still stopping) is refused before it reads the journal, so no two records ever get one
+/// place in the chain; once the first lets go, the journal opens and continues its chain.
+#[tokio::test]
+async fn a_second_writer_of_one_journal_is_refused_until_the_first_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        data_dir: dir.path().to_path_buf(),
+        ..Settings::default()
+    };
+    let store = paygate_gateway::audit::open_store(&settings, 2)
+        .await
+        .unwrap();
+    let first = AuditLog::open(&settings, store.clone(), Arc::new(Metrics::default()))
+        .await
+        .unwrap();
+    let second = AuditLog::open(&settings, store.clone(), Arc::new(Metrics::default())).await;
+    assert!(
+        matches!(second, Err(paygate_gateway::audit::AuditError::InUse(_))),
+        "{:?}",
+        second.err()
+    );
+    drop(first);
+    let again = AuditLog::open(&settings, store, Arc::new(Metrics::default()))
+        .await
+        .unwrap();
+    again.seal_if_due(true).await.unwrap();
+}

@@ -94,8 +94,33 @@ impl TestGateway {
         self.running.shutdown();
         // the old front lets go of its listener when its task sees the shutdown
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let running = gateway::start(self.settings.clone()).await.unwrap();
-        TestGateway { running, ..self }
+        drop(self.running);
+        // the old gateway's tasks let go of its audit journal as they end (a second writer is
+        // refused, as a second process on the data directory would be)
+        let mut waited = 0;
+        let running = loop {
+            match gateway::start(self.settings.clone()).await {
+                Ok(running) => break running,
+                Err(error)
+                    if waited < 300
+                        && error.chain().any(|cause| {
+                            matches!(
+                                cause.downcast_ref::<paygate_gateway::audit::AuditError>(),
+                                Some(paygate_gateway::audit::AuditError::InUse(_))
+                            )
+                        }) =>
+                {
+                    waited += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("the gateway did not start again: {error:#}"),
+            }
+        };
+        TestGateway {
+            running,
+            dir: self.dir,
+            settings: self.settings,
+        }
     }
 
     pub fn store(&self) -> &Store {

@@ -43,6 +43,10 @@ pub enum AuditError {
     Key(String),
     #[error("clock check inconclusive: {0}")]
     ClockInconclusive(String),
+    /// Another gateway (another process, or one still stopping in this one) writes this
+    /// journal: two writers would give two records one place in the chain.
+    #[error("the audit journal {0} is in use by another gateway on this data directory")]
+    InUse(String),
 }
 
 /// The journal writer's state: the active segment and what the sealed ones add up to.
@@ -85,6 +89,9 @@ struct Journal {
 /// seal and ship.
 pub struct AuditLog {
     journal: Mutex<Journal>,
+    /// The journal's exclusive lock, held while this log lives (the kernel lets go of it
+    /// when the process ends, however it ends).
+    _writer: std::fs::File,
     store: Store,
     key: SigningKey,
     pub(crate) settings: AuditSettings,
@@ -111,6 +118,21 @@ fn now_ms() -> u64 {
     crate::clock::now_ms()
 }
 
+/// One writer per journal: an exclusive lock on `<journal>/writer.lock`, taken before the
+/// journal is read.
+fn lock_journal(dir: &Path) -> Result<std::fs::File, AuditError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("writer.lock"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::InUse(dir.display().to_string())),
+        Err(std::fs::TryLockError::Error(error)) => Err(error.into()),
+    }
+}
+
 impl AuditLog {
     /// Opens the journal, repairing a torn tail, and resumes after the last record it holds.
     pub async fn open(
@@ -123,6 +145,7 @@ impl AuditLog {
         let dir = settings.resolve(&audit.journal_dir);
         std::fs::create_dir_all(dir.join("segments"))?;
         std::fs::create_dir_all(dir.join("checkpoints"))?;
+        let writer = lock_journal(&dir)?;
         let log_id = log_id(&dir)?;
         let (mut journal, repaired) = recover(&dir, log_id, &key)?;
         if store.audit_key().is_none() {
@@ -136,6 +159,7 @@ impl AuditLog {
         store.raise_audit_floor(journal.outbox_id_max);
         let log = Arc::new(AuditLog {
             journal: Mutex::new(journal),
+            _writer: writer,
             store,
             key,
             settings: audit,

@@ -1,0 +1,1 @@
+"""paygate custom checkov checks (see paygate_object_lock.py)."""
