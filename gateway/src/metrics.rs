@@ -229,6 +229,62 @@ impl Metrics {
         for (code, count) in &s.declines {
             let _ = writeln!(out, "paygate_declines_total{{code=\"{code}\"}} {count}");
         }
-        out
+        typed(&out)
+    }
+}
+
+/// The exposition with a `# TYPE` line before each metric's first sample: `counter` for the
+/// `_total` names (so a scraper computes rates from them), `gauge` for the others.
+fn typed(samples: &str) -> String {
+    let mut out = String::with_capacity(samples.len() * 2);
+    let mut typed = std::collections::BTreeSet::new();
+    for line in samples.lines() {
+        let name = line.split(['{', ' ']).next().unwrap_or_default().to_owned();
+        if typed.insert(name.clone()) {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod exposition_tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_typed_once_before_its_first_sample() {
+        let metrics = Metrics::default();
+        metrics.count_refusal(paygate_core::ErrorCode::Overloaded);
+        metrics.count_refusal(paygate_core::ErrorCode::TokenInvalid);
+        let text = metrics.render_prometheus();
+        let mut typed = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(
+                    typed.insert(name.to_owned(), kind.to_owned()).is_none(),
+                    "{name} twice"
+                );
+                continue;
+            }
+            let name = line.split(['{', ' ']).next().unwrap();
+            let kind = typed.get(name).unwrap_or_else(|| panic!("{name} untyped"));
+            let expected = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            assert_eq!(kind, expected, "{name}");
+        }
+        assert_eq!(typed["paygate_refusals_total"], "counter");
+        assert_eq!(typed["paygate_connections_open"], "gauge");
     }
 }

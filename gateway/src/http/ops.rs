@@ -108,7 +108,7 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
     let mut text = api.metrics.render_prometheus();
     text.push_str(&format!(
-        "paygate_http_callers_tracked {}\n",
+        "# TYPE paygate_http_callers_tracked gauge\npaygate_http_callers_tracked {}\n",
         api.limiter.callers()
     ));
     (
