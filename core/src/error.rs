@@ -56,6 +56,7 @@ error_codes! {
     KeyIdMismatch => ("KEY_ID_MISMATCH", 401, 0, "the envelope's key id is not the sending device's"),
     SignatureInvalid => ("SIGNATURE_INVALID", 401, 0, "the signature does not verify under the device's enrolled key"),
     DeviceNotEnrolled => ("DEVICE_NOT_ENROLLED", 403, 5, "the device has no active enrolment"),
+    DeviceRevoked => ("DEVICE_REVOKED", 409, 0, "the device is revoked for good; a replacement enrols under a new device id"),
     DeviceMismatch => ("DEVICE_MISMATCH", 403, 0, "the request names another device than the one that sent it"),
     MalformedRequest => ("MALFORMED_REQUEST", 400, 0, "the payload is not a valid request: bad JSON, duplicate or unknown keys, wrong types"),
     UnsupportedVersion => ("UNSUPPORTED_VERSION", 400, 0, "the request schema version is not supported"),

@@ -195,6 +195,14 @@ pub async fn devices(api: &Api, settings: &Settings, command: &DevicesCommand) -
             api.print("PUT", &path, Some(json!({"status": status})))
                 .await
         }
+        DevicesCommand::Revoke { id, reason } => {
+            let mut body = json!({});
+            if let Some(reason) = reason {
+                body["reason"] = json!(reason);
+            }
+            api.print("POST", &format!("/v1/ops/devices/{id}/revoke"), Some(body))
+                .await
+        }
     }
 }
 

@@ -256,7 +256,9 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         .with_context(|| format!("binding the device listener {}", settings.mqtt.listen))?;
     let mqtt_address = listener.local_addr()?;
     let broker_address = embedded.address;
+    let (disconnects, _) = tokio::sync::broadcast::channel(256);
     let front = Arc::new(Front {
+        disconnects: disconnects.clone(),
         connection_slots: Arc::new(Semaphore::new(settings.mqtt.connections_max)),
         admission: admission.clone(),
         settings: settings.mqtt.clone(),
@@ -288,6 +290,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
                     probes: probes.clone(),
                     cipher: cipher.clone(),
                     devices: devices.clone(),
+                    disconnects,
                 },
                 shutdown_rx,
             )

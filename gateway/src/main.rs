@@ -232,6 +232,13 @@ enum DevicesCommand {
     Suspend { id: String },
     /// Make a suspended device active again (--api only).
     Resume { id: String },
+    /// Revoke a device for good: its sessions close now and it never connects again under
+    /// this id (--api only).
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -495,7 +502,7 @@ async fn main() -> Result<()> {
                 return cli_api::devices(&api, &settings, &command).await;
             }
             let DevicesCommand::Enrol { id, currency } = command else {
-                bail!("suspend and resume go through the operator API: give --api");
+                bail!("suspend, resume and revoke go through the operator API: give --api");
             };
             let store = paygate_gateway::audit::open_store(&settings, 1).await?;
             let currency = Currency::parse(&currency).context("unknown currency")?;

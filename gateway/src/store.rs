@@ -197,14 +197,16 @@ impl Store {
         self.backend
     }
 
-    /// Enrols (or re-keys) a device; its wallet account must exist.
+    /// Enrols (or re-keys) a device; its wallet account must exist. A revoked device is
+    /// refused (`DEVICE_REVOKED`).
     pub async fn enrol_device(&self, device: &Device, now_ms: u64) -> Result<(), StoreError> {
-        sqlx::query(
+        let enrolled = sqlx::query(
             "INSERT INTO devices (device_id, algorithm, public_key, wallet_account_id, status, enrolled_at_ms)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (device_id) DO UPDATE SET algorithm = excluded.algorithm,
                public_key = excluded.public_key, wallet_account_id = excluded.wallet_account_id,
-               status = excluded.status",
+               status = excluded.status
+             WHERE devices.revoked_at_ms IS NULL",
         )
         .bind(device.device_id.as_str())
         .bind(device.key.algorithm.name())
@@ -213,7 +215,12 @@ impl Store {
         .bind(if device.active { "active" } else { "suspended" })
         .bind(ms(now_ms))
         .execute(&self.pool)
-        .await?;
+        .await?
+        .rows_affected();
+        if enrolled == 0 {
+            // a revoked device is never enrolled again under its id
+            return Err(StoreError::Refused(ErrorCode::DeviceRevoked));
+        }
         Ok(())
     }
 

@@ -174,7 +174,7 @@ async fn cli_commands_go_through_the_operator_api_as_the_tokens_operator_with_fo
 
     // a device suspended through the API cannot pay; resumed, it can
     let bundle = DeviceBundle::load(&prepared.bundle_dir(0)).unwrap();
-    let mut agent = Agent::connect(bundle, prepared.agent_settings(0))
+    let agent = Agent::connect(bundle, prepared.agent_settings(0))
         .await
         .unwrap();
     let merchant = AccountId::parse("m-1").unwrap();
@@ -184,14 +184,18 @@ async fn cli_commands_go_through_the_operator_api_as_the_tokens_operator_with_fo
         &args(&as_(&olga)),
         &["suspend", "pos-0"],
     ));
-    let refused = agent.pay(&merchant, serve::inr(100)).await.unwrap();
-    assert_eq!(refused.receipt.code.as_deref(), Some("DEVICE_NOT_ENROLLED"));
+    // (its session closing at once and its payments refused: http_operator.rs)
+    drop(agent);
     json_of(&run(
         config,
         "devices",
         &args(&as_(&olga)),
         &["resume", "pos-0"],
     ));
+    let bundle = DeviceBundle::load(&prepared.bundle_dir(0)).unwrap();
+    let mut agent = Agent::connect(bundle, prepared.agent_settings(0))
+        .await
+        .unwrap();
     let paid = agent.pay(&merchant, serve::inr(100)).await.unwrap();
     assert_eq!(paid.receipt.outcome, Outcome::Approved);
     // the API-only commands refuse to run without it

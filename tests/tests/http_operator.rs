@@ -15,6 +15,7 @@ use paygate_tests::{fresh_postgres_database, inr, Db, TestGateway, MERCHANT};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 async fn gateway(db: Db) -> TestGateway {
     let url = match db {
@@ -291,9 +292,10 @@ async fn an_operator_opens_accounts_sets_tiers_and_suspends_a_device_each_change
         String::from_utf8_lossy(&suspend.body)
     );
     assert_eq!(suspend.json()["status"], "suspended");
-    let refused = terminal.pay(&shop, inr("1.00")).await.unwrap();
-    assert_ne!(refused.receipt.outcome, Outcome::Approved);
-    assert_eq!(refused.receipt.code.as_deref(), Some("DEVICE_NOT_ENROLLED"));
+    // its session is closed and it cannot connect again
+    let (_, code) = session(&gateway, "pos-1").await;
+    assert_eq!(code, 5, "a suspended device connected");
+    drop(terminal);
     let unknown = http
         .write(
             "PUT",
@@ -314,6 +316,7 @@ async fn an_operator_opens_accounts_sets_tiers_and_suspends_a_device_each_change
         )
         .await;
     assert_eq!(resume.status, 200);
+    let mut terminal = gateway.agent("pos-1").await;
     let paid = terminal.pay(&shop, inr("2.00")).await.unwrap();
     assert_eq!(paid.receipt.outcome, Outcome::Approved);
     assert_eq!(gateway.balance("wallet-pos-1").await, 10_000 - 300);
@@ -975,4 +978,117 @@ async fn a_security_operator_rotates_the_key_encryption_key_and_the_fields_still
         })
         .count();
     assert_eq!(rotated, 2);
+}
+
+/// A device session opened now, through the front with its own certificate: the CONNACK code.
+async fn session(gateway: &TestGateway, device: &str) -> (paygate_tests::RawClient, u8) {
+    let config = gateway.tls_client_config(Some(&gateway.bundle_dir(device)));
+    let mut client = paygate_tests::RawClient::connect_tls(gateway.port(), config)
+        .await
+        .unwrap();
+    let code = client.mqtt_connect(device).await.unwrap();
+    (client, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_or_revoked_device_is_disconnected_at_once_and_cannot_connect_again() {
+    let gateway = gateway(Db::Sqlite).await;
+    let http = gateway.http();
+    let olga = gateway.operator_token("olga", &["operator"], Some(30));
+    gateway.device("pos-1", "10.00").await;
+    let (mut connected, code) = session(&gateway, "pos-1").await;
+    assert_eq!(code, 0);
+
+    let suspend = http
+        .write(
+            "PUT",
+            "/v1/ops/devices/pos-1/status",
+            &olga,
+            "s-1",
+            &json!({"status": "suspended"}),
+        )
+        .await;
+    assert_eq!(
+        suspend.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&suspend.body)
+    );
+    // closed within a second of the answer, after a notice saying why
+    let (told, closed) = connected.until_closed(Duration::from_secs(1)).await;
+    assert!(closed, "the suspended device's session stayed open");
+    assert!(
+        told.iter()
+            .any(|p| matches!(p, rumqttc::mqttbytes::v4::Packet::Publish(_))),
+        "{told:?}"
+    );
+    let (_, code) = session(&gateway, "pos-1").await;
+    assert_eq!(code, 5, "a suspended device connected again");
+
+    let resume = http
+        .write(
+            "PUT",
+            "/v1/ops/devices/pos-1/status",
+            &olga,
+            "s-2",
+            &json!({"status": "active"}),
+        )
+        .await;
+    assert_eq!(resume.json()["status"], "active");
+    let mut agent = gateway.agent("pos-1").await;
+    let paid = agent
+        .pay(&AccountId::parse(MERCHANT).unwrap(), inr("1.00"))
+        .await
+        .unwrap();
+    assert_eq!(paid.receipt.outcome, Outcome::Approved);
+    agent.disconnect().await;
+    let (mut again, code) = session(&gateway, "pos-1").await;
+    assert_eq!(code, 0);
+
+    let revoked = post(
+        &http,
+        "/v1/ops/devices/pos-1/revoke",
+        &olga,
+        "r-1",
+        json!({"reason": "terminal reported stolen"}),
+    )
+    .await;
+    assert_eq!(
+        revoked.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&revoked.body)
+    );
+    assert_eq!(revoked.json()["revoked"], true);
+    let (_, closed) = again.until_closed(Duration::from_secs(1)).await;
+    assert!(closed, "the revoked device's session stayed open");
+    let (_, code) = session(&gateway, "pos-1").await;
+    assert_eq!(code, 5);
+    // never active again: not through the API, not by enrolling it anew
+    let back = http
+        .write(
+            "PUT",
+            "/v1/ops/devices/pos-1/status",
+            &olga,
+            "s-3",
+            &json!({"status": "active"}),
+        )
+        .await;
+    assert_eq!(back.code(), "DEVICE_REVOKED");
+    let bundle_enrol = paygate_gateway::demo::enrol_from_bundle(
+        gateway.store(),
+        &gateway.pki_dir(),
+        &paygate_core::DeviceId::parse("pos-1").unwrap(),
+        paygate_core::Currency::parse("INR").unwrap(),
+    )
+    .await;
+    assert!(bundle_enrol.is_err(), "a revoked device was enrolled anew");
+    let (_, code) = session(&gateway, "pos-1").await;
+    assert_eq!(code, 5);
+    assert_eq!(gateway.balance("wallet-pos-1").await, 1_000 - 100);
+    let records = gateway.journal_records().await;
+    assert!(records.iter().any(|r| r.actor == "operator:olga"
+        && r.detail
+            .as_deref()
+            .is_some_and(|d| d.contains("revoked (terminal reported stolen)"))));
 }

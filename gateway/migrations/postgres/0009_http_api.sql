@@ -33,3 +33,6 @@ DROP INDEX wallet_profiles_by_phone;
 DROP INDEX wallet_profiles_by_vpa;
 CREATE UNIQUE INDEX wallet_profiles_by_phone ON wallet_profiles (phone_bidx);
 CREATE UNIQUE INDEX wallet_profiles_by_vpa ON wallet_profiles (vpa_bidx);
+
+-- A device revoked through the operator API: suspended, and never active again under its id.
+ALTER TABLE devices ADD COLUMN revoked_at_ms BIGINT;

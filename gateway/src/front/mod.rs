@@ -55,6 +55,9 @@ pub struct Front {
     /// Every device's admission state, shared with the pipeline (which says when a request
     /// is answered).
     pub admission: Arc<Registry>,
+    /// Devices whose sessions must end now (suspended or revoked through the operator API);
+    /// every session listens and closes its own device's.
+    pub disconnects: tokio::sync::broadcast::Sender<DeviceId>,
 }
 
 /// Accepts connections until `shutdown` turns true. The handshake and everything after it run
@@ -407,10 +410,31 @@ where
     let mut ended_by = None;
     let mut overload_log = Throttled::every(LOG_INTERVAL);
     let mut answered_refusals = 0u32;
+    let mut disconnects = front.disconnects.subscribe();
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(idle, device_reader.next()) => next,
             _ = &mut broker_pump => break,
+            told = disconnects.recv() => {
+                let ours = match told {
+                    Ok(id) => id == *device,
+                    // missed some: ask the database whether this device may stay
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => !matches!(
+                        front.store.device(device).await,
+                        Ok(Some(enrolled)) if enrolled.active
+                    ),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => false,
+                };
+                if ours {
+                    broker_pump.abort();
+                    let _ = to_device
+                        .send(notice(front, device, ErrorCode::DeviceNotEnrolled))
+                        .await;
+                    ended_by = Some(ErrorCode::DeviceNotEnrolled);
+                    break;
+                }
+                continue;
+            }
         };
         let (packet, raw) = match next {
             Err(_) => break, // keep-alive expired

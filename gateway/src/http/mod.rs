@@ -62,6 +62,8 @@ pub struct Api {
     pub cipher: Arc<crate::keys::cipher::FieldCipher>,
     /// The pipeline's cache of devices (a suspension takes effect from the next request).
     pub devices: Arc<crate::pipeline::devices::DeviceCache>,
+    /// Tells the device front to close a device's sessions now.
+    pub disconnects: tokio::sync::broadcast::Sender<paygate_core::DeviceId>,
     /// Held by a key rotation: one at a time.
     pub rotation: tokio::sync::Mutex<()>,
     /// Held while the local copy of the audit store is updated and read.
@@ -341,6 +343,7 @@ pub struct Services {
     pub probes: Probes,
     pub cipher: Arc<crate::keys::cipher::FieldCipher>,
     pub devices: Arc<crate::pipeline::devices::DeviceCache>,
+    pub disconnects: tokio::sync::broadcast::Sender<paygate_core::DeviceId>,
 }
 
 /// Binds `http.listen` and serves the API until shutdown; returns the bound address.
@@ -356,6 +359,7 @@ pub async fn start(
         probes,
         cipher,
         devices,
+        disconnects,
     } = services;
     use anyhow::Context;
     let http = &settings.http;
@@ -378,6 +382,7 @@ pub async fn start(
         verifier,
         cipher,
         devices,
+        disconnects,
         gateway_settings: settings.clone(),
         audit_copy_lock: tokio::sync::Mutex::new(()),
         rotation: tokio::sync::Mutex::new(()),

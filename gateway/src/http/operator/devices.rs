@@ -41,6 +41,8 @@ pub struct DeviceView {
     pub algorithm: String,
     /// `active` or `suspended`.
     pub status: String,
+    /// Revoked for good: suspended, and never active again under this id.
+    pub revoked: bool,
 }
 
 fn device_id(text: &str) -> Result<DeviceId, ApiError> {
@@ -139,6 +141,7 @@ pub async fn enrol_device(
             account_id: account.as_str().to_owned(),
             algorithm: algorithm.name().to_owned(),
             status: "active".to_owned(),
+            revoked: false,
         };
         Written::new(StatusCode::CREATED, &view, vec![event])
     }
@@ -159,9 +162,10 @@ pub enum DeviceStatus {
     Suspended,
 }
 
-/// Suspends a device (its requests are refused `DEVICE_NOT_ENROLLED` from the next one on)
-/// or makes it active again (role `operator`). Revoking its certificate stays with the PKI
-/// (`paygate certs revoke`).
+/// Suspends a device or makes it active again (role `operator`). A suspension takes effect
+/// at once: the device's open sessions are closed (it is told `DEVICE_NOT_ENROLLED`), it cannot
+/// connect again, and its requests verified from then on are refused. A revoked device cannot
+/// be made active (`DEVICE_REVOKED`).
 #[utoipa::path(put, path = "/v1/ops/devices/{device_id}/status", request_body = SetDeviceStatus,
     params(("device_id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"), ("Idempotency-Key" = String, Header, pattern = "^[A-Za-z0-9._:-]{1,64}$")),
     security(("bearer" = [])),
@@ -183,51 +187,184 @@ pub async fn set_device_status(
     authorize(&api, &caller, peer, Role::Operator, &path).await?;
     // the role or scope first: a caller without it learns nothing of the body's checks
     let (key, body) = (key?, body?);
-    let status = match body.value.status {
-        DeviceStatus::Active => "active",
-        DeviceStatus::Suspended => "suspended",
+    let change = match body.value.status {
+        DeviceStatus::Active => Change::Activate,
+        DeviceStatus::Suspended => Change::Suspend,
     };
-    let parsed = device_id(&device);
-    let (mut owned, write) =
-        match idempotency::begin(&api, &caller, &key, "PUT", &path, &body.bytes).await? {
-            Begun::Replay(response) => return Ok(response),
-            Begun::New(batch, write) => (batch, write),
-        };
+    let asked = Asked {
+        caller: &caller,
+        peer,
+        key: &key,
+        method: "PUT",
+        path: &path,
+        body: &body.bytes,
+    };
+    apply(&api, asked, &device, change, None).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Revoke {
+    /// Why, for the audit trail (a stolen terminal, a decommissioned one).
+    #[schema(max_length = 500)]
+    pub reason: Option<String>,
+}
+
+/// Revokes a device for good (role `operator`): as a suspension, at once, and never active
+/// again under this id (a replacement terminal enrols under a new one). Revoking a revoked
+/// device changes nothing.
+#[utoipa::path(post, path = "/v1/ops/devices/{device_id}/revoke", request_body = Revoke,
+    params(("device_id" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"), ("Idempotency-Key" = String, Header, pattern = "^[A-Za-z0-9._:-]{1,64}$")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "revoked", body = DeviceView),
+        (status = "4XX", description = "refused", body = ErrorBody),
+        (status = "5XX", description = "failed; retry with the same key", body = ErrorBody),
+    ))]
+pub async fn revoke_device(
+    State(api): State<Arc<Api>>,
+    caller: Caller,
+    PathText(device): PathText,
+    peer: Option<Extension<Peer>>,
+    key: Result<IdempotencyKey, ApiError>,
+    body: Result<Json<Revoke>, ApiError>,
+) -> Result<Response, ApiError> {
+    let peer = peer.as_deref().copied();
+    let path = format!("/v1/ops/devices/{device}/revoke");
+    authorize(&api, &caller, peer, Role::Operator, &path).await?;
+    let (key, body) = (key?, body?);
+    let reason = body.value.reason.clone().unwrap_or_default();
+    if reason.chars().count() > 500 || reason.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            ErrorCode::MalformedRequest,
+            "the reason is at most 500 printable characters",
+        ));
+    }
+    let asked = Asked {
+        caller: &caller,
+        peer,
+        key: &key,
+        method: "POST",
+        path: &path,
+        body: &body.bytes,
+    };
+    apply(&api, asked, &device, Change::Revoke, Some(reason)).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Activate,
+    Suspend,
+    Revoke,
+}
+
+/// One operator write as asked.
+struct Asked<'a> {
+    caller: &'a Caller,
+    peer: Option<Peer>,
+    key: &'a IdempotencyKey,
+    method: &'a str,
+    path: &'a str,
+    body: &'a [u8],
+}
+
+async fn apply(
+    api: &Api,
+    asked: Asked<'_>,
+    device: &str,
+    change: Change,
+    reason: Option<String>,
+) -> Result<Response, ApiError> {
+    let parsed = device_id(device);
+    let (mut owned, write) = match idempotency::begin(
+        api,
+        asked.caller,
+        asked.key,
+        asked.method,
+        asked.path,
+        asked.body,
+    )
+    .await?
+    {
+        Begun::Replay(response) => return Ok(response),
+        Begun::New(batch, write) => (batch, write),
+    };
     let batch = &mut owned;
     let written = async {
         let device = parsed.clone()?;
-        let row = sqlx::query(
-            "UPDATE devices SET status = $1 WHERE device_id = $2
-             RETURNING wallet_account_id, algorithm",
-        )
-        .bind(status)
-        .bind(device.as_str())
-        .fetch_optional(&mut **batch)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::new(ErrorCode::DeviceNotEnrolled, "no device has this id"))?;
+        let sql = match change {
+            Change::Activate => {
+                "UPDATE devices SET status = 'active' WHERE device_id = $1 AND revoked_at_ms IS NULL
+                 RETURNING wallet_account_id, algorithm, status, revoked_at_ms"
+            }
+            Change::Suspend => {
+                "UPDATE devices SET status = 'suspended' WHERE device_id = $1
+                 RETURNING wallet_account_id, algorithm, status, revoked_at_ms"
+            }
+            Change::Revoke => {
+                "UPDATE devices SET status = 'suspended', revoked_at_ms = COALESCE(revoked_at_ms, $2)
+                 WHERE device_id = $1
+                 RETURNING wallet_account_id, algorithm, status, revoked_at_ms"
+            }
+        };
+        let mut query = sqlx::query(sql).bind(device.as_str());
+        if change == Change::Revoke {
+            query = query.bind(i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX));
+        }
+        let Some(row) = query
+            .fetch_optional(&mut **batch)
+            .await
+            .map_err(ApiError::internal)?
+        else {
+            let enrolled: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM devices WHERE device_id = $1")
+                    .bind(device.as_str())
+                    .fetch_optional(&mut **batch)
+                    .await
+                    .map_err(ApiError::internal)?;
+            return Err(match enrolled {
+                Some(_) => ApiError::new(
+                    ErrorCode::DeviceRevoked,
+                    "the device is revoked; a replacement enrols under a new device id",
+                ),
+                None => ApiError::new(ErrorCode::DeviceNotEnrolled, "no device has this id"),
+            });
+        };
+        let revoked_at: Option<i64> = row.try_get("revoked_at_ms").map_err(ApiError::internal)?;
         let view = DeviceView {
             device_id: device.as_str().to_owned(),
             account_id: row
                 .try_get("wallet_account_id")
                 .map_err(ApiError::internal)?,
             algorithm: row.try_get("algorithm").map_err(ApiError::internal)?,
-            status: status.to_owned(),
+            status: row.try_get("status").map_err(ApiError::internal)?,
+            revoked: revoked_at.is_some(),
+        };
+        let what = match (change, reason.as_deref()) {
+            (Change::Revoke, Some(reason)) if !reason.is_empty() => {
+                format!("device revoked ({reason})")
+            }
+            (Change::Revoke, _) => "device revoked".to_owned(),
+            _ => format!("device status set to {}", view.status),
         };
         let event = operator_event(
-            &caller,
-            peer,
+            asked.caller,
+            asked.peer,
             EventType::CredentialChanged,
             format!("device:{device}"),
-            format!("device status set to {status}"),
+            what,
         );
         Written::new(StatusCode::OK, &view, vec![event])
     }
     .await;
-    let answer = idempotency::finish_written(&api, owned, write, written).await;
-    // the pipeline's cache of devices takes the change from the next request on
+    let answer = idempotency::finish_written(api, owned, write, written).await;
     if let Ok(device) = &parsed {
+        // the pipeline's cache of devices takes the change from the next request on, and the
+        // front closes the device's sessions (a lookup in flight does not cache what it read)
         api.devices.forget(device);
+        if change != Change::Activate {
+            let _ = api.disconnects.send(device.clone());
+        }
     }
     answer
 }

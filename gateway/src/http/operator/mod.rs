@@ -36,6 +36,10 @@ pub fn routes() -> Router<Arc<Api>> {
             "/v1/ops/devices/:device_id/status",
             put(devices::set_device_status),
         )
+        .route(
+            "/v1/ops/devices/:device_id/revoke",
+            post(devices::revoke_device),
+        )
         .route("/v1/ops/fundings", post(fundings::request_funding))
         .route("/v1/ops/fundings/:funding_id", get(fundings::funding))
         .route(
