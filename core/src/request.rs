@@ -130,10 +130,14 @@ impl Party {
             }
             PartyWire::Phone(phone) => {
                 let digits = phone.strip_prefix('+').unwrap_or("");
-                if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit())
+                // E.164: a country code never starts with 0 (national and 00 forms are refused,
+                // so one number has one spelling)
+                if !(8..=15).contains(&digits.len())
+                    || !digits.bytes().all(|b| b.is_ascii_digit())
+                    || digits.starts_with('0')
                 {
                     return Err(malformed(
-                        "phone must be E.164: + and 8 to 15 digits".to_owned(),
+                        "phone must be E.164: + and 8 to 15 digits, the first not 0".to_owned(),
                     ));
                 }
                 Party::Phone(phone.clone())

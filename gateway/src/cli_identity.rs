@@ -4,6 +4,17 @@ use anyhow::Result;
 use paygate_core::audit::{AuditEvent, AuditOutcome, EventType};
 use paygate_gateway::config::Settings;
 
+/// The local bootstrap mode writes the database directly, so only while no gateway serves on
+/// this data directory; afterwards the operator API (`--api`) is the way, with its checks.
+pub fn local_bootstrap(settings: &Settings) -> Result<()> {
+    if paygate_gateway::audit::journal_in_use(settings)? {
+        anyhow::bail!(
+            "a gateway serves on this data directory: go through its operator API (--api https://host:port --token-file F); the local mode is for the first operator, before any gateway serves"
+        );
+    }
+    Ok(())
+}
+
 /// Who ran this command, as the audit trail records it: the OS account the kernel says runs
 /// this process (never `$USER`, which anyone sets), after the name the caller gave, if any.
 pub fn operator_name(claimed: Option<String>) -> String {

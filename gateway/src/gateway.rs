@@ -109,10 +109,23 @@ pub fn load_receipt_key(settings: &Settings) -> Result<SigningKey> {
 }
 
 /// Starts everything and returns once the device listener is bound.
+/// A PostgreSQL URL that does not ask for the server's certificate to be checked talks to
+/// whoever answers (`prefer`, sqlx's default, even falls back to clear text): said at start.
+fn warn_unverified_database(url: &str) {
+    let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let verified = url.contains("sslmode=verify-full") || url.contains("sslmode=verify-ca");
+    if postgres && !verified {
+        tracing::warn!(
+            "database.url does not say sslmode=verify-full: the PostgreSQL server's certificate is not checked and the connection may be in clear (docs/operations.md, \"Database\")"
+        );
+    }
+}
+
 pub async fn start(settings: Settings) -> Result<RunningGateway> {
     crate::descriptors::ensure(settings.mqtt.connections_max)?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
+    warn_unverified_database(&settings.database_url());
     let tuning = crate::store::SqliteTuning {
         busy_timeout_ms: settings.database.sqlite_busy_timeout_ms,
         acquire_timeout_ms: settings.database.acquire_timeout_ms,

@@ -504,6 +504,7 @@ async fn main() -> Result<()> {
             let DevicesCommand::Enrol { id, currency } = command else {
                 bail!("suspend, resume and revoke go through the operator API: give --api");
             };
+            cli_identity::local_bootstrap(&settings)?;
             let store = paygate_gateway::audit::open_store(&settings, 1).await?;
             let currency = Currency::parse(&currency).context("unknown currency")?;
             let wallet = demo::enrol_from_bundle(
@@ -530,6 +531,12 @@ async fn main() -> Result<()> {
             let settings = Settings::load(config.as_deref())?;
             if let Some(api) = remote.connect(&settings)? {
                 return cli_api::ledger(&api, &command).await;
+            }
+            if !matches!(
+                command,
+                LedgerCommand::RewardsReport | LedgerCommand::UpiReport | LedgerCommand::Check
+            ) {
+                cli_identity::local_bootstrap(&settings)?;
             }
             let store = paygate_gateway::audit::open_store(&settings, 1).await?;
             let now = paygate_gateway::clock::now_ms();
@@ -670,6 +677,7 @@ async fn main() -> Result<()> {
                 return cli_api::keys(&api, &command).await;
             }
             let KeysCommand::Rotate { to_kms_key } = command;
+            cli_identity::local_bootstrap(&settings)?;
             let (_store, cipher) = open_cipher(&settings).await?;
             if let KeyProvider::Local(keyring) = cipher.provider() {
                 let id = keyring.rotate()?;

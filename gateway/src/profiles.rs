@@ -39,25 +39,31 @@ pub struct MaskedProfile {
     pub has_totp_secret: bool,
 }
 
-/// `+` and digits only, 8 to 15 digits (E.164).
+/// E.164, `+` and 8 to 15 digits, the first not 0: the one spelling of a number, so one phone
+/// names one wallet. Spaces and dashes between digits are dropped; a national form (`098...`),
+/// an international prefix (`0091...`), a number without `+`, or a `+` anywhere but first is
+/// refused rather than guessed at.
 pub fn normalise_phone(phone: &str) -> Result<String, ProfileError> {
     let invalid = |why: &str| ProfileError::Invalid {
         field: "phone",
         why: why.to_owned(),
     };
     let trimmed = phone.trim();
-    if !trimmed.is_ascii() {
-        return Err(invalid("only ASCII digits, spaces, dashes and a leading +"));
-    }
-    let digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
-    if trimmed
+    let Some(rest) = trimmed.strip_prefix('+') else {
+        return Err(invalid("E.164 starts with + and the country code"));
+    };
+    if rest
         .chars()
-        .any(|c| !(c.is_ascii_digit() || c == ' ' || c == '-' || c == '+'))
+        .any(|c| !(c.is_ascii_digit() || c == ' ' || c == '-'))
     {
-        return Err(invalid("only digits, spaces, dashes and a leading +"));
+        return Err(invalid("after the +, only digits, spaces and dashes"));
     }
+    let digits: String = rest.chars().filter(char::is_ascii_digit).collect();
     if !(8..=15).contains(&digits.len()) {
         return Err(invalid("8 to 15 digits"));
+    }
+    if digits.starts_with('0') {
+        return Err(invalid("a country code never starts with 0"));
     }
     Ok(format!("+{digits}"))
 }
@@ -247,4 +253,53 @@ pub async fn totp_secret(
             .decrypt(TABLE, "totp_secret", wallet.as_str(), &sealed)
             .await?,
     ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::normalise_phone;
+    use proptest::prelude::*;
+
+    #[test]
+    fn one_number_has_one_spelling_and_the_others_are_refused() {
+        for same in [
+            "+919800000001",
+            "+91 98000 00001",
+            "+91-98000-00001",
+            " +919800000001 ",
+        ] {
+            assert_eq!(normalise_phone(same).unwrap(), "+919800000001", "{same}");
+        }
+        for other in [
+            "919800000001",
+            "9800000001",
+            "09800000001",
+            "00919800000001",
+            "+00919800000001",
+            "+9+1+9800000001",
+            "9198000000+01",
+            "+91980000000١",
+            "+1234567",
+            "+1234567890123456",
+        ] {
+            assert!(normalise_phone(other).is_err(), "{other}");
+        }
+    }
+
+    proptest! {
+        /// Whatever is typed: refused, or the canonical form, which is a fixed point; two
+        /// accepted inputs give one form exactly when they hold the same digits.
+        #[test]
+        fn normalised_phones_are_canonical(a in "[+0-9 -]{0,20}", b in "[+0-9 -]{0,20}") {
+            if let Ok(n) = normalise_phone(&a) {
+                prop_assert_eq!(normalise_phone(&n).unwrap(), n.clone());
+                prop_assert!(n.starts_with('+') && !n[1..].starts_with('0'));
+                if let Ok(m) = normalise_phone(&b) {
+                    let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
+                    prop_assert_eq!(n == m, digits(&a) == digits(&b));
+                }
+            }
+        }
+    }
 }

@@ -197,15 +197,15 @@ impl Store {
         self.backend
     }
 
-    /// Enrols (or re-keys) a device; its wallet account must exist. A revoked device is
-    /// refused (`DEVICE_REVOKED`).
+    /// Enrols (or re-keys) a device; its wallet account must exist. Re-keying keeps the
+    /// device's status (a suspended device stays suspended: only the operator API resumes it);
+    /// a revoked device is refused (`DEVICE_REVOKED`).
     pub async fn enrol_device(&self, device: &Device, now_ms: u64) -> Result<(), StoreError> {
         let enrolled = sqlx::query(
             "INSERT INTO devices (device_id, algorithm, public_key, wallet_account_id, status, enrolled_at_ms)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (device_id) DO UPDATE SET algorithm = excluded.algorithm,
-               public_key = excluded.public_key, wallet_account_id = excluded.wallet_account_id,
-               status = excluded.status
+               public_key = excluded.public_key, wallet_account_id = excluded.wallet_account_id
              WHERE devices.revoked_at_ms IS NULL",
         )
         .bind(device.device_id.as_str())

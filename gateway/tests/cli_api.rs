@@ -200,6 +200,17 @@ async fn cli_commands_go_through_the_operator_api_as_the_tokens_operator_with_fo
     assert_eq!(paid.receipt.outcome, Outcome::Approved);
     // the API-only commands refuse to run without it
     refused_with(&run(config, "devices", &[], &["suspend", "pos-0"]), "--api");
+    // and the local bootstrap mode does not write beside a serving gateway
+    for command in [
+        &["ledger", "fund", "wallet-pos-0", "1.00", "INR"][..],
+        &["devices", "enrol", "pos-0"][..],
+        &["keys", "rotate"][..],
+    ] {
+        refused_with(
+            &run(config, command[0], &[], &command[1..]),
+            "a gateway serves on this data directory",
+        );
+    }
 
     // the wallet holds what was posted, once each
     let client = ApiClient::new(&api, &prepared.data.join("pki/ca.cert.pem")).unwrap();

@@ -186,6 +186,37 @@ async fn an_alias_names_one_wallet_and_a_p2p_transfer_to_it_reaches_that_wallet(
         .count();
     // every lookup above, found or not; the malformed and the holder's were refused first
     assert_eq!(lookups, 5);
+    let lookups: Vec<_> = records
+        .iter()
+        .filter(|r| r.event == EventType::DataAccessed && r.actor == "api:backend")
+        .collect();
+    assert_eq!(lookups[0].wallet_id.as_deref(), Some("w-asha"));
+    let missed = lookups
+        .iter()
+        .find(|r| r.code.as_deref() == Some("UNKNOWN_WALLET"))
+        .expect("the lookup that found nothing is recorded as such");
+    assert_eq!(missed.outcome, paygate_core::audit::AuditOutcome::Failure);
+    // one spelling per number: a national or 00 form is refused, never read as another number
+    for (n, other) in [
+        "9800000001",
+        "09800000001",
+        "00919800000001",
+        "+9+19800000001",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let refused = http
+            .write(
+                "PUT",
+                "/v1/wallets/w-ravi/profile",
+                &backend,
+                &format!("spelling-{n}"),
+                &json!({"name": "Ravi", "phone": other, "vpa": "ravi2@bank"}),
+            )
+            .await;
+        assert_eq!(refused.code(), "PAYER_INVALID", "{other}");
+    }
     assert!(records
         .iter()
         .all(|r| !format!("{r:?}").contains("9800000001")));

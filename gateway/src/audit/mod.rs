@@ -118,6 +118,20 @@ fn now_ms() -> u64 {
     crate::clock::now_ms()
 }
 
+/// Whether a gateway holds this configuration's audit journal now (it serves on this data
+/// directory): the CLI's local bootstrap mode refuses to write beside it.
+pub fn journal_in_use(settings: &Settings) -> Result<bool, AuditError> {
+    let dir = settings.resolve(&settings.audit.journal_dir);
+    if !dir.exists() {
+        return Ok(false);
+    }
+    match lock_journal(&dir) {
+        Ok(_released_on_drop) => Ok(false),
+        Err(AuditError::InUse(_)) => Ok(true),
+        Err(other) => Err(other),
+    }
+}
+
 /// One writer per journal: an exclusive lock on `<journal>/writer.lock`, taken before the
 /// journal is read.
 fn lock_journal(dir: &Path) -> Result<std::fs::File, AuditError> {

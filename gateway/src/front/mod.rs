@@ -297,6 +297,9 @@ where
         .await;
         return Err(ErrorCode::TopicNotAuthorized);
     }
+    // listening before the status is read: a suspension committed from here on reaches this
+    // session, whenever it comes
+    let mut disconnects = front.disconnects.subscribe();
     match front.store.device(device).await {
         Ok(Some(enrolled)) if enrolled.active => {}
         Ok(_) => {
@@ -410,7 +413,6 @@ where
     let mut ended_by = None;
     let mut overload_log = Throttled::every(LOG_INTERVAL);
     let mut answered_refusals = 0u32;
-    let mut disconnects = front.disconnects.subscribe();
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(idle, device_reader.next()) => next,

@@ -204,26 +204,34 @@ pub async fn lookup(
             ))
         }
     };
-    let read = event(
+    let found = profiles::find(&api.cipher, api.store.pool(), phone, vpa)
+        .await
+        .map_err(refusal)?;
+    // the record says what was asked (masked), and what was found: a probe for who has a
+    // number shows in the trail
+    let asked = match (phone, vpa) {
+        (Some(phone), _) => format!("phone {}", paygate_core::redact::mask_phone(phone)),
+        (_, Some(vpa)) => format!("vpa {}", paygate_core::redact::mask_vpa(vpa)),
+        _ => String::new(),
+    };
+    let mut read = event(
         &caller,
         EventType::DataAccessed,
         "wallet_profiles".to_owned(),
-        if phone.is_some() {
-            "wallet looked up by phone (blind index)"
-        } else {
-            "wallet looked up by VPA (blind index)"
-        },
+        &format!("wallet looked up by {asked} (blind index)"),
     );
+    read.wallet_id = found.clone();
+    if found.is_none() {
+        read.outcome = AuditOutcome::Failure;
+        read.code = Some(ErrorCode::UnknownWallet.as_str().to_owned());
+    }
     api.audit.record(read).await.map_err(|_| {
         ApiError::new(
             ErrorCode::AuditUnavailable,
-            "the lookup could not be audited; nothing was read",
+            "the lookup could not be audited; its answer is withheld",
         )
     })?;
-    match profiles::find(&api.cipher, api.store.pool(), phone, vpa)
-        .await
-        .map_err(refusal)?
-    {
+    match found {
         Some(wallet_id) => Ok(axum::Json(Found { wallet_id })),
         None => Err(ApiError::new(
             ErrorCode::UnknownWallet,

@@ -192,14 +192,14 @@ pub async fn set_device_status(
         DeviceStatus::Suspended => Change::Suspend,
     };
     let asked = Asked {
-        caller: &caller,
+        caller,
         peer,
-        key: &key,
+        key,
         method: "PUT",
-        path: &path,
-        body: &body.bytes,
+        path,
+        body: body.bytes.to_vec(),
     };
-    apply(&api, asked, &device, change, None).await
+    apply(&api, asked, device, change, None).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -241,14 +241,14 @@ pub async fn revoke_device(
         ));
     }
     let asked = Asked {
-        caller: &caller,
+        caller,
         peer,
-        key: &key,
+        key,
         method: "POST",
-        path: &path,
-        body: &body.bytes,
+        path,
+        body: body.bytes.to_vec(),
     };
-    apply(&api, asked, &device, Change::Revoke, Some(reason)).await
+    apply(&api, asked, device, Change::Revoke, Some(reason)).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,18 +259,47 @@ enum Change {
 }
 
 /// One operator write as asked.
-struct Asked<'a> {
-    caller: &'a Caller,
+struct Asked {
+    caller: Caller,
     peer: Option<Peer>,
-    key: &'a IdempotencyKey,
-    method: &'a str,
-    path: &'a str,
-    body: &'a [u8],
+    key: IdempotencyKey,
+    method: &'static str,
+    path: String,
+    body: Vec<u8>,
 }
 
+/// [`change_status`] in a task of its own: a request that times out or whose client goes
+/// away after the commit still has the device's sessions closed.
 async fn apply(
+    api: &Arc<Api>,
+    asked: Asked,
+    device: String,
+    change: Change,
+    reason: Option<String>,
+) -> Result<Response, ApiError> {
+    let api = api.clone();
+    let context = crate::http::error::REQUEST.try_with(Clone::clone).ok();
+    let work = async move { change_status(&api, &asked, &device, change, reason).await };
+    let task = tokio::spawn(async move {
+        match context {
+            Some(context) => crate::http::error::REQUEST.scope(context, work).await,
+            None => work.await,
+        }
+    });
+    task.await.map_err(ApiError::internal)?
+}
+
+/// Tells the pipeline's cache and the front: from the next request on, and its open sessions.
+fn take_effect(api: &Api, device: &DeviceId, change: Change) {
+    api.devices.forget(device);
+    if change != Change::Activate {
+        let _ = api.disconnects.send(device.clone());
+    }
+}
+
+async fn change_status(
     api: &Api,
-    asked: Asked<'_>,
+    asked: &Asked,
     device: &str,
     change: Change,
     reason: Option<String>,
@@ -278,15 +307,21 @@ async fn apply(
     let parsed = device_id(device);
     let (mut owned, write) = match idempotency::begin(
         api,
-        asked.caller,
-        asked.key,
+        &asked.caller,
+        &asked.key,
         asked.method,
-        asked.path,
-        asked.body,
+        &asked.path,
+        &asked.body,
     )
     .await?
     {
-        Begun::Replay(response) => return Ok(response),
+        Begun::Replay(response) => {
+            // a retry of a change whose first answer was lost: its effect is made again
+            if let Ok(device) = &parsed {
+                take_effect(api, device, change);
+            }
+            return Ok(response);
+        }
         Begun::New(batch, write) => (batch, write),
     };
     let batch = &mut owned;
@@ -348,7 +383,7 @@ async fn apply(
             _ => format!("device status set to {}", view.status),
         };
         let event = operator_event(
-            asked.caller,
+            &asked.caller,
             asked.peer,
             EventType::CredentialChanged,
             format!("device:{device}"),
@@ -357,14 +392,11 @@ async fn apply(
         Written::new(StatusCode::OK, &view, vec![event])
     }
     .await;
-    let answer = idempotency::finish_written(api, owned, write, written).await;
+    let answered = idempotency::finish_written(api, owned, write, written).await;
+    // the pipeline's cache forgets the device (a lookup in flight does not cache what it
+    // read), and the front closes its sessions
     if let Ok(device) = &parsed {
-        // the pipeline's cache of devices takes the change from the next request on, and the
-        // front closes the device's sessions (a lookup in flight does not cache what it read)
-        api.devices.forget(device);
-        if change != Change::Activate {
-            let _ = api.disconnects.send(device.clone());
-        }
+        take_effect(api, device, change);
     }
-    answer
+    answered
 }

@@ -273,6 +273,15 @@ pub async fn request_funding(
         let id = format!("fund-{}", uuid::Uuid::new_v4());
         // the threshold counts what this operator funded alone in the last 24 hours too, so
         // splitting a funding into parts below it does not avoid the second approver
+        if api_ref.store.backend() == crate::store::Backend::Postgres {
+            // one funding request per operator at a time, so two at once cannot both read a
+            // total below the threshold (SQLite's write transactions are serial already)
+            sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtext($1))) AS locked")
+                .bind(format!("funding:{}", caller.subject))
+                .execute(&mut **batch)
+                .await
+                .map_err(ApiError::internal)?;
+        }
         let alone = funded_alone(batch, &caller.subject, currency.code()).await?;
         let needs_approval = asked.amount_minor.saturating_add(alone)
             >= api_ref.settings.operator.funding_approval_min_minor;
