@@ -27,7 +27,23 @@ pub struct Metrics {
     pipeline_batches: AtomicU64,
     pipeline_batch_size_max: AtomicU64,
     pipeline_bulk_decided: AtomicU64,
+    /// Per pipeline stage ([`Stage`]): runs, and nanoseconds spent in them.
+    stage_runs: [AtomicU64; 4],
+    stage_nanos: [AtomicU64; 4],
+    /// Requests waiting in the pipeline's queue when the checker last took a batch.
+    pipeline_queue_depth: AtomicU64,
 }
+
+/// The pipeline's stages as `/metrics` names them.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    Verify = 0,
+    Prepare = 1,
+    Decide = 2,
+    Journal = 3,
+}
+
+const STAGES: [&str; 4] = ["verify", "prepare", "decide", "journal"];
 
 /// A copy of the counters at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -133,6 +149,21 @@ impl Metrics {
         self.pipeline_batch_size_max
             .fetch_max(u64::try_from(size).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
+    /// One run of a pipeline stage that took `elapsed`.
+    pub fn time_stage(&self, stage: Stage, elapsed: std::time::Duration) {
+        let at = stage as usize;
+        self.stage_runs[at].fetch_add(1, Ordering::Relaxed);
+        self.stage_nanos[at].fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn set_pipeline_queue_depth(&self, depth: usize) {
+        self.pipeline_queue_depth
+            .store(u64::try_from(depth).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
     pub fn set_audit_backlog_bytes(&self, bytes: u64) {
         self.audit_backlog_bytes.store(bytes, Ordering::Relaxed);
     }
@@ -229,13 +260,31 @@ impl Metrics {
         for (code, count) in &s.declines {
             let _ = writeln!(out, "paygate_declines_total{{code=\"{code}\"}} {count}");
         }
+        for (at, stage) in STAGES.iter().enumerate() {
+            let runs = self.stage_runs[at].load(Ordering::Relaxed);
+            let nanos = self.stage_nanos[at].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "paygate_pipeline_stage_runs_total{{stage=\"{stage}\"}} {runs}"
+            );
+            let _ = writeln!(
+                out,
+                "paygate_pipeline_stage_seconds_total{{stage=\"{stage}\"}} {:.6}",
+                nanos as f64 / 1e9
+            );
+        }
+        let _ = writeln!(
+            out,
+            "paygate_pipeline_queue_depth {}",
+            self.pipeline_queue_depth.load(Ordering::Relaxed)
+        );
         typed(&out)
     }
 }
 
 /// The exposition with a `# TYPE` line before each metric's first sample: `counter` for the
 /// `_total` names (so a scraper computes rates from them), `gauge` for the others.
-fn typed(samples: &str) -> String {
+pub(crate) fn typed(samples: &str) -> String {
     let mut out = String::with_capacity(samples.len() * 2);
     let mut typed = std::collections::BTreeSet::new();
     for line in samples.lines() {
@@ -286,5 +335,7 @@ mod exposition_tests {
         }
         assert_eq!(typed["paygate_refusals_total"], "counter");
         assert_eq!(typed["paygate_connections_open"], "gauge");
+        assert_eq!(typed["paygate_pipeline_stage_seconds_total"], "counter");
+        assert_eq!(typed["paygate_pipeline_queue_depth"], "gauge");
     }
 }

@@ -682,9 +682,49 @@ async fn operations_endpoints_answer_without_a_token_and_unknown_routes_and_meth
         (method.status, method.code().as_str()),
         (405, "METHOD_NOT_ALLOWED")
     );
+    // one payment, so every stage of the pipeline has run
+    gateway.device("pos-m", "10.00").await;
+    let mut agent = gateway.agent("pos-m").await;
+    let paid = agent
+        .pay(&AccountId::parse(MERCHANT).unwrap(), inr("1.00"))
+        .await
+        .unwrap();
+    assert_eq!(paid.receipt.outcome, Outcome::Approved);
     let metrics = http.send("GET", "/metrics", &[], None).await.unwrap();
     let text = String::from_utf8(metrics.body).unwrap();
-    assert!(text.contains("paygate_audit_backlog_bytes "), "{text}");
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {text}"))
+    };
+    // present (sample panics on a missing one), whatever their values
+    for gauge in [
+        "paygate_audit_backlog_bytes",
+        "paygate_pipeline_queue_depth",
+        "paygate_key_provider_calls_total{op=\"generate\"}",
+        "paygate_key_provider_failures_total",
+    ] {
+        sample(gauge);
+    }
+    for stage in ["verify", "prepare", "decide", "journal"] {
+        assert!(
+            sample(&format!(
+                "paygate_pipeline_stage_runs_total{{stage=\"{stage}\"}}"
+            )) >= 1.0,
+            "{stage}"
+        );
+        assert!(
+            sample(&format!(
+                "paygate_pipeline_stage_seconds_total{{stage=\"{stage}\"}}"
+            )) > 0.0,
+            "{stage}"
+        );
+    }
+    assert!(sample("paygate_connections_open") >= 1.0);
+    assert!(
+        text.contains("# TYPE paygate_refusals_total counter")
+            || !text.contains("paygate_refusals_total{")
+    );
     let openapi = http
         .send("GET", "/openapi.json", &[], None)
         .await

@@ -108,10 +108,23 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
     let mut text = api.metrics.render_prometheus();
-    text.push_str(&format!(
-        "# TYPE paygate_http_callers_tracked gauge\npaygate_http_callers_tracked {}\n",
-        api.limiter.callers()
-    ));
+    let calls = api.cipher.provider().calls();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let extra = format!(
+        "paygate_http_callers_tracked {}\n\
+         paygate_key_provider_calls_total{{op=\"generate\"}} {}\n\
+         paygate_key_provider_calls_total{{op=\"unwrap\"}} {}\n\
+         paygate_key_provider_calls_total{{op=\"rewrap\"}} {}\n\
+         paygate_key_provider_failures_total {}\n\
+         paygate_key_provider_retries_total {}\n",
+        api.limiter.callers(),
+        count(&calls.generate),
+        count(&calls.unwrap),
+        count(&calls.rewrap),
+        count(&calls.failures),
+        count(&calls.retries),
+    );
+    text.push_str(&crate::metrics::typed(&extra));
     (
         [(
             axum::http::header::CONTENT_TYPE,

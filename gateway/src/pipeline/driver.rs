@@ -132,6 +132,7 @@ async fn checker(
                     }
                     continue;
                 }
+                pipeline.ctx.metrics.set_pipeline_queue_depth(queue.len());
                 let batch = gathering
                     .get_or_insert_with(|| Batch::new(Vec::new(), crate::clock::now_ms()));
                 batch.admit(arrived.drain(..));

@@ -87,8 +87,17 @@ impl Pipeline {
     /// The batch may grow between calls (the driver gathers requests while the decider is
     /// busy); slots already checked are left as they are.
     pub async fn check(&self, batch: &mut Batch) {
+        use crate::metrics::Stage;
+        let started = std::time::Instant::now();
         verify::run(&self.ctx, batch).await;
+        self.ctx
+            .metrics
+            .time_stage(Stage::Verify, started.elapsed());
+        let started = std::time::Instant::now();
         prepare::run(&self.ctx, batch).await;
+        self.ctx
+            .metrics
+            .time_stage(Stage::Prepare, started.elapsed());
     }
 
     /// Stages 3 and 4: the audit gate, then deduplicate, decide and record the batch in one
@@ -105,7 +114,11 @@ impl Pipeline {
             let message = "the audit trail cannot take records now; retry later with the same idempotency key";
             refuse_prepared(ctx, &mut batch, ErrorCode::AuditUnavailable, message);
         }
-        if let Err(error) = decide_and_record(ctx, &mut batch).await {
+        let started = std::time::Instant::now();
+        let recorded = decide_and_record(ctx, &mut batch).await;
+        ctx.metrics
+            .time_stage(crate::metrics::Stage::Decide, started.elapsed());
+        if let Err(error) = recorded {
             tracing::error!(%error, requests = batch.prepared_count(), "batch failed and was rolled back");
             if !refuse_undecided(ctx, &mut batch).await {
                 // not even the refusals could be audited: nothing leaves (audit before
@@ -137,6 +150,8 @@ impl Pipeline {
         }
         let started = std::time::Instant::now();
         let drained = ctx.audit.drain().await;
+        ctx.metrics
+            .time_stage(crate::metrics::Stage::Journal, started.elapsed());
         tracing::debug!(
             target: "paygate_gateway::pipeline::timing",
             replies = decided.replies.len(),
