@@ -2,7 +2,7 @@
 //! the operations endpoints (`/livez`, `/readyz`, `/metrics`, `/openapi.json`).
 //!
 //! A request passes, in order: the TLS accept loop ([`serve`]: `http.connections_max`, the
-//! handshake and header timeouts), then [`front`] (a request id, the caller's token checked,
+//! handshake and header timeouts), then `front` (a request id, the caller's token checked,
 //! the caller's rate limit, `http.request_timeout_ms`, the security headers), then its handler,
 //! which checks the caller's scope and reads its body through [`body::Json`] (size limit,
 //! strict JSON). Every refusal is an [`error::ApiError`] with a code from the one list.
@@ -74,7 +74,7 @@ pub struct Api {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
-/// The outcome of checking the request's bearer token, put in every request by [`front`].
+/// The outcome of checking the request's bearer token, put in every request by `front`.
 #[derive(Debug, Clone)]
 enum Token {
     Absent,
