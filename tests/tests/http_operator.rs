@@ -1092,3 +1092,179 @@ async fn a_suspended_or_revoked_device_is_disconnected_at_once_and_cannot_connec
             .as_deref()
             .is_some_and(|d| d.contains("revoked (terminal reported stolen)"))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_enrols_its_own_key_with_a_one_time_token_and_pays() {
+    let gateway = gateway(Db::Sqlite).await;
+    let http = gateway.http();
+    let olga = gateway.operator_token("olga", &["operator"], Some(30));
+    let alice = gateway.operator_token("alice", &["finance"], Some(30));
+    open_wallet(&gateway, "wallet-pos-t", "full").await;
+    let funded = post(
+        &http,
+        "/v1/ops/fundings",
+        &alice,
+        "f-1",
+        json!({"wallet_id": "wallet-pos-t", "amount_minor": 5_000, "currency": "INR"}),
+    )
+    .await;
+    assert_eq!(funded.status, 201);
+    // the terminal's keys and certificate (its bundle): not enrolled yet
+    let device = paygate_core::DeviceId::parse("pos-t").unwrap();
+    paygate_gateway::pki::issue_device(
+        &gateway.pki_dir(),
+        &device,
+        &AccountId::parse("wallet-pos-t").unwrap(),
+        paygate_core::envelope::SigningAlgorithm::Ed25519,
+    )
+    .unwrap();
+    let enrolment = paygate_gateway::pki::read_enrolment(
+        &paygate_gateway::pki::device_dir(&gateway.pki_dir(), &device).join("enrolment.json"),
+    )
+    .unwrap();
+    let issued = post(
+        &http,
+        "/v1/ops/enrolment-tokens",
+        &olga,
+        "t-1",
+        json!({"device_id": "pos-t", "account_id": "wallet-pos-t"}),
+    )
+    .await;
+    assert_eq!(
+        issued.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&issued.body)
+    );
+    let token = issued.json()["token"].as_str().unwrap().to_owned();
+    let enrol = |body: Value| {
+        let http = &http;
+        async move {
+            http.send(
+                "POST",
+                "/v1/enrolments",
+                &[],
+                Some(body.to_string().as_bytes()),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let good = json!({"token": token, "device_id": "pos-t", "algorithm": enrolment.algorithm, "public_key": enrolment.public_key});
+    let other_key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
+    let before = counts(&gateway).await;
+    for (body, code) in [
+        (
+            json!({"token": "not-a-token", "device_id": "pos-t", "algorithm": "ed25519", "public_key": enrolment.public_key}),
+            "TOKEN_INVALID",
+        ),
+        (
+            json!({"token": token, "device_id": "pos-x", "algorithm": "ed25519", "public_key": enrolment.public_key}),
+            "TOKEN_INVALID",
+        ),
+        (
+            json!({"token": token, "device_id": "pos-t", "algorithm": "ed25519", "public_key": "AAAA"}),
+            "MALFORMED_REQUEST",
+        ),
+        (
+            json!({"token": token, "device_id": "pos-t", "algorithm": "hs256", "public_key": enrolment.public_key}),
+            "ALGORITHM_NOT_ALLOWED",
+        ),
+    ] {
+        let refused = enrol(body).await;
+        assert_eq!(
+            refused.code(),
+            code,
+            "{}",
+            String::from_utf8_lossy(&refused.body)
+        );
+    }
+    assert_eq!(
+        counts(&gateway).await,
+        before,
+        "a refused enrolment changed something"
+    );
+
+    let enrolled = enrol(good.clone()).await;
+    assert_eq!(
+        enrolled.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&enrolled.body)
+    );
+    assert_eq!(
+        enrolled.json(),
+        json!({"device_id": "pos-t", "account_id": "wallet-pos-t", "algorithm": "ed25519"})
+    );
+    // a retry gets the first answer; the token with another key is used up
+    let again = enrol(good.clone()).await;
+    assert_eq!(again.body, enrolled.body);
+    let reused = enrol(json!({"token": token, "device_id": "pos-t", "algorithm": "ed25519", "public_key": other_key})).await;
+    assert_eq!(reused.code(), "TOKEN_INVALID");
+    // the device pays with the key it made
+    let mut agent = gateway.agent("pos-t").await;
+    let paid = agent
+        .pay(&AccountId::parse(MERCHANT).unwrap(), inr("12.00"))
+        .await
+        .unwrap();
+    assert_eq!(paid.receipt.outcome, Outcome::Approved);
+    assert_eq!(gateway.balance("wallet-pos-t").await, 5_000 - 1_200);
+
+    // an expired token (its time moved past in the database) and one for an enrolled id
+    let late = post(
+        &http,
+        "/v1/ops/enrolment-tokens",
+        &olga,
+        "t-2",
+        json!({"device_id": "pos-late", "account_id": "wallet-pos-t", "lifetime_s": 60}),
+    )
+    .await;
+    sqlx::query("UPDATE enrolment_tokens SET expires_at_ms = 1 WHERE device_id = 'pos-late'")
+        .execute(gateway.store().pool())
+        .await
+        .unwrap();
+    let expired = enrol(json!({"token": late.json()["token"], "device_id": "pos-late", "algorithm": "ed25519", "public_key": other_key})).await;
+    assert_eq!(expired.code(), "TOKEN_EXPIRED");
+    let taken = post(
+        &http,
+        "/v1/ops/enrolment-tokens",
+        &olga,
+        "t-3",
+        json!({"device_id": "pos-t", "account_id": "wallet-pos-t"}),
+    )
+    .await;
+    assert_eq!(taken.code(), "ACCOUNT_EXISTS");
+    let short = post(
+        &http,
+        "/v1/ops/enrolment-tokens",
+        &olga,
+        "t-4",
+        json!({"device_id": "pos-s", "account_id": "wallet-pos-t", "lifetime_s": 5}),
+    )
+    .await;
+    assert_eq!(short.code(), "MALFORMED_REQUEST");
+
+    let records = gateway.journal_records().await;
+    let enrolled = records
+        .iter()
+        .find(|r| r.event == EventType::DeviceEnrolled && r.actor == "device:pos-t")
+        .expect("the enrolment is audited as the device's");
+    assert!(enrolled
+        .detail
+        .as_deref()
+        .unwrap()
+        .contains("issued by operator:olga"));
+    let refusals = records
+        .iter()
+        .filter(|r| r.resource == "http:/v1/enrolments" && r.outcome == AuditOutcome::Failure)
+        .count();
+    assert_eq!(refusals, 6);
+    // the token is kept only as its hash
+    let kept: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_sha256 FROM enrolment_tokens")
+        .fetch_all(gateway.store().pool())
+        .await
+        .unwrap();
+    assert!(kept
+        .iter()
+        .all(|hash| hash.len() == 32 && hash != token.as_bytes()));
+}

@@ -36,3 +36,16 @@ CREATE UNIQUE INDEX wallet_profiles_by_vpa ON wallet_profiles (vpa_bidx);
 
 -- A device revoked through the operator API: suspended, and never active again under its id.
 ALTER TABLE devices ADD COLUMN revoked_at_ms BIGINT;
+
+-- One-time enrolment tokens an operator issues for a device id and the account it will pay
+-- from; only the token's SHA-256 is kept. A device enrols its own signing key with one.
+CREATE TABLE enrolment_tokens (
+    token_sha256   BYTEA PRIMARY KEY,
+    device_id      TEXT NOT NULL,
+    account_id     TEXT NOT NULL,
+    issued_by      TEXT NOT NULL,
+    issued_at_ms   BIGINT NOT NULL,
+    expires_at_ms  BIGINT NOT NULL,
+    used_at_ms     BIGINT,
+    public_key     BYTEA
+);

@@ -35,7 +35,7 @@ pub fn routes() -> Router<Arc<Api>> {
         auditor::records, auditor::verify, auditor::proofs, auditor::public_key,
         operator::accounts::open_merchant, operator::accounts::open_agent, operator::accounts::set_tier,
         operator::devices::enrol_device, operator::devices::set_device_status,
-        operator::devices::revoke_device,
+        operator::devices::revoke_device, operator::enrolment::issue_token, operator::enrolment::enrol,
         operator::fundings::request_funding, operator::fundings::funding,
         operator::fundings::approve_funding, operator::fundings::reject_funding,
         operator::keys::rotate_keys, operator::keys::limits,

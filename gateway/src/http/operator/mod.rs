@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 pub mod accounts;
 pub mod devices;
+pub mod enrolment;
 pub mod fundings;
 pub mod keys;
 
@@ -32,6 +33,8 @@ pub fn routes() -> Router<Arc<Api>> {
             put(accounts::set_tier),
         )
         .route("/v1/ops/devices", post(devices::enrol_device))
+        .route("/v1/ops/enrolment-tokens", post(enrolment::issue_token))
+        .route("/v1/enrolments", post(enrolment::enrol))
         .route(
             "/v1/ops/devices/:device_id/status",
             put(devices::set_device_status),
