@@ -69,13 +69,23 @@ pub fn prepare(mqtt: &str, rest: &str, terminals: usize) -> Prepared {
     }
 }
 
-/// A loopback port free a moment ago.
+/// A loopback port free a moment ago, below the kernel's ephemeral range: a gateway restarted
+/// on it many times must not find it taken by some other test's outgoing connection, which
+/// the kernel numbers from that range.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let low = 10_000u16.min(ephemeral_low.saturating_sub(1_000));
+    let span = ephemeral_low.saturating_sub(low).max(1);
+    for _ in 0..1_000 {
+        let port = low + rand::random::<u16>() % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {ephemeral_low}");
 }
 
 impl Prepared {
