@@ -1,11 +1,10 @@
-//! A plain HTTPS client for the gateway's HTTP API: one connection per request, trusting the
-//! development CA, so a test sees exactly the status, headers and bytes the gateway sent.
+//! The tests' client of the gateway's HTTP API: the gateway's own client (one connection per
+//! request, trusting the development CA), so a test sees exactly the status, headers and bytes
+//! the gateway sent; the helpers below unwrap, as tests do.
 
-use anyhow::{Context, Result};
-use http_body_util::{BodyExt, Full};
+use anyhow::Result;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct Answer {
@@ -34,17 +33,17 @@ impl Answer {
 }
 
 pub struct HttpClient {
-    address: SocketAddr,
-    tls: tokio_rustls::TlsConnector,
+    client: paygate_gateway::http::client::ApiClient,
 }
 
 impl HttpClient {
     pub fn new(address: SocketAddr, ca_file: &Path) -> HttpClient {
-        let mut config = (*super::tls_client_config(ca_file, None)).clone();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         HttpClient {
-            address,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            client: paygate_gateway::http::client::ApiClient::new(
+                &format!("https://127.0.0.1:{}", address.port()),
+                ca_file,
+            )
+            .unwrap(),
         }
     }
 
@@ -57,36 +56,11 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Result<Answer> {
-        let tcp = tokio::net::TcpStream::connect(self.address).await?;
-        let name = rustls_pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
-        let tls = self.tls.connect(name, tcp).await.context("TLS handshake")?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
-        tokio::spawn(connection);
-        let mut request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "127.0.0.1");
-        let has_type = headers
-            .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
-        if body.is_some() && !has_type {
-            request = request.header("content-type", "application/json");
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request.body(Full::new(bytes::Bytes::copy_from_slice(
-            body.unwrap_or_default(),
-        )))?;
-        let response = sender.send_request(request).await?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await?.to_bytes().to_vec();
+        let reply = self.client.send(method, path, headers, body).await?;
         Ok(Answer {
-            status,
-            headers,
-            body,
+            status: reply.status,
+            headers: reply.headers,
+            body: reply.body,
         })
     }
 
