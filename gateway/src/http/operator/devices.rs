@@ -1,6 +1,6 @@
 //! Device enrolment and suspension.
 
-use super::{account_id, authorize, operator_event};
+use super::{account_id, authorize, device_id, operator_event, signing_key};
 use crate::http::auth::{Caller, Role};
 use crate::http::body::{Json, PathText};
 use crate::http::error::{ApiError, ErrorBody};
@@ -12,7 +12,6 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
 use paygate_core::audit::EventType;
-use paygate_core::envelope::SigningAlgorithm;
 use paygate_core::{DeviceId, ErrorCode};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -43,15 +42,6 @@ pub struct DeviceView {
     pub status: String,
     /// Revoked for good: suspended, and never active again under this id.
     pub revoked: bool,
-}
-
-fn device_id(text: &str) -> Result<DeviceId, ApiError> {
-    DeviceId::parse(text).map_err(|e| {
-        ApiError::new(
-            ErrorCode::MalformedRequest,
-            format!("the device id is not valid: {e}"),
-        )
-    })
 }
 
 /// Enrols a device's signing key on an existing account (role `operator`); a device
@@ -86,26 +76,7 @@ pub async fn enrol_device(
     let written = async {
         let device = device_id(&asked.device_id)?;
         let account = account_id("account id", &asked.account_id)?;
-        let algorithm = SigningAlgorithm::parse(&asked.algorithm).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::AlgorithmNotAllowed,
-                "the algorithm is ed25519 or es256",
-            )
-        })?;
-        use base64::Engine;
-        let public_key = base64::engine::general_purpose::STANDARD
-            .decode(&asked.public_key)
-            .ok()
-            .filter(|key| match algorithm {
-                SigningAlgorithm::Ed25519 => key.len() == 32,
-                SigningAlgorithm::Es256 => key.len() == 65 && key[0] == 4,
-            })
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::MalformedRequest,
-                    "the public key is not base64 of a 32-byte Ed25519 key or a 65-byte uncompressed P-256 point",
-                )
-            })?;
+        let (algorithm, public_key) = signing_key(&asked.algorithm, &asked.public_key)?;
         let holder = ledger::account(batch, &account)
             .await?
             .filter(|a| a.active && matches!(a.kind, AccountKind::Wallet | AccountKind::Agent))

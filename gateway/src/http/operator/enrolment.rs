@@ -3,7 +3,7 @@
 //! signing key, enrols that key with the token at `POST /v1/enrolments`. The gateway never
 //! sees a device's private key. A token is single use, expires, and is bound to its device id.
 
-use super::{account_id, authorize, operator_event};
+use super::{account_id, authorize, device_id, operator_event, signing_key};
 use crate::http::auth::{Caller, Role};
 use crate::http::body::Json;
 use crate::http::error::{ApiError, ErrorBody};
@@ -16,8 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use base64::Engine;
 use paygate_core::audit::{AuditEvent, AuditOutcome, EventType};
-use paygate_core::envelope::SigningAlgorithm;
-use paygate_core::{DeviceId, ErrorCode};
+use paygate_core::ErrorCode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -49,15 +48,6 @@ pub struct IssuedToken {
 
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
-}
-
-fn device_id(text: &str) -> Result<DeviceId, ApiError> {
-    DeviceId::parse(text).map_err(|e| {
-        ApiError::new(
-            ErrorCode::MalformedRequest,
-            format!("the device id is not valid: {e}"),
-        )
-    })
 }
 
 /// Issues a one-time enrolment token for a device id and its account (role `operator`).
@@ -236,25 +226,7 @@ type EnrolAnswer = (StatusCode, Enrolled, bool);
 async fn enrol_with_token(api: &Api, asked: &Enrol) -> Result<EnrolAnswer, ApiError> {
     let invalid = |why: &str| ApiError::new(ErrorCode::TokenInvalid, why.to_owned());
     let device = device_id(&asked.device_id)?;
-    let algorithm = SigningAlgorithm::parse(&asked.algorithm).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::AlgorithmNotAllowed,
-            "the algorithm is ed25519 or es256",
-        )
-    })?;
-    let public_key = base64::engine::general_purpose::STANDARD
-        .decode(&asked.public_key)
-        .ok()
-        .filter(|key| match algorithm {
-            SigningAlgorithm::Ed25519 => key.len() == 32,
-            SigningAlgorithm::Es256 => key.len() == 65 && key[0] == 4,
-        })
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::MalformedRequest,
-                "the public key is not base64 of a 32-byte Ed25519 key or a 65-byte uncompressed P-256 point",
-            )
-        })?;
+    let (algorithm, public_key) = signing_key(&asked.algorithm, &asked.public_key)?;
     let mut batch = api.store.begin_batch().await?;
     let row = sqlx::query(
         "SELECT device_id, account_id, issued_by, expires_at_ms, used_at_ms, public_key

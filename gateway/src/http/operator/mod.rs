@@ -122,6 +122,46 @@ pub(super) fn account_id(what: &str, text: &str) -> Result<AccountId, ApiError> 
     })
 }
 
+/// A device id from a request.
+pub(super) fn device_id(text: &str) -> Result<paygate_core::DeviceId, ApiError> {
+    paygate_core::DeviceId::parse(text).map_err(|e| {
+        ApiError::new(
+            ErrorCode::MalformedRequest,
+            format!("the device id is not valid: {e}"),
+        )
+    })
+}
+
+/// A device's signing key from a request: the algorithm's name and the base64 public key
+/// (Ed25519 32 bytes, ES256 the 65-byte uncompressed point).
+pub(super) fn signing_key(
+    algorithm: &str,
+    public_key: &str,
+) -> Result<(paygate_core::envelope::SigningAlgorithm, Vec<u8>), ApiError> {
+    use base64::Engine;
+    use paygate_core::envelope::SigningAlgorithm;
+    let algorithm = SigningAlgorithm::parse(algorithm).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::AlgorithmNotAllowed,
+            "the algorithm is ed25519 or es256",
+        )
+    })?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(public_key)
+        .ok()
+        .filter(|key| match algorithm {
+            SigningAlgorithm::Ed25519 => key.len() == 32,
+            SigningAlgorithm::Es256 => key.len() == 65 && key[0] == 4,
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::MalformedRequest,
+                "the public key is not base64 of a 32-byte Ed25519 key or a 65-byte uncompressed P-256 point",
+            )
+        })?;
+    Ok((algorithm, key))
+}
+
 pub(super) fn currency(code: &str) -> Result<Currency, ApiError> {
     Currency::parse(code).ok_or_else(|| {
         ApiError::new(
