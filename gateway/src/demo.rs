@@ -147,7 +147,10 @@ pub async fn run(options: DemoOptions) -> Result<DemoSummary> {
         .await?;
         let agent_settings = AgentSettings {
             host: "127.0.0.1".into(),
-            port: running.mqtt_address.port(),
+            port: running
+                .mqtt_address
+                .context("the demo runs the embedded broker")?
+                .port(),
             keep_alive: Duration::from_secs(30),
             resend_interval: Duration::from_secs(2),
             receipt_timeout: Duration::from_secs(20),

@@ -4,7 +4,7 @@
 use crate::audit::worm::AnyWorm;
 use crate::audit::{self, AuditLog};
 use crate::broker;
-use crate::config::Settings;
+use crate::config::{BrokerMode, Settings};
 use crate::front::{self, Front};
 use crate::keys::cipher::FieldCipher;
 use crate::keys::provider::KeyProvider;
@@ -24,16 +24,18 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::readiness::BrokerProbe;
 pub use crate::readiness::{Probes, Readiness};
 
 /// A gateway that is up: its address, its store and its counters.
 pub struct RunningGateway {
-    pub mqtt_address: SocketAddr,
+    /// The device listener (none in external broker mode: devices connect to that broker).
+    pub mqtt_address: Option<SocketAddr>,
     http_address: Option<SocketAddr>,
     probes: Probes,
     /// rumqttd's internal loopback listener (guarded by the broker secret; exposed for tests
-    /// that prove it cannot be used to bypass the front).
-    pub broker_address: SocketAddr,
+    /// that prove it cannot be used to bypass the front). None in external broker mode.
+    pub broker_address: Option<SocketAddr>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub audit: Arc<AuditLog>,
@@ -175,14 +177,6 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
             settings.audit.clock_skew_max_ms
         );
     }
-    let acceptor = TlsAcceptor::from(tls::server_config(&settings)?);
-    let embedded = broker::start(
-        settings.mqtt.connections_max,
-        settings.mqtt.packet_bytes_max,
-        settings.pipeline.queue_depth_max,
-        settings.mqtt.device_inflight_max,
-    )
-    .await?;
     let key_provider = KeyProvider::from_settings(&settings.keys, &settings.data_dir)
         .await
         .context("opening the key provider")?;
@@ -244,13 +238,7 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         devices: devices.clone(),
         upi_handoffs: upi_tx,
     });
-    let (link_tx, link_rx) = embedded.pipeline_link;
     let (queue_tx, queue_rx) = mpsc::channel(settings.pipeline.queue_depth_max);
-    tokio::spawn(pipeline::consume_link(
-        link_rx,
-        queue_tx,
-        shutdown_rx.clone(),
-    ));
     if settings.rewards.enabled {
         tokio::spawn(run_rewards_jobs(
             store.clone(),
@@ -258,36 +246,28 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
             shutdown_rx.clone(),
         ));
     }
-    let (pipeline_ended_tx, pipeline_ended) = watch::channel(false);
-    tokio::spawn(async move {
-        pipeline::run(pipeline, queue_rx, link_tx).await;
-        let _ = pipeline_ended_tx.send(true);
-    });
-
-    let listener = TcpListener::bind(settings.mqtt.listen)
-        .await
-        .with_context(|| format!("binding the device listener {}", settings.mqtt.listen))?;
-    let mqtt_address = listener.local_addr()?;
-    let broker_address = embedded.address;
     let (disconnects, _) = tokio::sync::broadcast::channel(256);
-    let front = Arc::new(Front {
-        disconnects: disconnects.clone(),
-        connection_slots: Arc::new(Semaphore::new(settings.mqtt.connections_max)),
-        admission: admission.clone(),
-        settings: settings.mqtt.clone(),
-        acceptor,
-        broker_address: embedded.address,
-        broker_secret: embedded.secret.clone(),
+    let plane = DevicePlane {
+        pipeline,
+        queue_tx,
+        queue_rx,
+        admission,
         store: store.clone(),
         receipt_key,
         metrics: metrics.clone(),
-    });
-    tokio::spawn(front::serve(front, listener, shutdown_rx.clone()));
-    tracing::info!(%mqtt_address, "gateway listening for devices");
+        disconnects: disconnects.clone(),
+        log_id: audit.log_id().to_owned(),
+    };
+    let (pipeline_ended_tx, pipeline_ended) = watch::channel(false);
+    let started = match settings.broker.mode {
+        BrokerMode::Embedded => {
+            start_embedded(&settings, plane, pipeline_ended_tx, shutdown_rx.clone()).await?
+        }
+        BrokerMode::External => start_external(&settings, plane, pipeline_ended_tx, &shutdown_rx)?,
+    };
     let probes = Probes {
         store: store.clone(),
-        broker_address,
-        broker_secret: embedded.secret.clone(),
+        broker: started.broker,
         audit: audit.clone(),
         cipher: cipher.clone(),
         pipeline_ended: pipeline_ended.clone(),
@@ -313,8 +293,8 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         None
     };
     Ok(RunningGateway {
-        mqtt_address,
-        broker_address,
+        mqtt_address: started.mqtt_address,
+        broker_address: started.broker_address,
         store,
         metrics,
         audit,
@@ -324,6 +304,113 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
         pipeline_ended,
         http_address,
         probes,
+    })
+}
+
+/// What the device side needs, whichever broker the requests come from.
+struct DevicePlane {
+    pipeline: Pipeline,
+    queue_tx: mpsc::Sender<pipeline::Inbound>,
+    queue_rx: mpsc::Receiver<pipeline::Inbound>,
+    admission: Arc<crate::admission::Registry>,
+    store: Store,
+    receipt_key: Arc<SigningKey>,
+    metrics: Arc<Metrics>,
+    disconnects: tokio::sync::broadcast::Sender<paygate_core::DeviceId>,
+    log_id: String,
+}
+
+/// The device side once started.
+struct StartedPlane {
+    mqtt_address: Option<SocketAddr>,
+    broker_address: Option<SocketAddr>,
+    broker: BrokerProbe,
+}
+
+/// The embedded broker: rumqttd on loopback, the pipeline on its local link, and the front
+/// (device TLS, the guard, admission) on `mqtt.listen`.
+async fn start_embedded(
+    settings: &Settings,
+    plane: DevicePlane,
+    pipeline_ended: watch::Sender<bool>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<StartedPlane> {
+    let acceptor = TlsAcceptor::from(tls::server_config(settings)?);
+    let embedded = broker::start(
+        settings.mqtt.connections_max,
+        settings.mqtt.packet_bytes_max,
+        settings.pipeline.queue_depth_max,
+        settings.mqtt.device_inflight_max,
+    )
+    .await?;
+    let (link_tx, link_rx) = embedded.pipeline_link;
+    tokio::spawn(pipeline::consume_link(
+        link_rx,
+        plane.queue_tx,
+        shutdown.clone(),
+    ));
+    let pipeline = plane.pipeline;
+    let queue_rx = plane.queue_rx;
+    tokio::spawn(async move {
+        pipeline::run(pipeline, queue_rx, link_tx).await;
+        let _ = pipeline_ended.send(true);
+    });
+    let listener = TcpListener::bind(settings.mqtt.listen)
+        .await
+        .with_context(|| format!("binding the device listener {}", settings.mqtt.listen))?;
+    let mqtt_address = listener.local_addr()?;
+    let front = Arc::new(Front {
+        disconnects: plane.disconnects,
+        connection_slots: Arc::new(Semaphore::new(settings.mqtt.connections_max)),
+        admission: plane.admission,
+        settings: settings.mqtt.clone(),
+        acceptor,
+        broker_address: embedded.address,
+        broker_secret: embedded.secret.clone(),
+        store: plane.store,
+        receipt_key: plane.receipt_key,
+        metrics: plane.metrics,
+    });
+    tokio::spawn(front::serve(front, listener, shutdown));
+    tracing::info!(%mqtt_address, "gateway listening for devices");
+    Ok(StartedPlane {
+        mqtt_address: Some(mqtt_address),
+        broker_address: Some(embedded.address),
+        broker: BrokerProbe::Embedded {
+            address: embedded.address,
+            secret: embedded.secret,
+        },
+    })
+}
+
+/// External broker mode: the pipeline consumes from an existing broker (`crate::upstream`);
+/// that broker owns device TLS and the topic ACLs, so no device listener opens here.
+fn start_external(
+    settings: &Settings,
+    plane: DevicePlane,
+    pipeline_ended: watch::Sender<bool>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<StartedPlane> {
+    let upstream = crate::upstream::connect(settings, &plane.log_id)
+        .context("configuring the connection to the external broker")?;
+    let outlet = upstream.outlet();
+    let connected = upstream.connected();
+    tokio::spawn(upstream.consume(plane.queue_tx, shutdown.clone()));
+    let pipeline = plane.pipeline;
+    let queue_rx = plane.queue_rx;
+    tokio::spawn(async move {
+        pipeline::run(pipeline, queue_rx, outlet).await;
+        let _ = pipeline_ended.send(true);
+    });
+    tracing::info!(
+        host = %settings.broker.external.host,
+        port = settings.broker.external.port,
+        "gateway consuming device requests from the external broker"
+    );
+    Ok(StartedPlane {
+        mqtt_address: None,
+        broker_address: None,
+        broker: BrokerProbe::External(connected),
     })
 }
 

@@ -31,3 +31,4 @@ pub mod rewards;
 pub mod store;
 pub mod tls;
 pub mod upi;
+pub mod upstream;

@@ -217,6 +217,13 @@ enum CertsCommand {
     },
     /// Revoke a device's certificate (rewrites the CRL; the gateway reads CRLs at start).
     Revoke { id: String },
+    /// Make the gateway's client certificate for an external broker, under a CA of its own
+    /// that the broker's gateway listener trusts (deploy/mosquitto/).
+    IssueBrokerClient {
+        /// The certificate's common name: the gateway's user name at the broker.
+        #[arg(long, default_value = "paygate-gateway")]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -318,8 +325,18 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let settings = Settings::load(config.as_deref())?;
+            let settings_host_port = (
+                settings.broker.external.host.clone(),
+                settings.broker.external.port,
+            );
             let running = gateway::start(settings).await?;
-            println!("paygate listening for devices on {}", running.mqtt_address);
+            match running.mqtt_address {
+                Some(address) => println!("paygate listening for devices on {address}"),
+                None => println!(
+                    "paygate consuming device requests from the broker at {}:{}",
+                    settings_host_port.0, settings_host_port.1
+                ),
+            }
             // Ctrl-C by hand, SIGTERM from Kubernetes or systemd
             let mut terminate =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -476,6 +493,20 @@ async fn main() -> Result<()> {
                         EventType::CredentialChanged,
                         &format!("device:{device}"),
                         "device certificate and signing key issued",
+                    )
+                    .await?;
+                }
+                CertsCommand::IssueBrokerClient { name } => {
+                    pki::broker_client::issue(&dir, &name)?;
+                    println!(
+                        "broker client certificate for {name} written to {}",
+                        dir.display()
+                    );
+                    admin_event(
+                        &settings,
+                        EventType::CredentialChanged,
+                        &format!("broker-client:{name}"),
+                        "gateway client certificate for the external broker issued",
                     )
                     .await?;
                 }

@@ -17,7 +17,8 @@ pub struct Readiness {
     pub audit_journal: bool,
     /// The key provider is not known to be failing (KMS not in its `keys.unavailable_for_ms`).
     pub key_provider: bool,
-    /// The embedded broker accepts the front's connections.
+    /// The embedded broker accepts the front's connections; in external broker mode, the
+    /// gateway is connected to the external broker.
     pub broker: bool,
     /// The pipeline runs.
     pub pipeline: bool,
@@ -29,12 +30,23 @@ impl Readiness {
     }
 }
 
+/// How the broker's readiness is told.
+#[derive(Clone)]
+pub(crate) enum BrokerProbe {
+    /// rumqttd on its loopback port, behind the front's secret.
+    Embedded {
+        address: SocketAddr,
+        secret: broker::BrokerSecret,
+    },
+    /// Whether the connection to the external broker is up (`crate::upstream`).
+    External(watch::Receiver<bool>),
+}
+
 /// What readiness is measured on; shared by the running gateway and `/readyz`.
 #[derive(Clone)]
 pub struct Probes {
     pub(crate) store: Store,
-    pub(crate) broker_address: SocketAddr,
-    pub(crate) broker_secret: broker::BrokerSecret,
+    pub(crate) broker: BrokerProbe,
     pub(crate) audit: Arc<AuditLog>,
     pub(crate) cipher: Arc<FieldCipher>,
     pub(crate) pipeline_ended: watch::Receiver<bool>,
@@ -48,12 +60,14 @@ impl Probes {
             tokio::time::timeout(within, self.store.ping()).await,
             Ok(Ok(()))
         );
-        let broker = tokio::time::timeout(
-            within,
-            broker::accepts_sessions(self.broker_address, &self.broker_secret),
-        )
-        .await
-        .unwrap_or(false);
+        let broker = match &self.broker {
+            BrokerProbe::Embedded { address, secret } => {
+                tokio::time::timeout(within, broker::accepts_sessions(*address, secret))
+                    .await
+                    .unwrap_or(false)
+            }
+            BrokerProbe::External(connected) => *connected.borrow(),
+        };
         Readiness {
             database,
             audit_journal: !self.audit.blocked(),

@@ -335,7 +335,7 @@ async fn kms_gateway(
                 DeviceBundle::load(&bundle_dir).unwrap(),
                 AgentSettings {
                     host: "127.0.0.1".into(),
-                    port: gateway.mqtt_address.port(),
+                    port: gateway.mqtt_address.unwrap().port(),
                     keep_alive: Duration::from_secs(30),
                     resend_interval: Duration::from_millis(500),
                     receipt_timeout: Duration::from_secs(60),

@@ -132,7 +132,10 @@ impl TestGateway {
     }
 
     pub fn port(&self) -> u16 {
-        self.running.mqtt_address.port()
+        self.running
+            .mqtt_address
+            .expect("the test gateway runs the embedded broker")
+            .port()
     }
 
     /// Issues, enrols and funds a device with an Ed25519 signing key.
@@ -527,7 +530,10 @@ impl RawClient {
 
 /// rumqttd's loopback address behind the guard.
 pub fn broker_address_of(gateway: &TestGateway) -> std::net::SocketAddr {
-    gateway.running.broker_address
+    gateway
+        .running
+        .broker_address
+        .expect("the test gateway runs the embedded broker")
 }
 
 /// Which database a contract test runs on.

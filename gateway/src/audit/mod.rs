@@ -89,6 +89,8 @@ struct Journal {
 /// seal and ship.
 pub struct AuditLog {
     journal: Mutex<Journal>,
+    /// The log's id (its file `log-id` in the journal directory).
+    log_id: String,
     /// The journal's exclusive lock, held while this log lives (the kernel lets go of it
     /// when the process ends, however it ends).
     _writer: std::fs::File,
@@ -172,6 +174,7 @@ impl AuditLog {
         journal.chain = OutboxChain::after(Some(journal.outbox_id_max));
         store.raise_audit_floor(journal.outbox_id_max);
         let log = Arc::new(AuditLog {
+            log_id: journal.log_id.clone(),
             journal: Mutex::new(journal),
             _writer: writer,
             store,
@@ -197,6 +200,11 @@ impl AuditLog {
         }
         log.refresh_backlog().await;
         Ok(log)
+    }
+
+    /// The log's id, made once per data directory: each gateway replica has its own log.
+    pub fn log_id(&self) -> &str {
+        &self.log_id
     }
 
     /// The signing key's public half, for auditors.

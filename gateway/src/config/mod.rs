@@ -9,11 +9,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod audit;
+mod broker;
 mod http;
 pub use audit::{
     AuditSettings, AuditStoreKind, LocalWormSettings, S3WormSettings, WitnessSettings,
     WitnessStoreKind,
 };
+pub use broker::{BrokerMode, BrokerSettings, ExternalBrokerSettings};
 pub use http::{HttpSettings, JwtSettings, OperatorSettings, JWT_ALGORITHMS};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +25,7 @@ pub struct Settings {
     /// resolved against it.
     pub data_dir: PathBuf,
     pub mqtt: MqttSettings,
+    pub broker: BrokerSettings,
     pub tls: TlsSettings,
     pub pipeline: PipelineSettings,
     pub database: DatabaseSettings,
@@ -514,6 +517,7 @@ impl Default for Settings {
         Settings {
             data_dir: PathBuf::from("paygate-data"),
             mqtt: MqttSettings::default(),
+            broker: BrokerSettings::default(),
             tls: TlsSettings::default(),
             pipeline: PipelineSettings::default(),
             database: DatabaseSettings::default(),

@@ -1,7 +1,7 @@
 //! Validation: ranges and relations between settings, checked before anything starts.
 
 use super::{
-    invalid, AuditStoreKind, ConfigError, KeyProviderKind, Settings, WitnessStoreKind,
+    invalid, AuditStoreKind, BrokerMode, ConfigError, KeyProviderKind, Settings, WitnessStoreKind,
     AUDIT_RETENTION_DAYS_MIN,
 };
 
@@ -341,7 +341,57 @@ impl Settings {
             }
             _ => {}
         }
+        self.validate_broker()?;
         self.validate_http()
+    }
+
+    fn validate_broker(&self) -> Result<(), ConfigError> {
+        if self.broker.mode != BrokerMode::External {
+            return Ok(());
+        }
+        let external = &self.broker.external;
+        if external.host.is_empty() || external.port == 0 {
+            return Err(invalid(
+                "broker.external.host",
+                "and broker.external.port must name the broker",
+            ));
+        }
+        let valid_name = |name: &str| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !valid_name(&external.share_group) {
+            return Err(invalid(
+                "broker.external.share_group",
+                "must be letters, digits, '-' or '_'",
+            ));
+        }
+        if !external.client_id.is_empty() && !valid_name(&external.client_id) {
+            return Err(invalid(
+                "broker.external.client_id",
+                "must be empty or letters, digits, '-' or '_'",
+            ));
+        }
+        if !(1..=65_535).contains(&external.inflight_max)
+            || external.inflight_max > self.pipeline.queue_depth_max
+        {
+            return Err(invalid(
+                "broker.external.inflight_max",
+                "must be 1 to 65535, and at most pipeline.queue_depth_max",
+            ));
+        }
+        if !(5..=3_600).contains(&external.keep_alive_s) {
+            return Err(invalid("broker.external.keep_alive_s", "must be 5 to 3600"));
+        }
+        if external.reconnect_delay_ms == 0 {
+            return Err(invalid(
+                "broker.external.reconnect_delay_ms",
+                "must be positive",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_http(&self) -> Result<(), ConfigError> {

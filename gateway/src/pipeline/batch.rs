@@ -12,12 +12,15 @@ use paygate_core::{AccountId, DeviceId, ErrorCode};
 use std::time::Instant;
 
 /// A message taken off a device's request topic. `device` comes from the topic, which the
-/// device front guarantees is the certificate's identity.
+/// device front (or an external broker's ACL) confines to the certificate's identity.
 #[derive(Debug, Clone)]
 pub struct Inbound {
     pub device: DeviceId,
     pub message: Bytes,
     pub received_at: Instant,
+    /// The external broker's packet id, acknowledged once the request's batch is released
+    /// (none from the embedded broker, whose local link needs no acknowledgement).
+    pub ack: Option<u16>,
 }
 
 /// A signed reply for a device's reply topic.

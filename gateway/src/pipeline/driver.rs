@@ -22,6 +22,7 @@ use bytes::Bytes;
 use paygate_core::topics::{device_of_requests_topic, replies_topic};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::Notification;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -49,6 +50,7 @@ pub async fn consume_link(
                     device,
                     message: forward.publish.payload,
                     received_at: Instant::now(),
+                    ack: None,
                 };
                 if queue.send(inbound).await.is_err() {
                     return;
@@ -68,8 +70,28 @@ pub async fn consume_link(
     }
 }
 
+/// Where the publisher sends replies, and how it acknowledges the requests they answer: the
+/// embedded broker's local link, or an external broker's client (`crate::upstream`). The
+/// pipeline is the same in both modes.
+pub trait Outlet: Send + 'static {
+    /// Publishes one reply (QoS 1). A reply that cannot be handed over is dropped with a
+    /// warning: its decision is durable and the device's resend gets the stored receipt.
+    fn publish(&mut self, topic: String, payload: Vec<u8>) -> impl Future<Output = ()> + Send;
+    /// Acknowledges requests whose batch is released (decided, recorded, journaled, replied).
+    fn acknowledge(&mut self, packet_ids: Vec<u16>) -> impl Future<Output = ()> + Send;
+}
+
+impl Outlet for LinkTx {
+    async fn publish(&mut self, topic: String, payload: Vec<u8>) {
+        publish_reply(self, topic, payload).await;
+    }
+
+    /// The local link needs none: rumqttd acknowledged the device's PUBLISH itself.
+    async fn acknowledge(&mut self, _packet_ids: Vec<u16>) {}
+}
+
 /// Runs the pipeline until its queue closes (shutdown) or one of its tasks fails.
-pub async fn run(pipeline: Pipeline, queue: mpsc::Receiver<Inbound>, link_tx: LinkTx) {
+pub async fn run(pipeline: Pipeline, queue: mpsc::Receiver<Inbound>, outlet: impl Outlet) {
     let pipeline = Arc::new(pipeline);
     let (ask_tx, ask_rx) = mpsc::channel::<()>(1);
     let (checked_tx, checked_rx) = mpsc::channel::<Batch>(1);
@@ -77,7 +99,7 @@ pub async fn run(pipeline: Pipeline, queue: mpsc::Receiver<Inbound>, link_tx: Li
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(checker(pipeline.clone(), queue, ask_rx, checked_tx));
     tasks.spawn(decider(pipeline.clone(), ask_tx, checked_rx, decided_tx));
-    tasks.spawn(publisher(pipeline, decided_rx, link_tx));
+    tasks.spawn(publisher(pipeline, decided_rx, outlet));
     while let Some(ended) = tasks.join_next().await {
         let Err(error) = ended else {
             continue;
@@ -166,7 +188,7 @@ async fn decider(
                 _ = tick.tick() => {
                     let replies = pipeline.tick().await;
                     if !replies.is_empty() {
-                        let ticked = Decided { replies, handoffs: Vec::new(), answered: Vec::new() };
+                        let ticked = Decided { replies, handoffs: Vec::new(), answered: Vec::new(), acks: Vec::new() };
                         if decided.send(ticked).await.is_err() {
                             return;
                         }
@@ -180,15 +202,23 @@ async fn decider(
     }
 }
 
-/// Releases each decided batch (journal first) and publishes its replies.
+/// Releases each decided batch (journal first), publishes its replies, then acknowledges its
+/// requests: a request is acknowledged only once it is durably decided, so a gateway that
+/// dies before that leaves it with the broker, which delivers it again.
 async fn publisher(
     pipeline: Arc<Pipeline>,
     mut decided: mpsc::Receiver<Decided>,
-    mut link_tx: LinkTx,
+    mut outlet: impl Outlet,
 ) {
-    while let Some(batch) = decided.recv().await {
+    while let Some(mut batch) = decided.recv().await {
+        let acks = std::mem::take(&mut batch.acks);
         for reply in pipeline.release(batch).await {
-            publish_reply(&mut link_tx, replies_topic(&reply.device), reply.receipt).await;
+            outlet
+                .publish(replies_topic(&reply.device), reply.receipt)
+                .await;
+        }
+        if !acks.is_empty() {
+            outlet.acknowledge(acks).await;
         }
     }
 }

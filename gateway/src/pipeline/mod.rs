@@ -29,7 +29,7 @@ mod tick;
 mod verify;
 
 pub use batch::{Inbound, Outbound};
-pub use driver::{consume_link, run};
+pub use driver::{consume_link, run, Outlet};
 pub use verify::sha256;
 
 use crate::audit::AuditLog;
@@ -76,6 +76,8 @@ pub struct Decided {
     pub handoffs: Vec<Handoff>,
     /// The device of each request of the batch (none for the tick's replies).
     pub answered: Vec<paygate_core::DeviceId>,
+    /// The external broker's packet ids of the batch's requests, acknowledged after release.
+    pub acks: Vec<u16>,
 }
 
 impl Pipeline {
@@ -110,6 +112,7 @@ impl Pipeline {
             .iter()
             .map(|s| s.inbound.device.clone())
             .collect();
+        let acks = batch.slots.iter().filter_map(|s| s.inbound.ack).collect();
         if ctx.audit.blocked() {
             let message = "the audit trail cannot take records now; retry later with the same idempotency key";
             refuse_prepared(ctx, &mut batch, ErrorCode::AuditUnavailable, message);
@@ -127,6 +130,7 @@ impl Pipeline {
                     replies: Vec::new(),
                     handoffs: Vec::new(),
                     answered,
+                    acks,
                 };
             }
         }
@@ -135,6 +139,7 @@ impl Pipeline {
             replies: batch.replies(),
             handoffs,
             answered,
+            acks,
         }
     }
 

@@ -9,8 +9,10 @@
 //! receipt-signing.pk8  receipt-signing.pub.json
 //! devices/{id}/  ca.cert.pem device.cert.pem device.key.pem signing.pk8
 //!                gateway-receipt.pub.json enrolment.json
+//! broker-client-ca.cert.pem  broker-client.cert.pem  broker-client.key.pem  (external broker)
 //! ```
 
+pub mod broker_client;
 pub mod dev_issuer;
 
 use anyhow::{bail, Context, Result};
@@ -116,11 +118,11 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn write_public(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_public(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01;

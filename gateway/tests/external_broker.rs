@@ -1,0 +1,269 @@
+//! External broker mode against Debian's Mosquitto, started with the configuration paygate
+//! ships (`deploy/mosquitto/`: mutual TLS on two listeners, `use_identity_as_username`, the
+//! per-device ACL patterns), only its paths and ports changed for the test. Real `paygate
+//! serve` processes consume the requests through the shared subscription.
+
+#![allow(clippy::unwrap_used)]
+
+mod serve;
+
+use paygate_agent::{Agent, AgentSettings, DeviceBundle};
+use paygate_core::receipt::Outcome;
+use paygate_core::request::{Operation, Request, REQUEST_CONTENT_TYPE};
+use paygate_core::{AccountId, IdempotencyKey};
+use paygate_gateway::http::client::ApiClient;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use serve::Prepared;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/mosquitto");
+
+/// Mosquitto running on the shipped configuration; killed when dropped.
+struct Mosquitto {
+    child: Child,
+    device_port: u16,
+    gateway_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mosquitto_binary() -> PathBuf {
+    for candidate in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    panic!("Debian's mosquitto is not installed (scripts/test installs it)");
+}
+
+/// Starts Mosquitto on the shipped files, serving the development server certificate and
+/// trusting the development device CA on the device listener and the gateway-client CA on
+/// the gateway listener.
+async fn start_mosquitto(pki: &Path) -> Mosquitto {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("paygate");
+    std::fs::create_dir_all(&files).unwrap();
+    for (from, to) in [
+        ("ca.cert.pem", "device-ca.pem"),
+        ("crl.pem", "device-crl.pem"),
+        ("server.cert.pem", "server.cert.pem"),
+        ("server.key.pem", "server.key.pem"),
+        ("broker-client-ca.cert.pem", "gateway-client-ca.pem"),
+    ] {
+        std::fs::copy(pki.join(from), files.join(to)).unwrap();
+    }
+    for acl in ["devices.acl", "gateways.acl"] {
+        std::fs::copy(Path::new(SHIPPED).join(acl), files.join(acl)).unwrap();
+    }
+    let device_port = serve::free_port();
+    let gateway_port = serve::free_port();
+    let persistence = dir.path().join("persistence");
+    std::fs::create_dir_all(&persistence).unwrap();
+    let shipped = std::fs::read_to_string(Path::new(SHIPPED).join("mosquitto.conf")).unwrap();
+    assert!(shipped.contains("listener 8883\n") && shipped.contains("listener 8884\n"));
+    let mut config = shipped
+        .replace("/etc/mosquitto/paygate/", &format!("{}/", files.display()))
+        .replace(
+            "/var/lib/mosquitto/",
+            &format!("{}/", persistence.display()),
+        )
+        .replace("listener 8883\n", &format!("listener {device_port} 127.0.0.1\n"))
+        .replace("listener 8884\n", &format!("listener {gateway_port} 127.0.0.1\n"));
+    // run as whoever runs the tests (as root, Mosquitto would switch to its own user, which
+    // cannot read the test's files)
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    config.push_str(&format!("user {}\n", user.trim()));
+    let path = dir.path().join("mosquitto.conf");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(mosquitto_binary())
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    serve::wait_listening(device_port).await;
+    serve::wait_listening(gateway_port).await;
+    Mosquitto {
+        child,
+        device_port,
+        gateway_port,
+        _dir: dir,
+    }
+}
+
+/// A gateway data directory with `terminals` funded terminals and the gateway's broker
+/// client certificate, configured for external broker mode on `gateway_port`.
+fn prepare(terminals: usize, broker_port_placeholder: u16) -> Prepared {
+    let s = serve::prepare(
+        "",
+        &format!(
+            "[broker]\nmode = \"external\"\n[broker.external]\nport = {broker_port_placeholder}\ninflight_max = 1000\nreconnect_delay_ms = 200"
+        ),
+        terminals,
+    );
+    serve::paygate(&s.config, &["certs", "issue-broker-client"]);
+    s
+}
+
+fn agent_settings(s: &Prepared, terminal: usize, port: u16) -> AgentSettings {
+    AgentSettings {
+        port,
+        ..s.agent_settings(terminal)
+    }
+}
+
+/// A bare MQTT client with terminal `terminal`'s certificate: what an attacker holding one
+/// device's credentials can do at the broker.
+async fn raw_device_client(
+    s: &Prepared,
+    terminal: usize,
+    port: u16,
+) -> (AsyncClient, tokio::sync::mpsc::Receiver<rumqttc::Publish>) {
+    let bundle = DeviceBundle::load(&s.bundle_dir(terminal)).unwrap();
+    let mut options = MqttOptions::new(format!("raw-{terminal}"), "127.0.0.1", port);
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        paygate_agent::tls_config(&bundle).unwrap(),
+    )));
+    let (client, mut events) = AsyncClient::new(options, 16);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let _ = tx.send(publish).await;
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    (client, rx)
+}
+
+/// Waits until `/readyz` says ready: in external mode that includes the broker connection.
+async fn wait_ready(s: &Prepared) {
+    let client = ApiClient::new(
+        &format!("https://127.0.0.1:{}", s.http_port),
+        &s.data.join("pki/ca.cert.pem"),
+    )
+    .unwrap();
+    for _ in 0..300 {
+        if let Ok(answer) = client.send("GET", "/readyz", &[], None).await {
+            if answer.status == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway never became ready (connected to the broker)");
+}
+
+/// A merchant payment signed with `bundle`'s key, as its agent would sign it.
+fn signed_payment(bundle: &DeviceBundle, minor: u64, counter: u64) -> Vec<u8> {
+    let request = Request {
+        device_id: bundle.device_id.clone(),
+        idempotency_key: IdempotencyKey::parse(&hex::encode(rand::random::<[u8; 16]>())).unwrap(),
+        counter,
+        created_at_ms: paygate_agent::now_ms(),
+        operation: Operation::MerchantPayment {
+            merchant_id: AccountId::parse("m-1").unwrap(),
+            amount: serve::inr(minor),
+            payer: None,
+        },
+    };
+    bundle
+        .signing_key
+        .seal(REQUEST_CONTENT_TYPE, &request.to_payload())
+}
+
+/// A `paygate serve` process, killed when dropped (a failed test leaves no gateway behind).
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve_on(s: &Prepared, gateway_port: u16) -> Served {
+    Served(s.serve(&[(
+        "PAYGATE__BROKER__EXTERNAL__PORT",
+        gateway_port.to_string().as_ref(),
+    )]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_pays_through_mosquitto_and_the_acl_keeps_devices_apart() {
+    let s = prepare(2, 1);
+    let broker = start_mosquitto(&s.data.join("pki")).await;
+    let _gateway = serve_on(&s, broker.gateway_port);
+    wait_ready(&s).await;
+
+    let merchant = AccountId::parse("m-1").unwrap();
+    let mut pos0 = Agent::connect(
+        DeviceBundle::load(&s.bundle_dir(0)).unwrap(),
+        agent_settings(&s, 0, broker.device_port),
+    )
+    .await
+    .unwrap();
+    // pos-1's credentials, used by hand: subscribe to pos-0's replies, publish on its topic
+    let (spy, mut spied) = raw_device_client(&s, 1, broker.device_port).await;
+    spy.subscribe("paygate/v1/devices/pos-0/replies", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    spy.subscribe("paygate/v1/devices/+/replies", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    spy.subscribe("paygate/v1/devices/pos-1/replies", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let receipt = pos0.pay(&merchant, serve::inr(12_34)).await.unwrap();
+    assert_eq!(receipt.receipt.outcome, Outcome::Approved, "{receipt:?}");
+
+    // pos-1 signs a payment of its own and publishes it on pos-0's request topic: the broker
+    // drops it (pos-0 would get a refusal if it reached the gateway), while the same request
+    // on pos-1's own topic is answered on pos-1's reply topic, the only one it can read
+    let forged = signed_payment(&DeviceBundle::load(&s.bundle_dir(1)).unwrap(), 5_00, 1 << 40);
+    spy.publish(
+        "paygate/v1/devices/pos-0/requests",
+        QoS::AtLeastOnce,
+        false,
+        forged.clone(),
+    )
+    .await
+    .unwrap();
+    let leaked = pos0.next_reply(Duration::from_secs(2), None).await;
+    assert!(
+        leaked.is_none(),
+        "a request published on another device's topic reached the gateway: {leaked:?}"
+    );
+    spy.publish(
+        "paygate/v1/devices/pos-1/requests",
+        QoS::AtLeastOnce,
+        false,
+        forged,
+    )
+    .await
+    .unwrap();
+    let own = tokio::time::timeout(Duration::from_secs(10), spied.recv())
+        .await
+        .expect("the request on its own topic was answered")
+        .unwrap();
+    assert_eq!(own.topic, "paygate/v1/devices/pos-1/replies");
+    // of all it subscribed to, only its own replies ever reached pos-1
+    while let Ok(Some(publish)) = tokio::time::timeout(Duration::from_millis(500), spied.recv()).await {
+        assert_eq!(publish.topic, "paygate/v1/devices/pos-1/replies");
+    }
+}
