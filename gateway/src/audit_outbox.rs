@@ -22,12 +22,18 @@ use paygate_core::audit::{sha256, AuditEvent};
 use ring::{hkdf, hmac};
 
 /// The key that authenticates outbox rows, derived from the audit signing key's PKCS#8
-/// document (HKDF-SHA256), so every process that may write audit events already holds it.
-pub struct OutboxKey(hmac::Key);
+/// document (HKDF-SHA256), so every process that may write audit events already holds it,
+/// and the audit log the rows belong to. Gateway replicas on one database share the outbox
+/// table, each its own log's rows (its own places, its own journal); a row's MAC covers its
+/// log id, so a row moved from one log to another fails its check there.
+pub struct OutboxKey {
+    key: hmac::Key,
+    log_id: String,
+}
 
 impl std::fmt::Debug for OutboxKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OutboxKey(..)")
+        write!(f, "OutboxKey(.., log {})", self.log_id)
     }
 }
 
@@ -35,7 +41,7 @@ const HKDF_SALT: &[u8] = b"paygate audit outbox";
 const HKDF_INFO: &[u8] = b"outbox row mac v1";
 
 impl OutboxKey {
-    pub fn derive(audit_key_pkcs8: &[u8]) -> OutboxKey {
+    pub fn derive(audit_key_pkcs8: &[u8], log_id: &str) -> OutboxKey {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(audit_key_pkcs8);
         let info = [HKDF_INFO];
         // expanding 32 bytes from SHA-256 is within HKDF's limit: this cannot fail
@@ -43,25 +49,58 @@ impl OutboxKey {
             .expand(&info, hmac::HMAC_SHA256)
             .map(hmac::Key::from)
             .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, audit_key_pkcs8));
-        OutboxKey(key)
+        OutboxKey {
+            key,
+            log_id: log_id.to_owned(),
+        }
     }
 
-    fn message(place: u64, event_json: &str) -> Vec<u8> {
-        let mut message = Vec::with_capacity(8 + event_json.len());
+    /// The log whose rows this key writes and reads.
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
+    /// What a row's MAC covers: its log id (length-prefixed), its place, its text. A row
+    /// written before logs had ids (`log_id` empty in the table) was tagged over its place and
+    /// text only ([`OutboxKey::verify_unlogged`]).
+    fn message(log_id: Option<&str>, place: u64, event_json: &str) -> Vec<u8> {
+        let mut message = Vec::with_capacity(10 + 8 + event_json.len());
+        if let Some(log_id) = log_id {
+            let length = u16::try_from(log_id.len()).unwrap_or(u16::MAX);
+            message.extend_from_slice(&length.to_be_bytes());
+            message.extend_from_slice(log_id.as_bytes());
+        }
         message.extend_from_slice(&place.to_be_bytes());
         message.extend_from_slice(event_json.as_bytes());
         message
     }
 
-    /// The MAC of the row at `place` (its id) holding `event_json`.
+    /// The MAC of this log's row at `place` (its id) holding `event_json`.
     pub fn tag(&self, place: u64, event_json: &str) -> Vec<u8> {
-        hmac::sign(&self.0, &OutboxKey::message(place, event_json))
+        hmac::sign(
+            &self.key,
+            &OutboxKey::message(Some(&self.log_id), place, event_json),
+        )
+        .as_ref()
+        .to_vec()
+    }
+
+    fn verify(&self, place: u64, event_json: &str, mac: &[u8]) -> bool {
+        let message = OutboxKey::message(Some(&self.log_id), place, event_json);
+        hmac::verify(&self.key, &message, mac).is_ok()
+    }
+
+    /// The MAC a gateway from before outbox rows named their log gave the row at `place`
+    /// (the upgrade tests write such rows).
+    pub fn tag_unlogged(&self, place: u64, event_json: &str) -> Vec<u8> {
+        hmac::sign(&self.key, &OutboxKey::message(None, place, event_json))
             .as_ref()
             .to_vec()
     }
 
-    fn verify(&self, place: u64, event_json: &str, mac: &[u8]) -> bool {
-        hmac::verify(&self.0, &OutboxKey::message(place, event_json), mac).is_ok()
+    /// Whether `mac` is the MAC of a row written before outbox rows named their log.
+    pub fn verify_unlogged(&self, place: u64, event_json: &str, mac: &[u8]) -> bool {
+        hmac::verify(&self.key, &OutboxKey::message(None, place, event_json), mac).is_ok()
     }
 }
 
@@ -168,7 +207,24 @@ mod tests {
     use proptest::prelude::*;
 
     fn key() -> OutboxKey {
-        OutboxKey::derive(b"a test audit key document")
+        OutboxKey::derive(b"a test audit key document", "paygate-a")
+    }
+
+    #[test]
+    fn a_row_moved_to_another_log_fails_its_check_there() {
+        let a = key();
+        let b = OutboxKey::derive(b"a test audit key document", "paygate-b");
+        let json = event(1);
+        let mac = a.tag(1, &json);
+        assert!(a.verify(1, &json, &mac));
+        assert!(!b.verify(1, &json, &mac), "log b took log a's row");
+        // nor does a log id run into the place: "paygate-a" at 1 is not "paygate-" at other
+        let shifted = OutboxKey::derive(b"a test audit key document", "paygate-");
+        assert!(!shifted.verify(1, &json, &mac));
+        // a row from before logs had ids checks only as one
+        let unlogged = hmac::sign(&a.key, &OutboxKey::message(None, 1, &json));
+        assert!(a.verify_unlogged(1, &json, unlogged.as_ref()));
+        assert!(!a.verify(1, &json, unlogged.as_ref()));
     }
 
     fn event(n: u64) -> String {

@@ -530,20 +530,25 @@ impl Store {
                     .into(),
             )
         })?;
-        lock_audit_outbox(batch).await?;
-        // the place after the highest: SQLite's write lock (BEGIN IMMEDIATE) or the advisory
-        // lock above keeps it the highest until this transaction ends. The journal's last
-        // place is a floor, so rows never land where the journal writer would not look.
-        let highest: Option<i64> = sqlx::query_scalar("SELECT MAX(outbox_id) FROM audit_outbox")
-            .fetch_one(&mut **batch)
-            .await?;
+        lock_audit_outbox(batch, key.log_id()).await?;
+        // the place after this log's highest: SQLite's write lock (BEGIN IMMEDIATE) or the
+        // advisory lock above keeps it the highest until this transaction ends. The journal's
+        // last place is a floor, so rows never land where the journal writer would not look.
+        // Rows from before logs had ids count too: they are this data directory's until the
+        // journal takes them in, and a new row must come after them.
+        let highest: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(outbox_id) FROM audit_outbox WHERE log_id = $1 OR log_id = ''",
+        )
+                .bind(key.log_id())
+                .fetch_one(&mut **batch)
+                .await?;
         let highest = highest.and_then(|p| u64::try_from(p).ok()).unwrap_or(0);
         let mut place = highest.max(self.audit_floor.load(std::sync::atomic::Ordering::Acquire));
         // multi-row inserts, in order: the outbox ids follow the events' order
-        for chunk in events.chunks(rows_per_statement(batch, 3)) {
+        for chunk in events.chunks(rows_per_statement(batch, 4)) {
             let sql = format!(
-                "INSERT INTO audit_outbox (outbox_id, event_json, mac) VALUES {}",
-                placeholders(chunk.len(), 3, 1)
+                "INSERT INTO audit_outbox (log_id, outbox_id, event_json, mac) VALUES {}",
+                placeholders(chunk.len(), 4, 1)
             );
             let mut query = sqlx::query(&sql);
             for event in chunk {
@@ -558,7 +563,11 @@ impl Store {
                     })?;
                 let json = audit_event_json(event);
                 let mac = key.tag(place, &json);
-                query = query.bind(ms(place)).bind(json).bind(mac);
+                query = query
+                    .bind(key.log_id())
+                    .bind(ms(place))
+                    .bind(json)
+                    .bind(mac);
             }
             query.execute(&mut **batch).await?;
         }
@@ -566,17 +575,24 @@ impl Store {
     }
 }
 
-/// The advisory lock key that orders audit outbox inserts on PostgreSQL.
-const AUDIT_OUTBOX_LOCK: i64 = 0x7061_7967_6174_6501; // "paygate\x01"
+/// The advisory lock key that orders audit outbox inserts on PostgreSQL, one per log.
+fn audit_outbox_lock(log_id: &str) -> i64 {
+    const BASE: i64 = 0x7061_7967_6174_6501; // "paygate\x01"
+    let digest = paygate_core::audit::sha256(log_id.as_bytes());
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest[..8]);
+    BASE ^ i64::from_be_bytes(head)
+}
 
-/// On PostgreSQL, sequence values are handed out at insert and become visible at commit, so
-/// a later id can be visible before an earlier one and a reader of "ids after N" would skip
-/// the earlier one for good. A transaction-scoped advisory lock taken before the insert makes
-/// outbox writers commit in id order. SQLite's write transactions are serial already.
-async fn lock_audit_outbox(batch: &mut Batch<'_>) -> Result<(), StoreError> {
+/// On PostgreSQL, a place is taken at insert and becomes visible at commit, so a later place
+/// could be visible before an earlier one and a reader of "places after N" would skip the
+/// earlier one for good. A transaction-scoped advisory lock per log, taken before the
+/// insert, makes one log's writers commit in place order (replicas, each with its own log,
+/// do not wait for each other). SQLite's write transactions are serial already.
+async fn lock_audit_outbox(batch: &mut Batch<'_>, log_id: &str) -> Result<(), StoreError> {
     if batch.backend_name() == "PostgreSQL" {
         sqlx::query("SELECT CAST(pg_advisory_xact_lock($1) AS TEXT)")
-            .bind(AUDIT_OUTBOX_LOCK)
+            .bind(audit_outbox_lock(log_id))
             .execute(&mut **batch)
             .await?;
     }
@@ -600,8 +616,16 @@ impl Store {
         Ok(())
     }
 
-    /// Outbox rows after `outbox_id`, in id order, at most `limit`, as stored (the journal
-    /// writer checks them).
+    /// The log this store's outbox rows belong to (its audit key's).
+    fn audit_log_id(&self) -> Result<&str, StoreError> {
+        self.audit_key
+            .as_deref()
+            .map(OutboxKey::log_id)
+            .ok_or_else(|| StoreError::Invariant("this store was opened without the audit outbox key".into()))
+    }
+
+    /// This log's outbox rows after `outbox_id`, in id order, at most `limit`, as stored
+    /// (the journal writer checks them).
     pub async fn audit_outbox_after(
         &self,
         outbox_id: u64,
@@ -609,8 +633,9 @@ impl Store {
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT outbox_id, mac, event_json FROM audit_outbox
-             WHERE outbox_id > $1 ORDER BY outbox_id LIMIT $2",
+             WHERE log_id = $1 AND outbox_id > $2 ORDER BY outbox_id LIMIT $3",
         )
+        .bind(self.audit_log_id()?)
         .bind(ms(outbox_id))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -635,7 +660,8 @@ impl Store {
         &self,
         outbox_id: u64,
     ) -> Result<Option<Option<Vec<u8>>>, StoreError> {
-        let row = sqlx::query("SELECT mac FROM audit_outbox WHERE outbox_id = $1")
+        let row = sqlx::query("SELECT mac FROM audit_outbox WHERE log_id = $1 AND outbox_id = $2")
+            .bind(self.audit_log_id()?)
             .bind(ms(outbox_id))
             .fetch_optional(&self.pool)
             .await?;
@@ -646,11 +672,47 @@ impl Store {
     /// Forgets outbox rows the journal holds in sealed segments, all but the newest of them:
     /// that one stays as the anchor the next row's place is checked against.
     pub async fn prune_audit_outbox(&self, up_to_outbox_id: u64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM audit_outbox WHERE outbox_id < $1")
+        sqlx::query("DELETE FROM audit_outbox WHERE log_id = $1 AND outbox_id < $2")
+            .bind(self.audit_log_id()?)
             .bind(ms(up_to_outbox_id))
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Takes into this store's log the rows written before outbox rows named their log
+    /// (`log_id` empty; the one gateway there was then wrote them): each whose MAC holds is
+    /// tagged again for this log, one whose MAC fails keeps it and is journaled as
+    /// tampered. Run once when the journal opens, before any row of this log is written.
+    pub async fn adopt_unlogged_audit_rows(&self) -> Result<usize, StoreError> {
+        let key = self.audit_key.as_deref().ok_or_else(|| {
+            StoreError::Invariant("this store was opened without the audit outbox key".into())
+        })?;
+        let mut batch = self.begin_batch().await?;
+        lock_audit_outbox(&mut batch, key.log_id()).await?;
+        let rows = sqlx::query(
+            "SELECT outbox_id, mac, event_json FROM audit_outbox WHERE log_id = '' ORDER BY outbox_id",
+        )
+        .fetch_all(&mut *batch)
+        .await?;
+        for row in &rows {
+            let id: i64 = row.try_get("outbox_id")?;
+            let json: String = row.try_get("event_json")?;
+            let mac: Option<Vec<u8>> = row.try_get("mac")?;
+            let place = u64::try_from(id).unwrap_or(0);
+            let mac = match mac {
+                Some(mac) if key.verify_unlogged(place, &json, &mac) => Some(key.tag(place, &json)),
+                other => other,
+            };
+            sqlx::query("UPDATE audit_outbox SET log_id = $1, mac = $2 WHERE log_id = '' AND outbox_id = $3")
+                .bind(key.log_id())
+                .bind(mac)
+                .bind(id)
+                .execute(&mut *batch)
+                .await?;
+        }
+        batch.commit().await?;
+        Ok(rows.len())
     }
 }
 

@@ -95,11 +95,13 @@ async fn outbox_rows_changed_in_the_database_are_recorded_as_tampered_and_never_
             "DELETE FROM audit_outbox WHERE event_json LIKE '%acct-7\"%'",
         )
         .await;
-        // inserted: a made-up event without a MAC, and one with a MAC of the right length
+        // inserted: a made-up event without a MAC, and one with a MAC of the right length,
+        // both under this gateway's log (the insider reads its id off the table)
+        let log_id = log.log_id().to_owned();
         let forged = serde_json::to_string(&event(100)).unwrap();
         sql(
             &store,
-            &format!("INSERT INTO audit_outbox (outbox_id, event_json) VALUES (9, '{forged}')"),
+            &format!("INSERT INTO audit_outbox (log_id, outbox_id, event_json) VALUES ('{log_id}', 9, '{forged}')"),
         )
         .await;
         let hex = if db == Db::Postgres {
@@ -111,18 +113,33 @@ async fn outbox_rows_changed_in_the_database_are_recorded_as_tampered_and_never_
         sql(
             &store,
             &format!(
-                "INSERT INTO audit_outbox (outbox_id, event_json, mac) VALUES (10, '{forged}', {hex})"
+                "INSERT INTO audit_outbox (log_id, outbox_id, event_json, mac) VALUES ('{log_id}', 10, '{forged}', {hex})"
             ),
         )
         .await;
         // copied: acct-4's row again under a new id, MAC and all
         sql(
             &store,
-            "INSERT INTO audit_outbox (outbox_id, event_json, mac)
-             SELECT 11, event_json, mac FROM audit_outbox WHERE event_json LIKE '%acct-4\"%'",
+            "INSERT INTO audit_outbox (log_id, outbox_id, event_json, mac)
+             SELECT log_id, 11, event_json, mac FROM audit_outbox WHERE event_json LIKE '%acct-4\"%'",
         )
         .await;
-        // the honest writers carry on, after the highest row (12 and 13)
+        // moved: a genuine row of another replica's log (same database, same audit key) put
+        // into this log at the next place; its MAC names the other log
+        let other_log = paygate_gateway::store::Store::open(&settings.database_url(), 1)
+            .await
+            .unwrap()
+            .with_audit_key(paygate_gateway::audit_outbox::OutboxKey::derive(
+                &std::fs::read(settings.resolve(&settings.audit.signing_key)).unwrap(),
+                "paygate-replica-b",
+            ));
+        other_log.record_audit(&event(50)).await.unwrap();
+        sql(
+            &store,
+            &format!("UPDATE audit_outbox SET log_id = '{log_id}', outbox_id = 12 WHERE log_id = 'paygate-replica-b'"),
+        )
+        .await;
+        // the honest writers carry on, after the highest row (13 and 14)
         for n in 9..=10 {
             store.record_audit(&event(n)).await.unwrap();
         }
@@ -136,7 +153,7 @@ async fn outbox_rows_changed_in_the_database_are_recorded_as_tampered_and_never_
         assert_eq!(accounts, expected, "{db:?}: {findings:#?}");
         assert!(
             !accounts.iter().any(
-                |a| ["account:acct-55", "account:acct-100", "account:acct-101"]
+                |a| ["account:acct-55", "account:acct-100", "account:acct-101", "account:acct-50"]
                     .contains(&a.as_str())
             ),
             "{db:?}: forged content journaled"
@@ -150,10 +167,11 @@ async fn outbox_rows_changed_in_the_database_are_recorded_as_tampered_and_never_
         assert!(has("outbox row 9 has no MAC"), "{db:?}: {findings:#?}");
         assert!(has("outbox row 10 fails its MAC"), "{db:?}: {findings:#?}");
         assert!(has("outbox row 11 fails its MAC"), "{db:?}: {findings:#?}");
-        // the altered, the removed, the two forged and the copy; rows 9 to 11 stand for places,
-        // so the honest row 12 after them shows nothing missing
-        assert_eq!(findings.len(), 5, "{db:?}: {findings:#?}");
-        assert_eq!(metrics.snapshot().audit_outbox_tampered, 5);
+        assert!(has("outbox row 12 fails its MAC"), "{db:?}: {findings:#?}");
+        // the altered, the removed, the two forged, the copy and the moved; rows 9 to 12
+        // stand for places, so the honest row 13 after them shows nothing missing
+        assert_eq!(findings.len(), 6, "{db:?}: {findings:#?}");
+        assert_eq!(metrics.snapshot().audit_outbox_tampered, 6);
         assert!(!log.blocked(), "{db:?}: the journal keeps working");
     }
 }
@@ -296,7 +314,10 @@ async fn a_running_gateway_records_a_forged_outbox_row_and_keeps_approving() {
     let forged = serde_json::to_string(&forged).unwrap();
     sql(
         gateway.store(),
-        &format!("INSERT INTO audit_outbox (event_json) VALUES ('{forged}')"),
+        &format!(
+            "INSERT INTO audit_outbox (log_id, outbox_id, event_json)
+             SELECT log_id, MAX(outbox_id) + 1, '{forged}' FROM audit_outbox GROUP BY log_id"
+        ),
     )
     .await;
     let journal_dir = gateway.dir.path().join("audit/journal");
@@ -387,4 +408,48 @@ async fn an_event_stamped_before_the_latest_record_comes_after_a_clock_record() 
             .contains("is stamped 60000 ms before the latest record journaled"),
         "{clock:?}"
     );
+}
+
+/// An upgrade: rows the gateway wrote before outbox rows named their log (an empty log id,
+/// a MAC over place and text only) wait in the outbox. The journal that opens next takes them
+/// into its log: the genuine one is journaled as an event, the altered one as tampered, and
+/// rows written afterwards follow them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_from_before_logs_had_ids_are_taken_into_the_next_journal_opened() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings_for(db, dir.path()).await;
+        let store = audit::open_store(&settings, 2).await.unwrap();
+        let key = audit::outbox_key(&settings).unwrap();
+        let genuine = serde_json::to_string(&event(1)).unwrap();
+        let altered = serde_json::to_string(&event(2)).unwrap();
+        for (place, json, mac) in [
+            (1i64, &genuine, key.tag_unlogged(1, &genuine)),
+            (2, &altered.replace("acct-2", "acct-22"), key.tag_unlogged(2, &altered)),
+        ] {
+            sqlx::query("INSERT INTO audit_outbox (log_id, outbox_id, event_json, mac) VALUES ('', $1, $2, $3)")
+                .bind(place)
+                .bind(json)
+                .bind(mac)
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+        // a command run before the gateway starts writes after them
+        store.record_audit(&event(3)).await.unwrap();
+        let log = AuditLog::open(&settings, store.clone(), Arc::new(Metrics::default()))
+            .await
+            .unwrap();
+        log.drain().await.unwrap();
+        let (accounts, findings) = read_back(&journal(&log.dir().await));
+        assert_eq!(accounts, ["account:acct-1", "account:acct-3"], "{db:?}: {findings:#?}");
+        assert_eq!(findings.len(), 1, "{db:?}: {findings:#?}");
+        assert!(findings[0].contains("outbox row 2 fails its MAC"), "{db:?}: {findings:#?}");
+        let unlogged: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM audit_outbox WHERE log_id = ''")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(unlogged, 0, "{db:?}");
+    }
 }

@@ -16,7 +16,11 @@ pub fn outbox_key(settings: &Settings) -> Result<OutboxKey, AuditError> {
     let audit = &settings.audit;
     let path = settings.resolve(&audit.signing_key);
     load_or_make_key(&path, &audit.key_id)?;
-    Ok(OutboxKey::derive(&std::fs::read(&path)?))
+    // the log this data directory's journal keeps (made on first use, like the journal)
+    let journal = settings.resolve(&audit.journal_dir);
+    std::fs::create_dir_all(&journal)?;
+    let log_id = super::log_id(&journal)?;
+    Ok(OutboxKey::derive(&std::fs::read(&path)?, &log_id))
 }
 
 /// Opens the settings' database as a process that records audit events: with the outbox key.

@@ -173,6 +173,10 @@ impl AuditLog {
         // this store's writers place new rows after it
         journal.chain = OutboxChain::after(Some(journal.outbox_id_max));
         store.raise_audit_floor(journal.outbox_id_max);
+        let adopted = store.adopt_unlogged_audit_rows().await?;
+        if adopted > 0 {
+            tracing::info!(adopted, log_id = %journal.log_id, "audit outbox rows from before logs had ids taken into this log");
+        }
         let log = Arc::new(AuditLog {
             log_id: journal.log_id.clone(),
             journal: Mutex::new(journal),
@@ -703,7 +707,7 @@ fn recover(
 }
 
 /// The log's id, made once per data directory.
-fn log_id(dir: &Path) -> Result<String, AuditError> {
+pub(crate) fn log_id(dir: &Path) -> Result<String, AuditError> {
     let path = dir.join("log-id");
     match std::fs::read_to_string(&path) {
         Ok(id) => Ok(id.trim().to_owned()),
