@@ -585,6 +585,11 @@ pub struct ArchiveSummary {
 }
 
 impl ArchiveVerifier {
+    /// The id of the log verified (none before its first checkpoint).
+    pub fn log_id(&self) -> Option<&str> {
+        self.log_id.as_deref()
+    }
+
     pub fn new(key: VerifyingKey, key_id: &str) -> Self {
         ArchiveVerifier {
             key,

@@ -16,10 +16,12 @@ use crate::cli_identity::{operator_name, origin};
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Check every signature, hash chain, Merkle root and the continuity of segments and
-    /// checkpoints; report the first break found. Exit status 1 on a break.
+    /// checkpoints; report the first break found. Exit status 1 on a break. Several
+    /// `--archive`s (one per gateway replica, each its own log) are verified together: each
+    /// must verify, and no log may appear twice.
     Verify {
-        #[arg(long)]
-        archive: PathBuf,
+        #[arg(long, required = true)]
+        archive: Vec<PathBuf>,
         /// The audit public key (pki/audit-signing.pub.jwk.json).
         #[arg(long)]
         public_key: PathBuf,
@@ -115,7 +117,14 @@ pub async fn run_audit(
         None => None,
     };
     let (what, target) = match &command {
-        AuditCommand::Verify { archive, .. } => ("verify", archive.display().to_string()),
+        AuditCommand::Verify { archive, .. } => (
+            "verify",
+            archive
+                .iter()
+                .map(|a| a.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
         AuditCommand::Prove { archive, tx, .. } => {
             ("prove", format!("{} tx {tx}", archive.display()))
         }
@@ -140,65 +149,57 @@ pub async fn run_audit(
     }
     match command {
         AuditCommand::Verify {
-            archive: dir,
+            archive: dirs,
             public_key,
             trusted_checkpoint,
             witness,
             max_age_seconds,
             as_of,
         } => {
-            let (key, key_id) =
-                archive::read_public_jwk(&public_key).map_err(anyhow::Error::msg)?;
+            if dirs.len() > 1 && (trusted_checkpoint.is_some() || witness.is_some()) {
+                anyhow::bail!("--trusted-checkpoint and --witness belong to one log: verify that archive alone");
+            }
+            let as_of_ms = match &as_of {
+                Some(text) => parse_rfc3339_ms(text)
+                    .with_context(|| format!("--as-of {text:?} is not an RFC 3339 time"))?,
+                None => paygate_gateway::clock::now_ms(),
+            };
             let trusted = match trusted_checkpoint {
                 Some(path) => Some(
                     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
                 ),
                 None => None,
             };
-            let as_of_ms = match &as_of {
-                Some(text) => parse_rfc3339_ms(text)
-                    .with_context(|| format!("--as-of {text:?} is not an RFC 3339 time"))?,
-                None => paygate_gateway::clock::now_ms(),
-            };
-            let checked =
-                archive::verify_archive(&dir, key, &key_id, trusted.as_deref(), true, |_| {})
-                    .and_then(|(verifier, summary)| {
-                        let witnessed = match &witness {
-                            Some(witness_dir) => {
-                                Some(archive::check_witness(&verifier, witness_dir)?)
-                            }
-                            None => None,
-                        };
-                        if let Some(seconds) = max_age_seconds {
-                            verifier.check_fresh(as_of_ms, seconds.saturating_mul(1_000))?;
+            let mut logs = std::collections::BTreeSet::new();
+            let mut records = 0;
+            for dir in &dirs {
+                let check = VerifyOne {
+                    public_key: &public_key,
+                    trusted: trusted.as_deref(),
+                    witness: witness.as_deref(),
+                    max_age_seconds,
+                    as_of_ms,
+                };
+                match check.run(dir) {
+                    Ok((log_id, count)) => {
+                        records += count;
+                        if !logs.insert(log_id.clone()) {
+                            println!("BROKEN: log {log_id} appears in two archives");
+                            std::process::exit(1);
                         }
-                        Ok((verifier, summary, witnessed))
-                    });
-            match checked {
-                Ok((verifier, summary, witnessed)) => {
-                    println!(
-                        "OK: {} segments, {} records, {} bytes; log root {}",
-                        summary.segments,
-                        summary.records,
-                        summary.bytes,
-                        hex::encode(summary.log_root)
-                    );
-                    if let Some(sealed_at) = verifier.newest_sealed_at_ms() {
-                        println!(
-                            "newest checkpoint sealed {} ({} s before {})",
-                            paygate_core::audit::rfc3339_ms(sealed_at),
-                            as_of_ms.saturating_sub(sealed_at) / 1_000,
-                            paygate_core::audit::rfc3339_ms(as_of_ms)
-                        );
                     }
-                    if let Some(newest) = witnessed {
-                        println!("witness: reaches and extends its newest checkpoint ({newest})");
+                    Err(found) if dirs.len() == 1 => {
+                        println!("BROKEN: {found}");
+                        std::process::exit(1);
+                    }
+                    Err(found) => {
+                        println!("BROKEN: {}: {found}", dir.display());
+                        std::process::exit(1);
                     }
                 }
-                Err(found) => {
-                    println!("BROKEN: {found}");
-                    std::process::exit(1);
-                }
+            }
+            if dirs.len() > 1 {
+                println!("OK: {} logs, {records} records together", logs.len());
             }
         }
         AuditCommand::Prove {
@@ -351,5 +352,57 @@ impl SearchWriter {
             SearchWriter::Csv(mut writer) => writer.flush()?,
         }
         Ok(())
+    }
+}
+
+/// One archive's verification for `audit verify`.
+struct VerifyOne<'a> {
+    public_key: &'a std::path::Path,
+    trusted: Option<&'a [u8]>,
+    witness: Option<&'a std::path::Path>,
+    max_age_seconds: Option<u64>,
+    as_of_ms: u64,
+}
+
+impl VerifyOne<'_> {
+    /// Verifies `dir` and prints what it found; returns its log id and record count.
+    fn run(&self, dir: &std::path::Path) -> Result<(String, u64), String> {
+        let (key, key_id) = archive::read_public_jwk(self.public_key)?;
+        let broken = |found: paygate_core::audit::AuditBreak| found.to_string();
+        let (verifier, summary) =
+            archive::verify_archive(dir, key, &key_id, self.trusted, true, |_| {})
+                .map_err(broken)?;
+        let witnessed = match self.witness {
+            Some(witness_dir) => {
+                Some(archive::check_witness(&verifier, witness_dir).map_err(broken)?)
+            }
+            None => None,
+        };
+        if let Some(seconds) = self.max_age_seconds {
+            verifier
+                .check_fresh(self.as_of_ms, seconds.saturating_mul(1_000))
+                .map_err(broken)?;
+        }
+        let log_id = verifier.log_id().unwrap_or("(no checkpoint)").to_owned();
+        println!(
+            "OK: {} segments, {} records, {} bytes; log root {}",
+            summary.segments,
+            summary.records,
+            summary.bytes,
+            hex::encode(summary.log_root)
+        );
+        println!("log {log_id} in {}", dir.display());
+        if let Some(sealed_at) = verifier.newest_sealed_at_ms() {
+            println!(
+                "newest checkpoint sealed {} ({} s before {})",
+                paygate_core::audit::rfc3339_ms(sealed_at),
+                self.as_of_ms.saturating_sub(sealed_at) / 1_000,
+                paygate_core::audit::rfc3339_ms(self.as_of_ms)
+            );
+        }
+        if let Some(newest) = witnessed {
+            println!("witness: reaches and extends its newest checkpoint ({newest})");
+        }
+        Ok((log_id, summary.records))
     }
 }

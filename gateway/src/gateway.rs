@@ -154,6 +154,12 @@ pub async fn start(settings: Settings) -> Result<RunningGateway> {
     let witness = AnyWorm::witness(&settings)
         .await
         .context("checking the audit witness store")?;
+    audit::shipper::claim_store(&worm, audit.log_id()).await?;
+    if let Some(witness) = &witness {
+        audit::shipper::claim_store(witness, audit.log_id())
+            .await
+            .context("the witness store")?;
+    }
     let shipper = tokio::spawn(audit::shipper::run(
         audit.clone(),
         worm,

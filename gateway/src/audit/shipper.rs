@@ -17,6 +17,27 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// The object that names the log a write-once store (a bucket prefix, a directory) holds.
+pub const LOG_ID_KEY: &str = "log-id";
+
+/// Claims `store` for this log before anything is shipped: the first log to start on it
+/// writes its id there, and a gateway of another log is refused, so two replicas configured
+/// with one store (one `audit.s3.prefix`) stop at start instead of colliding on segment
+/// names. Each replica needs its own prefix; the auditor verifies each prefix as one log.
+pub async fn claim_store<S: WormStore>(store: &S, log_id: &str) -> anyhow::Result<()> {
+    match store.put_once(LOG_ID_KEY, log_id.as_bytes()).await {
+        Ok(_) => Ok(()),
+        Err(WormError::Conflict { .. }) => {
+            let held = store.get(LOG_ID_KEY).await.ok().flatten().unwrap_or_default();
+            anyhow::bail!(
+                "the audit store already holds log {:?}, and this gateway keeps log {log_id:?}: give each replica its own audit store prefix (audit.s3.prefix, audit.local.dir; docs/operations.md)",
+                String::from_utf8_lossy(&held)
+            )
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// Ships everything sealed so far; returns how many segments were moved.
 pub async fn ship_pending<S: WormStore, W: WormStore>(
     log: &AuditLog,
