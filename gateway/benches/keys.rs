@@ -50,12 +50,14 @@ async fn commit_reference(dir: &std::path::Path) -> Duration {
     for i in 0..TRANSACTIONS / 64 {
         let mut batch = store.begin_batch().await.unwrap();
         for j in 0..64 {
-            sqlx::query("INSERT INTO audit_outbox (log_id, outbox_id, event_json) VALUES ('bench', $1, $2)")
-                .bind(i64::try_from(i * 64 + j + 1).unwrap())
-                .bind(format!("{{\"bench\":{}}}", i * 64 + j))
-                .execute(&mut *batch)
-                .await
-                .unwrap();
+            sqlx::query(
+                "INSERT INTO audit_outbox (log_id, outbox_id, event_json) VALUES ('bench', $1, $2)",
+            )
+            .bind(i64::try_from(i * 64 + j + 1).unwrap())
+            .bind(format!("{{\"bench\":{}}}", i * 64 + j))
+            .execute(&mut *batch)
+            .await
+            .unwrap();
         }
         batch.commit().await.unwrap();
     }

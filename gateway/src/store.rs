@@ -539,9 +539,9 @@ impl Store {
         let highest: Option<i64> = sqlx::query_scalar(
             "SELECT MAX(outbox_id) FROM audit_outbox WHERE log_id = $1 OR log_id = ''",
         )
-                .bind(key.log_id())
-                .fetch_one(&mut **batch)
-                .await?;
+        .bind(key.log_id())
+        .fetch_one(&mut **batch)
+        .await?;
         let highest = highest.and_then(|p| u64::try_from(p).ok()).unwrap_or(0);
         let mut place = highest.max(self.audit_floor.load(std::sync::atomic::Ordering::Acquire));
         // multi-row inserts, in order: the outbox ids follow the events' order
@@ -621,7 +621,9 @@ impl Store {
         self.audit_key
             .as_deref()
             .map(OutboxKey::log_id)
-            .ok_or_else(|| StoreError::Invariant("this store was opened without the audit outbox key".into()))
+            .ok_or_else(|| {
+                StoreError::Invariant("this store was opened without the audit outbox key".into())
+            })
     }
 
     /// This log's outbox rows after `outbox_id`, in id order, at most `limit`, as stored

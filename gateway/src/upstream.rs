@@ -60,7 +60,10 @@ pub fn connect(settings: &Settings, log_id: &str) -> Result<Upstream> {
         .set_keep_alive(Duration::from_secs(external.keep_alive_s))
         .set_clean_session(false)
         .set_manual_acks(true)
-        .set_max_packet_size(settings.mqtt.packet_bytes_max, settings.mqtt.packet_bytes_max)
+        .set_max_packet_size(
+            settings.mqtt.packet_bytes_max,
+            settings.mqtt.packet_bytes_max,
+        )
         .set_transport(Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(tls_config(settings)?),
         ));
@@ -110,7 +113,11 @@ impl Upstream {
 
     /// Drives the connection until shutdown: (re)subscribes on every connection, takes
     /// requests into the pipeline's queue in arrival order, reconnects after a loss.
-    pub async fn consume(mut self, queue: mpsc::Sender<Inbound>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn consume(
+        mut self,
+        queue: mpsc::Sender<Inbound>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut waiting: VecDeque<Inbound> = VecDeque::new();
         let mut over_window_warned = false;
         loop {

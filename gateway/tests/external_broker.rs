@@ -16,6 +16,8 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Tr
 use serve::Prepared;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/mosquitto");
@@ -75,8 +77,14 @@ async fn start_mosquitto(pki: &Path) -> Mosquitto {
             "/var/lib/mosquitto/",
             &format!("{}/", persistence.display()),
         )
-        .replace("listener 8883\n", &format!("listener {device_port} 127.0.0.1\n"))
-        .replace("listener 8884\n", &format!("listener {gateway_port} 127.0.0.1\n"));
+        .replace(
+            "listener 8883\n",
+            &format!("listener {device_port} 127.0.0.1\n"),
+        )
+        .replace(
+            "listener 8884\n",
+            &format!("listener {gateway_port} 127.0.0.1\n"),
+        );
     // run as whoever runs the tests (as root, Mosquitto would switch to its own user, which
     // cannot read the test's files)
     let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
@@ -151,20 +159,7 @@ async fn raw_device_client(
 
 /// Waits until `/readyz` says ready: in external mode that includes the broker connection.
 async fn wait_ready(s: &Prepared) {
-    let client = ApiClient::new(
-        &format!("https://127.0.0.1:{}", s.http_port),
-        &s.data.join("pki/ca.cert.pem"),
-    )
-    .unwrap();
-    for _ in 0..300 {
-        if let Ok(answer) = client.send("GET", "/readyz", &[], None).await {
-            if answer.status == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the gateway never became ready (connected to the broker)");
+    wait_ready_on(s.http_port, s).await;
 }
 
 /// A merchant payment signed with `bundle`'s key, as its agent would sign it.
@@ -235,7 +230,11 @@ async fn a_terminal_pays_through_mosquitto_and_the_acl_keeps_devices_apart() {
     // pos-1 signs a payment of its own and publishes it on pos-0's request topic: the broker
     // drops it (pos-0 would get a refusal if it reached the gateway), while the same request
     // on pos-1's own topic is answered on pos-1's reply topic, the only one it can read
-    let forged = signed_payment(&DeviceBundle::load(&s.bundle_dir(1)).unwrap(), 5_00, 1 << 40);
+    let forged = signed_payment(
+        &DeviceBundle::load(&s.bundle_dir(1)).unwrap(),
+        5_00,
+        1 << 40,
+    );
     spy.publish(
         "paygate/v1/devices/pos-0/requests",
         QoS::AtLeastOnce,
@@ -263,7 +262,247 @@ async fn a_terminal_pays_through_mosquitto_and_the_acl_keeps_devices_apart() {
         .unwrap();
     assert_eq!(own.topic, "paygate/v1/devices/pos-1/replies");
     // of all it subscribed to, only its own replies ever reached pos-1
-    while let Ok(Some(publish)) = tokio::time::timeout(Duration::from_millis(500), spied.recv()).await {
+    while let Ok(Some(publish)) =
+        tokio::time::timeout(Duration::from_millis(500), spied.recv()).await
+    {
         assert_eq!(publish.topic, "paygate/v1/devices/pos-1/replies");
     }
+}
+
+const TERMINALS: usize = 4;
+const PAYMENTS_PER_TERMINAL: usize = 25;
+
+/// Replica B of the gateway in `s`: its own data directory (its own journal and audit log,
+/// its own write-once directory), the same database, keys and PKI (linked, as a cluster
+/// mounts one secret into every replica), and its own HTTP port.
+fn second_replica(s: &Prepared) -> (PathBuf, u16, PathBuf) {
+    let data = s.dir.path().join("data-b");
+    std::fs::create_dir_all(&data).unwrap();
+    for shared in ["pki", "keys"] {
+        std::os::unix::fs::symlink(s.data.join(shared), data.join(shared)).unwrap();
+    }
+    let http_port = serve::free_port();
+    let config = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace(
+            &format!("data_dir = \"{}\"", s.data.display()),
+            &format!(
+                "data_dir = \"{}\"\n[database]\nurl = \"sqlite://{}\"",
+                data.display(),
+                s.data.join("paygate.db").display()
+            ),
+        )
+        .replace(
+            &format!("127.0.0.1:{}", s.http_port),
+            &format!("127.0.0.1:{http_port}"),
+        );
+    let path = s.dir.path().join("paygate-b.toml");
+    std::fs::write(&path, config).unwrap();
+    (path, http_port, data)
+}
+
+fn serve_config(config: &Path, gateway_port: u16) -> Served {
+    Served(
+        Command::new(env!("CARGO_BIN_EXE_paygate"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .env("PAYGATE__BROKER__EXTERNAL__PORT", gateway_port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// What one terminal saw: (outcome, transfer id) per payment.
+async fn run_terminal(
+    s_bundle: PathBuf,
+    settings: AgentSettings,
+    done: Arc<AtomicUsize>,
+) -> Vec<(Outcome, Option<String>, u64)> {
+    let merchant = AccountId::parse("m-1").unwrap();
+    let mut agent = Agent::connect(DeviceBundle::load(&s_bundle).unwrap(), settings)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for n in 0..PAYMENTS_PER_TERMINAL {
+        let minor = 1_00 + (n as u64) * 7;
+        let receipt = agent.pay(&merchant, serve::inr(minor)).await.unwrap();
+        seen.push((
+            receipt.receipt.outcome,
+            receipt.receipt.tx_id.clone(),
+            minor,
+        ));
+        done.fetch_add(1, Ordering::SeqCst);
+    }
+    agent.disconnect().await;
+    seen
+}
+
+/// Two gateway replicas consume one Mosquitto's requests through the shared subscription
+/// and share one ledger; one is killed (SIGKILL) while the terminals pay. Every payment gets
+/// its final receipt (the terminals resend what the dead replica never answered, the broker
+/// gives the dead replica's unacknowledged requests back when it returns), each approved
+/// payment is posted once, the ledger balances, and the two audit logs verify together with
+/// every decision in exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_behind_mosquitto_survive_one_killed_and_post_each_payment_once() {
+    let s = prepare(TERMINALS, 1);
+    let broker = start_mosquitto(&s.data.join("pki")).await;
+    let (config_b, http_b, data_b) = second_replica(&s);
+    // A first: it makes the local key-encryption key the replicas share (in production the
+    // key lives in KMS)
+    let mut a = serve_on(&s, broker.gateway_port);
+    wait_ready(&s).await;
+    let mut b = serve_config(&config_b, broker.gateway_port);
+    wait_ready_on(http_b, &s).await;
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let terminals: Vec<_> = (0..TERMINALS)
+        .map(|n| {
+            tokio::spawn(run_terminal(
+                s.bundle_dir(n),
+                agent_settings(&s, n, broker.device_port),
+                done.clone(),
+            ))
+        })
+        .collect();
+    // SIGKILL mid-load: once a quarter of the payments are answered
+    while done.load(Ordering::SeqCst) < TERMINALS * PAYMENTS_PER_TERMINAL / 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    let at_kill = done.load(Ordering::SeqCst);
+    assert!(
+        at_kill < TERMINALS * PAYMENTS_PER_TERMINAL,
+        "the load was over before the kill"
+    );
+    let mut seen = Vec::new();
+    for terminal in terminals {
+        seen.extend(terminal.await.unwrap());
+    }
+    assert_eq!(seen.len(), TERMINALS * PAYMENTS_PER_TERMINAL);
+    assert!(
+        seen.iter()
+            .all(|(outcome, _, _)| *outcome == Outcome::Approved),
+        "{seen:?}"
+    );
+
+    // replica A comes back on its data directory, then both stop cleanly: seal and ship
+    a = serve_on(&s, broker.gateway_port);
+    wait_ready(&s).await;
+    for replica in [&mut a, &mut b] {
+        Command::new("kill")
+            .args(["-TERM", &replica.0.id().to_string()])
+            .status()
+            .unwrap();
+        replica.0.wait().unwrap();
+    }
+
+    // the ledger: each approved payment posted once, and the books balance
+    let store = paygate_gateway::store::Store::open(
+        &format!("sqlite://{}", s.data.join("paygate.db").display()),
+        1,
+    )
+    .await
+    .unwrap();
+    let approved: std::collections::BTreeSet<String> =
+        seen.iter().map(|(_, tx, _)| tx.clone().unwrap()).collect();
+    assert_eq!(approved.len(), seen.len(), "one transfer per payment");
+    let posted: Vec<(String,)> =
+        sqlx::query_as("SELECT tx_id FROM transfers WHERE device_id IS NOT NULL")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let posted_set: std::collections::BTreeSet<String> =
+        posted.iter().map(|(t,)| t.clone()).collect();
+    assert_eq!(posted.len(), posted_set.len(), "a transfer posted twice");
+    assert_eq!(
+        posted_set, approved,
+        "posted = what the terminals saw approved"
+    );
+    let paid: i64 = seen
+        .iter()
+        .map(|(_, _, m)| i64::try_from(*m).unwrap())
+        .sum();
+    let merchant = store
+        .balance(&AccountId::parse("m-1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(merchant, paid);
+    for unit in store.trial_balance().await.unwrap() {
+        assert_eq!(unit.balance_sum_minor, 0, "{unit:?}");
+        assert_eq!(unit.unbalanced_transfers, 0, "{unit:?}");
+    }
+
+    // the auditor: both archives verify together, as two logs, and every approved payment's
+    // decision is in exactly one of them
+    let verify = Command::new(env!("CARGO_BIN_EXE_paygate"))
+        .args(["audit", "verify", "--archive"])
+        .arg(s.data.join("audit/worm"))
+        .arg("--archive")
+        .arg(data_b.join("audit/worm"))
+        .arg("--public-key")
+        .arg(s.data.join("pki/audit-signing.pub.jwk.json"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{out}");
+    assert!(out.contains("OK: 2 logs"), "{out}");
+    let (key, key_id) = paygate_gateway::audit::archive::read_public_jwk(
+        &s.data.join("pki/audit-signing.pub.jwk.json"),
+    )
+    .unwrap();
+    let mut decided_tx = Vec::new();
+    let mut per_log = Vec::new();
+    for dir in [s.data.join("audit/worm"), data_b.join("audit/worm")] {
+        let mut decisions = 0;
+        paygate_gateway::audit::archive::verify_archive(
+            &dir,
+            key.clone(),
+            &key_id,
+            None,
+            false,
+            |at| {
+                if at.record.event == paygate_core::audit::EventType::PaymentDecided {
+                    decisions += 1;
+                    if let Some(tx) = &at.record.tx_id {
+                        decided_tx.push(tx.clone());
+                    }
+                }
+            },
+        )
+        .unwrap();
+        per_log.push(decisions);
+    }
+    let decided_set: std::collections::BTreeSet<String> = decided_tx.iter().cloned().collect();
+    assert_eq!(
+        decided_tx.len(),
+        decided_set.len(),
+        "a payment decided in two logs"
+    );
+    assert_eq!(decided_set, approved);
+    assert!(
+        per_log.iter().all(|&n| n > 0),
+        "both replicas decided payments: {per_log:?}"
+    );
+}
+
+async fn wait_ready_on(http_port: u16, s: &Prepared) {
+    let client = ApiClient::new(
+        &format!("https://127.0.0.1:{http_port}"),
+        &s.data.join("pki/ca.cert.pem"),
+    )
+    .unwrap();
+    for _ in 0..300 {
+        if let Ok(answer) = client.send("GET", "/readyz", &[], None).await {
+            if answer.status == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway on {http_port} never became ready (connected to the broker)");
 }

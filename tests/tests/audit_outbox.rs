@@ -152,10 +152,13 @@ async fn outbox_rows_changed_in_the_database_are_recorded_as_tampered_and_never_
             .collect();
         assert_eq!(accounts, expected, "{db:?}: {findings:#?}");
         assert!(
-            !accounts.iter().any(
-                |a| ["account:acct-55", "account:acct-100", "account:acct-101", "account:acct-50"]
-                    .contains(&a.as_str())
-            ),
+            !accounts.iter().any(|a| [
+                "account:acct-55",
+                "account:acct-100",
+                "account:acct-101",
+                "account:acct-50"
+            ]
+            .contains(&a.as_str())),
             "{db:?}: forged content journaled"
         );
         let has = |text: &str| findings.iter().any(|f| f.contains(text));
@@ -425,7 +428,11 @@ async fn rows_from_before_logs_had_ids_are_taken_into_the_next_journal_opened() 
         let altered = serde_json::to_string(&event(2)).unwrap();
         for (place, json, mac) in [
             (1i64, &genuine, key.tag_unlogged(1, &genuine)),
-            (2, &altered.replace("acct-2", "acct-22"), key.tag_unlogged(2, &altered)),
+            (
+                2,
+                &altered.replace("acct-2", "acct-22"),
+                key.tag_unlogged(2, &altered),
+            ),
         ] {
             sqlx::query("INSERT INTO audit_outbox (log_id, outbox_id, event_json, mac) VALUES ('', $1, $2, $3)")
                 .bind(place)
@@ -442,9 +449,16 @@ async fn rows_from_before_logs_had_ids_are_taken_into_the_next_journal_opened() 
             .unwrap();
         log.drain().await.unwrap();
         let (accounts, findings) = read_back(&journal(&log.dir().await));
-        assert_eq!(accounts, ["account:acct-1", "account:acct-3"], "{db:?}: {findings:#?}");
+        assert_eq!(
+            accounts,
+            ["account:acct-1", "account:acct-3"],
+            "{db:?}: {findings:#?}"
+        );
         assert_eq!(findings.len(), 1, "{db:?}: {findings:#?}");
-        assert!(findings[0].contains("outbox row 2 fails its MAC"), "{db:?}: {findings:#?}");
+        assert!(
+            findings[0].contains("outbox row 2 fails its MAC"),
+            "{db:?}: {findings:#?}"
+        );
         let unlogged: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM audit_outbox WHERE log_id = ''")
                 .fetch_one(store.pool())

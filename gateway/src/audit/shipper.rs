@@ -28,7 +28,12 @@ pub async fn claim_store<S: WormStore>(store: &S, log_id: &str) -> anyhow::Resul
     match store.put_once(LOG_ID_KEY, log_id.as_bytes()).await {
         Ok(_) => Ok(()),
         Err(WormError::Conflict { .. }) => {
-            let held = store.get(LOG_ID_KEY).await.ok().flatten().unwrap_or_default();
+            let held = store
+                .get(LOG_ID_KEY)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
             anyhow::bail!(
                 "the audit store already holds log {:?}, and this gateway keeps log {log_id:?}: give each replica its own audit store prefix (audit.s3.prefix, audit.local.dir; docs/operations.md)",
                 String::from_utf8_lossy(&held)
