@@ -468,6 +468,61 @@ def walk_keys(table: dict, path: str = ""):
             yield where
 
 
+AWS_IOT = ROOT / "deploy" / "aws-iot"
+EMQX_ACL = ROOT / "deploy" / "emqx" / "acl.conf"
+THING = "${iot:Connection.Thing.ThingName}"
+
+
+def policy_errors(policy: dict, device: bool) -> list[str]:
+    """What is wrong with an AWS IoT policy for paygate: a wildcard action or resource, or,
+    for the device policy, a topic a device is not confined to by its thing name."""
+    errors = []
+    for statement in policy.get("Statement", []):
+        sid = statement.get("Sid", "?")
+        actions = statement.get("Action")
+        actions = [actions] if isinstance(actions, str) else actions or []
+        resources = statement.get("Resource")
+        resources = [resources] if isinstance(resources, str) else resources or []
+        if statement.get("Effect") != "Allow":
+            errors.append(f"{sid}: only Allow statements are expected")
+        for action in actions:
+            if not action.startswith("iot:") or "*" in action:
+                errors.append(f"{sid}: action {action!r} is not one named iot: action")
+        for resource in resources:
+            if resource == "*" or not resource.startswith("arn:aws:iot:"):
+                errors.append(f"{sid}: resource {resource!r} is not an AWS IoT ARN")
+            topical = ":topic/" in resource or ":topicfilter/" in resource
+            if device and (topical or ":client/" in resource) and THING not in resource:
+                errors.append(f"{sid}: {resource!r} does not confine the device to its thing")
+    return errors
+
+
+def check_broker_policies() -> str:
+    """deploy/aws-iot/*.json parse and hold least privilege (an altered copy must not);
+    the EMQX ACL ends in a deny-all and confines devices by their certificate's name."""
+    checked = 0
+    for name, device in (("device-policy.json", True), ("gateway-policy.json", False)):
+        policy = json.loads((AWS_IOT / name).read_text())
+        for error in policy_errors(policy, device):
+            fail(f"deploy/aws-iot/{name}: {error}")
+        checked += 1
+    loose = json.loads((AWS_IOT / "device-policy.json").read_text())
+    loose["Statement"][1]["Resource"] = "arn:aws:iot:${region}:${account}:topic/paygate/v1/devices/*/requests"
+    if not policy_errors(loose, True):
+        fail("the policy check accepted a device policy that lets a device publish as any other")
+    wildcard = copy.deepcopy(loose)
+    wildcard["Statement"][0]["Resource"] = "*"
+    if not policy_errors(wildcard, False):
+        fail("the policy check accepted a wildcard resource")
+    rules = [line for line in EMQX_ACL.read_text().splitlines() if line.startswith("{")]
+    if not rules or rules[-1] != "{deny, all}.":
+        fail("deploy/emqx/acl.conf must end with {deny, all}.")
+    device_rules = [r for r in rules if r.startswith("{allow, all")]
+    if not device_rules or not all("${cert_common_name}" in r for r in device_rules):
+        fail("deploy/emqx/acl.conf: every rule for all clients must name ${cert_common_name}")
+    return f"broker policies {checked} + EMQX ACL checked"
+
+
 def main() -> int:
     os.chdir(ROOT)
     parts = []
@@ -480,6 +535,7 @@ def main() -> int:
     summary, by_kind = check_manifests()
     parts.append(summary)
     parts.append(check_config(by_kind))
+    parts.append(check_broker_policies())
     if failures:
         print(f"deploy: {len(failures)} failures ({'; '.join(parts)})")
         return 1
