@@ -110,11 +110,14 @@ async fn start_mosquitto(pki: &Path) -> Mosquitto {
 
 /// A gateway data directory with `terminals` funded terminals and the gateway's broker
 /// client certificate, configured for external broker mode on `gateway_port`.
-fn prepare(terminals: usize, broker_port_placeholder: u16) -> Prepared {
+fn prepare(terminals: usize, broker_port_placeholder: u16, database: Option<&str>) -> Prepared {
+    let database = database
+        .map(|url| format!("\n[database]\nurl = \"{url}\""))
+        .unwrap_or_default();
     let s = serve::prepare(
         "",
         &format!(
-            "[broker]\nmode = \"external\"\n[broker.external]\nport = {broker_port_placeholder}\ninflight_max = 1000\nreconnect_delay_ms = 200"
+            "[broker]\nmode = \"external\"\n[broker.external]\nport = {broker_port_placeholder}\ninflight_max = 1000\nreconnect_delay_ms = 200{database}"
         ),
         terminals,
     );
@@ -199,7 +202,7 @@ fn serve_on(s: &Prepared, gateway_port: u16) -> Served {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_pays_through_mosquitto_and_the_acl_keeps_devices_apart() {
-    let s = prepare(2, 1);
+    let s = prepare(2, 1, None);
     let broker = start_mosquitto(&s.data.join("pki")).await;
     let _gateway = serve_on(&s, broker.gateway_port);
     wait_ready(&s).await;
@@ -275,27 +278,24 @@ const PAYMENTS_PER_TERMINAL: usize = 25;
 /// Replica B of the gateway in `s`: its own data directory (its own journal and audit log,
 /// its own write-once directory), the same database, keys and PKI (linked, as a cluster
 /// mounts one secret into every replica), and its own HTTP port.
-fn second_replica(s: &Prepared) -> (PathBuf, u16, PathBuf) {
+fn second_replica(s: &Prepared, database_url: &str) -> (PathBuf, u16, PathBuf) {
     let data = s.dir.path().join("data-b");
     std::fs::create_dir_all(&data).unwrap();
     for shared in ["pki", "keys"] {
         std::os::unix::fs::symlink(s.data.join(shared), data.join(shared)).unwrap();
     }
     let http_port = serve::free_port();
-    let config = std::fs::read_to_string(&s.config)
-        .unwrap()
-        .replace(
-            &format!("data_dir = \"{}\"", s.data.display()),
-            &format!(
-                "data_dir = \"{}\"\n[database]\nurl = \"sqlite://{}\"",
-                data.display(),
-                s.data.join("paygate.db").display()
-            ),
-        )
-        .replace(
-            &format!("127.0.0.1:{}", s.http_port),
-            &format!("127.0.0.1:{http_port}"),
-        );
+    let mut config = std::fs::read_to_string(&s.config).unwrap().replace(
+        &format!("data_dir = \"{}\"", s.data.display()),
+        &format!("data_dir = \"{}\"", data.display()),
+    );
+    if !config.contains("[database]") {
+        config.push_str(&format!("\n[database]\nurl = \"{database_url}\"\n"));
+    }
+    let config = config.replace(
+        &format!("127.0.0.1:{}", s.http_port),
+        &format!("127.0.0.1:{http_port}"),
+    );
     let path = s.dir.path().join("paygate-b.toml");
     std::fs::write(&path, config).unwrap();
     (path, http_port, data)
@@ -339,17 +339,45 @@ async fn run_terminal(
     seen
 }
 
-/// Two gateway replicas consume one Mosquitto's requests through the shared subscription
+/// Two gateway replicas (on one SQLite file, or on one PostgreSQL) consume one Mosquitto's requests through the shared subscription
 /// and share one ledger; one is killed (SIGKILL) while the terminals pay. Every payment gets
 /// its final receipt (the terminals resend what the dead replica never answered, the broker
 /// gives the dead replica's unacknowledged requests back when it returns), each approved
 /// payment is posted once, the ledger balances, and the two audit logs verify together with
 /// every decision in exactly one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_behind_mosquitto_survive_one_killed_and_post_each_payment_once() {
-    let s = prepare(TERMINALS, 1);
+async fn two_replicas_on_one_sqlite_file_behind_mosquitto_survive_one_killed() {
+    two_replicas(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_postgresql_behind_mosquitto_survive_one_killed() {
+    two_replicas(Some(fresh_postgres_database().await)).await;
+}
+
+/// A database of its own on the test PostgreSQL server (scripts/with-postgres starts it).
+async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let admin = std::env::var("PAYGATE_TEST_PG_URL")
+        .expect("PAYGATE_TEST_PG_URL is not set: run the tests with ./scripts/test");
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&admin).await.unwrap();
+    let name = format!("paygate_replicas_{}", std::process::id());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
+}
+
+async fn two_replicas(postgres: Option<String>) {
+    let s = prepare(TERMINALS, 1, postgres.as_deref());
+    let database_url = postgres
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", s.data.join("paygate.db").display()));
     let broker = start_mosquitto(&s.data.join("pki")).await;
-    let (config_b, http_b, data_b) = second_replica(&s);
+    let (config_b, http_b, data_b) = second_replica(&s, &database_url);
     // A first: it makes the local key-encryption key the replicas share (in production the
     // key lives in KMS)
     let mut a = serve_on(&s, broker.gateway_port);
@@ -401,12 +429,9 @@ async fn two_replicas_behind_mosquitto_survive_one_killed_and_post_each_payment_
     }
 
     // the ledger: each approved payment posted once, and the books balance
-    let store = paygate_gateway::store::Store::open(
-        &format!("sqlite://{}", s.data.join("paygate.db").display()),
-        1,
-    )
-    .await
-    .unwrap();
+    let store = paygate_gateway::store::Store::open(&database_url, 1)
+        .await
+        .unwrap();
     let approved: std::collections::BTreeSet<String> =
         seen.iter().map(|(_, tx, _)| tx.clone().unwrap()).collect();
     assert_eq!(approved.len(), seen.len(), "one transfer per payment");
