@@ -685,8 +685,14 @@ impl Store {
     /// Takes into this store's log the rows written before outbox rows named their log
     /// (`log_id` empty; the one gateway there was then wrote them): each whose MAC holds is
     /// tagged again for this log, one whose MAC fails keeps it and is journaled as
-    /// tampered. Run once when the journal opens, before any row of this log is written.
-    pub async fn adopt_unlogged_audit_rows(&self) -> Result<usize, StoreError> {
+    /// tampered. Only the journal they belong to takes them: the one whose last place
+    /// (`journaled_up_to`) is among them (pruning keeps that row), or a journal that never
+    /// journaled a row when they start at place 1. Another replica's fresh journal leaves
+    /// them alone. Run when the journal opens.
+    pub async fn adopt_unlogged_audit_rows(
+        &self,
+        journaled_up_to: u64,
+    ) -> Result<usize, StoreError> {
         let key = self.audit_key.as_deref().ok_or_else(|| {
             StoreError::Invariant("this store was opened without the audit outbox key".into())
         })?;
@@ -697,6 +703,17 @@ impl Store {
         )
         .fetch_all(&mut *batch)
         .await?;
+        let places: Vec<i64> = rows
+            .iter()
+            .map(|row| row.try_get("outbox_id"))
+            .collect::<Result<_, _>>()?;
+        let ours = match journaled_up_to {
+            0 => places.first() == Some(&1),
+            last => places.contains(&ms(last)),
+        };
+        if !ours {
+            return Ok(0);
+        }
         for row in &rows {
             let id: i64 = row.try_get("outbox_id")?;
             let json: String = row.try_get("event_json")?;

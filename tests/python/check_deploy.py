@@ -520,6 +520,9 @@ def check_broker_policies() -> str:
     device_rules = [r for r in rules if r.startswith("{allow, all")]
     if not device_rules or not all("${cert_common_name}" in r for r in device_rules):
         fail("deploy/emqx/acl.conf: every rule for all clients must name ${cert_common_name}")
+    # EMQX authorizes $share/<group>/T as T: a rule written for the $share form never matches
+    if any("$share/" in r for r in rules):
+        fail("deploy/emqx/acl.conf: EMQX checks a shared subscription against its topic, not $share/...")
     return f"broker policies {checked} + EMQX ACL checked"
 
 

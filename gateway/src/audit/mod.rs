@@ -173,7 +173,9 @@ impl AuditLog {
         // this store's writers place new rows after it
         journal.chain = OutboxChain::after(Some(journal.outbox_id_max));
         store.raise_audit_floor(journal.outbox_id_max);
-        let adopted = store.adopt_unlogged_audit_rows().await?;
+        let adopted = store
+            .adopt_unlogged_audit_rows(journal.outbox_id_max)
+            .await?;
         if adopted > 0 {
             tracing::info!(adopted, log_id = %journal.log_id, "audit outbox rows from before logs had ids taken into this log");
         }

@@ -629,6 +629,11 @@ impl Settings {
         figment = figment.merge(Env::prefixed("PAYGATE__").split("__"));
         let mut settings: Settings = figment.extract().map_err(Box::new)?;
         settings.database.url.resolve("database.url")?;
+        settings
+            .broker
+            .external
+            .share_group
+            .resolve("broker.external.share_group")?;
         settings.validate()?;
         Ok(settings)
     }

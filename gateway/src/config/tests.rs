@@ -194,3 +194,50 @@ fn unknown_keys_and_bad_values_are_refused() {
         assert!(settings.validate().is_err(), "{prefix}");
     }
 }
+
+#[test]
+fn external_broker_mode_needs_a_secret_share_group_and_sane_limits() {
+    use super::BrokerMode;
+    let external = || {
+        let mut settings = Settings::default();
+        settings.broker.mode = BrokerMode::External;
+        settings.broker.external.share_group = Secret::new("0123456789abcdef0123");
+        settings
+    };
+    assert!(external().validate().is_ok());
+    // the embedded default needs none of it
+    assert!(Settings::default().validate().is_ok());
+    for (field, change) in [
+        (
+            "broker.external.share_group",
+            (|s: &mut Settings| s.broker.external.share_group = Secret::default())
+                as fn(&mut Settings),
+        ),
+        ("broker.external.share_group", |s| {
+            s.broker.external.share_group = Secret::new("paygate")
+        }),
+        ("broker.external.share_group", |s| {
+            s.broker.external.share_group = Secret::new("0123456789abcdef/#")
+        }),
+        ("broker.external.client_id", |s| {
+            s.broker.external.client_id = "a/b".into()
+        }),
+        ("broker.external.inflight_max", |s| {
+            s.broker.external.inflight_max = s.pipeline.queue_depth_max + 1
+        }),
+        ("broker.external.inflight_max", |s| {
+            s.broker.external.inflight_max = 0
+        }),
+        ("broker.external.keep_alive_s", |s| {
+            s.broker.external.keep_alive_s = 1
+        }),
+        ("broker.external.host", |s| s.broker.external.host.clear()),
+    ] {
+        let mut settings = external();
+        change(&mut settings);
+        match settings.validate() {
+            Err(ConfigError::Invalid { field: got, .. }) => assert_eq!(got, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+}

@@ -362,10 +362,11 @@ impl Settings {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         };
-        if !valid_name(&external.share_group) {
+        let group = external.share_group.expose();
+        if !valid_name(group) || group.len() < 16 {
             return Err(invalid(
                 "broker.external.share_group",
-                "must be letters, digits, '-' or '_'",
+                "must be a secret of at least 16 letters, digits, '-' or '_' (devices must not be able to guess it)",
             ));
         }
         if !external.client_id.is_empty() && !valid_name(&external.client_id) {

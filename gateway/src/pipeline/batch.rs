@@ -18,9 +18,19 @@ pub struct Inbound {
     pub device: DeviceId,
     pub message: Bytes,
     pub received_at: Instant,
-    /// The external broker's packet id, acknowledged once the request's batch is released
-    /// (none from the embedded broker, whose local link needs no acknowledgement).
-    pub ack: Option<u16>,
+    /// What acknowledges it at the external broker once the request's batch is released
+    /// (none from the embedded broker, whose local link needs no acknowledgement, and for
+    /// QoS 0).
+    pub ack: Option<Ack>,
+}
+
+/// An external broker's delivery to acknowledge: its packet id within one broker session (a
+/// new session numbers its deliveries afresh, so an id from an older one acknowledges
+/// nothing and is not sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub session: u64,
+    pub pkid: u16,
 }
 
 /// A signed reply for a device's reply topic.

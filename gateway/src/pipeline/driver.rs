@@ -78,7 +78,7 @@ pub trait Outlet: Send + 'static {
     /// warning: its decision is durable and the device's resend gets the stored receipt.
     fn publish(&mut self, topic: String, payload: Vec<u8>) -> impl Future<Output = ()> + Send;
     /// Acknowledges requests whose batch is released (decided, recorded, journaled, replied).
-    fn acknowledge(&mut self, packet_ids: Vec<u16>) -> impl Future<Output = ()> + Send;
+    fn acknowledge(&mut self, acks: Vec<super::Ack>) -> impl Future<Output = ()> + Send;
 }
 
 impl Outlet for LinkTx {
@@ -87,7 +87,7 @@ impl Outlet for LinkTx {
     }
 
     /// The local link needs none: rumqttd acknowledged the device's PUBLISH itself.
-    async fn acknowledge(&mut self, _packet_ids: Vec<u16>) {}
+    async fn acknowledge(&mut self, _acks: Vec<super::Ack>) {}
 }
 
 /// Runs the pipeline until its queue closes (shutdown) or one of its tasks fails.

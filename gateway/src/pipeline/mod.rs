@@ -28,7 +28,7 @@ mod record;
 mod tick;
 mod verify;
 
-pub use batch::{Inbound, Outbound};
+pub use batch::{Ack, Inbound, Outbound};
 pub use driver::{consume_link, run, Outlet};
 pub use verify::sha256;
 
@@ -77,7 +77,7 @@ pub struct Decided {
     /// The device of each request of the batch (none for the tick's replies).
     pub answered: Vec<paygate_core::DeviceId>,
     /// The external broker's packet ids of the batch's requests, acknowledged after release.
-    pub acks: Vec<u16>,
+    pub acks: Vec<batch::Ack>,
 }
 
 impl Pipeline {
