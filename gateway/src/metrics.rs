@@ -25,6 +25,7 @@ pub struct Metrics {
     key_failures: AtomicU64,
     challenges_issued: AtomicU64,
     pipeline_batches: AtomicU64,
+    pipeline_batches_retried: AtomicU64,
     pipeline_batch_size_max: AtomicU64,
     pipeline_bulk_decided: AtomicU64,
     /// Per pipeline stage ([`Stage`]): runs, and nanoseconds spent in them.
@@ -67,6 +68,8 @@ pub struct MetricsSnapshot {
     pub challenges_issued: u64,
     /// Batches the pipeline has run, and the largest (requests taken off the queue together).
     pub pipeline_batches: u64,
+    /// Batches decided again because another replica wrote one of their requests first.
+    pub pipeline_batches_retried: u64,
     pub pipeline_batch_size_max: u64,
     /// Requests decided together in a batch's fast lane (the rest were decided alone).
     pub pipeline_bulk_decided: u64,
@@ -144,6 +147,11 @@ impl Metrics {
         self.pipeline_bulk_decided
             .fetch_add(u64::try_from(count).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
+    pub fn count_batch_retried(&self) {
+        self.pipeline_batches_retried
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn count_batch(&self, size: usize) {
         self.pipeline_batches.fetch_add(1, Ordering::Relaxed);
         self.pipeline_batch_size_max
@@ -190,6 +198,7 @@ impl Metrics {
             key_failures: self.key_failures.load(Ordering::Relaxed),
             challenges_issued: self.challenges_issued.load(Ordering::Relaxed),
             pipeline_batches: self.pipeline_batches.load(Ordering::Relaxed),
+            pipeline_batches_retried: self.pipeline_batches_retried.load(Ordering::Relaxed),
             pipeline_batch_size_max: self.pipeline_batch_size_max.load(Ordering::Relaxed),
             pipeline_bulk_decided: self.pipeline_bulk_decided.load(Ordering::Relaxed),
         }
@@ -246,6 +255,10 @@ impl Metrics {
             ("paygate_key_failures_total", s.key_failures),
             ("paygate_challenges_issued_total", s.challenges_issued),
             ("paygate_pipeline_batches_total", s.pipeline_batches),
+            (
+                "paygate_pipeline_batches_retried_total",
+                s.pipeline_batches_retried,
+            ),
             ("paygate_pipeline_batch_size_max", s.pipeline_batch_size_max),
             (
                 "paygate_pipeline_bulk_decided_total",

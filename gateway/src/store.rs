@@ -32,6 +32,23 @@ pub enum StoreError {
     AlreadyPosted,
 }
 
+impl StoreError {
+    /// A unique key refused a row: on a shared database, another gateway replica wrote the
+    /// same request (or transfer) first.
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            StoreError::AlreadyPosted => true,
+            StoreError::Database(sqlx::Error::Database(error)) => {
+                // PostgreSQL's SQLSTATE, SQLite's extended codes (UNIQUE, PRIMARY KEY): the
+                // Any driver does not always carry the kind
+                error.kind() == sqlx::error::ErrorKind::UniqueViolation
+                    || matches!(error.code().as_deref(), Some("23505" | "2067" | "1555"))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// An enrolled device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {

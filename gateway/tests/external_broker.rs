@@ -392,7 +392,8 @@ async fn fresh_postgres_database() -> String {
 }
 
 async fn two_replicas(postgres: Option<String>) {
-    let s = prepare(TERMINALS, 1, postgres.as_deref());
+    // the last terminal sends its requests by hand: each twice at once (see below)
+    let s = prepare(TERMINALS + 1, 1, postgres.as_deref());
     let database_url = postgres
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", s.data.join("paygate.db").display()));
@@ -404,6 +405,58 @@ async fn two_replicas(postgres: Option<String>) {
     wait_ready(&s).await;
     let mut b = serve_config(&config_b, broker.gateway_port);
     wait_ready_on(http_b, &s).await;
+
+    // one request published twice back to back: the share group hands the copies to the two
+    // replicas, which decide them at the same moment on the shared database. Both answers
+    // must be the first one (one signed receipt, twice), never a refusal for the loser
+    let raced = TERMINALS;
+    let bundle = DeviceBundle::load(&s.bundle_dir(raced)).unwrap();
+    let (racer, mut raced_replies) = raw_device_client(&s, raced, broker.device_port).await;
+    racer
+        .subscribe(
+            format!("paygate/v1/devices/pos-{raced}/replies"),
+            QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    const RACES: usize = 10;
+    for n in 0..RACES {
+        let envelope = signed_payment(&bundle, 1_00, 1_000 + n as u64);
+        for _ in 0..2 {
+            racer
+                .publish(
+                    format!("paygate/v1/devices/pos-{raced}/requests"),
+                    QoS::AtLeastOnce,
+                    false,
+                    envelope.clone(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let mut answers: std::collections::BTreeMap<String, Vec<Vec<u8>>> = Default::default();
+    for _ in 0..2 * RACES {
+        let reply = tokio::time::timeout(Duration::from_secs(20), raced_replies.recv())
+            .await
+            .expect("every copy answered")
+            .unwrap();
+        let verified = bundle.verify_receipt(&reply.payload).unwrap();
+        let receipt = verified.receipt;
+        assert_eq!(receipt.outcome, Outcome::Approved, "{receipt:?}");
+        answers
+            .entry(receipt.idempotency_key.clone().unwrap())
+            .or_default()
+            .push(reply.payload.to_vec());
+    }
+    assert_eq!(answers.len(), RACES);
+    for (key, copies) in &answers {
+        assert!(
+            copies.len() == 2 && copies[0] == copies[1],
+            "{key}: both copies got the first answer"
+        );
+    }
+    let raced_paid = i64::try_from(RACES).unwrap() * 1_00;
 
     let done = Arc::new(AtomicUsize::new(0));
     let terminals: Vec<_> = (0..TERMINALS)
@@ -455,11 +508,25 @@ async fn two_replicas(postgres: Option<String>) {
     let approved: std::collections::BTreeSet<String> =
         seen.iter().map(|(_, tx, _)| tx.clone().unwrap()).collect();
     assert_eq!(approved.len(), seen.len(), "one transfer per payment");
-    let posted: Vec<(String,)> =
-        sqlx::query_as("SELECT tx_id FROM transfers WHERE device_id IS NOT NULL")
-            .fetch_all(store.pool())
+    let raced_device = format!("pos-{raced}");
+    let raced_posted: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM transfers WHERE device_id = $1")
+            .bind(&raced_device)
+            .fetch_one(store.pool())
             .await
             .unwrap();
+    assert_eq!(
+        raced_posted,
+        i64::try_from(RACES).unwrap(),
+        "each raced request posted once"
+    );
+    let posted: Vec<(String,)> = sqlx::query_as(
+        "SELECT tx_id FROM transfers WHERE device_id IS NOT NULL AND device_id <> $1",
+    )
+    .bind(&raced_device)
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
     let posted_set: std::collections::BTreeSet<String> =
         posted.iter().map(|(t,)| t.clone()).collect();
     assert_eq!(posted.len(), posted_set.len(), "a transfer posted twice");
@@ -470,7 +537,8 @@ async fn two_replicas(postgres: Option<String>) {
     let paid: i64 = seen
         .iter()
         .map(|(_, _, m)| i64::try_from(*m).unwrap())
-        .sum();
+        .sum::<i64>()
+        + raced_paid;
     let merchant = store
         .balance(&AccountId::parse("m-1").unwrap())
         .await
@@ -528,7 +596,12 @@ async fn two_replicas(postgres: Option<String>) {
         decided_set.len(),
         "a payment decided in two logs"
     );
-    assert_eq!(decided_set, approved);
+    assert!(decided_set.is_superset(&approved));
+    assert_eq!(
+        decided_set.len(),
+        approved.len() + RACES,
+        "each raced request decided once"
+    );
     assert!(
         per_log.iter().all(|&n| n > 0),
         "both replicas decided payments: {per_log:?}"

@@ -48,6 +48,9 @@ use paygate_core::ErrorCode;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+/// Times a batch is decided again after another replica wrote one of its requests first.
+const RACED_BATCH_ROUNDS_MAX: usize = 8;
+
 /// Everything the stages need, wired once by `gateway::start`.
 pub struct Context {
     pub store: Store,
@@ -118,7 +121,21 @@ impl Pipeline {
             refuse_prepared(ctx, &mut batch, ErrorCode::AuditUnavailable, message);
         }
         let started = std::time::Instant::now();
-        let recorded = decide_and_record(ctx, &mut batch).await;
+        let mut recorded = decide_and_record(ctx, &mut batch).await;
+        // another replica on the shared database decided one of these requests at the same
+        // moment (its transaction committed before the unique key refused ours): decided
+        // again, deduplication finds its answer (the first), and the rest of the batch is not
+        // refused for it. Each round settles at least one such request, so it ends.
+        let mut rounds = 0;
+        while rounds < RACED_BATCH_ROUNDS_MAX
+            && recorded
+                .as_ref()
+                .is_err_and(StoreError::is_unique_violation)
+        {
+            rounds += 1;
+            ctx.metrics.count_batch_retried();
+            recorded = decide_and_record(ctx, &mut batch).await;
+        }
         ctx.metrics
             .time_stage(crate::metrics::Stage::Decide, started.elapsed());
         if let Err(error) = recorded {
@@ -239,6 +256,7 @@ async fn decide_and_record(ctx: &Context, batch: &mut Batch) -> Result<(), Store
         return Ok(());
     }
     let events_before = batch.events.len();
+    let handoffs_before = batch.handoffs.len();
     let started = std::time::Instant::now();
     let mut timing = StageTiming::default();
     let result = async {
@@ -314,6 +332,7 @@ async fn decide_and_record(ctx: &Context, batch: &mut Batch) -> Result<(), Store
         }
         Err(error) => {
             batch.events.truncate(events_before);
+            batch.handoffs.truncate(handoffs_before);
             Err(error)
         }
     }
