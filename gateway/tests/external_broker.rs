@@ -194,11 +194,9 @@ impl Drop for Served {
     }
 }
 
+/// `paygate serve` on the prepared directory's own configuration.
 fn serve_on(s: &Prepared, gateway_port: u16) -> Served {
-    Served(s.serve(&[(
-        "PAYGATE__BROKER__EXTERNAL__PORT",
-        gateway_port.to_string().as_ref(),
-    )]))
+    serve_config(&s.config, gateway_port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
